@@ -1,0 +1,5 @@
+"""CLI: serve, suggest, status (filled in)."""
+
+
+def register(sub, parent) -> None:
+    pass

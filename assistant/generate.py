@@ -1,0 +1,342 @@
+"""Generator: K candidate suggestions from one batched generate call, streamed as they grow.
+
+It also owns the live policy: before each generation it asks the store for the newest published
+policy version and, if that changed, hot-swaps the LoRA adapter under the same lock that guards
+generation, so a request never sees half a swap. Every result says which version produced it
+(0 = the base model without adapter).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from .config import GenerationSettings
+from .prompts import Prompt, render
+
+log = logging.getLogger(__name__)
+
+ADAPTER_SUBDIR = "adapter"
+"""A policy version directory keeps its peft adapter here (see storage.artifacts)."""
+
+_SENTENCE_END = re.compile(r"""[.!?…]['")\]”’]*(?=\s|$)""")
+_PREAMBLE = re.compile(
+    r"^\s*(sure|certainly|of course|okay|ok|here(?:'s| is| are)|rewritten|revised|continuation|"
+    r"opening line|story idea|outline|the rewritten|here you go)[^\n]{0,80}:\s*\n?",
+    re.IGNORECASE,
+)
+_LABEL = re.compile(r"^\s*(text|passage|continuation|rewritten passage|answer)\s*:\s*", re.IGNORECASE)
+
+
+# ----------------------------------------------------------------------------- pure text rules
+def strip_echo(candidate: str, source: str) -> str:
+    """Remove a leading copy of the prompt's text (or of its last sentence) from a candidate."""
+    c = candidate.lstrip()
+    src = source.strip()
+    if not src:
+        return c
+    if c.startswith(src):
+        return c[len(src):].lstrip()
+    # the draft's last sentence (or last 60 chars) repeated at the start
+    tail = src[-60:]
+    pos = c.find(tail)
+    if 0 <= pos <= 10:
+        return c[pos + len(tail):].lstrip()
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+", src) if s.strip()]
+    if sentences and c.startswith(sentences[-1].strip()):
+        return c[len(sentences[-1].strip()):].lstrip()
+    return c
+
+
+def cut_at_boundary(text: str, mode: str, finished: bool, min_chars: int = 12) -> str:
+    """Stop a candidate at a sentence or paragraph boundary.
+
+    A candidate that ended on its own (EOS) is kept whole. One cut off by the token limit is cut
+    after its last complete sentence (outlines: after the last complete line)."""
+    text = text.strip()
+    if mode == "continue":
+        # a continuation is one paragraph: stop at the first paragraph break
+        para = text.find("\n\n")
+        if para >= min_chars:
+            text, finished = text[:para].rstrip(), True
+    if finished:
+        return text
+    if mode == "inspire" and "\n" in text:
+        last_nl = text.rfind("\n")
+        if last_nl >= min_chars:
+            return text[:last_nl].rstrip()
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    ends = [e for e in ends if e >= min_chars]
+    if ends:
+        return text[: ends[-1]].rstrip()
+    # no complete sentence: end at the last clause break rather than mid-phrase
+    clause = max(text.rfind(c) for c in (",", ";", ":", " -", "–", "—"))
+    if clause >= min_chars:
+        return text[:clause].rstrip() + "…"
+    return text
+
+
+def clean_candidate(raw: str, mode: str, source_text: str, finished: bool) -> str:
+    """Turn raw model output into a suggestion: no preamble, no echo, cut at a boundary."""
+    text = raw.replace("\r\n", "\n")
+    text = _PREAMBLE.sub("", text, count=1)
+    text = _LABEL.sub("", text, count=1)
+    if mode == "continue":
+        text = strip_echo(text, source_text)
+    elif mode == "restyle" and text.strip() == source_text.strip():
+        return ""
+    text = cut_at_boundary(text, mode, finished)
+    return text.strip().strip('"').strip()
+
+
+def _norm(s: str) -> str:
+    return re.sub(r"[\W_]+", " ", s.lower()).strip()
+
+
+def dedupe(texts: list[str]) -> list[str]:
+    """Drop empty candidates and ones identical up to case, spacing and punctuation."""
+    seen, out = set(), []
+    for t in texts:
+        key = _norm(t)
+        if key and key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out
+
+
+# ----------------------------------------------------------------------------- streaming plumbing
+class BatchStreamer:
+    """A transformers streamer for batch > 1: collects new token ids per row and reports the
+    decoded partial texts every `every` tokens through `on_update(list[str])`."""
+
+    def __init__(self, tokenizer, batch: int, on_update: Callable[[list[str]], None], every: int = 4):
+        self.tokenizer, self.batch, self.on_update, self.every = tokenizer, batch, on_update, every
+        self.tokens: list[list[int]] = [[] for _ in range(batch)]
+        self._prompt_seen = False
+        self._n = 0
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # generate() first passes the prompt ids
+            self._prompt_seen = True
+            return
+        ids = value.reshape(self.batch, -1).tolist()
+        for row, new in zip(self.tokens, ids):
+            row.extend(new)
+        self._n += 1
+        if self._n % self.every == 0:
+            self.on_update(self.texts())
+
+    def texts(self) -> list[str]:
+        return [self.tokenizer.decode(t, skip_special_tokens=True) for t in self.tokens]
+
+    def end(self) -> None:
+        self.on_update(self.texts())
+
+
+class ParagraphStop(StoppingCriteria):
+    """Per-row stop for continuations: a row is done once it has written a paragraph break
+    after at least `min_tokens` tokens (EOS is handled by generate itself)."""
+
+    def __init__(self, tokenizer, prompt_len: int, min_tokens: int):
+        self.tokenizer, self.prompt_len, self.min_tokens = tokenizer, prompt_len, min_tokens
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        new = input_ids[:, self.prompt_len:]
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if new.shape[1] < self.min_tokens:
+            return done
+        for i, row in enumerate(new[:, -3:].tolist()):
+            if "\n\n" in self.tokenizer.decode(row):
+                done[i] = True
+        return done
+
+
+# ----------------------------------------------------------------------------- generator
+@dataclass
+class SuggestResult:
+    texts: list[str]
+    prompt_text: str
+    policy_version: int
+    seconds: float
+    rounds: int = 1
+    raw: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StreamEvent:
+    partial: list[str]
+    done: bool = False
+    result: SuggestResult | None = None
+
+
+class Generator:
+    """Produces suggestions with the live policy (base model + current LoRA adapter).
+
+    `version_source()` returns ``(version_id, version_dir)`` of the live policy or ``None`` for the
+    base model; it is called before every generation (a cheap store query)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        version_source: Callable[[], tuple[int, str] | None] | None = None,
+        device: torch.device | None = None,
+    ):
+        self.base_model = model
+        self.model = model  # becomes a PeftModel once a policy version is loaded
+        self.tokenizer = tokenizer
+        self.version_source = version_source or (lambda: None)
+        self.device = device or next(model.parameters()).device
+        self.policy_version = 0
+        self.lock = threading.RLock()
+
+    # ------------------------------------------------------------------ hot swap
+    def refresh_policy(self) -> int:
+        """Swap in the newest published adapter if it changed. Returns the live version id."""
+        live = self.version_source()
+        with self.lock:
+            if live is None:
+                if self.policy_version != 0:
+                    log.info("no published policy: back to the base model")
+                    self._unload_adapters()
+                return self.policy_version
+            vid, vdir = live
+            if vid == self.policy_version:
+                return vid
+            self._load_adapter(vid, Path(vdir) / ADAPTER_SUBDIR)
+            return self.policy_version
+
+    def _load_adapter(self, vid: int, adapter_dir: Path) -> None:
+        from peft import PeftModel
+
+        name = f"v{vid}"
+        t0 = time.perf_counter()
+        if self.model is self.base_model:
+            self.model = PeftModel.from_pretrained(self.base_model, str(adapter_dir), adapter_name=name)
+        else:
+            self.model.load_adapter(str(adapter_dir), adapter_name=name)
+            self.model.set_adapter(name)
+            for old in [a for a in list(self.model.peft_config) if a != name]:
+                self.model.delete_adapter(old)
+        self.model.eval()
+        self.policy_version = vid
+        log.info("hot-swapped policy version %s in %.2f s", vid, time.perf_counter() - t0)
+
+    def _unload_adapters(self) -> None:
+        if self.model is not self.base_model:
+            self.base_model = self.model.unload()
+            self.model = self.base_model
+        self.policy_version = 0
+
+    # ------------------------------------------------------------------ generation
+    def _generate_raw(
+        self, prompt_text: str, mode: str, n: int, gen: GenerationSettings,
+        on_tokens: Callable[[list[str]], None] | None,
+    ) -> tuple[list[str], list[bool]]:
+        tok = self.tokenizer
+        enc = tok(prompt_text, return_tensors="pt", add_special_tokens=False).to(self.device)
+        input_ids = enc["input_ids"].repeat(n, 1)
+        attention = enc["attention_mask"].repeat(n, 1)
+        prompt_len = input_ids.shape[1]
+        stops = StoppingCriteriaList()
+        if mode == "continue":
+            stops.append(ParagraphStop(tok, prompt_len, min_tokens=max(4, gen.min_new_tokens)))
+        greedy = float(gen.temperature) <= 0.0
+        kwargs = dict(
+            input_ids=input_ids,
+            attention_mask=attention,
+            max_new_tokens=int(gen.max_new_tokens),
+            do_sample=not greedy,
+            repetition_penalty=float(gen.repetition_penalty),
+            pad_token_id=tok.pad_token_id,
+            stopping_criteria=stops,
+        )
+        if not greedy:
+            kwargs.update(temperature=float(gen.temperature), top_p=float(gen.top_p), top_k=0)
+        if on_tokens is not None:
+            kwargs["streamer"] = BatchStreamer(tok, n, on_tokens)
+        with torch.inference_mode():
+            out = self.model.generate(**kwargs)
+        new = out[:, prompt_len:]
+        eos = set(tok.all_special_ids) if hasattr(tok, "all_special_ids") else {tok.eos_token_id}
+        texts, finished = [], []
+        for row in new.tolist():
+            ended = any(t in eos for t in row)
+            if ended:
+                first = next(i for i, t in enumerate(row) if t in eos)
+                row = row[:first]
+            texts.append(tok.decode(row, skip_special_tokens=True))
+            finished.append(ended)
+        return texts, finished
+
+    def suggest(
+        self, prompt: Prompt, source_text: str, gen: GenerationSettings,
+        on_update: Callable[[list[str]], None] | None = None,
+    ) -> SuggestResult:
+        """K distinct cleaned candidates for one prompt (tops up after dedup, up to max_rounds)."""
+        gen.validate()
+        t0 = time.perf_counter()
+        self.refresh_policy()
+        with self.lock:
+            version = self.policy_version
+            prompt_text = render(prompt, self.tokenizer)
+            if gen.seed is not None:
+                torch.manual_seed(int(gen.seed))
+            kept: list[str] = []
+            raw_all: list[str] = []
+            rounds = 0
+            while len(kept) < gen.k and rounds < 1 + gen.max_rounds:
+                need = gen.k - len(kept)
+                n = gen.k if rounds == 0 else max(2, need)
+                done_before = list(kept)
+
+                def relay(partials: list[str], _prev=done_before) -> None:
+                    if on_update is not None:
+                        cleaned = [clean_candidate(p, prompt.mode, source_text, False) for p in partials]
+                        on_update((_prev + cleaned)[: gen.k])
+
+                raw, finished = self._generate_raw(prompt_text, prompt.mode, n, gen, relay if on_update else None)
+                raw_all.extend(raw)
+                cleaned = [clean_candidate(r, prompt.mode, source_text, f) for r, f in zip(raw, finished)]
+                kept = dedupe(kept + cleaned)[: gen.k]
+                rounds += 1
+                if float(gen.temperature) <= 0.0:
+                    break  # greedy cannot produce new candidates
+        result = SuggestResult(kept, prompt_text, version, time.perf_counter() - t0, rounds, raw_all)
+        if on_update is not None:
+            on_update(list(kept))
+        return result
+
+    def stream(self, prompt: Prompt, source_text: str, gen: GenerationSettings) -> Iterator[StreamEvent]:
+        """Run `suggest` in a worker thread and yield partial candidates as they are produced."""
+        q: queue.Queue = queue.Queue()
+        box: dict[str, object] = {}
+
+        def work() -> None:
+            try:
+                box["result"] = self.suggest(prompt, source_text, gen, on_update=lambda p: q.put(list(p)))
+            except BaseException as e:  # noqa: BLE001 - surfaced to the caller below
+                box["error"] = e
+            finally:
+                q.put(None)
+
+        t = threading.Thread(target=work, name="inkloop-generate", daemon=True)
+        t.start()
+        while True:
+            item = q.get()
+            if item is None:
+                break
+            yield StreamEvent(item)
+        t.join()
+        if "error" in box:
+            raise box["error"]  # type: ignore[misc]
+        yield StreamEvent(box["result"].texts, done=True, result=box["result"])  # type: ignore[union-attr]

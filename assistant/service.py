@@ -1,0 +1,263 @@
+"""Services: the one place the UI, the REST API and the CLI call into.
+
+`Services` composes the store, the generator and the library. It validates input (raising
+`InputError` with a message a person can act on, before anything is written), builds the prompt,
+generates, and records the request with its suggestions and the policy version that made them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+from storage.store import NotFound, Store, StoreError
+
+from .config import (
+    INSPIRE_KINDS,
+    MAX_K,
+    MAX_NEW_TOKENS,
+    MAX_SAMPLE_CHARS,
+    MAX_TEXT_CHARS,
+    MODES,
+    GenerationSettings,
+)
+from .generate import Generator
+from .library import Library
+from .prompts import build_prompt
+
+log = logging.getLogger(__name__)
+
+
+class InputError(ValueError):
+    """Bad input from a person or a client. Nothing was written."""
+
+
+@dataclass
+class SuggestRequest:
+    """One request for suggestions, as the UI, the API and the CLI send it."""
+
+    mode: str
+    text: str = ""
+    style: str | None = None
+    sample: str | None = None
+    keywords: list[str] | str | None = None
+    inspire_kind: str = "ideas"
+    k: int = 3
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 64
+    seed: int | None = None
+    profile: str = "default"
+    document_id: int | None = None
+
+    def generation(self, base: GenerationSettings | None = None) -> GenerationSettings:
+        g = GenerationSettings(**asdict(base)) if base else GenerationSettings()
+        g.k, g.temperature, g.top_p = int(self.k), float(self.temperature), float(self.top_p)
+        g.max_new_tokens, g.seed = int(self.max_new_tokens), self.seed
+        return g
+
+
+@dataclass
+class SuggestResponse:
+    request_id: int
+    policy_version: int
+    suggestions: list[dict[str, Any]]
+    material: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _keywords(kw: list[str] | str | None) -> list[str]:
+    if kw is None:
+        return []
+    if isinstance(kw, str):
+        kw = kw.split(",")
+    return [k.strip() for k in kw if k and k.strip()]
+
+
+def validate_request(req: SuggestRequest, custom_styles: dict[str, str] | None = None) -> None:
+    """Raise InputError for anything the generator cannot or should not take."""
+    if req.mode not in MODES:
+        raise InputError(f"unknown mode {req.mode!r}; expected one of {', '.join(MODES)}")
+    text = req.text or ""
+    if len(text) > MAX_TEXT_CHARS:
+        raise InputError(f"text is {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+    if req.sample and len(req.sample) > MAX_SAMPLE_CHARS:
+        raise InputError(f"sample is {len(req.sample)} characters; the limit is {MAX_SAMPLE_CHARS}")
+    kws = _keywords(req.keywords)
+    if req.mode in ("continue", "restyle") and not text.strip():
+        raise InputError(f"{req.mode} needs non-empty text")
+    if req.mode == "inspire":
+        if not text.strip() and not kws:
+            raise InputError("inspire needs keywords or a theme")
+        if req.inspire_kind not in INSPIRE_KINDS:
+            raise InputError(f"unknown inspire_kind {req.inspire_kind!r}; expected one of {', '.join(INSPIRE_KINDS)}")
+    if req.mode == "restyle":
+        style = req.style or ""
+        if style in ("", "sample", "imitate"):
+            if not (req.sample or "").strip():
+                raise InputError("restyle needs a style, or a sample text to imitate")
+        elif style not in {"formal", "casual", "concise", "vivid", "poetic"} and style not in (custom_styles or {}):
+            raise InputError(
+                f"unknown style {style!r}; use formal, casual, concise, vivid, poetic, 'sample' or a style you defined"
+            )
+    try:
+        k = int(req.k)
+    except (TypeError, ValueError):
+        raise InputError("k must be an integer") from None
+    if not 1 <= k <= MAX_K:
+        raise InputError(f"k must be between 1 and {MAX_K}, got {req.k}")
+    if not 1 <= int(req.max_new_tokens) <= MAX_NEW_TOKENS:
+        raise InputError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS}")
+    if not 0.0 <= float(req.temperature) <= 5.0:
+        raise InputError("temperature must be between 0 and 5")
+    if not 0.0 < float(req.top_p) <= 1.0:
+        raise InputError("top_p must be in (0, 1]")
+    for s in (text, req.sample or "", req.style or "", *kws):
+        if "\x00" in s:
+            raise InputError("text contains a NUL character")
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError("text is not valid UTF-8 (it contains lone surrogates)") from None
+
+
+class Services:
+    def __init__(
+        self,
+        store: Store,
+        generator: Generator,
+        library: Library | None = None,
+        model_name: str = "",
+        generation: GenerationSettings | None = None,
+        default_profile: str = "default",
+    ):
+        self.store, self.generator, self.library = store, generator, library
+        self.model_name = model_name
+        self.generation_defaults = generation or GenerationSettings()
+        self.default_profile = default_profile
+
+    # ------------------------------------------------------------------ suggestions
+    def _prepare(self, req: SuggestRequest):
+        req.profile = (req.profile or self.default_profile).strip() or self.default_profile
+        custom = self.store.styles(req.profile)
+        validate_request(req, custom)
+        material: list[dict[str, Any]] = []
+        kws = _keywords(req.keywords)
+        if req.mode == "inspire" and self.library is not None:
+            query = " ".join([*kws, req.text or ""]).strip()
+            material = [
+                {"id": m.snippet.id, "text": m.snippet.text, "score": round(m.score, 4)}
+                for m in self.library.search(req.profile, query, top_k=5)
+            ]
+        options = {
+            "style": req.style,
+            "sample": req.sample,
+            "custom_styles": custom,
+            "keywords": kws,
+            "inspire_kind": req.inspire_kind,
+            "material": [m["text"] for m in material[:3]],
+        }
+        try:
+            prompt = build_prompt(req.mode, req.text, options)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        return prompt, options, material
+
+    def _record(self, req: SuggestRequest, options, result, material, t0) -> SuggestResponse:
+        stored_opts = {k: v for k, v in options.items() if k not in ("custom_styles",)}
+        stored_opts.update(
+            k=req.k, temperature=req.temperature, top_p=req.top_p, max_new_tokens=req.max_new_tokens, seed=req.seed
+        )
+        rec = self.store.record_request(
+            profile_id=req.profile,
+            mode=req.mode,
+            text=req.text or "",
+            options=stored_opts,
+            prompt=result.prompt_text,
+            policy_version=result.policy_version,
+            suggestions=result.texts,
+            document_id=req.document_id,
+        )
+        return SuggestResponse(
+            request_id=rec.id,
+            policy_version=rec.policy_version,
+            suggestions=[{"id": s.id, "text": s.text} for s in rec.suggestions],
+            material=material,
+            seconds=round(time.perf_counter() - t0, 3),
+        )
+
+    def suggest(self, req: SuggestRequest) -> SuggestResponse:
+        t0 = time.perf_counter()
+        prompt, options, material = self._prepare(req)
+        result = self.generator.suggest(prompt, req.text or "", req.generation(self.generation_defaults))
+        return self._record(req, options, result, material, t0)
+
+    def suggest_stream(self, req: SuggestRequest) -> Iterator[list[str] | SuggestResponse]:
+        """Yield partial candidate lists while generating, then the recorded SuggestResponse."""
+        t0 = time.perf_counter()
+        prompt, options, material = self._prepare(req)
+        for ev in self.generator.stream(prompt, req.text or "", req.generation(self.generation_defaults)):
+            if ev.done:
+                yield self._record(req, options, ev.result, material, t0)
+            else:
+                yield ev.partial
+
+    # ------------------------------------------------------------------ feedback
+    def feedback(
+        self,
+        suggestion_id: int,
+        kind: str,
+        value: float | None = None,
+        edited_text: str | None = None,
+        ranking: list[int] | None = None,
+        source: str = "api",
+    ) -> int:
+        if edited_text is not None and len(edited_text) > MAX_TEXT_CHARS:
+            raise InputError(f"edited_text is limited to {MAX_TEXT_CHARS} characters")
+        try:
+            return self.store.add_feedback(suggestion_id, kind, value, edited_text, ranking, source)
+        except NotFound:
+            raise
+        except StoreError as e:
+            raise InputError(str(e)) from None
+
+    # ------------------------------------------------------------------ library and styles
+    def add_snippet(self, text: str, profile: str | None = None, source: str = "pasted") -> int:
+        if self.library is None:
+            raise InputError("the library needs the embedder, which is not loaded")
+        try:
+            return self.library.add(profile or self.default_profile, text, source)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+
+    def search_library(self, query: str, profile: str | None = None, top_k: int = 5) -> list[dict[str, Any]]:
+        if self.library is None:
+            return []
+        return [
+            {"id": m.snippet.id, "text": m.snippet.text, "score": round(m.score, 4), "source": m.snippet.source}
+            for m in self.library.search(profile or self.default_profile, query, top_k)
+        ]
+
+    def save_style(self, name: str, description: str, profile: str | None = None) -> None:
+        try:
+            self.store.save_style(profile or self.default_profile, name, description)
+        except StoreError as e:
+            raise InputError(str(e)) from None
+
+    # ------------------------------------------------------------------ status
+    def status(self, profile: str | None = None) -> dict[str, Any]:
+        profile = profile or self.default_profile
+        live = self.store.live_version(profile, "policy")
+        return {
+            "model": self.model_name,
+            "policy_version": live.id if live else 0,
+            "loaded_policy_version": self.generator.policy_version,
+            "counts": self.store.counts(),
+            "feedback_by_kind": self.store.feedback_counts_by_kind(),
+            "learner": self.store.learner_state(profile),
+        }
