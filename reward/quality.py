@@ -1,0 +1,281 @@
+"""Text-quality metrics for generated candidates.
+
+Pure functions on strings (distinct-n, self-BLEU, repetition rate, length, win-rate with a Wilson
+interval) and two model-based ones (perplexity under the reference model, KL of a policy to its
+reference on the policy's own samples). Nothing here loads a model or touches storage.
+
+Tokenisation for the pure metrics is `words(text)`: lower-cased runs of letters/digits (with inner
+apostrophes kept: "don't" is one word); punctuation is dropped. It is deliberately simple so that
+every value in the tests can be worked out by hand.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from contextlib import nullcontext
+from typing import Callable, Sequence
+
+_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
+
+
+# ----------------------------------------------------------------------------- tokens and n-grams
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens of `text` (punctuation dropped)."""
+    return _WORD.findall((text or "").lower())
+
+
+def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    """All contiguous n-grams of a token list (empty if it is shorter than n)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+# ----------------------------------------------------------------------------- diversity
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Distinct-n (Li et al. 2016): unique n-grams / total n-grams, pooled across all `texts`.
+
+    1.0 means no n-gram occurs twice anywhere in the set; 0.0 is returned when there are no n-grams
+    at all (every text shorter than n words)."""
+    grams: list[tuple[str, ...]] = []
+    for t in texts:
+        grams.extend(ngrams(words(t), n))
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def repetition_rate(text: str, n: int = 2) -> float:
+    """Fraction of the n-grams in one text that repeat an earlier n-gram of the same text
+    (1 - unique/total; "rep-n" of Welleck et al. 2019). 0.0 for a text with no n-grams."""
+    grams = ngrams(words(text), n)
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def mean_repetition_rate(texts: Sequence[str], n: int = 2) -> float:
+    """repetition_rate averaged over texts (0.0 for no texts)."""
+    return sum(repetition_rate(t, n) for t in texts) / len(texts) if texts else 0.0
+
+
+def mean_length(texts: Sequence[str], tokenizer=None) -> float:
+    """Mean length in words, or in model tokens when a tokenizer is given (0.0 for no texts)."""
+    if not texts:
+        return 0.0
+    if tokenizer is None:
+        return sum(len(words(t)) for t in texts) / len(texts)
+    return sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts) / len(texts)
+
+
+# ----------------------------------------------------------------------------- BLEU
+def bleu(hypothesis: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 4) -> float:
+    """Sentence BLEU of one tokenised hypothesis against tokenised references.
+
+    Papineni et al. 2002: the geometric mean of the modified (clipped) n-gram precisions p_1..p_N,
+    times the brevity penalty BP = exp(1 - r/c) when the hypothesis length c is below the length r of
+    the reference closest to it (ties: the shorter), else 1.
+
+    Smoothing (Lin & Och 2004; "method 2" in Chen & Cherry 2014): for n >= 2 both the clipped match
+    count and the n-gram count get +1, p_n = (m_n + 1) / (l_n + 1), so one missing 4-gram does not
+    zero the score of a short sentence. p_1 is not smoothed: a hypothesis sharing no word with any
+    reference scores 0. An empty hypothesis, or no references, scores 0.
+    """
+    if not hypothesis or not references:
+        return 0.0
+    log_p = 0.0
+    for n in range(1, max_n + 1):
+        hyp = Counter(ngrams(hypothesis, n))
+        max_ref: Counter = Counter()
+        for ref in references:
+            for g, c in Counter(ngrams(ref, n)).items():
+                max_ref[g] = max(max_ref[g], c)
+        matches = sum(min(c, max_ref[g]) for g, c in hyp.items())
+        total = sum(hyp.values())
+        if n == 1:
+            if matches == 0:
+                return 0.0
+            p = matches / total
+        else:
+            p = (matches + 1) / (total + 1)
+        log_p += math.log(p) / max_n
+    c = len(hypothesis)
+    r = min((abs(len(ref) - c), len(ref)) for ref in references)[1]
+    bp = 1.0 if c >= r else math.exp(1.0 - r / c)
+    return bp * math.exp(log_p)
+
+
+def self_bleu(texts: Sequence[str], max_n: int = 4) -> float:
+    """Self-BLEU (Zhu et al. 2018) of one set of candidates: the mean over candidates of the BLEU
+    of each against all the others as references. High = the candidates say the same thing;
+    low = diverse. Needs at least two texts (fewer returns 0.0, nothing to compare)."""
+    toks = [words(t) for t in texts]
+    if len(toks) < 2:
+        return 0.0
+    scores = [bleu(h, toks[:i] + toks[i + 1 :], max_n) for i, h in enumerate(toks)]
+    return sum(scores) / len(scores)
+
+
+# ----------------------------------------------------------------------------- win-rate
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (z = 1.96: 95 %).
+
+    center = (p + z²/2n) / (1 + z²/n), half = z·sqrt(p(1-p)/n + z²/4n²) / (1 + z²/n).
+    `successes` may be fractional (ties counted as half a win). n = 0 gives (0, 1)."""
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be in [0, {n}], got {successes}")
+    p = successes / n
+    denom = 1.0 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def win_rate(wins: int, losses: int, ties: int = 0, z: float = 1.96) -> dict[str, float]:
+    """Win-rate of A over B from pairwise outcomes, ties counted as half a win, with a Wilson CI.
+
+    Returns {"win_rate", "ci_low", "ci_high", "n"}; with no comparisons the rate is 0.5 and the
+    interval (0, 1)."""
+    if min(wins, losses, ties) < 0:
+        raise ValueError("wins, losses and ties must be non-negative")
+    n = wins + losses + ties
+    if n == 0:
+        return {"win_rate": 0.5, "ci_low": 0.0, "ci_high": 1.0, "n": 0}
+    s = wins + 0.5 * ties
+    lo, hi = wilson_interval(s, n, z)
+    return {"win_rate": s / n, "ci_low": lo, "ci_high": hi, "n": n}
+
+
+def pairwise_outcomes(a_scores: Sequence[float], b_scores: Sequence[float], eps: float = 1e-9) -> tuple[int, int, int]:
+    """(wins, losses, ties) of A over B from paired scores (|a - b| <= eps is a tie)."""
+    if len(a_scores) != len(b_scores):
+        raise ValueError("a_scores and b_scores must pair up")
+    w = sum(1 for a, b in zip(a_scores, b_scores) if a - b > eps)
+    l = sum(1 for a, b in zip(a_scores, b_scores) if b - a > eps)
+    return w, l, len(a_scores) - w - l
+
+
+# ----------------------------------------------------------------------------- model-based metrics
+def _reference_context(model):
+    """Context in which `model` behaves as the reference: peft's disable_adapter() when the model
+    has adapters, else nothing."""
+    if hasattr(model, "disable_adapter") and getattr(model, "peft_config", None):
+        return model.disable_adapter()
+    return nullcontext()
+
+
+def _encode_pair(tokenizer, context: str, text: str) -> tuple[list[int], int]:
+    """Token ids of context + text (encoded separately so the boundary is exact), and the index of
+    the first text token."""
+    ctx = tokenizer(context, add_special_tokens=False)["input_ids"] if context else []
+    if not ctx:  # unconditional: start from BOS (or EOS) so the first word is scored too
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        ctx = [start] if start is not None else []
+    txt = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ctx + txt, len(ctx)
+
+
+def token_logprobs(model, tokenizer, contexts: Sequence[str], texts: Sequence[str]) -> list:
+    """Per-text tensors of log-probabilities (float32, shape [T, V]) of the distributions that
+    predict each token of text i given contexts[i] + the text so far, plus its token ids.
+
+    Returns a list of (logprobs [T, V], target ids [T]) pairs; one forward pass per text (eval sets
+    are small and this keeps positions exact without padding)."""
+    import torch
+
+    device = next(model.parameters()).device
+    out = []
+    for ctx, text in zip(contexts, texts):
+        ids, start = _encode_pair(tokenizer, ctx, text)
+        if len(ids) - start < 1 or start < 1:
+            out.append((torch.zeros(0, 1), torch.zeros(0, dtype=torch.long)))
+            continue
+        x = torch.tensor([ids], device=device)
+        with torch.inference_mode():
+            logits = model(input_ids=x).logits[0].float()
+        lp = torch.log_softmax(logits[start - 1 : len(ids) - 1], dim=-1)
+        out.append((lp.cpu(), x[0, start:].cpu()))
+    return out
+
+
+def perplexity(model, tokenizer, texts: Sequence[str], contexts: Sequence[str] | None = None,
+               use_reference: bool = True) -> float:
+    """Perplexity exp(total NLL / total tokens) of `texts` (optionally each conditioned on
+    contexts[i], whose tokens are not scored) under `model`.
+
+    With use_reference=True a peft model is evaluated with its adapter disabled, i.e. under the
+    reference (base) model. Texts with no tokens are skipped; nan when nothing is scored."""
+    contexts = list(contexts) if contexts is not None else [""] * len(texts)
+    if len(contexts) != len(texts):
+        raise ValueError("contexts and texts must pair up")
+    was_training = model.training
+    model.eval()
+    nll, n = 0.0, 0
+    with _reference_context(model) if use_reference else nullcontext():
+        for lp, tgt in token_logprobs(model, tokenizer, contexts, texts):
+            if len(tgt):
+                nll += -float(lp.gather(1, tgt[:, None]).sum())
+                n += len(tgt)
+    model.train(was_training)
+    return math.exp(nll / n) if n else float("nan")
+
+
+def kl_to_reference(model, tokenizer, contexts: Sequence[str], samples: Sequence[str],
+                    reference: object | None = None) -> dict[str, float]:
+    """Mean per-token KL(policy || reference) on the policy's own samples.
+
+    For every token position of samples[i] (conditioned on contexts[i]) the exact KL between the
+    two next-token distributions, sum_v p(v) (log p(v) - log q(v)), is averaged over all tokens
+    ("kl"); "kl_k1" is the sampled-token estimate log p(x) - log q(x) used in RLHF reward shaping.
+    The reference is `reference` if given, else `model` with its peft adapter disabled (a model
+    without adapters is its own reference: KL 0). Both at temperature 1."""
+    import torch
+
+    contexts = list(contexts)
+    if len(contexts) != len(samples):
+        raise ValueError("contexts and samples must pair up")
+    was_training = model.training
+    model.eval()
+    pol = token_logprobs(model, tokenizer, contexts, samples)
+    if reference is not None:
+        ref = token_logprobs(reference, tokenizer, contexts, samples)
+    else:
+        with _reference_context(model):
+            ref = token_logprobs(model, tokenizer, contexts, samples)
+    model.train(was_training)
+    kl_sum, k1_sum, n = 0.0, 0.0, 0
+    for (lp, tgt), (lq, _) in zip(pol, ref):
+        if not len(tgt):
+            continue
+        kl_sum += float((lp.exp() * (lp - lq)).sum())
+        k1_sum += float((lp.gather(1, tgt[:, None]) - lq.gather(1, tgt[:, None])).sum())
+        n += len(tgt)
+    if not n:
+        return {"kl": 0.0, "kl_k1": 0.0, "tokens": 0}
+    return {"kl": max(0.0, kl_sum / n), "kl_k1": k1_sum / n, "tokens": n}
+
+
+# ----------------------------------------------------------------------------- summaries
+def text_metrics(groups: Sequence[Sequence[str]]) -> dict[str, float]:
+    """The pure metrics for K candidates per prompt (`groups[i]` = the candidates of prompt i):
+    distinct-1/2 pooled over all candidates, self-BLEU averaged over prompts (groups of >= 2),
+    repetition rate and length averaged over candidates."""
+    flat = [t for g in groups for t in g]
+    sb = [self_bleu(g) for g in groups if len(g) >= 2]
+    return {
+        "eval/distinct_1": distinct_n(flat, 1),
+        "eval/distinct_2": distinct_n(flat, 2),
+        "eval/self_bleu": sum(sb) / len(sb) if sb else 0.0,
+        "eval/repetition": mean_repetition_rate(flat, 2),
+        "eval/length_words": mean_length(flat),
+        "eval/candidates": float(len(flat)),
+    }
+
+
+def mean_terms(term_scores: dict[str, Sequence[float]], prefix: str = "eval/reward/") -> dict[str, float]:
+    """Mean of each reward term's per-candidate values, under namespaced names."""
+    return {f"{prefix}{k}": (sum(v) / len(v) if len(v) else 0.0) for k, v in term_scores.items()}
+
+
+Scorer = Callable[[Sequence[str], Sequence[str]], dict[str, Sequence[float]]]
+"""(prompt texts, candidate texts) -> {term name: per-candidate values}."""

@@ -1,0 +1,142 @@
+"""Quality metrics on hand-made texts (values worked out by hand in the comments) and the two
+model-based metrics on the tiny random model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from reward import quality as q
+
+
+def test_words_and_ngrams():
+    assert q.words("The cat, the CAT! Don't.") == ["the", "cat", "the", "cat", "don't"]
+    assert q.ngrams(["a", "b", "c"], 2) == [("a", "b"), ("b", "c")]
+    assert q.ngrams(["a"], 2) == []
+    with pytest.raises(ValueError):
+        q.ngrams(["a"], 0)
+
+
+def test_distinct_n():
+    texts = ["the cat sat", "the dog sat"]
+    # unigrams: the cat sat the dog sat = 6, unique {the, cat, sat, dog} = 4 -> 4/6
+    assert q.distinct_n(texts, 1) == pytest.approx(4 / 6)
+    # bigrams: (the cat) (cat sat) (the dog) (dog sat): 4 unique of 4 -> 1.0
+    assert q.distinct_n(texts, 2) == pytest.approx(1.0)
+    # the same text twice: 3 unique of 6 unigrams, 2 unique of 4 bigrams
+    assert q.distinct_n(["the cat sat", "the cat sat"], 1) == pytest.approx(0.5)
+    assert q.distinct_n(["the cat sat", "the cat sat"], 2) == pytest.approx(0.5)
+    assert q.distinct_n(["one"], 2) == 0.0  # no bigram at all
+
+
+def test_repetition_rate():
+    # "the cat the cat the": bigrams (the cat)(cat the)(the cat)(cat the) -> 2 unique of 4 -> 1 - 2/4
+    assert q.repetition_rate("the cat the cat the", 2) == pytest.approx(0.5)
+    # unigrams: 5 tokens, 2 unique -> 1 - 2/5
+    assert q.repetition_rate("the cat the cat the", 1) == pytest.approx(0.6)
+    assert q.repetition_rate("all different words here", 2) == 0.0
+    assert q.repetition_rate("", 2) == 0.0
+    # mean over two texts: (0.5 + 0.0) / 2
+    assert q.mean_repetition_rate(["the cat the cat the", "a b c"], 2) == pytest.approx(0.25)
+
+
+def test_mean_length(tiny_tokenizer):
+    assert q.mean_length(["one two three", "four"]) == pytest.approx(2.0)  # (3 + 1) / 2
+    assert q.mean_length([]) == 0.0
+    n_tok = q.mean_length(["the rain"], tokenizer=tiny_tokenizer)
+    assert n_tok == len(tiny_tokenizer("the rain", add_special_tokens=False)["input_ids"])
+
+
+def test_bleu_hand_computed():
+    # hyp "the cat sat" vs ref "the cat sat down", N=2:
+    # p1 = 3/3, p2 = (2+1)/(2+1) = 1 (smoothed), BP = exp(1 - 4/3) -> exp(-1/3) = 0.71653
+    assert q.bleu("the cat sat".split(), ["the cat sat down".split()], max_n=2) == pytest.approx(math.exp(-1 / 3))
+    # hyp "a b c d" vs ref "a b x d", N=2: p1 = 3/4; bigrams ab bc cd vs ab bx xd -> 1 match of 3,
+    # smoothed p2 = (1+1)/(3+1) = 1/2; BP = 1 -> sqrt(3/4 * 1/2) = 0.61237
+    assert q.bleu("a b c d".split(), ["a b x d".split()], max_n=2) == pytest.approx(math.sqrt(0.375))
+    # clipping: "the the the" vs "the cat", N=1: min(3, 1)/3 = 1/3; c=3 >= r=2 so BP = 1
+    assert q.bleu("the the the".split(), ["the cat".split()], max_n=1) == pytest.approx(1 / 3)
+    # closest reference length is used for BP: refs of length 2 and 5, hyp of length 4 -> r = 5,
+    # all unigrams match (p1 = 1, N=1): BP = exp(1 - 5/4) = exp(-0.25)
+    assert q.bleu("a b c d".split(), ["a b".split(), "a b c d e".split()], max_n=1) == pytest.approx(math.exp(-0.25))
+    assert q.bleu("x y".split(), ["a b".split()]) == 0.0  # no shared word
+    assert q.bleu([], ["a".split()]) == 0.0
+
+
+def test_self_bleu():
+    # both directions are the "a b c d" / "a b x d" case above -> mean 0.61237
+    assert q.self_bleu(["a b c d", "a b x d"], max_n=2) == pytest.approx(math.sqrt(0.375))
+    # identical candidates: every smoothed p_n = (m+1)/(l+1) with m = l -> 1, BP 1 -> 1.0
+    assert q.self_bleu(["the rain fell on the town"] * 3) == pytest.approx(1.0)
+    # no shared words -> 0
+    assert q.self_bleu(["red green", "blue yellow", "black white"]) == 0.0
+    assert q.self_bleu(["only one"]) == 0.0
+
+
+def test_wilson_and_win_rate():
+    # 8 of 10, z = 1.96: z^2/n = 0.38416, centre = (0.8 + 0.19208) / 1.38416 = 0.716738,
+    # half = 1.96 * sqrt(0.016 + 0.009604) / 1.38416 = 0.226580 -> (0.49016, 0.94332)
+    lo, hi = q.wilson_interval(8, 10)
+    assert lo == pytest.approx(0.49016, abs=1e-4)
+    assert hi == pytest.approx(0.94332, abs=1e-4)
+    # 0 of 5: centre = (0 + 0.38416) / (1 + 0.76832) = 0.21724 = half -> (0, 0.43449)
+    lo, hi = q.wilson_interval(0, 5)
+    assert lo == pytest.approx(0.0, abs=1e-9)
+    assert hi == pytest.approx(0.43449, abs=1e-4)
+    # ties count half: 3 wins, 1 loss, 2 ties -> (3 + 1) / 6
+    r = q.win_rate(3, 1, 2)
+    assert r["win_rate"] == pytest.approx(4 / 6) and r["n"] == 6
+    assert r["ci_low"] < 4 / 6 < r["ci_high"]
+    assert q.win_rate(0, 0) == {"win_rate": 0.5, "ci_low": 0.0, "ci_high": 1.0, "n": 0}
+    with pytest.raises(ValueError):
+        q.wilson_interval(11, 10)
+    assert q.pairwise_outcomes([1.0, 0.2, 0.5], [0.5, 0.4, 0.5]) == (1, 1, 1)
+
+
+def test_text_metrics_and_mean_terms():
+    m = q.text_metrics([["the cat sat", "the dog sat"], ["a b c d", "a b x d"]])
+    # pooled unigrams: 6 + 8 = 14, unique: the cat sat dog a b c d x = 9
+    assert m["eval/distinct_1"] == pytest.approx(9 / 14)
+    assert m["eval/candidates"] == 4
+    assert m["eval/length_words"] == pytest.approx((3 + 3 + 4 + 4) / 4)
+    assert q.mean_terms({"length": [1.0, 3.0]}) == {"eval/reward/length": 2.0}
+
+
+def test_perplexity_stable_and_reference(tiny_lm):
+    model, tok = tiny_lm
+    text = "The rain had not stopped for three days."
+    p1 = q.perplexity(model, tok, [text])
+    p2 = q.perplexity(model, tok, [text])
+    assert math.isfinite(p1) and p1 > 1.0
+    assert p1 == p2
+    # a random model over a ~384-token vocabulary is close to uniform
+    assert p1 < 5 * len(tok)
+    # conditioning on a context scores only the text's tokens and changes the value
+    pc = q.perplexity(model, tok, [text], contexts=["Write a passage of prose."])
+    assert math.isfinite(pc) and pc != p1
+
+
+def _peft(model, seed=1):
+    from peft import LoraConfig, get_peft_model
+
+    pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(seed)
+    for n, p in pm.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_(0, 0.5)  # move the policy away from the reference
+    return pm
+
+
+def test_kl_and_reference_perplexity(tiny_lm):
+    model, tok = tiny_lm
+    ctx, sample = ["Write a passage of prose."], ["She opened the door and the wind rushed in."]
+    base_ppl = q.perplexity(model, tok, sample, ctx)
+    assert q.kl_to_reference(model, tok, ctx, sample)["kl"] == pytest.approx(0.0, abs=1e-7)
+    pm = _peft(model)
+    kl = q.kl_to_reference(pm, tok, ctx, sample)
+    assert kl["kl"] > 1e-4 and kl["tokens"] == len(tok(sample[0], add_special_tokens=False)["input_ids"])
+    # perplexity under the reference = adapter disabled = the base model's perplexity
+    assert q.perplexity(pm, tok, sample, ctx) == pytest.approx(base_ppl, rel=1e-5)
+    assert q.perplexity(pm, tok, sample, ctx, use_reference=False) != pytest.approx(base_ppl, rel=1e-5)
