@@ -103,15 +103,20 @@ def save_version(
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
 
     final = write_atomic_dir(new_version_dir(data_dir, kind, profile_id), write_all)
-    return store.add_version(
-        profile_id=profile_id,
-        kind=kind,
-        path=str(final),
-        metrics=metrics,
-        config=config,
-        parent_id=parent_id,
-        status="published" if publish else "candidate",
-    )
+    try:
+        return store.add_version(
+            profile_id=profile_id,
+            kind=kind,
+            path=str(final),
+            metrics=metrics,
+            config=config,
+            parent_id=parent_id,
+            status="published" if publish else "candidate",
+        )
+    except BaseException:
+        # the row did not land: a directory nobody references must not linger
+        shutil.rmtree(final, ignore_errors=True)
+        raise
 
 
 def prune_versions(store: Store, profile_id: str, kind: str, keep: int) -> list[int]:
@@ -119,7 +124,8 @@ def prune_versions(store: Store, profile_id: str, kind: str, keep: int) -> list[
     always kept); their rows stay, marked discarded, so history and metrics survive."""
     live = store.live_version(profile_id, kind)
     removed = []
-    for v in store.versions(profile_id, kind)[keep:]:
+    kept = [v for v in store.versions(profile_id, kind) if v.status != "discarded"]
+    for v in kept[keep:]:
         if live is not None and v.id == live.id:
             continue
         if Path(v.path).exists():
@@ -127,4 +133,100 @@ def prune_versions(store: Store, profile_id: str, kind: str, keep: int) -> list[
             removed.append(v.id)
         if v.status != "discarded":
             store.set_version_status(v.id, "discarded")
+    return removed
+
+
+# ----------------------------------------------------------------------------- publish, discard, rollback
+class VersionError(ValueError):
+    """A version operation that cannot be done (wrong kind, missing directory, other profile)."""
+
+
+def publish_version(store: Store, version_id: int) -> ModelVersion:
+    """Make a fully written version live (its directory must exist: a row never points at nothing)."""
+    v = store.get_version(version_id)
+    if not Path(v.path).is_dir():
+        raise VersionError(f"version {version_id} has no directory at {v.path}; it cannot be published")
+    return store.set_version_status(version_id, "published")
+
+
+def discard_version(store: Store, version_id: int, delete_dir: bool = True) -> ModelVersion:
+    """Mark a candidate discarded and (by default) delete its directory. The row and its metrics stay."""
+    v = store.set_version_status(version_id, "discarded")
+    if delete_dir and Path(v.path).exists():
+        shutil.rmtree(v.path, ignore_errors=True)
+    return v
+
+
+def rollback_targets(store: Store, profile_id: str, kind: str = "policy") -> list[ModelVersion]:
+    """Versions one can roll back to: not the live one, and their directory still exists."""
+    live = store.live_version(profile_id, kind)
+    return [
+        v for v in store.versions(profile_id, kind)
+        if (live is None or v.id != live.id) and v.status in ("published", "rolled_back", "candidate")
+        and Path(v.path).is_dir()
+    ]
+
+
+def rollback(
+    store: Store, profile_id: str, target_id: int | None = None, kind: str = "policy"
+) -> ModelVersion | None:
+    """Roll the live version back.
+
+    The current live version is marked ``rolled_back``. With `target_id` that version is
+    republished (it becomes live); with ``target_id=None`` the previous still-published version
+    becomes live again (or the base model, None, when there is none); ``target_id=0`` means the
+    base model (every published version of the kind is marked rolled_back).
+    Returns the version that is live afterwards (None = the base model)."""
+    live = store.live_version(profile_id, kind)
+    if target_id is not None and target_id != 0:
+        target = store.get_version(target_id)
+        if target.profile_id != profile_id or target.kind != kind:
+            raise VersionError(f"version {target_id} is not a {kind} version of profile {profile_id!r}")
+        if target.status == "discarded" or not Path(target.path).is_dir():
+            raise VersionError(f"version {target_id} was discarded or pruned; it cannot be restored")
+        if live is not None and live.id == target.id:
+            return live
+        if live is not None:
+            store.set_version_status(live.id, "rolled_back")
+        return store.set_version_status(target.id, "published")
+    if live is None:
+        if target_id is None:
+            raise VersionError("nothing to roll back: the base model is live")
+        return None
+    store.set_version_status(live.id, "rolled_back")
+    if target_id == 0:
+        for v in store.versions(profile_id, kind):
+            if v.status == "published":
+                store.set_version_status(v.id, "rolled_back")
+        return None
+    now_live = store.live_version(profile_id, kind)
+    while now_live is not None and not Path(now_live.path).is_dir():  # a pruned one cannot serve
+        store.set_version_status(now_live.id, "rolled_back")
+        now_live = store.live_version(profile_id, kind)
+    return now_live
+
+
+def collect_garbage(store: Store, data_dir: str | Path, min_age_s: float = 3600.0) -> list[str]:
+    """Remove what a crash (kill -9, power loss) can leave behind: temporary ``.tmp-*`` directories
+    and version directories no row refers to, once older than `min_age_s` (a younger one may be a
+    version another process is writing right now). Returns the removed paths."""
+    now = time.time()
+    root = versions_root(data_dir)
+    if not root.is_dir():
+        return []
+    known = {str(Path(v.path).resolve()) for v in store.versions()}
+    removed = []
+    for profile_dir in root.iterdir():
+        if not profile_dir.is_dir():
+            continue
+        for d in profile_dir.iterdir():
+            try:
+                young = now - d.stat().st_mtime < min_age_s
+            except FileNotFoundError:
+                continue
+            if young:
+                continue
+            if d.name.startswith(".tmp-") or (d.is_dir() and str(d.resolve()) not in known):
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(str(d))
     return removed
