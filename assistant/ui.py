@@ -1,0 +1,626 @@
+"""The Gradio UI: `build_ui(services) -> gr.Blocks`. Wiring only: no torch, no SQL.
+
+Layout (layout first, wiring below it):
+
+- a header with the model name and the live policy version (refreshed by a timer);
+- a main column with three tabs (Continue, Restyle, Inspire) and, under the tabs, one shared
+  "Suggestions" panel of ``MAX_K`` pre-built candidate rows that are shown or hidden by how many
+  candidates the last request produced; every row has an editable text box and 👍 / 👎, 1-5 stars,
+  "Best of these", "Accept" and "Accept my edit" controls, each of which is one
+  ``services.feedback(..., source="ui")`` call;
+- a side column with the sampling controls (K, temperature, top-p, max new tokens, seed) and the
+  profile name (kept in the browser's localStorage, so a reload keeps it).
+
+State that must survive a page reload lives in the store: the draft is autosaved as a document of
+the profile and restored on page load. The undo stack of accepts lives in the session.
+
+Every handler is a plain module-level function whose first argument is the `Services`; build_ui
+binds them to components. Tests call them directly.
+
+Styling: Gradio 6 takes css/theme at launch (or mount) time, not in ``gr.Blocks``. Use
+``launch_kwargs()`` (``demo.launch(**launch_kwargs())``) or ``mount_ui(app, services)``, which calls
+``gr.mount_gradio_app(app, build_ui(services), path, **launch_kwargs())``.
+
+Extension hook: if ``services`` has an attribute ``extra_tabs`` (a list of callables), each is
+called inside the ``gr.Tabs()`` after the built-in tabs, so it can open its own ``gr.Tab(...)``.
+A callable taking one parameter gets ``services``; one taking two gets ``(services, ctx)`` where
+``ctx`` is a `UIContext` with the shared components (profile box, header) it may read or refresh.
+The learner's "Learning" tab plugs in this way (``assistant.ui_learning.build_learning_tab``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import gradio as gr
+
+from storage.store import NotFound, StoreError
+
+from .config import BUILTIN_STYLES, INSPIRE_KINDS, MAX_K, MAX_NEW_TOKENS
+from .service import InputError, Services, SuggestRequest, SuggestResponse
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+CSS_PATH = ASSETS / "style.css"
+SAMPLE_STYLE = "sample"
+"""Style value meaning "imitate the sample text" (as the service accepts it)."""
+UNDO_DEPTH = 20
+STARS = ["1", "2", "3", "4", "5"]
+
+
+# ============================================================================= assets
+def load_json_asset(name: str, default: Any) -> Any:
+    """Read assets/<name> (a JSON file); the default if it is missing or unreadable."""
+    try:
+        return json.loads((ASSETS / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        log.warning("asset %s missing or unreadable", name)
+        return default
+
+
+def launch_kwargs() -> dict[str, Any]:
+    """css/theme for ``Blocks.launch`` or ``gr.mount_gradio_app`` (Gradio 6 takes them there)."""
+    kw: dict[str, Any] = {"theme": gr.themes.Soft(primary_hue="indigo", neutral_hue="slate")}
+    if CSS_PATH.exists():
+        kw["css_paths"] = [CSS_PATH]
+    return kw
+
+
+def mount_ui(app, services: Services, path: str = "/"):
+    """Mount the UI on a FastAPI app at `path` with the project's css and theme."""
+    return gr.mount_gradio_app(app, build_ui(services), path=path, **launch_kwargs())
+
+
+# ============================================================================= pure helpers
+def insert_into_draft(draft: str, text: str, mode: str, source: str = "") -> str:
+    """Where an accepted suggestion goes in the draft.
+
+    - continue: appended to the draft (a space between them unless the draft ends in whitespace);
+    - restyle: replaces the last occurrence of the restyled passage if the draft contains it,
+      else it is appended as a new paragraph;
+    - inspire: appended as a new paragraph.
+    """
+    draft = draft or ""
+    text = (text or "").strip()
+    if not text:
+        return draft
+    if not draft.strip():
+        return text
+    if mode == "restyle" and source.strip() and source.strip() in draft:
+        src = source.strip()
+        i = draft.rfind(src)
+        return draft[:i] + text + draft[i + len(src):]
+    if mode == "continue":
+        sep = "" if draft[-1].isspace() or text[0] in ",.;:!?)]}'\"”’…" else " "
+        return draft + sep + text
+    return draft.rstrip() + "\n\n" + text
+
+
+def last_paragraph(text: str) -> str:
+    """The last non-empty paragraph of a draft (what Restyle takes from the draft)."""
+    paras = [p.strip() for p in (text or "").split("\n\n") if p.strip()]
+    return paras[-1] if paras else ""
+
+
+def _seed(seed: Any) -> int | None:
+    if seed in (None, ""):
+        return None
+    try:
+        return int(float(seed))
+    except (TypeError, ValueError):
+        raise gr.Error(f"seed must be a whole number, got {seed!r}") from None
+
+
+def _profile(services: Services, profile: str | None) -> str:
+    p = (profile or "").strip() or services.default_profile
+    if len(p) > 64:
+        raise gr.Error("a profile name is limited to 64 characters")
+    return p
+
+
+def _empty_cands() -> dict[str, Any]:
+    return {"mode": None, "source": "", "request_id": None, "policy_version": None, "items": [], "done": False}
+
+
+# ============================================================================= header, load, draft
+def header_text(services: Services, profile: str | None = None) -> str:
+    """Model name and the live policy version of the profile (0 = the base model)."""
+    profile = _profile(services, profile)
+    try:
+        st = services.status(profile)
+    except Exception:  # noqa: BLE001 - a header must never break the page
+        log.exception("status failed")
+        return f"**Model** {services.model_name or '?'}"
+    live = int(st.get("policy_version") or 0)
+    loaded = int(st.get("loaded_policy_version") or 0)
+    live_txt = f"v{live}" if live else "v0 (base model)"
+    fb = sum((st.get("feedback_by_kind") or {}).values())
+    extra = "" if loaded == live else f" · generator has v{loaded}, switches before the next suggestion"
+    return (
+        f"**Model** `{services.model_name or '?'}` · **live policy** {live_txt}{extra} · "
+        f"**profile** `{profile}` · {fb} ratings so far"
+    )
+
+
+def style_choices(services: Services, profile: str | None) -> list[tuple[str, str]]:
+    custom = services.store.styles(_profile(services, profile))
+    return (
+        [(s, s) for s in BUILTIN_STYLES]
+        + [("imitate this sample", SAMPLE_STYLE)]
+        + [(f"{name} (yours)", name) for name in custom if name not in BUILTIN_STYLES and name != SAMPLE_STYLE]
+    )
+
+
+def load_page(services: Services, profile: str | None):
+    """On page load (and on a profile switch): the profile, its latest draft, the draft's id,
+    the style choices and the header. Returns
+    (profile, profile_for_browser, draft, document_id, style_dropdown_update, header)."""
+    profile = _profile(services, profile)
+    doc = services.store.latest_document(profile)
+    draft, doc_id = (doc["text"], int(doc["id"])) if doc else ("", None)
+    styles = gr.update(choices=style_choices(services, profile))
+    return profile, profile, draft, doc_id, styles, header_text(services, profile)
+
+
+def autosave_draft(services: Services, profile: str | None, draft: str, doc_id: int | None):
+    """Save the draft as the profile's document (created on the first non-empty text).
+    Returns (document_id, status line)."""
+    profile = _profile(services, profile)
+    draft = draft or ""
+    if doc_id is not None:
+        try:
+            doc = services.store.get_document(int(doc_id))
+        except NotFound:
+            doc = None
+        if doc is None or doc["profile_id"] != profile:
+            doc_id = None
+        elif doc["text"] == draft:
+            return int(doc_id), gr.skip()
+    if doc_id is None and not draft.strip():
+        return None, ""
+    try:
+        new_id = services.store.save_document(profile, draft, document_id=doc_id)
+    except StoreError as e:
+        raise gr.Error(f"could not save the draft: {e}") from None
+    return new_id, f"draft saved {time.strftime('%H:%M:%S')}"
+
+
+def remember_selection(evt: gr.SelectData) -> str:
+    """The text the person selected in the draft (Gradio passes it in SelectData.value)."""
+    return evt.value if isinstance(evt.value, str) else ""
+
+
+# ============================================================================= suggestions
+def _rows_updates(texts: list[str], shown: int, reset: bool) -> list[Any]:
+    """Updates for the MAX_K rows, then their text boxes, then (reset only) their star radios
+    and confirmation lines."""
+    rows = [gr.update(visible=i < shown) for i in range(MAX_K)]
+    boxes = [gr.update(value=texts[i] if i < len(texts) else "") for i in range(MAX_K)]
+    stars = [gr.update(value=None) if reset else gr.skip() for _ in range(MAX_K)]
+    msgs = ["" if reset else gr.skip() for _ in range(MAX_K)]
+    return rows + boxes + stars + msgs
+
+
+def run_suggest(services: Services, req: SuggestRequest, source: str) -> Iterator[tuple]:
+    """Stream one request. Each yield is (*rows, *boxes, *stars, *msgs, cands_state, info, material)
+    as build_ui wires them; the last one carries the recorded suggestions with their ids."""
+    t0 = time.perf_counter()
+    k = int(req.k)
+    pending = {**_empty_cands(), "mode": req.mode, "source": source}
+    try:
+        stream = services.suggest_stream(req)
+        first = True
+        for ev in stream:
+            if isinstance(ev, SuggestResponse):
+                items = [{"id": s["id"], "text": s["text"]} for s in ev.suggestions]
+                cands = {
+                    **pending,
+                    "request_id": ev.request_id,
+                    "policy_version": ev.policy_version,
+                    "items": items,
+                    "done": True,
+                }
+                pv = f"v{ev.policy_version}" if ev.policy_version else "v0 (base model)"
+                note = "" if len(items) == k else f" (asked for {k}; the rest were duplicates or empty)"
+                info = (
+                    f"{len(items)} {req.mode} suggestion{'s' if len(items) != 1 else ''}{note} · "
+                    f"policy {pv} · model `{services.model_name or '?'}` · request #{ev.request_id} · "
+                    f"{ev.seconds:.1f} s"
+                )
+                if not items:
+                    gr.Warning("The model produced no usable suggestion; try again or raise max new tokens.")
+                material = format_material(ev.material) if req.mode == "inspire" else gr.skip()
+                yield (*_rows_updates([i["text"] for i in items], len(items), reset=True), cands, info, material)
+            else:
+                info = f"⏳ generating {k} suggestion{'s' if k != 1 else ''}… {time.perf_counter() - t0:.1f} s"
+                yield (*_rows_updates(list(ev), k, reset=first), pending, info, gr.skip())
+                first = False
+    except InputError as e:
+        raise gr.Error(str(e)) from None
+    except (StoreError, ValueError) as e:
+        raise gr.Error(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - show a message, keep the traceback in the log
+        log.exception("suggestion failed")
+        raise gr.Error(f"generation failed: {type(e).__name__}: {e}") from None
+
+
+def _req(services, mode, profile, k, temperature, top_p, max_new_tokens, seed, **kw) -> SuggestRequest:
+    try:
+        k = int(k)
+        max_new_tokens = int(max_new_tokens)
+    except (TypeError, ValueError):
+        raise gr.Error("K and max new tokens must be whole numbers") from None
+    return SuggestRequest(
+        mode=mode, profile=_profile(services, profile), k=k, temperature=float(temperature), top_p=float(top_p),
+        max_new_tokens=max_new_tokens, seed=_seed(seed), **kw,
+    )
+
+
+def suggest_continue(services, profile, draft, doc_id, k, temperature, top_p, max_new_tokens, seed):
+    req = _req(services, "continue", profile, k, temperature, top_p, max_new_tokens, seed,
+               text=draft or "", document_id=int(doc_id) if doc_id is not None else None)
+    yield from run_suggest(services, req, source=draft or "")
+
+
+def suggest_restyle(services, profile, passage, style, sample, k, temperature, top_p, max_new_tokens, seed):
+    style = style or None
+    req = _req(services, "restyle", profile, k, temperature, top_p, max_new_tokens, seed,
+               text=passage or "", style=style, sample=(sample or None) if style in (None, SAMPLE_STYLE) else None)
+    yield from run_suggest(services, req, source=passage or "")
+
+
+def suggest_inspire(services, profile, keywords, theme, kind, k, temperature, top_p, max_new_tokens, seed):
+    req = _req(services, "inspire", profile, k, temperature, top_p, max_new_tokens, seed,
+               text=theme or "", keywords=keywords or "", inspire_kind=kind or "ideas")
+    yield from run_suggest(services, req, source=theme or "")
+
+
+# ============================================================================= feedback
+def _item(cands: dict[str, Any] | None, idx: int) -> dict[str, Any]:
+    if not cands or not cands.get("done"):
+        raise gr.Error("Wait until the suggestions are finished, then rate them.")
+    items = cands.get("items") or []
+    if not 0 <= idx < len(items):
+        raise gr.Error(f"There is no suggestion {idx + 1} in the last request.")
+    return items[idx]
+
+
+def _feedback(services: Services, sid: int, kind: str, value=None, edited_text=None) -> int:
+    try:
+        return services.feedback(int(sid), kind, value=value, edited_text=edited_text, source="ui")
+    except (InputError, StoreError) as e:
+        raise gr.Error(str(e)) from None
+
+
+_LABELS = {"thumb": {1.0: "👍", -1.0: "👎"}, "best": "best of these", "accept": "accept", "edit": "edit"}
+
+
+def rate(services: Services, cands: dict[str, Any], idx: int, kind: str, value: Any = None) -> str:
+    """One rating (thumb ±1, stars 1-5, best) of candidate `idx`. Returns the confirmation line."""
+    item = _item(cands, idx)
+    if kind == "stars":
+        if value in (None, ""):
+            return gr.skip()
+        value = int(value)
+    elif kind == "thumb":
+        value = float(value)
+    fid = _feedback(services, item["id"], kind, value=value)
+    what = {"thumb": _LABELS["thumb"].get(value, kind), "stars": f"{'★' * int(value or 0)}", "best": "best of these"}
+    return f"✓ saved {what.get(kind, kind)} · rating #{fid}"
+
+
+def accept(services, cands, idx, draft, undo, doc_id, profile):
+    """Accept candidate `idx` as is: one `accept` feedback row, the text goes into the draft (the
+    draft before it is pushed on the undo stack) and the draft is saved.
+    Returns (draft, undo, document_id, confirmation)."""
+    item = _item(cands, idx)
+    fid = _feedback(services, item["id"], "accept", value=1.0)
+    new = insert_into_draft(draft, item["text"], cands.get("mode") or "continue", cands.get("source") or "")
+    return _commit_draft(services, profile, draft, new, undo, doc_id, f"✓ accepted into the draft · rating #{fid}")
+
+
+def accept_edit(services, cands, idx, edited, draft, undo, doc_id, profile):
+    """Accept the person's edit of candidate `idx`: one `edit` feedback row with the edited text,
+    which goes into the draft. Returns (draft, undo, document_id, confirmation)."""
+    item = _item(cands, idx)
+    edited = (edited or "").strip()
+    if not edited:
+        raise gr.Error("The edited suggestion is empty.")
+    if edited == item["text"].strip():
+        raise gr.Error("Edit the suggestion's text first (or use Accept to take it as is).")
+    fid = _feedback(services, item["id"], "edit", edited_text=edited)
+    new = insert_into_draft(draft, edited, cands.get("mode") or "continue", cands.get("source") or "")
+    return _commit_draft(services, profile, draft, new, undo, doc_id, f"✓ your edit went into the draft · rating #{fid}")
+
+
+def _commit_draft(services, profile, old, new, undo, doc_id, msg):
+    undo = [*(undo or []), old or ""][-UNDO_DEPTH:]
+    doc_id, _ = autosave_draft(services, profile, new, doc_id)
+    return new, undo, doc_id, msg
+
+
+def undo_accept(services, draft, undo, doc_id, profile):
+    """Restore the draft as it was before the last accept. Returns (draft, undo, document_id, message)."""
+    if not undo:
+        gr.Warning("Nothing to undo.")
+        return draft, undo or [], doc_id, "nothing to undo"
+    *rest, previous = undo
+    doc_id, _ = autosave_draft(services, profile, previous, doc_id)
+    return previous, rest, doc_id, f"↶ undone ({len(rest)} more undo step{'s' if len(rest) != 1 else ''})"
+
+
+# ============================================================================= library and styles
+def format_material(material: list[dict[str, Any]]) -> str:
+    if not material:
+        return "_No matching snippets in your library yet: add some below._"
+    lines = []
+    for m in material:
+        text = " ".join(str(m.get("text", "")).split())
+        if len(text) > 280:
+            text = text[:277] + "…"
+        lines.append(f"- **{float(m.get('score', 0)):.2f}** · {text}")
+    return "\n".join(lines)
+
+
+def add_snippet(services: Services, profile, text, source: str = "pasted"):
+    """Add a snippet to the profile's library. Returns (confirmation, cleared text box)."""
+    try:
+        sid = services.add_snippet(text or "", profile=_profile(services, profile), source=source)
+    except InputError as e:
+        raise gr.Error(str(e)) from None
+    return f"✓ saved snippet #{sid} to your library", ""
+
+
+def save_draft_to_library(services: Services, profile, draft, selection):
+    """Save the selected part of the draft (or the whole draft when nothing is selected)."""
+    text = (selection or "").strip() if (selection or "").strip() and (selection or "") in (draft or "") else draft
+    src = "selection" if text is not draft else "draft"
+    msg, _ = add_snippet(services, profile, text, source=src)
+    return msg
+
+
+def find_material(services: Services, profile, keywords, theme) -> str:
+    query = " ".join(x for x in ((keywords or "").replace(",", " "), theme or "") if x).strip()
+    if not query:
+        raise gr.Error("Type keywords or a theme to search your library.")
+    return format_material(services.search_library(query, profile=_profile(services, profile), top_k=5))
+
+
+def save_style(services: Services, profile, name, description):
+    """Save a person-defined style. Returns (style dropdown update, confirmation)."""
+    name = (name or "").strip()
+    if name in BUILTIN_STYLES or name == SAMPLE_STYLE:
+        raise gr.Error(f"{name!r} is a built-in style; pick another name.")
+    profile = _profile(services, profile)
+    try:
+        services.save_style(name, description or "", profile=profile)
+    except InputError as e:
+        raise gr.Error(str(e)) from None
+    return gr.update(choices=style_choices(services, profile), value=name), f"✓ saved style “{name}”"
+
+
+def pick_sample(samples: dict[str, str], key: str | None) -> str:
+    return samples.get(key or "", "")
+
+
+# ============================================================================= layout + wiring
+@dataclass
+class UIContext:
+    """Shared components handed to extension tabs that take a second parameter."""
+
+    profile: gr.Textbox
+    header: gr.Markdown
+    demo: gr.Blocks
+
+
+def _call_extra_tab(fn, services, ctx: UIContext) -> None:
+    try:
+        n = len(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        n = 1
+    fn(services, ctx) if n >= 2 else fn(services)
+
+
+def build_ui(services: Services) -> gr.Blocks:
+    examples = load_json_asset("examples.json", {"continue": [], "restyle": [], "inspire": []})
+    samples: dict[str, str] = load_json_asset("style_samples.json", {})
+    g = services.generation_defaults
+
+    with gr.Blocks(title="inkloop: a writing assistant that learns from you") as demo:
+        # ----------------------------------------------------------------- state
+        profile_saved = gr.BrowserState(services.default_profile, storage_key="inkloop-profile")
+        doc_id = gr.State(None)
+        undo = gr.State([])
+        cands = gr.State(_empty_cands())
+        selection = gr.State("")
+
+        # ----------------------------------------------------------------- layout
+        with gr.Row(elem_id="topbar"):
+            gr.Markdown("## ✒️ inkloop", elem_id="title")
+            header = gr.Markdown(header_text(services), elem_id="header-info")
+
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3, elem_id="main-col"):
+                with gr.Tabs(elem_id="modes") as tabs:
+                    with gr.Tab("Continue", id="continue", elem_id="tab-continue"):
+                        draft = gr.Textbox(
+                            label="Your draft (saved automatically)", lines=12, max_lines=30,
+                            placeholder="Start writing; then ask for a continuation.", elem_id="draft",
+                        )
+                        with gr.Row():
+                            suggest_c = gr.Button("✨ Suggest continuations", variant="primary", elem_id="suggest-continue")
+                            save_sel = gr.Button("Save selection/draft to library", elem_id="save-selection")
+                        draft_status = gr.Markdown("", elem_id="draft-status", elem_classes=["small-note"])
+                        if examples.get("continue"):
+                            gr.Examples(examples=[[e] for e in examples["continue"]], inputs=[draft], label="Example drafts")
+
+                    with gr.Tab("Restyle", id="restyle", elem_id="tab-restyle"):
+                        passage = gr.Textbox(label="Passage to rewrite", lines=6, elem_id="passage")
+                        take_para = gr.Button("Take the draft's last paragraph", size="sm", elem_id="take-paragraph")
+                        style = gr.Dropdown(
+                            choices=style_choices(services, services.default_profile), value="formal",
+                            label="Target style", elem_id="style",
+                        )
+                        with gr.Group(visible=False, elem_id="sample-group") as sample_group:
+                            sample_pick = gr.Dropdown(choices=list(samples), value=None, label="Pick a sample voice",
+                                                      elem_id="sample-pick")
+                            sample = gr.Textbox(label="Sample to imitate", lines=4, elem_id="sample")
+                        suggest_r = gr.Button("✨ Suggest rewrites", variant="primary", elem_id="suggest-restyle")
+                        with gr.Accordion("Define your own style", open=False, elem_id="style-form"):
+                            style_name = gr.Textbox(label="Name", placeholder="e.g. noir", elem_id="style-name")
+                            style_desc = gr.Textbox(
+                                label="Description", lines=2, elem_id="style-desc",
+                                placeholder="e.g. hard-boiled, short sentences, world-weary first person",
+                            )
+                            save_style_btn = gr.Button("Save style", size="sm", elem_id="save-style")
+                            style_msg = gr.Markdown("", elem_classes=["small-note"])
+                        if examples.get("restyle"):
+                            gr.Examples(examples=[[e["text"], e["style"]] for e in examples["restyle"]],
+                                        inputs=[passage, style], label="Examples")
+
+                    with gr.Tab("Inspire", id="inspire", elem_id="tab-inspire"):
+                        with gr.Row():
+                            keywords = gr.Textbox(label="Keywords (comma-separated)", elem_id="keywords", scale=2)
+                            theme = gr.Textbox(label="…or a theme", elem_id="theme", scale=2)
+                        kind = gr.Radio(list(INSPIRE_KINDS), value="ideas", label="Kind", elem_id="inspire-kind")
+                        with gr.Row():
+                            suggest_i = gr.Button("✨ Inspire me", variant="primary", elem_id="suggest-inspire")
+                            find_btn = gr.Button("Find material only", elem_id="find-material")
+                        with gr.Group(elem_id="material-box"):
+                            gr.Markdown("**Material from your library**")
+                            material = gr.Markdown("_Ask for inspiration to see matching snippets._", elem_id="material")
+                        with gr.Accordion("Add to your library", open=False, elem_id="library-form"):
+                            snippet = gr.Textbox(label="Paste a note, quote or passage", lines=3, elem_id="snippet")
+                            add_snip = gr.Button("Add to library", size="sm", elem_id="add-snippet")
+                        library_msg = gr.Markdown("", elem_classes=["small-note"], elem_id="library-msg")
+                        if examples.get("inspire"):
+                            gr.Examples(examples=[[e["keywords"], e.get("theme", ""), e["kind"]] for e in examples["inspire"]],
+                                        inputs=[keywords, theme, kind], label="Examples")
+
+                    ctx = UIContext(profile=None, header=header, demo=demo)  # profile filled in below
+                    extra_tabs = list(getattr(services, "extra_tabs", None) or [])
+
+                # the shared suggestions panel
+                with gr.Group(elem_id="suggestions"):
+                    with gr.Row(elem_id="suggest-bar"):
+                        info = gr.Markdown("_Suggestions appear here._", elem_id="suggest-info")
+                        undo_btn = gr.Button("↶ Undo last accept", size="sm", scale=0, elem_id="undo")
+                    undo_msg = gr.Markdown("", elem_classes=["small-note"], elem_id="undo-msg")
+                    rows, boxes, stars, msgs, buttons = [], [], [], [], []
+                    for i in range(MAX_K):
+                        with gr.Row(visible=False, elem_id=f"cand-{i}", elem_classes=["cand-row"]) as row:
+                            with gr.Column(scale=4, min_width=300):
+                                box = gr.Textbox(
+                                    show_label=False, lines=3, max_lines=12, interactive=True,
+                                    elem_id=f"cand-text-{i}", elem_classes=["cand-text"],
+                                )
+                                msg = gr.Markdown("", elem_id=f"cand-msg-{i}", elem_classes=["small-note", "cand-msg"])
+                            with gr.Column(scale=2, min_width=220, elem_classes=["cand-actions"]):
+                                with gr.Row(elem_classes=["cand-btns"]):
+                                    up = gr.Button("👍", size="sm", min_width=40, elem_id=f"cand-up-{i}")
+                                    down = gr.Button("👎", size="sm", min_width=40, elem_id=f"cand-down-{i}")
+                                    best = gr.Button("🏆 Best", size="sm", min_width=60, elem_id=f"cand-best-{i}")
+                                star = gr.Radio(STARS, value=None, label="stars", show_label=False,
+                                                elem_id=f"cand-stars-{i}", elem_classes=["cand-stars"])
+                                with gr.Row(elem_classes=["cand-btns"]):
+                                    acc = gr.Button("Accept", size="sm", variant="primary", elem_id=f"cand-accept-{i}")
+                                    acc_edit = gr.Button("Accept my edit", size="sm", elem_id=f"cand-edit-{i}")
+                        rows.append(row)
+                        boxes.append(box)
+                        stars.append(star)
+                        msgs.append(msg)
+                        buttons.append((up, down, best, acc, acc_edit))
+
+            with gr.Column(scale=1, min_width=260, elem_id="side-col"):
+                with gr.Accordion("Sampling", open=True, elem_id="sampling"):
+                    k = gr.Slider(1, MAX_K, value=max(1, min(MAX_K, g.k)), step=1, label="K candidates", elem_id="k")
+                    temperature = gr.Slider(0.0, 2.0, value=g.temperature, step=0.05, label="Temperature",
+                                            elem_id="temperature")
+                    top_p = gr.Slider(0.05, 1.0, value=g.top_p, step=0.01, label="Top-p", elem_id="top-p")
+                    max_new = gr.Slider(8, MAX_NEW_TOKENS, value=g.max_new_tokens, step=8, label="Max new tokens",
+                                        elem_id="max-new-tokens")
+                    seed = gr.Number(value=g.seed, precision=0, label="Seed (blank = random)", elem_id="seed")
+                profile = gr.Textbox(value=services.default_profile, label="Profile", max_lines=1,
+                                     info="Each profile has its own drafts, ratings and learned policy.",
+                                     elem_id="profile")
+                gr.Markdown(
+                    "Rate suggestions with 👍/👎, stars or 🏆; **Accept** puts one into your draft. "
+                    "Every rating teaches the assistant your taste.",
+                    elem_classes=["small-note"],
+                )
+
+        # extension tabs are built inside the Tabs context, after the profile box exists
+        if extra_tabs:
+            ctx.profile = profile
+            with tabs:
+                for fn in extra_tabs:
+                    _call_extra_tab(fn, services, ctx)
+
+        timer = gr.Timer(15.0)
+
+        # ----------------------------------------------------------------- wiring
+        S = services
+        load_outputs = [profile, profile_saved, draft, doc_id, style, header]
+        demo.load(lambda p: load_page(S, p), inputs=[profile_saved], outputs=load_outputs)
+        profile.submit(lambda p: load_page(S, p), inputs=[profile], outputs=load_outputs)
+        profile.blur(lambda p: load_page(S, p), inputs=[profile], outputs=load_outputs)
+        timer.tick(lambda p: header_text(S, p), inputs=[profile], outputs=[header], show_progress="hidden")
+
+        draft.change(lambda p, d, i: autosave_draft(S, p, d, i), inputs=[profile, draft, doc_id],
+                     outputs=[doc_id, draft_status], trigger_mode="always_last", show_progress="hidden")
+        draft.select(remember_selection, inputs=None, outputs=[selection], show_progress="hidden")
+        save_sel.click(lambda p, d, s: save_draft_to_library(S, p, d, s), inputs=[profile, draft, selection],
+                       outputs=[draft_status])
+
+        sampling = [k, temperature, top_p, max_new, seed]
+        suggest_outputs = [*rows, *boxes, *stars, *msgs, cands, info, material]
+        common = dict(outputs=suggest_outputs, show_progress="minimal", show_progress_on=[info],
+                      concurrency_id="generate")
+
+        def _continue(p, d, i, *s):
+            yield from suggest_continue(S, p, d, i, *s)
+
+        def _restyle(p, pa, st, sa, *s):
+            yield from suggest_restyle(S, p, pa, st, sa, *s)
+
+        def _inspire(p, kw, th, kd, *s):
+            yield from suggest_inspire(S, p, kw, th, kd, *s)
+
+        refresh = dict(fn=lambda p: header_text(S, p), inputs=[profile], outputs=[header], show_progress="hidden")
+        suggest_c.click(_continue, inputs=[profile, draft, doc_id, *sampling], **common).then(**refresh)
+        suggest_r.click(_restyle, inputs=[profile, passage, style, sample, *sampling], **common).then(**refresh)
+        suggest_i.click(_inspire, inputs=[profile, keywords, theme, kind, *sampling], **common).then(**refresh)
+
+        take_para.click(last_paragraph, inputs=[draft], outputs=[passage])
+        style.change(lambda s: gr.update(visible=s == SAMPLE_STYLE), inputs=[style], outputs=[sample_group],
+                     show_progress="hidden")
+        sample_pick.change(lambda key: pick_sample(samples, key), inputs=[sample_pick], outputs=[sample],
+                           show_progress="hidden")
+        save_style_btn.click(lambda p, n, d: save_style(S, p, n, d), inputs=[profile, style_name, style_desc],
+                             outputs=[style, style_msg])
+
+        find_btn.click(lambda p, kw, th: find_material(S, p, kw, th), inputs=[profile, keywords, theme],
+                       outputs=[material])
+        add_snip.click(lambda p, t: add_snippet(S, p, t), inputs=[profile, snippet], outputs=[library_msg, snippet])
+
+        draft_io = dict(outputs=[draft, undo, doc_id, undo_msg])
+        undo_btn.click(lambda d, u, i, p: undo_accept(S, d, u, i, p), inputs=[draft, undo, doc_id, profile], **draft_io)
+        for i in range(MAX_K):
+            up, down, best, acc, acc_edit = buttons[i]
+            up.click(lambda c, i=i: rate(S, c, i, "thumb", 1), inputs=[cands], outputs=[msgs[i]])
+            down.click(lambda c, i=i: rate(S, c, i, "thumb", -1), inputs=[cands], outputs=[msgs[i]])
+            best.click(lambda c, i=i: rate(S, c, i, "best"), inputs=[cands], outputs=[msgs[i]])
+            stars[i].input(lambda c, v, i=i: rate(S, c, i, "stars", v), inputs=[cands, stars[i]], outputs=[msgs[i]])
+            acc.click(lambda c, d, u, di, p, i=i: accept(S, c, i, d, u, di, p),
+                      inputs=[cands, draft, undo, doc_id, profile], outputs=[draft, undo, doc_id, msgs[i]])
+            acc_edit.click(lambda c, e, d, u, di, p, i=i: accept_edit(S, c, i, e, d, u, di, p),
+                           inputs=[cands, boxes[i], draft, undo, doc_id, profile],
+                           outputs=[draft, undo, doc_id, msgs[i]])
+    return demo
