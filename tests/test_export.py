@@ -1,0 +1,107 @@
+"""Exports: merged model reloads with plain transformers and matches the live policy's logits;
+adapter/reward copies; exports for download stay inside <data_dir>/exports."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from assistant.export import (
+    ExportError,
+    export,
+    export_to_exports_dir,
+    export_zip_path,
+    list_exports,
+)
+from storage.artifacts import exports_root, save_version
+from tests.test_hotswap import lora_policy_writer
+
+
+def _feedback(store, n=3):
+    req = store.record_request(profile_id="default", mode="continue", text="t", options={}, prompt="p",
+                               policy_version=0, suggestions=["a", "b"])
+    for _ in range(n):
+        store.add_feedback(req.suggestions[0].id, "thumb", 1.0)
+    store.add_feedback(req.suggestions[1].id, "stars", 4)
+
+
+def test_merged_export_matches_live_policy(store, tmp_path, tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from assistant.cli import policy_source
+    from assistant.generate import Generator
+
+    _feedback(store)
+    v = save_version(store, tmp_path, kind="policy", profile_id="default", writer=lora_policy_writer(tiny_model_dir, 3),
+                     metrics={"rl/kl": 0.02, "rm/accuracy": 0.8}, publish=True)
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    gen = Generator(base, tok, version_source=policy_source(store, "default"))
+    assert gen.refresh_policy() == v.id
+    ids = torch.tensor([[3, 14, 15, 92, 65, 35]])
+    with torch.no_grad():
+        live = gen.model(input_ids=ids).logits
+        base_only = gen.model.get_base_model()  # sanity: the adapter changes the output
+        with gen.model.disable_adapter():
+            plain = base_only(input_ids=ids).logits
+    assert not torch.allclose(live, plain, atol=1e-4)
+
+    out = export(store, what="merged", out_dir=tmp_path / "merged", base_path=tiny_model_dir)
+    assert (out / "model.safetensors").exists() and not list(out.glob("*.bin"))
+    assert not (out / "adapter_config.json").exists()  # merged: a plain model, no peft needed
+    reloaded = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, live, atol=1e-4, rtol=1e-4)
+    assert AutoTokenizer.from_pretrained(str(out)).encode("The rain") == tok.encode("The rain")
+    card = (out / "README.md").read_text()
+    assert f"version {v.id}" in card and "rl/kl" in card and "| thumb | 3 |" in card and "| stars | 1 |" in card
+
+    with pytest.raises(ExportError, match="not empty"):
+        export(store, what="merged", out_dir=out, base_path=tiny_model_dir)
+
+
+def test_adapter_and_reward_exports(store, tmp_path, tiny_model_dir):
+    from peft import PeftConfig
+
+    v = save_version(store, tmp_path, kind="policy", profile_id="default", writer=lora_policy_writer(tiny_model_dir, 4),
+                     metrics={"rl/reward": 0.3}, publish=True)
+    out = export(store, what="adapter", out_dir=tmp_path / "ad", version_id=v.id, base_path=tiny_model_dir)
+    assert PeftConfig.from_pretrained(str(out / "adapter")).r == 4
+    assert (out / "value_head.safetensors").exists()
+    assert json.loads((out / "metrics.json").read_text()) == {"rl/reward": 0.3}
+
+    with pytest.raises(ExportError, match="no published reward"):
+        export(store, what="reward", out_dir=tmp_path / "rw")
+
+    def rm_writer(d: Path) -> None:
+        (d / "reward_config.json").write_text("{}")
+
+    r = save_version(store, tmp_path, kind="reward", profile_id="default", writer=rm_writer, publish=True)
+    out = export(store, what="reward", out_dir=tmp_path / "rw")
+    assert (out / "reward_config.json").exists() and (out / "metrics.json").exists()
+    with pytest.raises(ExportError, match="not a policy version"):
+        export(store, what="adapter", out_dir=tmp_path / "x", version_id=r.id)
+    with pytest.raises(ExportError, match="unknown export"):
+        export(store, what="weights", out_dir=tmp_path / "y")
+
+
+def test_exports_for_download_stay_in_exports_dir(store, tmp_path, tiny_model_dir):
+    v = save_version(store, tmp_path, kind="policy", profile_id="default", writer=lora_policy_writer(tiny_model_dir, 5),
+                     publish=True)
+    res = export_to_exports_dir(store, tmp_path, what="adapter", version_id=v.id)
+    root = exports_root(tmp_path).resolve()
+    assert Path(res["zip"]).resolve().parent == root and Path(res["dir"]).resolve().parent == root
+    with zipfile.ZipFile(res["zip"]) as z:
+        assert "adapter/adapter_config.json" in z.namelist()
+    name = Path(res["zip"]).name
+    assert [e["name"] for e in list_exports(tmp_path)] == [name]
+    assert export_zip_path(tmp_path, name) == Path(res["zip"]).resolve()
+    for bad in ("../inkloop.db", "/etc/passwd", "..zip", "x/../../a.zip", name.replace(".zip", "")):
+        with pytest.raises(ExportError):
+            export_zip_path(tmp_path, bad)
+    with pytest.raises(ExportError):
+        export_to_exports_dir(store, tmp_path, what="adapter", version_id=-1)

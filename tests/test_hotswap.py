@@ -1,0 +1,89 @@
+"""Hot-swapping published policy versions into the running Generator, and rollback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from storage.artifacts import rollback, save_version
+
+
+def lora_policy_writer(model_dir: Path, seed: int, scale: float = 0.5):
+    """A writer for save_version: a peft LoRA adapter with random (non-zero) B matrices on the tiny
+    model, plus a value head, in the policy directory layout (adapter/ + value_head.safetensors)."""
+
+    def write(d: Path) -> None:
+        from peft import LoraConfig, get_peft_model
+        from safetensors.torch import save_file
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        pm = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for n, p in pm.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(torch.randn(p.shape, generator=g) * scale)
+        pm.save_pretrained(str(d / "adapter"))
+        save_file({"weight": torch.randn(1, base.config.hidden_size, generator=g), "bias": torch.zeros(1)},
+                  str(d / "value_head.safetensors"))
+
+    return write
+
+
+def _logits(gen, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return gen.model(input_ids=ids).logits.float()
+
+
+@pytest.fixture
+def services_on_dir(store, tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from assistant.cli import policy_source
+    from assistant.generate import Generator
+    from assistant.models import prepare_tokenizer
+    from assistant.service import Services
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    prepare_tokenizer(tok)
+    gen = Generator(model, tok, version_source=policy_source(store, "default"))
+    return Services(store, gen, None, model_name="tiny")
+
+
+def test_publish_hot_swaps_and_rollback_restores_logits(store, tmp_path, tiny_model_dir, services_on_dir):
+    from assistant.service import SuggestRequest
+
+    svc = services_on_dir
+    gen = svc.generator
+    ids = torch.tensor([[5, 17, 42, 9, 33, 60]])
+    base_logits = _logits(gen, ids)
+    req = SuggestRequest(mode="continue", text="The rain had not stopped.", k=2, max_new_tokens=6, seed=1)
+    assert svc.suggest(req).policy_version == 0
+
+    v1 = save_version(store, tmp_path, kind="policy", profile_id="default",
+                      writer=lora_policy_writer(tiny_model_dir, seed=1), publish=True)
+    r1 = svc.suggest(req)
+    assert r1.policy_version == v1.id
+    assert store.get_request(r1.request_id).suggestions[0].policy_version == v1.id
+    l1 = _logits(gen, ids)
+    assert not torch.allclose(l1, base_logits, atol=1e-4)
+
+    v2 = save_version(store, tmp_path, kind="policy", profile_id="default",
+                      writer=lora_policy_writer(tiny_model_dir, seed=2), publish=True, parent_id=v1.id)
+    assert svc.suggest(req).policy_version == v2.id
+    l2 = _logits(gen, ids)
+    assert not torch.allclose(l2, l1, atol=1e-4)
+    assert list(gen.model.peft_config) == [f"v{v2.id}"]  # the old adapter was deleted, not stacked
+
+    rollback(store, "default")  # v2 -> rolled_back; v1 is live again
+    assert svc.suggest(req).policy_version == v1.id
+    torch.testing.assert_close(_logits(gen, ids), l1, atol=1e-5, rtol=1e-5)
+    assert svc.status()["policy_version"] == v1.id
+
+    rollback(store, "default", 0)  # back to the base model
+    assert svc.suggest(req).policy_version == 0
+    torch.testing.assert_close(_logits(gen, ids), base_logits, atol=1e-5, rtol=1e-5)
