@@ -15,7 +15,6 @@ result for download.
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import shutil
@@ -197,16 +196,17 @@ def export_reward(store: Store, version: ModelVersion, out_dir: str | Path, over
 
 
 def export_feedback(store: Store, profile_id: str, out_dir: str | Path, overwrite: bool = False) -> Path:
-    """TRL-style JSONL datasets of the profile's feedback (written by storage.datasets)."""
-    try:
-        datasets = importlib.import_module("storage.datasets")
-    except ModuleNotFoundError as e:
-        raise ExportError("feedback export needs storage/datasets.py, which is not installed") from e
-    fn = getattr(datasets, "export_all", None) or getattr(datasets, "export_datasets", None)
-    if fn is None:
-        raise ExportError("storage.datasets has no export_all(store, profile_id, out_dir)")
+    """TRL-style JSONL datasets of the profile's feedback (storage.datasets): preference.jsonl
+    (prompt/chosen/rejected), ratings.jsonl (prompt/completion/rating), unpaired.jsonl
+    (prompt/completion/label), plus a README with the counts."""
+    from storage import datasets
+
     out = _prepare_out(out_dir, overwrite)
-    fn(store, profile_id, out)
+    counts = {fmt: datasets.export_feedback(store, fmt, out / f"{fmt}.jsonl", profile_id) for fmt in datasets.FORMATS}
+    lines = [f"# inkloop feedback of profile `{profile_id}`", "", "| file | rows |", "|---|---|"]
+    lines += [f"| {fmt}.jsonl | {n} |" for fmt, n in counts.items()]
+    lines += ["", "Load with `datasets.load_dataset('json', data_files='preference.jsonl')`.", ""]
+    (out / "README.md").write_text("\n".join(lines))
     return out
 
 

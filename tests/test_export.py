@@ -105,3 +105,20 @@ def test_exports_for_download_stay_in_exports_dir(store, tmp_path, tiny_model_di
             export_zip_path(tmp_path, bad)
     with pytest.raises(ExportError):
         export_to_exports_dir(store, tmp_path, what="adapter", version_id=-1)
+
+
+def test_feedback_export_writes_trl_datasets(store, tmp_path):
+    req = store.record_request(profile_id="default", mode="continue", text="The rain", options={}, prompt="p",
+                               policy_version=0, suggestions=["good one", "bad one", "meh"])
+    a, b, c = req.suggestions
+    store.add_feedback(a.id, "rank", ranking=[a.id, b.id, c.id])
+    store.add_feedback(a.id, "stars", 5)
+    store.add_feedback(b.id, "thumb", -1)
+    out = export(store, what="feedback", out_dir=tmp_path / "fb")
+    pref = [json.loads(x) for x in (out / "preference.jsonl").read_text().splitlines()]
+    assert pref and {"prompt", "chosen", "rejected"} <= set(pref[0])
+    assert any(p["chosen"] == "good one" and p["rejected"] == "bad one" for p in pref)
+    ratings = [json.loads(x) for x in (out / "ratings.jsonl").read_text().splitlines()]
+    assert ratings == [{"prompt": ratings[0]["prompt"], "completion": "good one", "rating": 5}]
+    unpaired = [json.loads(x) for x in (out / "unpaired.jsonl").read_text().splitlines()]
+    assert [(u["completion"], u["label"]) for u in unpaired] == [("bad one", False)]
