@@ -1,5 +1,478 @@
-"""CLI commands for this area (filled in by the area's owner)."""
+"""`inkloop eval`: quality of a policy version, reward functions compared, hyper-parameters swept.
+
+    inkloop eval --version V [--prompts FILE] [--json]
+    inkloop eval compare-rewards --rater NAME --budget N [--algo ppo]
+    inkloop eval sweep --param lr=1e-5,5e-5 --param kl=0.02,0.1 --rater NAME --budget N [--random N]
+
+Every form writes a report folder under <data-dir>/reports/ (see reward.report). The metrics are
+the functions of reward.quality; the simulated-rater cycle is reward.evaluate.simulate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import quality as Q
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+# ----------------------------------------------------------------------------- prompts
+@dataclass
+class EvalPrompt:
+    """One evaluation request: a mode, its text, and the prompt options (style, keywords, ...)."""
+
+    mode: str
+    text: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _one_prompt(item: Any, mode: str | None = None) -> EvalPrompt:
+    if isinstance(item, str):
+        if mode is None:
+            raise ValueError(f"a bare string prompt needs a mode: {item[:40]!r}")
+        return EvalPrompt(mode, item)
+    if not isinstance(item, dict):
+        raise ValueError(f"a prompt must be an object or a string, got {type(item).__name__}")
+    m = item.get("mode", mode)
+    if m not in ("continue", "restyle", "inspire"):
+        raise ValueError(f"prompt has no valid mode (continue|restyle|inspire): {item}")
+    text = item.get("text") or item.get("theme") or ""
+    opts = dict(item.get("options") or {})
+    for k_in, k_out in (("style", "style"), ("sample", "sample"), ("keywords", "keywords"),
+                        ("kind", "inspire_kind"), ("inspire_kind", "inspire_kind")):
+        if item.get(k_in):
+            opts.setdefault(k_out, item[k_in])
+    return EvalPrompt(m, text, opts)
+
+
+def parse_prompts(data: Any) -> list[EvalPrompt]:
+    """Accepts: a list of {"mode", "text", options...}; a dict mode -> list (strings or objects,
+    like assets/examples.json); or a dict holding such a value under "held_out", "eval", "test"
+    or "prompts"."""
+    if isinstance(data, dict):
+        for key in ("held_out", "heldout", "eval", "test", "prompts"):
+            if key in data:
+                return parse_prompts(data[key])
+        out = []
+        for mode in ("continue", "restyle", "inspire"):
+            out += [_one_prompt(it, mode) for it in data.get(mode, [])]
+        if not out:
+            raise ValueError("no prompts found: expected a list, or keys continue/restyle/inspire or held_out")
+        return out
+    if isinstance(data, list):
+        return [_one_prompt(it) for it in data]
+    raise ValueError(f"cannot read prompts from a {type(data).__name__}")
+
+
+def load_prompts(path: str | Path | None = None) -> list[EvalPrompt]:
+    """Prompts from a JSON or JSONL file; by default the held-out prompts of assets/prompts.json,
+    else assets/examples.json."""
+    if path is None:
+        for cand in (ASSETS / "prompts.json", ASSETS / "examples.json"):
+            if cand.is_file():
+                path = cand
+                break
+        else:
+            raise ValueError("no prompts: pass --prompts FILE (JSON or JSONL)")
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"prompts file {p} does not exist")
+    raw = p.read_text()
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError:
+        try:
+            data = [json.loads(line) for line in raw.splitlines() if line.strip()]
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p} is neither JSON nor JSONL: {e}") from None
+    prompts = parse_prompts(data)
+    if not prompts:
+        raise ValueError(f"{p} holds no prompts")
+    return prompts
+
+
+# ----------------------------------------------------------------------------- sampling
+@dataclass
+class Samples:
+    """K candidates per prompt from one policy version."""
+
+    version: int
+    contexts: list[str]
+    """The rendered prompt string for each prompt (what the model was conditioned on)."""
+    groups: list[list[str]]
+    """groups[i]: the candidates for prompt i."""
+    sources: list[str]
+
+
+def sample_version(generator, prompts: Sequence[EvalPrompt], gen, version: tuple[int, str] | None,
+                   progress: Callable[[str], None] | None = None) -> Samples:
+    """Generate K candidates per prompt with the given policy version ((id, dir); None = base)."""
+    from assistant.prompts import build_prompt
+
+    generator.version_source = lambda: version
+    generator.refresh_policy()
+    contexts, groups, sources = [], [], []
+    for i, ep in enumerate(prompts):
+        prompt = build_prompt(ep.mode, ep.text, ep.options)
+        res = generator.suggest(prompt, ep.text, gen)
+        contexts.append(res.prompt_text)
+        groups.append(list(res.texts))
+        sources.append(ep.text)
+        if progress:
+            progress(f"  v{generator.policy_version}: prompt {i + 1}/{len(prompts)} ({ep.mode}): {len(res.texts)} candidates")
+    return Samples(generator.policy_version, contexts, groups, sources)
+
+
+def rollout_prompts(prompts: Sequence[EvalPrompt], s: Samples) -> list:
+    """reward.functions.RolloutPrompt for every candidate of `s` (what the reward terms need)."""
+    from types import SimpleNamespace
+
+    from .functions import RolloutPrompt
+
+    out = []
+    for ep, ctx, g in zip(prompts, s.contexts, s.groups):
+        rp = RolloutPrompt.from_request(SimpleNamespace(prompt=ctx, mode=ep.mode, text=ep.text, options=ep.options))
+        out += [rp] * len(g)
+    return out
+
+
+def fluency_fn(generator) -> Callable:
+    """reward.functions' fluency term: mean log-prob per token under the reference model."""
+    import numpy as np
+
+    def fluency(prompts, texts) -> np.ndarray:
+        ctx = [p.prompt_text for p in prompts]
+        with Q._reference_context(generator.model):
+            lps = Q.token_logprobs(generator.model, generator.tokenizer, ctx, texts)
+        return np.asarray([float(lp.gather(1, t[:, None]).mean()) if len(t) else 0.0 for lp, t in lps], np.float32)
+
+    return fluency
+
+
+def sample_metrics(generator, prompts: Sequence[EvalPrompt], s: Samples, reward_fn=None) -> dict[str, float]:
+    """Text metrics, perplexity under the reference, KL to the reference, reward terms' means."""
+    m = Q.text_metrics(s.groups)
+    ctx = [c for c, g in zip(s.contexts, s.groups) for _ in g]
+    txt = [t for g in s.groups for t in g]
+    model, tok = generator.model, generator.tokenizer
+    with generator.lock:
+        m["eval/perplexity"] = Q.perplexity(model, tok, txt, ctx, use_reference=True)
+        kl = Q.kl_to_reference(model, tok, ctx, txt)
+        m["eval/kl"], m["eval/kl_k1"] = kl["kl"], kl["kl_k1"]
+        m["eval/length_tokens"] = Q.mean_length(txt, tok)
+        if reward_fn is not None and txt:
+            out = reward_fn(rollout_prompts(prompts, s), txt)
+            m.update(Q.mean_terms({k: list(map(float, v)) for k, v in out.terms.items()}))
+            m["eval/reward"] = float(out.total.mean())
+            if "rm" in out.terms:
+                m["eval/rm_score"] = m["eval/reward/rm"]
+    return m
+
+
+Judge = Callable[[Any, str, str], float]
+"""(RolloutPrompt, candidate A, candidate B) -> +1 if A is better, -1 if B is, 0 for a tie."""
+
+
+def compare_to_base(prompts: Sequence[EvalPrompt], policy: Samples, base: Samples, judge: Judge) -> dict[str, float]:
+    """Win-rate of the policy's candidates over the base's, candidate i against candidate i of the
+    same prompt, with a Wilson 95 % interval."""
+    w = l = t = 0
+    rps = rollout_prompts(prompts, policy)
+    i = 0
+    for pg, bg in zip(policy.groups, base.groups):
+        for j, (a, b) in enumerate(zip(pg, bg)):
+            v = judge(rps[i + j], a, b)
+            w, l, t = w + (v > 0), l + (v < 0), t + (v == 0)
+        i += len(pg)
+    r = Q.win_rate(w, l, t)
+    return {"eval/win_rate": r["win_rate"], "eval/win_ci_low": r["ci_low"], "eval/win_ci_high": r["ci_high"],
+            "eval/win_n": float(r["n"])}
+
+
+def evaluate_version(generator, prompts: Sequence[EvalPrompt], gen, version: tuple[int, str] | None,
+                     reward_fn=None, judge: Judge | None = None,
+                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Metrics of one policy version ((id, dir); None = the base, version 0) on `prompts`, against
+    the base: {"version", "metrics", "base_metrics", "samples"}. Win-rate needs a `judge`
+    (a simulated rater, or the reward model's scores)."""
+    t0 = time.perf_counter()
+    base = sample_version(generator, prompts, gen, None, progress)
+    base_m = sample_metrics(generator, prompts, base, reward_fn)
+    if version is None:
+        pol, pol_m = base, dict(base_m)
+    else:
+        pol = sample_version(generator, prompts, gen, version, progress)
+        pol_m = sample_metrics(generator, prompts, pol, reward_fn)
+    if judge is not None:
+        pol_m.update(compare_to_base(prompts, pol, base, judge))
+    pol_m["eval/seconds"] = time.perf_counter() - t0
+    samples = [{"mode": p.mode, "text": p.text, "base": b, "policy": g}
+               for p, b, g in zip(prompts, base.groups, pol.groups)]
+    return {"version": pol.version, "metrics": pol_m, "base_metrics": base_m, "samples": samples}
+
+
+def reward_judge(reward_fn) -> Judge:
+    """A judge from a reward function: the candidate with the higher total reward wins."""
+
+    def judge(rp, a: str, b: str) -> float:
+        r = reward_fn([rp, rp], [a, b]).total
+        d = float(r[0] - r[1])
+        return 0.0 if abs(d) <= 1e-9 else math.copysign(1.0, d)
+
+    return judge
+
+
+# ----------------------------------------------------------------------------- command plumbing
+def _say(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _generation(args) -> Any:
+    from assistant.config import GenerationSettings
+
+    return GenerationSettings(k=args.k, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                              seed=args.seed)
+
+
+def _version_arg(store, profile: str, v: int) -> tuple[int, str] | None:
+    if v == 0:
+        return None
+    row = store.get_version(v)  # NotFound (a StoreError) for an unknown id
+    if row.kind != "policy":
+        raise ValueError(f"version {v} is a {row.kind} version, not a policy")
+    if not Path(row.path, "adapter").is_dir():
+        raise ValueError(f"version {v} has no adapter directory at {row.path}/adapter")
+    return row.id, row.path
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from assistant.cli import data_dir, fail, load_models, open_store
+    from assistant.generate import Generator
+
+    from .report import write_report
+
+    if args.version is None:
+        return fail("eval needs --version V (0 = the base model), or a sub-command: compare-rewards, sweep")
+    try:
+        prompts = load_prompts(args.prompts)
+        if args.limit:
+            prompts = prompts[: args.limit]
+        gen = _generation(args)
+        gen.validate()
+    except ValueError as e:
+        return fail(str(e))
+    store = open_store(args)
+    try:
+        version = _version_arg(store, args.profile, args.version)
+    except ValueError as e:
+        return fail(str(e))
+    lm, embedder = load_models(args, with_embedder=True)
+    generator = Generator(lm.model, lm.tokenizer, device=lm.device)
+    reward_fn, judge, notes = _scoring(args, store, lm, embedder, generator)
+    _say(f"eval: version {args.version} on {len(prompts)} prompts, K={gen.k}")
+    res = evaluate_version(generator, prompts, gen, version, reward_fn=reward_fn, judge=judge, progress=_say)
+    runs = [{"name": "base (v0)", "config": {}, "metrics": res["base_metrics"]}]
+    if version is not None:
+        runs.append({"name": f"v{res['version']}", "config": {}, "metrics": res["metrics"], "samples": res["samples"]})
+    else:
+        runs[0]["samples"] = res["samples"]
+    folder = write_report(data_dir(args), f"eval-v{args.version}", runs, title=f"Evaluation of policy version {args.version}",
+                          settings={"model": lm.name, "prompts": args.prompts or "assets (default)", "n_prompts": len(prompts),
+                                    "k": gen.k, "max_new_tokens": gen.max_new_tokens, "seed": gen.seed},
+                          notes=notes)
+    out = {"version": res["version"], "metrics": res["metrics"], "base_metrics": res["base_metrics"], "report": str(folder)}
+    if args.json:
+        print(json.dumps(out, indent=2, default=float))
+    else:
+        print((folder / "summary.md").read_text())
+        print(f"report: {folder}")
+    return 0
+
+
+
+
+def _scoring(args, store, lm, embedder, generator) -> tuple[Any, Judge | None, list[str]]:
+    """The reward function (default RewardConfig; the profile's live reward model when there is
+    one) and the judge for the win-rate: a simulated rater when --rater is given, else the
+    composed reward."""
+    from .functions import RewardConfig, RewardFunction, embed_with
+    from .train import load_live_reward_model
+
+    notes: list[str] = []
+    rm = load_live_reward_model(store, args.profile, embedder, lm) if embedder is not None else None
+    if rm is None:
+        notes.append("no reward model published yet for this profile: the rm term is absent.")
+    reward_fn = RewardFunction(RewardConfig(), rm=rm, embed=embed_with(embedder) if embedder is not None else None,
+                               fluency=fluency_fn(generator))
+    if getattr(args, "rater", None):
+        judge = rater_judge(args.rater, embedder)
+        notes.append(f"win-rate judged by the simulated rater {args.rater!r}.")
+    else:
+        judge = reward_judge(reward_fn)
+        notes.append("win-rate judged by the composed reward (default weights); pass --rater NAME for a simulated rater.")
+    return reward_fn, judge, notes
+
+
+# ----------------------------------------------------------------------------- compare-rewards and sweep
+def reward_designs() -> dict[str, Any]:
+    """The reward configurations compare-rewards runs, by name (same weights in every mode)."""
+    from .functions import RewardConfig
+
+    return {
+        "rm-only": RewardConfig.only(rm=1.0),
+        "rm+fluency": RewardConfig.only(rm=1.0, fluency=0.1),
+        "rm+rep/div": RewardConfig.only(rm=1.0, repetition=0.5, distinct=0.2),
+        "heuristics": RewardConfig.only(length=0.2, repetition=0.5, distinct=0.2, keywords=0.5, fluency=0.05),
+    }
+
+
+SWEEP_PARAMS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "lr": ("learning rate", float),
+    "kl": ("KL coefficient", float),
+    "rank": ("LoRA rank", int),
+    "algo": ("algorithm", str),
+    "k": ("samples per prompt (K)", int),
+}
+"""Sweepable hyper-parameters: name -> (description, parser of one value)."""
+
+
+def parse_param(spec: str) -> tuple[str, list[Any]]:
+    """"lr=1e-5,5e-5" -> ("lr", [1e-05, 5e-05]). Raises ValueError with the known names."""
+    if "=" not in spec:
+        raise ValueError(f"--param wants NAME=V1,V2,... got {spec!r}")
+    name, vals = spec.split("=", 1)
+    name = name.strip().lower().replace("-", "_")
+    name = {"learning_rate": "lr", "kl_coef": "kl", "lora_rank": "rank", "r": "rank"}.get(name, name)
+    if name not in SWEEP_PARAMS:
+        raise ValueError(f"unknown sweep parameter {name!r}; known: {', '.join(SWEEP_PARAMS)}")
+    conv = SWEEP_PARAMS[name][1]
+    try:
+        values = [conv(v.strip()) for v in vals.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"bad value in --param {spec!r}") from None
+    if not values:
+        raise ValueError(f"--param {name} has no values")
+    return name, values
+
+
+def sweep_grid(params: dict[str, list[Any]], random_n: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """The full grid (cartesian product, in order), or `random_n` distinct settings drawn from it."""
+    import itertools
+    import random
+
+    names = list(params)
+    grid = [dict(zip(names, combo)) for combo in itertools.product(*(params[n] for n in names))] or [{}]
+    if random_n is not None and random_n < len(grid):
+        rng = random.Random(seed)
+        grid = rng.sample(grid, random_n)
+    return grid
+
+
+# ----------------------------------------------------------------------------- argparse
+def _eval_flags(p: argparse.ArgumentParser) -> None:
+    from assistant.config import GenerationSettings, MAX_K
+
+    g = GenerationSettings()
+    p.add_argument("--prompts", default=None, metavar="FILE",
+                   help="evaluation prompts, JSON or JSONL (default: held-out prompts in assets/prompts.json)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
+    p.add_argument("-k", type=int, default=g.k, choices=range(1, MAX_K + 1), metavar="K",
+                   help="candidates per prompt (default %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=g.max_new_tokens, help="default %(default)s")
+    p.add_argument("--temperature", type=float, default=g.temperature, help="default %(default)s")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def _cycle_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rater", required=True, help="simulated rater (see `inkloop simulate --help` for the names)")
+    p.add_argument("--budget", type=int, required=True, help="ratings the simulated rater gives per run")
+    p.add_argument("--algo", default="ppo", help="RL algorithm (default %(default)s)")
+    p.add_argument("--steps", type=int, default=None, help="RL steps per run (default: the simulate loop's own)")
 
 
 def register(sub, parent) -> None:
-    """Add this area's sub-commands to `sub` (argparse subparsers); `parent` carries the common flags."""
+    """`inkloop eval` with optional sub-commands compare-rewards and sweep."""
+    p = sub.add_parser("eval", parents=[parent], help="evaluate a policy version; compare reward functions; sweep",
+                       description="inkloop eval --version V: metrics of one policy version against the base "
+                                   "(0 = the base). Sub-commands: compare-rewards, sweep. Each writes a report "
+                                   "folder under <data-dir>/reports/.")
+    p.add_argument("--version", type=int, default=None, metavar="V", help="policy version id (0 = base model)")
+    p.add_argument("--rater", default=None, help="judge the win-rate with this simulated rater")
+    _eval_flags(p)
+    p.set_defaults(func=_wrap(cmd_eval))
+    evsub = p.add_subparsers(dest="eval_command", metavar="SUBCOMMAND")
+
+    c = evsub.add_parser("compare-rewards", parents=[parent], help="the simulated-rater cycle once per reward design",
+                         description="Run the simulated-rater cycle once per reward design (learned RM only; RM + "
+                                     "fluency; RM + repetition/diversity; heuristics only) and report win-rate, KL, "
+                                     "diversity and length for each.")
+    _cycle_flags(c)
+    _eval_flags(c)
+    c.add_argument("--designs", default=None, help="comma-separated subset of: " + ", ".join(
+        ["rm-only", "rm+fluency", "rm+rep/div", "heuristics"]))
+    c.set_defaults(func=_wrap(cmd_compare_rewards))
+
+    s = evsub.add_parser("sweep", parents=[parent], help="grid or random search over RL hyper-parameters",
+                         description="Grid (or --random N) search over " + ", ".join(
+                             f"{k} ({v[0]})" for k, v in SWEEP_PARAMS.items()) + ".")
+    s.add_argument("--param", action="append", default=[], metavar="NAME=V1,V2",
+                   help="a swept parameter and its values; repeat for several (names: " + ", ".join(SWEEP_PARAMS) + ")")
+    s.add_argument("--random", type=int, default=None, metavar="N", help="draw N settings from the grid at random")
+    _cycle_flags(s)
+    _eval_flags(s)
+    s.set_defaults(func=_wrap(cmd_sweep))
+
+
+def _wrap(fn):
+    from assistant.cli import command
+
+    def run(args):
+        try:
+            return command(fn)(args)
+        except ValueError as e:
+            from assistant.cli import fail
+
+            return fail(str(e))
+
+    run.__name__ = fn.__name__
+    return run
+
+
+def cmd_compare_rewards(args: argparse.Namespace) -> int:
+    designs = reward_designs()
+    if args.designs:
+        wanted = [d.strip() for d in args.designs.split(",") if d.strip()]
+        unknown = [d for d in wanted if d not in designs]
+        if unknown:
+            raise ValueError(f"unknown reward design(s) {unknown}; known: {', '.join(designs)}")
+        designs = {d: designs[d] for d in wanted}
+    settings = [{"name": name, "config": {"reward": name}, "reward_cfg": cfg, "overrides": {}} for name, cfg in designs.items()]
+    return run_cycles(args, "compare-rewards", "Reward functions compared", settings,
+                      notes=["Each run: the same simulated rater, budget and seed; only the reward design differs.",
+                             "A design the policy games shows its own reward rising while the rater's win-rate "
+                             "stays at or below 0.5, or diversity/length collapse."])
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    if not args.param:
+        raise ValueError("sweep needs at least one --param NAME=V1,V2,...")
+    params: dict[str, list[Any]] = {}
+    for spec in args.param:
+        name, values = parse_param(spec)
+        params[name] = values
+    grid = sweep_grid(params, args.random, seed=args.seed)
+    settings = [{"name": "run%d" % (i + 1), "config": combo, "reward_cfg": None, "overrides": combo}
+                for i, combo in enumerate(grid)]
+    return run_cycles(args, "sweep", "Hyper-parameter sweep", settings,
+                      notes=[f"{'random search: %d of the grid' % len(grid) if args.random else 'full grid'} over "
+                             + ", ".join(f"{k}={v}" for k, v in params.items())])

@@ -1,0 +1,92 @@
+"""Evaluation: prompt loading, sweep grids, report folders, and the eval commands end to end on
+the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reward import cli_eval as E
+from reward import report as R
+
+
+# ----------------------------------------------------------------------------- prompts and params
+def test_parse_prompts_forms(tmp_path):
+    by_mode = {"continue": ["It was late."], "restyle": [{"text": "We must go.", "style": "formal"}],
+               "inspire": [{"keywords": "storm, ship", "theme": "", "kind": "openings"}]}
+    ps = E.parse_prompts(by_mode)
+    assert [p.mode for p in ps] == ["continue", "restyle", "inspire"]
+    assert ps[1].options == {"style": "formal"}
+    assert ps[2].options == {"keywords": "storm, ship", "inspire_kind": "openings"}
+    assert [p.mode for p in E.parse_prompts({"held_out": by_mode})] == ["continue", "restyle", "inspire"]
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"mode": "continue", "text": "a"}\n\n{"mode": "inspire", "text": "b"}\n')
+    assert [(p.mode, p.text) for p in E.load_prompts(f)] == [("continue", "a"), ("inspire", "b")]
+    with pytest.raises(ValueError, match="mode"):
+        E.parse_prompts([{"text": "no mode"}])
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="neither JSON nor JSONL"):
+        E.load_prompts(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="does not exist"):
+        E.load_prompts(tmp_path / "missing.json")
+    assert len(E.load_prompts()) >= 3  # the bundled assets
+
+
+def test_parse_param_and_grid():
+    assert E.parse_param("lr=1e-5,5e-5") == ("lr", [1e-5, 5e-5])
+    assert E.parse_param("kl_coef=0.1") == ("kl", [0.1])
+    assert E.parse_param("rank=4,8") == ("rank", [4, 8])
+    with pytest.raises(ValueError, match="unknown sweep parameter"):
+        E.parse_param("beta=1")
+    with pytest.raises(ValueError, match="NAME=V1"):
+        E.parse_param("lr")
+    grid = E.sweep_grid({"lr": [1, 2], "kl": [3, 4, 5]})
+    assert len(grid) == 6 and grid[0] == {"lr": 1, "kl": 3} and grid[-1] == {"lr": 2, "kl": 5}
+    rnd = E.sweep_grid({"lr": [1, 2], "kl": [3, 4, 5]}, random_n=4, seed=0)
+    assert len(rnd) == 4 and len({tuple(sorted(d.items())) for d in rnd}) == 4
+    assert all(d in grid for d in rnd)
+
+
+# ----------------------------------------------------------------------------- report folder
+def _runs():
+    return [
+        {"name": "a", "config": {"lr": 1e-5}, "metrics": {"eval/win_rate": 0.4, "eval/win_ci_low": 0.2,
+                                                         "eval/win_ci_high": 0.6, "eval/kl": 0.01,
+                                                         "eval/reward": 0.1, "eval/distinct_2": 0.8},
+         "curves": {"step": [1, 2, 3], "reward": [0.0, 0.1, 0.2], "kl": [0.0, 0.01, 0.02]}},
+        {"name": "b", "config": {"lr": 1e-4}, "metrics": {"eval/win_rate": 0.7, "eval/kl": 0.05,
+                                                         "eval/reward": 0.3, "eval/distinct_2": 0.6,
+                                                         "eval/perplexity": float("nan")},
+         "curves": {"step": [1, 2], "reward": [0.0, 0.3]}},
+    ]
+
+
+def test_results_table_and_best():
+    t = R.results_table(_runs())
+    lines = t.splitlines()
+    assert lines[0].startswith("| run | setting | win-rate |")
+    assert "| a | lr=1e-05 | 0.40 |" in lines[2]
+    assert "ref. PPL" in lines[0] and lines[3].split("|")[-2].strip() == "–"  # nan shows as a dash
+    assert R.best_run(_runs())["name"] == "b"
+    assert R.best_run(_runs(), "eval/kl", higher=False)["name"] == "a"
+    assert R.best_run([{"name": "x", "metrics": {}}]) is None
+
+
+def test_write_report_and_latest(tmp_path):
+    assert R.latest_report(tmp_path) is None
+    folder = R.write_report(tmp_path, "sweep", _runs(), title="T", settings={"budget": 4}, notes=["n1"])
+    assert folder.parent == tmp_path / "reports" and folder.name.endswith("-sweep")
+    md = (folder / "summary.md").read_text()
+    assert "# T" in md and "**Best by eval/win_rate:** b" in md and "n1" in md
+    pngs = sorted(p.name for p in folder.glob("*.png"))
+    assert {"curve_reward.png", "curve_kl.png", "winrate_vs_kl.png", "diversity_vs_reward.png"} <= set(pngs)
+    assert all((folder / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    raw = json.loads((folder / "results.json").read_text())
+    assert raw["best"] == "b" and raw["runs"][1]["metrics"]["eval/perplexity"] is None
+    latest = R.latest_report(tmp_path)
+    assert latest["path"] == str(folder) and latest["kind"] == "sweep"
+    assert latest["summary"] == md and len(latest["plots"]) == len(pngs)
+    # no leftovers from the atomic write
+    assert not [p for p in (tmp_path / "reports").iterdir() if p.name.startswith(".")]
