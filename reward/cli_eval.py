@@ -52,14 +52,20 @@ def _one_prompt(item: Any, mode: str | None = None) -> EvalPrompt:
     return EvalPrompt(m, text, opts)
 
 
-def parse_prompts(data: Any) -> list[EvalPrompt]:
+def parse_prompts(data: Any, split: str | None = "heldout") -> list[EvalPrompt]:
     """Accepts: a list of {"mode", "text", options...}; a dict mode -> list (strings or objects,
     like assets/examples.json); or a dict holding such a value under "held_out", "eval", "test"
-    or "prompts"."""
+    or "prompts" (like assets/prompts.json). When the objects carry a "split" field, only those of
+    `split` are kept (None keeps all)."""
+    if isinstance(data, list) and split and any(isinstance(it, dict) and "split" in it for it in data):
+        kept = [it for it in data if isinstance(it, dict) and it.get("split") == split]
+        if not kept:
+            raise ValueError(f"no prompts with split {split!r}")
+        data = kept
     if isinstance(data, dict):
         for key in ("held_out", "heldout", "eval", "test", "prompts"):
             if key in data:
-                return parse_prompts(data[key])
+                return parse_prompts(data[key], split)
         out = []
         for mode in ("continue", "restyle", "inspire"):
             out += [_one_prompt(it, mode) for it in data.get(mode, [])]
@@ -71,7 +77,23 @@ def parse_prompts(data: Any) -> list[EvalPrompt]:
     raise ValueError(f"cannot read prompts from a {type(data).__name__}")
 
 
-def load_prompts(path: str | Path | None = None) -> list[EvalPrompt]:
+def spread(prompts: Sequence[EvalPrompt], n: int | None) -> list[EvalPrompt]:
+    """At most n prompts taken round-robin over the modes (so a small limit still covers all three)."""
+    if not n or n >= len(prompts):
+        return list(prompts)
+    by_mode: dict[str, list[EvalPrompt]] = {}
+    for p in prompts:
+        by_mode.setdefault(p.mode, []).append(p)
+    out, i = [], 0
+    while len(out) < n:
+        for ps in by_mode.values():
+            if i < len(ps) and len(out) < n:
+                out.append(ps[i])
+        i += 1
+    return out
+
+
+def load_prompts(path: str | Path | None = None, split: str | None = "heldout") -> list[EvalPrompt]:
     """Prompts from a JSON or JSONL file; by default the held-out prompts of assets/prompts.json,
     else assets/examples.json."""
     if path is None:
@@ -92,7 +114,7 @@ def load_prompts(path: str | Path | None = None) -> list[EvalPrompt]:
             data = [json.loads(line) for line in raw.splitlines() if line.strip()]
         except json.JSONDecodeError as e:
             raise ValueError(f"{p} is neither JSON nor JSONL: {e}") from None
-    prompts = parse_prompts(data)
+    prompts = parse_prompts(data, split)
     if not prompts:
         raise ValueError(f"{p} holds no prompts")
     return prompts
@@ -210,7 +232,7 @@ def evaluate_version(generator, prompts: Sequence[EvalPrompt], gen, version: tup
     else:
         pol = sample_version(generator, prompts, gen, version, progress)
         pol_m = sample_metrics(generator, prompts, pol, reward_fn)
-    if judge is not None:
+    if judge is not None and version is not None:
         pol_m.update(compare_to_base(prompts, pol, base, judge))
     pol_m["eval/seconds"] = time.perf_counter() - t0
     samples = [{"mode": p.mode, "text": p.text, "base": b, "policy": g}
@@ -263,9 +285,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.version is None:
         return fail("eval needs --version V (0 = the base model), or a sub-command: compare-rewards, sweep")
     try:
-        prompts = load_prompts(args.prompts)
-        if args.limit:
-            prompts = prompts[: args.limit]
+        prompts = spread(load_prompts(args.prompts), args.limit)
         gen = _generation(args)
         gen.validate()
     except ValueError as e:
@@ -384,7 +404,7 @@ def _eval_flags(p: argparse.ArgumentParser) -> None:
     g = GenerationSettings()
     p.add_argument("--prompts", default=None, metavar="FILE",
                    help="evaluation prompts, JSON or JSONL (default: held-out prompts in assets/prompts.json)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
+    p.add_argument("--limit", type=int, default=None, help="use at most N prompts (round-robin over the modes)")
     p.add_argument("-k", type=int, default=g.k, choices=range(1, MAX_K + 1), metavar="K",
                    help="candidates per prompt (default %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=g.max_new_tokens, help="default %(default)s")

@@ -90,3 +90,16 @@ def test_write_report_and_latest(tmp_path):
     assert latest["summary"] == md and len(latest["plots"]) == len(pngs)
     # no leftovers from the atomic write
     assert not [p for p in (tmp_path / "reports").iterdir() if p.name.startswith(".")]
+
+
+def test_prompts_split_and_spread():
+    data = {"prompts": [{"mode": "continue", "text": "a", "split": "train"},
+                        {"mode": "continue", "text": "b", "split": "heldout"},
+                        {"mode": "continue", "text": "c", "split": "heldout"},
+                        {"mode": "inspire", "text": "d", "keywords": ["x"], "split": "heldout"}]}
+    assert [p.text for p in E.parse_prompts(data)] == ["b", "c", "d"]
+    assert [p.text for p in E.parse_prompts(data, split="train")] == ["a"]
+    assert len(E.parse_prompts(data, split=None)) == 4
+    assert [p.text for p in E.spread(E.parse_prompts(data), 2)] == ["b", "d"]  # one per mode first
+    held = E.load_prompts()  # assets/prompts.json: held-out prompts of all three modes
+    assert {p.mode for p in held} == {"continue", "restyle", "inspire"}
