@@ -53,6 +53,7 @@ SAMPLE_STYLE = "sample"
 """Style value meaning "imitate the sample text" (as the service accepts it)."""
 UNDO_DEPTH = 20
 STARS = ["1", "2", "3", "4", "5"]
+DRAFT_PLACEHOLDER = "Start writing; then ask for a continuation."
 
 
 # ============================================================================= assets
@@ -166,7 +167,9 @@ def load_page(services: Services, profile: str | None):
     doc = services.store.latest_document(profile)
     draft, doc_id = (doc["text"], int(doc["id"])) if doc else ("", None)
     styles = gr.update(choices=style_choices(services, profile))
-    return profile, profile, draft, doc_id, styles, header_text(services, profile)
+    # the draft box starts read-only ("loading…") so nothing typed before the load can be overwritten
+    draft_update = gr.update(value=draft, interactive=True, placeholder=DRAFT_PLACEHOLDER)
+    return profile, profile, draft_update, doc_id, styles, header_text(services, profile)
 
 
 def autosave_draft(services: Services, profile: str | None, draft: str, doc_id: int | None):
@@ -451,15 +454,16 @@ def build_ui(services: Services) -> gr.Blocks:
                 with gr.Tabs(elem_id="modes") as tabs:
                     with gr.Tab("Continue", id="continue", elem_id="tab-continue"):
                         draft = gr.Textbox(
-                            label="Your draft (saved automatically)", lines=12, max_lines=30,
-                            placeholder="Start writing; then ask for a continuation.", elem_id="draft",
+                            label="Your draft (saved automatically)", lines=12, max_lines=30, interactive=False,
+                            placeholder="Loading your draft…", elem_id="draft",
                         )
                         with gr.Row():
                             suggest_c = gr.Button("✨ Suggest continuations", variant="primary", elem_id="suggest-continue")
                             save_sel = gr.Button("Save selection/draft to library", elem_id="save-selection")
                         draft_status = gr.Markdown("", elem_id="draft-status", elem_classes=["small-note"])
                         if examples.get("continue"):
-                            gr.Examples(examples=[[e] for e in examples["continue"]], inputs=[draft], label="Example drafts")
+                            with gr.Accordion("Example drafts", open=False):
+                                gr.Examples(examples=[[e] for e in examples["continue"]], inputs=[draft], label=None)
 
                     with gr.Tab("Restyle", id="restyle", elem_id="tab-restyle"):
                         passage = gr.Textbox(label="Passage to rewrite", lines=6, elem_id="passage")
@@ -482,8 +486,9 @@ def build_ui(services: Services) -> gr.Blocks:
                             save_style_btn = gr.Button("Save style", size="sm", elem_id="save-style")
                             style_msg = gr.Markdown("", elem_classes=["small-note"])
                         if examples.get("restyle"):
-                            gr.Examples(examples=[[e["text"], e["style"]] for e in examples["restyle"]],
-                                        inputs=[passage, style], label="Examples")
+                            with gr.Accordion("Examples", open=False):
+                                gr.Examples(examples=[[e["text"], e["style"]] for e in examples["restyle"]],
+                                            inputs=[passage, style], label=None)
 
                     with gr.Tab("Inspire", id="inspire", elem_id="tab-inspire"):
                         with gr.Row():
@@ -501,8 +506,10 @@ def build_ui(services: Services) -> gr.Blocks:
                             add_snip = gr.Button("Add to library", size="sm", elem_id="add-snippet")
                         library_msg = gr.Markdown("", elem_classes=["small-note"], elem_id="library-msg")
                         if examples.get("inspire"):
-                            gr.Examples(examples=[[e["keywords"], e.get("theme", ""), e["kind"]] for e in examples["inspire"]],
-                                        inputs=[keywords, theme, kind], label="Examples")
+                            with gr.Accordion("Examples", open=False):
+                                gr.Examples(examples=[[e["keywords"], e.get("theme", ""), e["kind"]]
+                                                      for e in examples["inspire"]],
+                                            inputs=[keywords, theme, kind], label=None)
 
                     ctx = UIContext(profile=None, header=header, demo=demo)  # profile filled in below
                     extra_tabs = list(getattr(services, "extra_tabs", None) or [])
@@ -524,8 +531,8 @@ def build_ui(services: Services) -> gr.Blocks:
                                 msg = gr.Markdown("", elem_id=f"cand-msg-{i}", elem_classes=["small-note", "cand-msg"])
                             with gr.Column(scale=2, min_width=220, elem_classes=["cand-actions"]):
                                 with gr.Row(elem_classes=["cand-btns"]):
-                                    up = gr.Button("👍", size="sm", min_width=40, elem_id=f"cand-up-{i}")
-                                    down = gr.Button("👎", size="sm", min_width=40, elem_id=f"cand-down-{i}")
+                                    up = gr.Button("👍 Good", size="sm", min_width=40, elem_id=f"cand-up-{i}")
+                                    down = gr.Button("👎 Bad", size="sm", min_width=40, elem_id=f"cand-down-{i}")
                                     best = gr.Button("🏆 Best", size="sm", min_width=60, elem_id=f"cand-best-{i}")
                                 star = gr.Radio(STARS, value=None, label="stars", show_label=False,
                                                 elem_id=f"cand-stars-{i}", elem_classes=["cand-stars"])
@@ -546,7 +553,8 @@ def build_ui(services: Services) -> gr.Blocks:
                     top_p = gr.Slider(0.05, 1.0, value=g.top_p, step=0.01, label="Top-p", elem_id="top-p")
                     max_new = gr.Slider(8, MAX_NEW_TOKENS, value=g.max_new_tokens, step=8, label="Max new tokens",
                                         elem_id="max-new-tokens")
-                    seed = gr.Number(value=g.seed, precision=0, label="Seed (blank = random)", elem_id="seed")
+                    seed = gr.Textbox(value="" if g.seed is None else str(g.seed), label="Seed (blank = random)",
+                                      max_lines=1, elem_id="seed")
                 profile = gr.Textbox(value=services.default_profile, label="Profile", max_lines=1,
                                      info="Each profile has its own drafts, ratings and learned policy.",
                                      elem_id="profile")

@@ -148,10 +148,11 @@ def test_draft_autosave_restores_on_load_per_profile(tiny_services):
     ui.autosave_draft(tiny_services, "alice", "Alice's draft", None)
 
     profile, saved, draft, did, styles, header = ui.load_page(tiny_services, "default")
-    assert (profile, saved, draft, did) == ("default", "default", "First words, more words", doc_id)
+    assert (profile, saved, draft["value"], did) == ("default", "default", "First words, more words", doc_id)
+    assert draft["interactive"] is True  # the box is read-only until the saved draft is in it
     assert "tiny" in header and "v0" in header
-    assert ui.load_page(tiny_services, "alice")[2] == "Alice's draft"
-    assert ui.load_page(tiny_services, "nobody")[2:4] == ("", None)
+    assert ui.load_page(tiny_services, "alice")[2]["value"] == "Alice's draft"
+    assert ui.load_page(tiny_services, "nobody")[2]["value"] == "" and ui.load_page(tiny_services, "nobody")[3] is None
     # a document id from another profile is not overwritten: a new document is made
     bob_id, _ = ui.autosave_draft(tiny_services, "bob", "Bob writes", doc_id)
     assert bob_id != doc_id and store.get_document(doc_id)["text"] == "First words, more words"
