@@ -52,19 +52,29 @@ def fail(msg: str) -> int:
 def command(fn: Callable[[argparse.Namespace], int | None]) -> Callable[[argparse.Namespace], int]:
     """Wrap a command: bad input, unknown ids and model-loading failures print one clear line on
     stderr and return exit code 2 instead of a traceback."""
-    from storage.store import StoreError
-
-    from .models import ModelLoadError
-    from .service import InputError
 
     @functools.wraps(fn)
     def run(args: argparse.Namespace) -> int:
         try:
             return int(fn(args) or 0)
-        except (ModelLoadError, InputError, StoreError) as e:  # NotFound is a StoreError
-            return fail(str(e))
+        except Exception as e:
+            if isinstance(e, _user_error_types()):
+                return fail(str(e))
+            raise
 
     return run
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """StoreError (NotFound included), InputError, ModelLoadError: looked up lazily so a command
+    that never touched torch (status, rate) does not import it just to name an exception."""
+    from storage.store import StoreError
+
+    types: list[type[BaseException]] = [StoreError]
+    for mod, name in (("assistant.service", "InputError"), ("assistant.models", "ModelLoadError")):
+        if mod in sys.modules:
+            types.append(getattr(sys.modules[mod], name))
+    return tuple(types)
 
 
 def process_age() -> float:
@@ -193,6 +203,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     say("inkloop: loading models (the first start converts the bundled GGUF once, about 20 s)...")
     services = build_services(args)
+    from reward.cli_learn import attach_learning  # Learning/Export tabs + the learner's own process
+
+    learner = attach_learning(services, args)
     app = build_app(services, with_ui=not args.api_only)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
     server = uvicorn.Server(config)
@@ -206,7 +219,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             say(f"startup took {process_age():.1f} s (process start -> listening)")
 
     threading.Thread(target=announce, daemon=True, name="inkloop-announce").start()
-    server.run()
+    try:
+        server.run()
+    finally:
+        if learner is not None:
+            learner.stop()
     return 0
 
 
@@ -341,6 +358,9 @@ def register(sub, parent) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default %(default)s: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="default %(default)s")
     p.add_argument("--api-only", action="store_true", help="serve the REST API without the web UI")
+    from reward.cli_learn import add_serve_flags
+
+    add_serve_flags(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("suggest", parents=[parent], help="get K suggestions for a text (recorded like the UI's)")
