@@ -61,7 +61,7 @@ class LearnerConfig:
     """RL updates per cycle."""
     algo: str = "ppo"
     """RL algorithm passed to reward.policy.RLConfig (when it has an `algo` field)."""
-    max_kl: float = 2.0
+    max_kl: float = 4.0
     """Guard: a candidate whose KL to the base model (summed over a reply's tokens, averaged over
     held-out replies) exceeds this is shrunk (fewer steps, lower lr) or discarded."""
     kl_retries: int = 1
@@ -431,7 +431,10 @@ class Learner:
                 return rm, {}
         cfg = self.rm_cfg or RewardTrainConfig(shuffled_control=False, seed=self.cfg.seed)
         rm, metrics = train_from_store(self.store, self.profile, self.embedder, cfg)
-        g = guard_nonfinite({k: v for k, v in metrics.items() if k.startswith("rm/")})
+        # undefined statistics (e.g. rm/spearman without pointwise data) are NaN by design: the
+        # guard looks at the losses only
+        g = guard_nonfinite({k: v for k, v in metrics.items() if k.startswith("rm/") and "loss" in k})
+        metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
         if g is not None:
             self._guard_event(GuardFiring("nonfinite", "discard", "reward model: " + g.reason), None)
             old = load_live_reward_model(self.store, self.profile, self.embedder)
@@ -482,8 +485,8 @@ class Learner:
         model, tok = self.lm_factory()
         kwargs: dict[str, Any] = dict(steps=steps, publish=False, parent=parent)
         params = inspect.signature(train_policy).parameters
-        if "progress" in params:
-            kwargs["progress"] = progress
+        if "on_step" in params:
+            kwargs["on_step"] = lambda i, _m: progress((i + 1) / steps)
         return train_policy(self.store, self.data_dir, self.profile, model, tok, reward_fn, rl_cfg, **kwargs)
 
     def _rl_config(self, lr_scale: float = 1.0):
@@ -715,6 +718,30 @@ def send_command(store: Store, profile_id: str, action: str) -> dict[str, Any]:
     return store.learner_state(profile_id) or {}
 
 
+PARENT_ENV = "INKLOOP_LEARNER_PARENT"
+"""Set by LearnerSupervisor: the server's pid. The learner stops when that process is gone."""
+
+
+def watch_parent(on_gone: Callable[[], None], interval_s: float = 2.0) -> threading.Thread | None:
+    """When started by a server (PARENT_ENV set), call `on_gone` once the server has died, so a
+    killed server never leaves an orphan learner behind."""
+    want = os.environ.get(PARENT_ENV)
+    if not want:
+        return None
+
+    def loop() -> None:
+        while True:
+            if os.getppid() != int(want):
+                log.warning("the server (pid %s) is gone: stopping the learner", want)
+                on_gone()
+                return
+            time.sleep(interval_s)
+
+    t = threading.Thread(target=loop, name="inkloop-parent-watch", daemon=True)
+    t.start()
+    return t
+
+
 class LearnerSupervisor:
     """Runs `inkloop learn` as a child process beside the server and restarts it with backoff if it
     dies, so a learner crash (or a kill) never takes the UI down."""
@@ -743,9 +770,10 @@ class LearnerSupervisor:
 
     def _spawn(self) -> subprocess.Popen:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+               PARENT_ENV: str(os.getpid())}
         try:
-            return subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            return subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=env)
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()

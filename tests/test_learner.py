@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
+import torch
+from pathlib import Path
 import pytest
 
 from reward.learner import (
@@ -97,3 +100,169 @@ def test_send_command_and_state(store):
     with pytest.raises(ValueError, match="unknown learner action"):
         send_command(store, "default", "explode")
     assert isinstance(GuardFiring("kl", "discard", "x"), GuardFiring)
+
+
+# ----------------------------------------------------------------------------- cycles on the tiny model
+TEXTS = [
+    "The rain had not stopped for three days.",
+    "She opened the door and the wind rushed in.",
+    "A lighthouse keeper counts the ships.",
+    "He said that it was fine, but it was not.",
+    "The harbour was quiet before the storm.",
+    "Outline the journey home in three steps.",
+]
+
+
+@pytest.fixture
+def api(tmp_path, tiny_model_dir, embedder):
+    """The REST API (with the learning routes) on the tiny model, its store in tmp_path."""
+    import argparse
+
+    from fastapi.testclient import TestClient
+
+    from assistant.api import build_api
+    from assistant.cli import build_services, load_models
+    from reward.cli_learn import api_routers
+
+    args = argparse.Namespace(model=str(tiny_model_dir), data_dir=str(tmp_path), profile="default",
+                              device="cpu", dtype="float32", threads=1)
+    lm, _ = load_models(args, with_embedder=False, progress=None)
+    services = build_services(args, lm=lm, embedder=embedder)
+    client = TestClient(build_api(services, extra_routers=api_routers(services)))
+    yield client, services
+    services.store.close()
+
+
+def give_feedback(client, n_requests: int = 6) -> int:
+    """Suggestions and ratings through the API; longer candidates are preferred. Returns #feedback."""
+    n = 0
+    for i in range(n_requests):
+        r = client.post("/api/v1/suggest", json={"mode": "continue", "text": TEXTS[i % len(TEXTS)], "k": 3,
+                                                 "max_new_tokens": 8, "seed": i})
+        assert r.status_code == 200, r.text
+        sugg = r.json()["suggestions"]
+        order = sorted(sugg, key=lambda s: -len(s["text"]))
+        assert client.post("/api/v1/feedback", json={"suggestion_id": order[0]["id"], "kind": "thumb",
+                                                     "value": 1}).status_code == 200
+        n += 1
+        if len(order) > 1:
+            client.post("/api/v1/feedback", json={"suggestion_id": order[-1]["id"], "kind": "thumb", "value": -1})
+            client.post("/api/v1/feedback", json={"suggestion_id": order[0]["id"], "kind": "rank",
+                                                  "ranking": [s["id"] for s in order]})
+            n += 2
+    return n
+
+
+LEARN_FLAGS = ["--threads", "1", "--nice", "0", "--rl-steps", "1", "--rl-k", "2", "--prompts-per-step", "2",
+               "--rl-max-new-tokens", "8", "--eval-prompts", "3", "--eval-max-new-tokens", "8",
+               "--agreement-drop", "1.0", "--max-length-corr", "1.01", "--max-kl", "1000"]
+
+
+def test_feedback_api_learn_once_publishes_and_next_suggestion_uses_it(api, tmp_path, tiny_model_dir, capsys):
+    import json
+
+    import app
+
+    client, services = api
+    common = ["--model", str(tiny_model_dir), "--data-dir", str(tmp_path)]
+    # too little feedback: the learner waits
+    give_feedback(client, 1)
+    assert app.main(["learn", "--once", "--json", *common, *LEARN_FLAGS, "--min-new-feedback", "50"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["outcome"] == "skipped" and "waiting for feedback" in out["reason"]
+    assert services.store.learner_state("default")["phase"] == "waiting"
+
+    give_feedback(client, 5)
+    assert app.main(["learn", "--once", "--json", *common, *LEARN_FLAGS, "--min-new-feedback", "4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["outcome"] == "published", out
+    vid = out["version"]
+    live = services.store.live_version("default", "policy")
+    assert live.id == vid and live.status == "published"
+    for k in ("rm/accuracy", "rl/kl", "eval/reward", "eval/win_rate", "eval/kl", "eval/agreement"):
+        assert k in live.metrics, k
+    assert services.store.live_version("default", "reward") is not None
+    st = client.get("/api/v1/status").json()
+    assert st["policy_version"] == vid and st["learner"]["phase"] == "idle"
+    assert st["learner"]["metrics"]["learner/last_feedback_id"] == services.store.last_feedback_id("default")
+
+    r = client.post("/api/v1/suggest", json={"mode": "continue", "text": TEXTS[0], "k": 2, "max_new_tokens": 6})
+    assert r.json()["policy_version"] == vid  # hot-swapped before the next generation
+
+    vs = client.get("/api/v1/versions").json()
+    assert vs["live"] == vid and vs["versions"][0]["id"] == vid and vs["versions"][0]["live"]
+    assert any(e["kind"] == "publish" and e["version_id"] == vid for e in client.get("/api/v1/events").json()["events"])
+
+    # nothing new: the next check skips
+    assert app.main(["learn", "--once", "--json", *common, *LEARN_FLAGS, "--min-new-feedback", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["outcome"] == "skipped"
+
+    # rollback through the API and the CLI
+    assert client.post(f"/api/v1/versions/{vid}/rollback").status_code == 200
+    assert client.post("/api/v1/versions/0/rollback").json() == {"live": 0}
+    assert client.post("/api/v1/suggest", json={"mode": "continue", "text": TEXTS[1], "k": 1,
+                                                "max_new_tokens": 4}).json()["policy_version"] == 0
+    assert app.main(["versions", "rollback", str(vid), *common]) == 0
+    assert services.store.live_version("default").id == vid
+    assert app.main(["versions", "list", *common]) == 0
+    listing = capsys.readouterr().out
+    assert re.search(rf"^\*\s+{vid}\s+published", listing, re.M), listing
+    r = client.post("/api/v1/versions/99999/rollback")
+    assert r.status_code == 404 and "error" in r.json()
+
+
+def test_nan_reward_is_caught_by_the_guard(store, tmp_path, tiny_model_dir, embedder):
+    import copy
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from assistant.models import prepare_tokenizer
+    from reward.functions import RewardFunction
+    from reward.learner import Learner
+    from reward.policy import RLConfig
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    prepare_tokenizer(tok)
+    for i, t in enumerate(TEXTS):
+        req = store.record_request(profile_id="default", mode="continue", text=t, options={},
+                                   prompt=f"<|im_start|>user\n{t}<|im_end|>\n<|im_start|>assistant\n",
+                                   policy_version=0, suggestions=[f"long reply number {i} goes on", f"short {i}"])
+        store.add_feedback(req.suggestions[0].id, "thumb", 1)
+        store.add_feedback(req.suggestions[1].id, "thumb", -1)
+
+    class NaNReward(RewardFunction):
+        def __call__(self, prompts, texts, extras=None):
+            out = super().__call__(prompts, texts, extras)
+            out.total[:] = float("nan")
+            return out
+
+    cfg = LearnerConfig(min_new_feedback=1, rl_steps=1, eval_prompts=2, eval_max_new_tokens=6, threads=1, nice=0)
+    learner = Learner(store, tmp_path, "default", lambda: (copy.deepcopy(base), tok), embedder, cfg,
+                      reward_fn_factory=lambda rm: NaNReward(rm=rm),
+                      rl_config=RLConfig(k=2, prompts_per_step=2, max_new_tokens=6, seed=0))
+    res = learner.run_once()
+    assert res.outcome == "discarded", res
+    assert any(g.guard == "nonfinite" for g in res.guards) or "non-finite" in res.reason
+    assert store.live_version("default", "policy") is None  # nothing published
+    for v in store.versions("default", "policy"):
+        assert v.status == "discarded" and not Path(v.path).exists()
+    ev = store.events("default", kind="guard")
+    assert ev and "non-finite" in ev[0]["reason"]
+    assert store.learner_state("default")["phase"] == "idle"
+
+
+def test_commands_pause_resume_train_now(store, tmp_path):
+    from reward.learner import Learner
+
+    learner = Learner(store, tmp_path, "default", lambda: (_ for _ in ()).throw(AssertionError("no model needed")),
+                      None, LearnerConfig(min_new_feedback=100))
+    send_command(store, "default", "pause")
+    assert learner.run_once().reason == "paused"
+    assert store.learner_state("default")["phase"] == "paused"
+    send_command(store, "default", "resume")
+    res = learner.run_once()
+    assert res.outcome == "skipped" and "0 new" in res.reason  # no feedback at all
+    send_command(store, "default", "train_now")
+    learner.handle_commands()
+    assert learner.force

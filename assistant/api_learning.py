@@ -1,0 +1,145 @@
+"""REST routes for the live loop: learner control, versions and rollback, exports.
+
+- ``GET  /api/v1/learner``                 the learner's state (phase, progress, metrics, heartbeat)
+- ``POST /api/v1/learner {action}``        pause | resume | train_now
+- ``GET  /api/v1/versions``                policy (or reward) versions with their metrics
+- ``POST /api/v1/versions/{id}/rollback``  make that version live (0 = the base model)
+- ``GET  /api/v1/events``                  guard firings, publishes, learner errors
+- ``GET  /api/v1/metrics/{name}``          a metric series (e.g. rm/accuracy, eval/win_rate)
+- ``POST /api/v1/export {what, version}``  export under <data_dir>/exports (never a caller path)
+- ``GET  /api/v1/exports``, ``GET /api/v1/exports/{name}``  list / download the zips
+
+Errors follow assistant.api: ``{"error": message}`` with 4xx.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from storage import artifacts
+from storage.store import as_dict
+
+from .api import API_PREFIX
+from .export import ExportError, export_to_exports_dir, export_zip_path, list_exports
+from .service import InputError, Services
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LearnerIn(_In):
+    action: Literal["pause", "resume", "train_now"] = Field(
+        description="pause: stop starting new cycles; resume: start again; train_now: run a cycle now, "
+                    "whatever the amount of new feedback.")
+    profile: str | None = Field(None, min_length=1, max_length=64)
+
+
+class ExportIn(_In):
+    what: Literal["merged", "adapter", "reward", "feedback"] = Field(
+        description="merged: LoRA merged into the base (a plain transformers model); adapter: the peft adapter "
+                    "and value head; reward: the reward model; feedback: TRL-style JSONL datasets.")
+    version: int | None = Field(None, ge=1, description="Version id (default: the live one).")
+    profile: str | None = Field(None, min_length=1, max_length=64)
+
+
+class RollbackIn(_In):
+    profile: str | None = Field(None, min_length=1, max_length=64)
+
+
+def _version_out(v, live_id: int | None) -> dict[str, Any]:
+    d = as_dict(v)
+    d["live"] = v.id == live_id
+    d["available"] = Path(v.path).is_dir()
+    d.pop("config", None)
+    return d
+
+
+def learning_router(services: Services, data_dir: str | Path, base_model_path: str | None = None) -> APIRouter:
+    """Routes over the store (and the exports folder of `data_dir`)."""
+    from reward.learner import send_command
+
+    r = APIRouter(prefix=API_PREFIX, tags=["learning"])
+    store = services.store
+
+    def prof(p: str | None) -> str:
+        return p or services.default_profile
+
+    @r.get("/learner", summary="The learner's state")
+    def learner_state(profile: str | None = Query(None, min_length=1, max_length=64)) -> dict[str, Any]:
+        return {"learner": store.learner_state(prof(profile))}
+
+    @r.post("/learner", summary="Pause, resume, or train now")
+    def learner_command(body: LearnerIn) -> dict[str, Any]:
+        return {"learner": send_command(store, prof(body.profile), body.action)}
+
+    @r.get("/versions", summary="Model versions (newest first) with their metrics")
+    def versions(
+        profile: str | None = Query(None, min_length=1, max_length=64),
+        kind: Literal["policy", "reward"] = Query("policy"),
+    ) -> dict[str, Any]:
+        live = store.live_version(prof(profile), kind)
+        return {
+            "live": live.id if live else 0,
+            "versions": [_version_out(v, live.id if live else None) for v in store.versions(prof(profile), kind)],
+        }
+
+    @r.post("/versions/{version_id}/rollback", summary="Make a version live again (0 = the base model)")
+    def rollback(version_id: int, body: RollbackIn | None = None) -> dict[str, Any]:
+        p = prof(body.profile if body else None)
+        if version_id < 0:
+            raise InputError("version must be 0 (the base model) or a version id")
+        try:
+            now = artifacts.rollback(store, p, version_id)
+        except artifacts.VersionError as e:
+            raise InputError(str(e)) from None
+        store.add_event("rollback", f"rolled back to {'version ' + str(now.id) if now else 'the base model'} (api)",
+                        p, now.id if now else None)
+        return {"live": now.id if now else 0}
+
+    @r.get("/events", summary="Guard firings, publishes, rollbacks and learner errors (newest first)")
+    def events(
+        profile: str | None = Query(None, min_length=1, max_length=64),
+        kind: str | None = Query(None, max_length=32),
+        limit: int = Query(50, ge=1, le=500),
+    ) -> dict[str, Any]:
+        return {"events": store.events(prof(profile), kind, limit)}
+
+    @r.get("/metrics/{name:path}", summary="One metric's series over versions, e.g. eval/win_rate")
+    def metric(name: str, version: int | None = Query(None, ge=1)) -> dict[str, Any]:
+        if len(name) > 64:
+            raise InputError("metric name too long")
+        return {"name": name, "points": store.metric_series(name, version)}
+
+    @r.post("/export", summary="Export a version (or the feedback) as a zip under the data dir's exports folder")
+    def do_export(body: ExportIn) -> dict[str, Any]:
+        try:
+            res = export_to_exports_dir(
+                store, data_dir, what=body.what, profile_id=prof(body.profile), version_id=body.version,
+                base_path=base_model_path,
+            )
+        except ExportError as e:
+            raise InputError(str(e)) from None
+        name = Path(res["zip"]).name
+        return {"name": name, "bytes": res["bytes"], "download": f"{API_PREFIX}/exports/{name}"}
+
+    @r.get("/exports", summary="Exports made so far")
+    def exports() -> dict[str, Any]:
+        return {"exports": list_exports(data_dir)}
+
+    @r.get("/exports/{name}", summary="Download an export (zip)", response_class=FileResponse)
+    def download(name: str):
+        try:
+            p = export_zip_path(data_dir, name)
+        except ExportError as e:
+            from storage.store import NotFound
+
+            raise NotFound(str(e)) from None
+        return FileResponse(p, media_type="application/zip", filename=p.name)
+
+    return r
