@@ -11,24 +11,25 @@ from storage.artifacts import rollback, save_version
 
 
 def lora_policy_writer(model_dir: Path, seed: int, scale: float = 0.5):
-    """A writer for save_version: a peft LoRA adapter with random (non-zero) B matrices on the tiny
-    model, plus a value head, in the policy directory layout (adapter/ + value_head.safetensors)."""
+    """A writer for save_version: reward.policy.Policy (LoRA + value head) on the tiny model with its
+    LoRA B matrices set to random non-zero values (a fresh adapter equals the base), saved with
+    Policy.save in the policy directory layout (adapter/ + value_head.safetensors)."""
 
     def write(d: Path) -> None:
-        from peft import LoraConfig, get_peft_model
-        from safetensors.torch import save_file
         from transformers import AutoModelForCausalLM
 
+        from assistant.config import LoraSettings
+        from reward.policy import Policy
+
         base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-        pm = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+        pol = Policy.from_base(base, None, LoraSettings(r=4, alpha=8))
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            for n, p in pm.named_parameters():
+            for n, p in pol.model.named_parameters():
                 if "lora_B" in n:
                     p.copy_(torch.randn(p.shape, generator=g) * scale)
-        pm.save_pretrained(str(d / "adapter"))
-        save_file({"weight": torch.randn(1, base.config.hidden_size, generator=g), "bias": torch.zeros(1)},
-                  str(d / "value_head.safetensors"))
+            pol.value_head.weight.copy_(torch.randn(pol.value_head.weight.shape, generator=g))
+        pol.save(d)
 
     return write
 
