@@ -4,6 +4,7 @@ the tiny model."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,54 @@ def test_prompts_split_and_spread():
     assert [p.text for p in E.spread(E.parse_prompts(data), 2)] == ["b", "d"]  # one per mode first
     held = E.load_prompts()  # assets/prompts.json: held-out prompts of all three modes
     assert {p.mode for p in held} == {"continue", "restyle", "inspire"}
+
+
+# ----------------------------------------------------------------------------- eval --version end to end
+def _publish_perturbed_policy(model_dir: Path, data_dir: Path) -> int:
+    """A real policy version of the tiny model whose LoRA B weights are non-zero."""
+    import torch
+
+    from assistant.models import prepare_tokenizer
+    from reward.policy import Policy
+    from storage.artifacts import save_version
+    from storage.store import Store
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    prepare_tokenizer(tok)
+    pol = Policy.from_base(model, tok)
+    torch.manual_seed(3)
+    for n, p in pol.model.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_(0, 0.3)
+    store = Store(data_dir / "inkloop.db")
+    try:
+        v = save_version(store, data_dir, kind="policy", profile_id="default", writer=pol.save, publish=True)
+    finally:
+        store.close()
+    return v.id
+
+
+def test_eval_version_cli(tiny_model_dir, tmp_path, capsys):
+    import app
+
+    vid = _publish_perturbed_policy(tiny_model_dir, tmp_path)
+    rc = app.main(["eval", "--version", str(vid), "--model", str(tiny_model_dir), "--data-dir", str(tmp_path),
+                   "--limit", "3", "-k", "2", "--max-new-tokens", "8", "--threads", "1", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    m, b = out["metrics"], out["base_metrics"]
+    assert out["version"] == vid
+    assert m["eval/kl"] > 0 and b["eval/kl"] == pytest.approx(0.0, abs=1e-6)  # perturbed LoRA vs base
+    assert 0 <= m["eval/win_ci_low"] <= m["eval/win_rate"] <= m["eval/win_ci_high"] <= 1 and m["eval/win_n"] > 0
+    assert math.isfinite(m["eval/perplexity"]) and m["eval/perplexity"] > 1
+    for key in ("eval/distinct_1", "eval/distinct_2", "eval/self_bleu", "eval/repetition", "eval/length_words",
+                "eval/reward", "eval/reward/repetition"):
+        assert key in m and key in b
+    folder = Path(out["report"])
+    assert (folder / "summary.md").is_file() and (folder / "results.json").is_file()
+    assert f"v{vid}" in (folder / "summary.md").read_text()
+    # bad input: an unknown version is a clear error, exit code 2
+    assert app.main(["eval", "--version", "999", "--model", str(tiny_model_dir), "--data-dir", str(tmp_path)]) == 2
+    assert "999" in capsys.readouterr().err
