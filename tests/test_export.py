@@ -122,3 +122,45 @@ def test_feedback_export_writes_trl_datasets(store, tmp_path):
     assert ratings == [{"prompt": ratings[0]["prompt"], "completion": "good one", "rating": 5}]
     unpaired = [json.loads(x) for x in (out / "unpaired.jsonl").read_text().splitlines()]
     assert [(u["completion"], u["label"]) for u in unpaired] == [("bad one", False)]
+
+
+def test_export_through_the_api_stays_in_exports_dir(store, tmp_path, tiny_model_dir):
+    """POST /export writes only under <data_dir>/exports; the zip downloads; no path can be chosen."""
+    import io
+
+    from fastapi.testclient import TestClient
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from assistant.api import build_api
+    from assistant.cli import policy_source
+    from assistant.generate import Generator
+    from assistant.service import Services
+    from reward.cli_learn import api_routers
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    services = Services(store, Generator(model, tok, version_source=policy_source(store, "default")), None, "tiny")
+    client = TestClient(build_api(services, extra_routers=api_routers(services)))
+    data_dir = store.path.parent
+
+    r = client.post("/api/v1/export", json={"what": "merged"})
+    assert r.status_code == 400 and "no published policy" in r.json()["error"]
+    v = save_version(store, data_dir, kind="policy", profile_id="default",
+                     writer=lora_policy_writer(tiny_model_dir, 6), publish=True)
+    r = client.post("/api/v1/export", json={"what": "merged", "version": v.id})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["download"] == f"/api/v1/exports/{body['name']}"
+    dl = client.get(body["download"])
+    assert dl.status_code == 200 and dl.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(dl.content)) as z:
+        assert {"model.safetensors", "config.json", "README.md", "tokenizer.json"} <= set(z.namelist())
+    assert [e["name"] for e in client.get("/api/v1/exports").json()["exports"]] == [body["name"]]
+    assert all(p.resolve().parent == exports_root(data_dir).resolve() for p in exports_root(data_dir).iterdir())
+
+    # no caller-chosen paths: extra fields are refused, traversal names are not served
+    r = client.post("/api/v1/export", json={"what": "adapter", "out": str(tmp_path / "elsewhere")})
+    assert r.status_code == 422 and not (tmp_path / "elsewhere").exists()
+    for bad in ("..%2Finkloop.db", "%2E%2E%2Finkloop.db", "inkloop.db", "x.zip"):
+        assert client.get(f"/api/v1/exports/{bad}").status_code == 404
+    assert client.post("/api/v1/export", json={"what": "weights"}).status_code == 422

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 
 import numpy as np
 import torch
@@ -266,3 +267,82 @@ def test_commands_pause_resume_train_now(store, tmp_path):
     send_command(store, "default", "train_now")
     learner.handle_commands()
     assert learner.force
+
+
+# ----------------------------------------------------------------------------- dashboard and process control
+def test_learning_tab_data_and_build(store, tmp_path, tiny_lm):
+    import gradio as gr
+
+    from assistant.generate import Generator
+    from assistant.service import Services
+    from assistant.ui_learning import (
+        TABS,
+        do_learner_command,
+        do_rollback,
+        events_frame,
+        feedback_frame,
+        learner_status,
+        metric_frame,
+        rollback_choices,
+        versions_frame,
+    )
+    from storage.artifacts import save_version
+
+    model, tok = tiny_lm
+    svc = Services(store, Generator(model, tok), None, model_name="tiny")
+    md, prog = learner_status(svc, None)
+    assert "has not run yet" in md and prog == 0.0
+
+    def w(d):
+        (d / "adapter").mkdir()
+
+    v1 = save_version(store, tmp_path, kind="policy", profile_id="default", writer=w, publish=True,
+                      metrics={"eval/reward": 0.1, "eval/win_rate": 0.5, "eval/kl": 0.2})
+    v2 = save_version(store, tmp_path, kind="policy", profile_id="default", writer=w, publish=True,
+                      metrics={"eval/reward": 0.3, "eval/win_rate": 0.75, "eval/kl": 0.4})
+    save_version(store, tmp_path, kind="reward", profile_id="default", writer=w, metrics={"rm/accuracy": 0.8})
+    store.set_learner_state("default", phase="rl", progress=0.4, message="RL: 2 updates", heartbeat=time.time())
+    store.add_event("guard", "KL 9.000 above the limit 4.000: update discarded", "default", v2.id)
+
+    md, prog = learner_status(svc, "default")
+    assert "rl" in md and "RL: 2 updates" in md and f"version **{v2.id}**" in md and prog == pytest.approx(0.4)
+    f = metric_frame(svc, None, "eval/win_rate", "policy")
+    assert f["version"].tolist() == [v1.id, v2.id] and f["value"].tolist() == [0.5, 0.75]
+    assert metric_frame(svc, None, "rm/accuracy", "reward")["value"].tolist() == [0.8]
+    vf = versions_frame(svc, None)
+    assert vf["version"].tolist() == [v2.id, v1.id] and vf["live"].tolist() == ["●", ""]
+    assert "KL 9.000" in events_frame(svc, None)["reason"].iloc[0]
+    assert feedback_frame(svc, None).set_index("kind")["count"].sum() == 0
+    assert [c[1] for c in rollback_choices(svc, None)] == [v1.id, 0]
+    assert "version " + str(v1.id) in do_rollback(svc, None, v1.id)
+    assert store.live_version("default").id == v1.id
+    assert do_learner_command(svc, None, "pause").startswith("Paused")
+    assert store.learner_state("default")["paused"]
+    assert "paused" in learner_status(svc, None)[0]
+
+    with gr.Blocks() as demo:
+        with gr.Tabs():
+            for fn in TABS:
+                fn(svc)
+    ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
+    assert {"tab-learning", "tab-export", "versions-table", "rollback", "learner-train-now", "export-go"} <= ids
+    assert sum(isinstance(b, gr.LinePlot) for b in demo.blocks.values()) == 4
+
+
+def test_supervisor_restarts_a_crashed_learner(store, tmp_path):
+    import sys
+
+    from reward.learner import LearnerSupervisor
+
+    marker = tmp_path / "runs"
+    code = f"import pathlib; p = pathlib.Path({str(marker)!r}); p.write_text(p.read_text() + 'x' if p.exists() else 'x'); raise SystemExit(3)"
+    sup = LearnerSupervisor([sys.executable, "-c", code], store=store, min_backoff_s=0.05, max_backoff_s=0.2)
+    sup.start()
+    deadline = time.time() + 30
+    while time.time() < deadline and len(marker.read_text() if marker.exists() else "") < 3:
+        time.sleep(0.05)
+    sup.stop()
+    assert len(marker.read_text()) >= 3 and sup.restarts >= 2
+    ev = store.events("default", kind="learner")
+    assert ev and "exited with code 3" in ev[0]["reason"]
+    assert store.learner_state("default")["phase"] == "error"
