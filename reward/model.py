@@ -1,0 +1,364 @@
+"""Reward models: (context, text) -> scalar reward, higher is better.
+
+Two backbones share one interface (``score``, ``save``, ``load``, ``reward_mean``/``reward_std``):
+
+- ``RewardModel`` (default): a small torch head over MiniLM sentence embeddings plus cheap text
+  statistics. Features per (context c, suggestion s): [s, c, s*c, |s-c|, stats(c, s)]. Embeddings
+  are cached in the store by ``text_hash`` and embedder name (and in memory), so retraining never
+  re-embeds old text; training touches only the head.
+- ``LMRewardModel`` (``--rm-backbone lm``, for GPU users): the base causal LM with LoRA and a scalar
+  head on the last token's hidden state. The head is saved beside the adapter
+  (``adapter/`` + ``reward_head.safetensors``) so a reload gives the same rewards.
+
+Files of a saved reward model: ``reward_config.json`` (backbone, sizes, embedder name) and
+``reward_head.safetensors`` (all head weights, feature normalisation and reward mean/std).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+CONFIG_FILE = "reward_config.json"
+HEAD_FILE = "reward_head.safetensors"
+ADAPTER_DIR = "adapter"
+CONTEXT_EMBED_CHARS = 1200
+"""The context is embedded from its end (the part a reply answers); MiniLM reads ~256 tokens."""
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+_SENT = re.compile(r"[.!?]+(?:\s|$)")
+
+STAT_NAMES = (
+    "log_chars",
+    "log_words",
+    "mean_word_len",
+    "type_token_ratio",
+    "punct_frac",
+    "upper_frac",
+    "digit_frac",
+    "log_newlines",
+    "log_sentences",
+    "mean_sentence_words",
+    "log_len_ratio",
+    "repeated_trigram_frac",
+    "question_marks",
+    "exclamations",
+    "context_overlap",
+    "novel_word_frac",
+)
+
+
+def text_stats(context: str, text: str) -> np.ndarray:
+    """Cheap, model-free statistics of a suggestion (and its relation to the context)."""
+    n = max(len(text), 1)
+    words = _WORD.findall(text.lower())
+    cwords = set(_WORD.findall(context.lower()))
+    nw = max(len(words), 1)
+    sentences = max(len(_SENT.findall(text)), 1)
+    trigrams = list(zip(words, words[1:], words[2:]))
+    rep = 1.0 - len(set(trigrams)) / len(trigrams) if trigrams else 0.0
+    overlap = sum(w in cwords for w in words) / nw if words else 0.0
+    novel = len(set(words) - cwords) / max(len(set(words)), 1)
+    return np.array(
+        [
+            math.log1p(len(text)),
+            math.log1p(len(words)),
+            sum(len(w) for w in words) / nw,
+            len(set(words)) / nw,
+            sum(not ch.isalnum() and not ch.isspace() for ch in text) / n,
+            sum(ch.isupper() for ch in text) / n,
+            sum(ch.isdigit() for ch in text) / n,
+            math.log1p(text.count("\n")),
+            math.log1p(sentences),
+            len(words) / sentences,
+            math.log1p(len(text)) - math.log1p(len(context)),
+            rep,
+            min(text.count("?"), 10) / 10,
+            min(text.count("!"), 10) / 10,
+            overlap,
+            novel,
+        ],
+        dtype=np.float32,
+    )
+
+
+def context_for_embedding(context: str) -> str:
+    return context if len(context) <= CONTEXT_EMBED_CHARS else context[-CONTEXT_EMBED_CHARS:]
+
+
+# ----------------------------------------------------------------------------- embedding cache
+def _embedder_name(embedder: Any) -> str:
+    from assistant.models import embedder_name
+
+    return embedder_name(embedder)
+
+
+class EmbeddingCache:
+    """Text -> unit-norm embedding, looked up in memory, then in the store (by text hash and
+    embedder name); only texts never seen before are embedded, and those are written back."""
+
+    def __init__(self, embedder: Any, store: Any = None, batch_size: int = 64):
+        self.embedder, self.store, self.batch_size = embedder, store, batch_size
+        self.name = _embedder_name(embedder) if embedder is not None else None
+        self.memory: dict[str, np.ndarray] = {}
+        self.n_embedded = 0
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        from storage.store import text_hash
+
+        hashes = [text_hash(t) for t in texts]
+        missing = [h for h in dict.fromkeys(hashes) if h not in self.memory]
+        if missing and self.store is not None and self.name:
+            self.memory.update(self.store.get_embeddings(missing, self.name))
+            missing = [h for h in missing if h not in self.memory]
+        if missing:
+            if self.embedder is None:
+                raise RuntimeError("texts are not in the embedding cache and no embedder is loaded")
+            first = {}
+            for h, t in zip(hashes, texts):
+                first.setdefault(h, t)
+            todo = [first[h] for h in missing]
+            vecs = self.embedder.encode(
+                todo, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                show_progress_bar=False,
+            ).astype(np.float32)
+            new = dict(zip(missing, vecs))
+            self.n_embedded += len(new)
+            self.memory.update(new)
+            if self.store is not None and self.name:
+                self.store.put_embeddings(new, self.name)
+        return np.stack([self.memory[h] for h in hashes]) if hashes else np.zeros((0, 0), np.float32)
+
+
+# ----------------------------------------------------------------------------- embedder backbone
+@dataclass
+class RewardModelConfig:
+    """Shape of the embedder-backbone reward head (saved as reward_config.json)."""
+
+    emb_dim: int = 384
+    """Sentence-embedding size (MiniLM: 384)."""
+    hidden: int = 256
+    """Hidden units of the MLP head."""
+    dropout: float = 0.1
+    """Dropout on the head's input and hidden layer during training."""
+    embedder: str = "all-MiniLM-L6-v2"
+    """Name of the embedder the features come from (cache key)."""
+    stats: tuple[str, ...] = STAT_NAMES
+    """Names of the text statistics appended to the embedding features."""
+    backbone: str = "embedder"
+
+    @property
+    def n_features(self) -> int:
+        return 4 * self.emb_dim + len(self.stats)
+
+
+class RewardModel(nn.Module):
+    """MLP (plus a linear skip) over [s, c, s*c, |s-c|, standardised stats]."""
+
+    def __init__(self, cfg: RewardModelConfig, embedder: Any = None, store: Any = None):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.n_features
+        self.drop = nn.Dropout(cfg.dropout)
+        self.mlp = nn.Sequential(nn.Linear(d, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, 1))
+        self.linear = nn.Linear(d, 1)
+        self.register_buffer("stat_mean", torch.zeros(len(cfg.stats)))
+        self.register_buffer("stat_std", torch.ones(len(cfg.stats)))
+        self.register_buffer("reward_mean", torch.zeros(()))
+        self.register_buffer("reward_std", torch.ones(()))
+        self.cache = EmbeddingCache(embedder, store)
+
+    # -- features
+    def raw_features(self, contexts: Sequence[str], texts: Sequence[str]) -> torch.Tensor:
+        """Unnormalised features (N, n_features); stats are standardised in forward()."""
+        if len(contexts) != len(texts):
+            raise ValueError("contexts and texts must have the same length")
+        s = self.cache(list(texts))
+        c = self.cache([context_for_embedding(x) for x in contexts])
+        stats = np.stack([text_stats(cx, t) for cx, t in zip(contexts, texts)])
+        feats = np.concatenate([s, c, s * c, np.abs(s - c), stats], axis=1)
+        return torch.from_numpy(feats.astype(np.float32))
+
+    def fit_stat_normalisation(self, feats: torch.Tensor) -> None:
+        st = feats[:, 4 * self.cfg.emb_dim :]
+        self.stat_mean.copy_(st.mean(0))
+        self.stat_std.copy_(st.std(0).clamp_min(1e-3) if len(st) > 1 else torch.ones_like(self.stat_std))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        k = 4 * self.cfg.emb_dim
+        x = torch.cat([feats[:, :k], (feats[:, k:] - self.stat_mean) / self.stat_std], dim=1)
+        x = self.drop(x)
+        return (self.mlp(x) + self.linear(x)).squeeze(-1)
+
+    @torch.no_grad()
+    def score(self, contexts: Sequence[str], texts: Sequence[str], normalize: bool = False,
+              batch_size: int = 512) -> np.ndarray:
+        """Rewards for each (context, text), higher is better. normalize=True standardises them
+        with the mean/std of the training rewards."""
+        was = self.training
+        self.eval()
+        out = []
+        for i in range(0, len(texts), batch_size):
+            out.append(self(self.raw_features(contexts[i : i + batch_size], texts[i : i + batch_size])))
+        self.train(was)
+        r = torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+        if normalize:
+            r = (r - float(self.reward_mean)) / max(float(self.reward_std), 1e-6)
+        return r.astype(np.float32)
+
+    # -- persistence
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        cfg = asdict(self.cfg)
+        cfg["stats"] = list(cfg["stats"])
+        (directory / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(directory / HEAD_FILE))
+
+    @classmethod
+    def load(cls, directory: str | Path, embedder: Any = None, store: Any = None, lm: Any = None):
+        """Load a saved reward model. An LM-backbone model needs ``lm`` (model, tokenizer)."""
+        directory = Path(directory)
+        cfg = json.loads((directory / CONFIG_FILE).read_text())
+        if cfg.get("backbone", "embedder") == "lm":
+            return LMRewardModel.load(directory, lm)
+        cfg["stats"] = tuple(cfg.get("stats", STAT_NAMES))
+        model = cls(RewardModelConfig(**cfg), embedder, store)
+        if embedder is not None and _embedder_name(embedder) != model.cfg.embedder:
+            raise ValueError(f"reward model was trained on embedder {model.cfg.embedder!r}, "
+                             f"got {_embedder_name(embedder)!r}")
+        model.cache.name = model.cfg.embedder
+        model.load_state_dict(load_file(str(directory / HEAD_FILE)))
+        model.eval()
+        return model
+
+
+# ----------------------------------------------------------------------------- LM backbone
+@dataclass
+class LMRewardConfig:
+    """LM-backbone reward model (saved as reward_config.json beside adapter/)."""
+
+    base_model: str = ""
+    """Name or path of the base causal LM (informational; the caller loads it)."""
+    hidden_size: int = 0
+    """Hidden size of the base LM (the head's input)."""
+    max_length: int = 512
+    """Tokens per (context, text); the context is cut from the left to fit."""
+    lora_r: int = 8
+    lora_alpha: int = 16
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    backbone: str = "lm"
+
+
+class LMRewardModel(nn.Module):
+    """Base causal LM + LoRA + scalar head on the last token's final hidden state."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, cfg: LMRewardConfig, wrap: bool = True):
+        super().__init__()
+        if wrap:
+            from peft import LoraConfig, get_peft_model
+
+            lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                              target_modules=list(cfg.target_modules), bias="none")
+            model = get_peft_model(model, lcfg)
+        self.lm = model
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        cfg.hidden_size = cfg.hidden_size or int(model.config.hidden_size)
+        device = next(model.parameters()).device
+        self.head = nn.Linear(cfg.hidden_size, 1, device=device)
+        nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(cfg.hidden_size + 1))
+        nn.init.zeros_(self.head.bias)
+        self.register_buffer("reward_mean", torch.zeros((), device=device))
+        self.register_buffer("reward_std", torch.ones((), device=device))
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    def _encode(self, contexts: Sequence[str], texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        tok = self.tokenizer
+        ids = []
+        for c, t in zip(contexts, texts):
+            ti = tok(t, add_special_tokens=False)["input_ids"][: self.cfg.max_length // 2]
+            ci = tok(c + "\n\n", add_special_tokens=False)["input_ids"]
+            ci = ci[-(self.cfg.max_length - len(ti)) :] if len(ci) + len(ti) > self.cfg.max_length else ci
+            seq = ci + ti + ([tok.eos_token_id] if tok.eos_token_id is not None else [])
+            ids.append(seq[-self.cfg.max_length :])
+        n = max(len(x) for x in ids)
+        pad = tok.pad_token_id
+        input_ids = torch.full((len(ids), n), pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), n), dtype=torch.long)
+        for i, x in enumerate(ids):  # left padding: the last position is the last real token
+            input_ids[i, n - len(x) :] = torch.tensor(x)
+            mask[i, n - len(x) :] = 1
+        return {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
+
+    def forward(self, contexts: Sequence[str], texts: Sequence[str]) -> torch.Tensor:
+        enc = self._encode(contexts, texts)
+        out = self.lm(**enc, output_hidden_states=True)
+        h = out.hidden_states[-1][:, -1, :]
+        return self.head(h.to(self.head.weight.dtype)).squeeze(-1).float()
+
+    @torch.no_grad()
+    def score(self, contexts: Sequence[str], texts: Sequence[str], normalize: bool = False,
+              batch_size: int = 8) -> np.ndarray:
+        was = self.training
+        self.eval()
+        out = [self(contexts[i : i + batch_size], texts[i : i + batch_size]).cpu()
+               for i in range(0, len(texts), batch_size)]
+        self.train(was)
+        r = torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+        if normalize:
+            r = (r - float(self.reward_mean)) / max(float(self.reward_std), 1e-6)
+        return r.astype(np.float32)
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        cfg = asdict(self.cfg)
+        cfg["target_modules"] = list(cfg["target_modules"])
+        (directory / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
+        self.lm.save_pretrained(str(directory / ADAPTER_DIR), safe_serialization=True)
+        tensors = {f"head.{k}": v.detach().float().contiguous().cpu() for k, v in self.head.state_dict().items()}
+        tensors["reward_mean"] = self.reward_mean.detach().float().reshape(1).cpu()
+        tensors["reward_std"] = self.reward_std.detach().float().reshape(1).cpu()
+        save_file(tensors, str(directory / HEAD_FILE))
+
+    @classmethod
+    def load(cls, directory: str | Path, lm: Any) -> "LMRewardModel":
+        """``lm``: (model, tokenizer) or an assistant.models.LoadedLM of the same base model. The
+        base model is wrapped in place with the saved adapter."""
+        from peft import PeftModel
+
+        if lm is None:
+            raise ValueError("an LM-backbone reward model needs the base LM (pass lm=(model, tokenizer))")
+        model, tok = (lm.model, lm.tokenizer) if hasattr(lm, "model") and hasattr(lm, "tokenizer") else lm
+        directory = Path(directory)
+        cfg = json.loads((directory / CONFIG_FILE).read_text())
+        cfg["target_modules"] = tuple(cfg.get("target_modules", ()))
+        cfg = LMRewardConfig(**cfg)
+        peft_model = PeftModel.from_pretrained(model, str(directory / ADAPTER_DIR))
+        rm = cls(peft_model, tok, cfg, wrap=False)
+        t = load_file(str(directory / HEAD_FILE))
+        rm.head.load_state_dict({"weight": t["head.weight"], "bias": t["head.bias"]})
+        rm.reward_mean.fill_(float(t["reward_mean"][0]))
+        rm.reward_std.fill_(float(t["reward_std"][0]))
+        rm.eval()
+        return rm
+
+
+def load_reward_model(directory: str | Path, embedder: Any = None, store: Any = None, lm: Any = None):
+    """Either backbone, by what reward_config.json says."""
+    return RewardModel.load(directory, embedder, store, lm)

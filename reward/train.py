@@ -1,0 +1,431 @@
+"""Training and evaluating the reward model.
+
+``train_reward_model(train, cfg, embedder, store, eval)`` fits a reward model jointly on
+Bradley-Terry pairs (with optional margins) and pointwise targets, then measures it on held-out
+data (split by group -- request / prompt -- never by row):
+
+- ``rm/accuracy``   P(r(chosen) > r(rejected)) on held-out pairs (ties count one half)
+- ``rm/loss``       Bradley-Terry loss on held-out pairs
+- ``rm/ece``        expected calibration error of sigmoid(r_c - r_r) as P(chosen wins)
+- ``rm/length_floor``  accuracy of "longer wins" or "shorter wins", whichever is higher
+- ``rm/shuffled_control``  held-out accuracy of the same model trained on shuffled labels (~0.5)
+- ``rm/spearman``   rank correlation with held-out pointwise targets (when there are any)
+- ``rm/n_train``, ``rm/n_eval``, ``rm/seconds``
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .feedback import PointwiseTarget, PreferencePair, RewardData, build_training_data
+from .model import LMRewardConfig, LMRewardModel, RewardModel, RewardModelConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RewardTrainConfig:
+    """How to train (and evaluate) a reward model."""
+
+    epochs: int = 40
+    """Passes over the training pairs (embedder backbone)."""
+    lr: float = 1e-3
+    """AdamW learning rate of the head (embedder backbone)."""
+    weight_decay: float = 0.05
+    """AdamW weight decay."""
+    hidden: int = 256
+    """Hidden units of the MLP head."""
+    dropout: float = 0.2
+    """Dropout on the head's input and hidden layer."""
+    batch_size: int = 128
+    """Pairs (and, separately, pointwise targets) per optimisation step."""
+    use_margin: bool = True
+    """Use the pairs' margins in the BT loss (stars: 0.25 per star of difference)."""
+    pointwise_weight: float = 1.0
+    """Weight of the pointwise (BCE on sigmoid(r)) term relative to the BT term."""
+    eval_frac: float = 0.2
+    """Fraction of groups held out when no explicit eval set is given (0 = no held-out metrics)."""
+    point_pair_min_diff: float = 0.2
+    """Held-out pointwise targets in the same context form evaluation pairs when their targets
+    differ by at least this much (stars: 1 star = 0.25)."""
+    max_point_pairs: int = 20000
+    """Cap on evaluation pairs built from pointwise targets (sampled with the seed)."""
+    shuffled_control: bool = True
+    """Also train on shuffled labels and report its held-out accuracy (should be ~0.5)."""
+    seed: int = 0
+    """Seed for the split, initialisation, batching and the shuffled control."""
+    backbone: str = "embedder"
+    """"embedder" (MiniLM features + small head, default) or "lm" (base LM + LoRA + scalar head)."""
+    lm_epochs: int = 1
+    """Epochs for the LM backbone."""
+    lm_lr: float = 1e-4
+    """Learning rate for the LM backbone (LoRA and head)."""
+    lm_batch_size: int = 4
+    """Pairs per step for the LM backbone."""
+    lm_max_length: int = 512
+    """Tokens per (context, text) for the LM backbone."""
+    lm_lora_r: int = 8
+    """LoRA rank for the LM backbone."""
+
+
+# ----------------------------------------------------------------------------- pure losses and metrics
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: torch.Tensor | None = None,
+                       weight: torch.Tensor | None = None) -> torch.Tensor:
+    """mean_w[-log sigmoid(r_c - r_r - margin)]."""
+    d = r_chosen - r_rejected
+    if margin is not None:
+        d = d - margin
+    loss = -F.logsigmoid(d)
+    if weight is None:
+        return loss.mean()
+    return (loss * weight).sum() / weight.sum().clamp_min(1e-8)
+
+
+def pointwise_loss(r: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy between sigmoid(r) and a soft target in [0, 1] (weighted mean)."""
+    loss = F.binary_cross_entropy_with_logits(r, target, reduction="none")
+    if weight is None:
+        return loss.mean()
+    return (loss * weight).sum() / weight.sum().clamp_min(1e-8)
+
+
+def pair_accuracy(r_chosen: np.ndarray, r_rejected: np.ndarray) -> float:
+    d = np.asarray(r_chosen, np.float64) - np.asarray(r_rejected, np.float64)
+    return float(np.mean((d > 0) + 0.5 * (d == 0))) if len(d) else float("nan")
+
+
+def expected_calibration_error(p_chosen: np.ndarray, n_bins: int = 10) -> float:
+    """ECE of p = P(chosen beats rejected) when the chosen did win: each pair predicts the side it
+    favours with confidence max(p, 1-p); bins by confidence, |accuracy - confidence| weighted."""
+    p = np.asarray(p_chosen, np.float64)
+    if len(p) == 0:
+        return float("nan")
+    conf = np.maximum(p, 1 - p)
+    correct = (p > 0.5) + 0.5 * (p == 0.5)
+    edges = np.linspace(0.5, 1.0, n_bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        m = idx == b
+        if m.any():
+            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    return float(ece)
+
+
+def length_floor(pairs: Sequence[PreferencePair]) -> float:
+    """Accuracy of "the longer text wins" or "the shorter text wins", whichever is higher."""
+    if not pairs:
+        return float("nan")
+    longer = np.mean([1.0 if len(p.chosen) > len(p.rejected) else 0.5 if len(p.chosen) == len(p.rejected) else 0.0
+                      for p in pairs])
+    return float(max(longer, 1.0 - longer))
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    from scipy.stats import spearmanr
+
+    if len(x) < 3:
+        return float("nan")
+    r = spearmanr(x, y).statistic
+    return float(r) if r == r else float("nan")
+
+
+def split_by_group(data: RewardData, eval_frac: float, seed: int = 0) -> tuple[RewardData, RewardData]:
+    """Hold out ``eval_frac`` of the groups (at least one when there are two or more)."""
+    groups = data.groups()
+    if eval_frac <= 0 or len(groups) < 2:
+        return data, RewardData()
+    rng = random.Random(seed)
+    order = groups[:]
+    rng.shuffle(order)
+    n_eval = min(max(1, round(eval_frac * len(groups))), len(groups) - 1)
+    held = set(order[:n_eval])
+    return data.select(g for g in groups if g not in held), data.select(held)
+
+
+def pairs_from_points(points: Sequence[PointwiseTarget], min_diff: float, max_pairs: int = 20000,
+                      seed: int = 0) -> list[PreferencePair]:
+    """Evaluation pairs from pointwise targets that share a context and differ by >= min_diff."""
+    by_ctx: dict[str, list[PointwiseTarget]] = {}
+    for p in points:
+        by_ctx.setdefault(p.context, []).append(p)
+    out = []
+    for ctx, pts in by_ctx.items():
+        for i, a in enumerate(pts):
+            for b in pts[i + 1 :]:
+                if abs(a.target - b.target) >= min_diff - 1e-9 and a.text != b.text:
+                    hi, lo = (a, b) if a.target > b.target else (b, a)
+                    out.append(PreferencePair(ctx, hi.text, lo.text, 0.0, 1.0, f"{hi.group}|{lo.group}", "points"))
+    if len(out) > max_pairs:
+        out = random.Random(seed).sample(out, max_pairs)
+    return out
+
+
+def shuffled_labels(data: RewardData, seed: int) -> RewardData:
+    """The same texts with the signal destroyed: exactly half the pairs (a random half) have their
+    order flipped, so no direction keeps a majority; pointwise targets permuted among the points."""
+    rng = random.Random(seed + 7919)
+    flip = set(rng.sample(range(len(data.pairs)), len(data.pairs) // 2))
+    pairs = [replace(p, chosen=p.rejected, rejected=p.chosen) if i in flip else p for i, p in enumerate(data.pairs)]
+    targets = [p.target for p in data.points]
+    rng.shuffle(targets)
+    points = [replace(p, target=t) for p, t in zip(data.points, targets)]
+    return RewardData(pairs, points)
+
+
+# ----------------------------------------------------------------------------- training
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _index_items(data: RewardData) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray]:
+    """Unique (context, text) items; pair index array (n_pairs, 2); point index array."""
+    items: dict[tuple[str, str], int] = {}
+
+    def ix(c: str, t: str) -> int:
+        return items.setdefault((c, t), len(items))
+
+    pair_ix = np.array([[ix(p.context, p.chosen), ix(p.context, p.rejected)] for p in data.pairs], np.int64).reshape(-1, 2)
+    point_ix = np.array([ix(p.context, p.text) for p in data.points], np.int64)
+    return list(items), pair_ix, point_ix
+
+
+def _embedding_dim(embedder: Any) -> int:
+    if embedder is None:
+        return 384
+    fn = getattr(embedder, "get_embedding_dimension", None) or embedder.get_sentence_embedding_dimension
+    return int(fn())
+
+
+def _fit_embedder_head(data: RewardData, cfg: RewardTrainConfig, embedder: Any, store: Any,
+                       cache=None) -> RewardModel:
+    _seed_all(cfg.seed)
+    name = None
+    if embedder is not None:
+        from assistant.models import embedder_name
+
+        name = embedder_name(embedder)
+    emb_dim = _embedding_dim(embedder)
+    model = RewardModel(RewardModelConfig(emb_dim=emb_dim, hidden=cfg.hidden, dropout=cfg.dropout,
+                                          embedder=name or "all-MiniLM-L6-v2"), embedder, store)
+    if cache is not None:
+        model.cache = cache
+    items, pair_ix, point_ix = _index_items(data)
+    if not items:
+        raise ValueError("no training data: give some feedback or pass --from FILE")
+    feats = model.raw_features([c for c, _ in items], [t for _, t in items])
+    model.fit_stat_normalisation(feats)
+
+    margin = torch.tensor([p.margin if cfg.use_margin else 0.0 for p in data.pairs], dtype=torch.float32)
+    pw = torch.tensor([p.weight for p in data.pairs], dtype=torch.float32)
+    tgt = torch.tensor([p.target for p in data.points], dtype=torch.float32)
+    tw = torch.tensor([p.weight for p in data.points], dtype=torch.float32)
+    pair_t, point_t = torch.from_numpy(pair_ix), torch.from_numpy(point_ix)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n_p, n_q = len(pair_t), len(point_t)
+    steps_per_epoch = max(1, math.ceil(max(n_p, n_q) / cfg.batch_size))
+    total = steps_per_epoch * cfg.epochs
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.1)
+    g = torch.Generator().manual_seed(cfg.seed)
+    model.train()
+    for _epoch in range(cfg.epochs):
+        perm_p = torch.randperm(n_p, generator=g) if n_p else None
+        perm_q = torch.randperm(n_q, generator=g) if n_q else None
+        for step in range(steps_per_epoch):
+            loss = torch.zeros(())
+            used = set()
+            if n_p:
+                b = perm_p[(step * cfg.batch_size) % n_p :][: cfg.batch_size]
+                used.update(pair_t[b].flatten().tolist())
+            if n_q:
+                bq = perm_q[(step * cfg.batch_size) % n_q :][: cfg.batch_size]
+                used.update(point_t[bq].tolist())
+            # score only the items this step needs
+            idx = torch.tensor(sorted(used), dtype=torch.long)
+            pos = torch.full((len(items),), -1, dtype=torch.long)
+            pos[idx] = torch.arange(len(idx))
+            r = model(feats[idx])
+            if n_p:
+                pr = pair_t[b]
+                loss = loss + bradley_terry_loss(r[pos[pr[:, 0]]], r[pos[pr[:, 1]]], margin[b], pw[b])
+            if n_q:
+                loss = loss + cfg.pointwise_weight * pointwise_loss(r[pos[point_t[bq]]], tgt[bq], tw[bq])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    with torch.no_grad():
+        r = model(feats)
+    model.reward_mean.fill_(float(r.mean()))
+    model.reward_std.fill_(float(r.std()) if len(r) > 1 else 1.0)
+    return model
+
+
+def _fit_lm(data: RewardData, cfg: RewardTrainConfig, lm: Any) -> LMRewardModel:
+    from assistant.models import autocast_context
+
+    _seed_all(cfg.seed)
+    model, tok = (lm.model, lm.tokenizer) if hasattr(lm, "model") and hasattr(lm, "tokenizer") else lm
+    base_name = getattr(getattr(model, "config", None), "_name_or_path", "") or getattr(lm, "name", "")
+    rm = LMRewardModel(model, tok, LMRewardConfig(base_model=str(base_name), max_length=cfg.lm_max_length,
+                                                  lora_r=cfg.lm_lora_r, lora_alpha=2 * cfg.lm_lora_r))
+    params = [p for p in rm.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lm_lr, weight_decay=0.0)
+    rng = random.Random(cfg.seed)
+    pairs, points = list(data.pairs), list(data.points)
+    bs = cfg.lm_batch_size
+    rm.train()
+    for _epoch in range(cfg.lm_epochs):
+        rng.shuffle(pairs)
+        rng.shuffle(points)
+        n_steps = max(math.ceil(len(pairs) / bs), math.ceil(len(points) / bs))
+        for step in range(n_steps):
+            bp = pairs[step * bs : (step + 1) * bs]
+            bq = points[step * bs : (step + 1) * bs]
+            ctx = [p.context for p in bp] * 2 + [q.context for q in bq]
+            txt = [p.chosen for p in bp] + [p.rejected for p in bp] + [q.text for q in bq]
+            if not txt:
+                continue
+            with autocast_context(rm.device):
+                r = rm(ctx, txt)
+            loss = torch.zeros((), device=r.device)
+            if bp:
+                m = torch.tensor([p.margin if cfg.use_margin else 0.0 for p in bp], device=r.device)
+                w = torch.tensor([p.weight for p in bp], device=r.device)
+                loss = loss + bradley_terry_loss(r[: len(bp)], r[len(bp) : 2 * len(bp)], m, w)
+            if bq:
+                t = torch.tensor([q.target for q in bq], device=r.device)
+                w = torch.tensor([q.weight for q in bq], device=r.device)
+                loss = loss + cfg.pointwise_weight * pointwise_loss(r[2 * len(bp) :], t, w)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    rm.eval()
+    items, _, _ = _index_items(data)
+    r = rm.score([c for c, _ in items], [t for _, t in items], batch_size=bs)
+    rm.reward_mean.fill_(float(np.mean(r)))
+    rm.reward_std.fill_(float(np.std(r, ddof=1)) if len(r) > 1 else 1.0)
+    return rm
+
+
+def _fit(data: RewardData, cfg: RewardTrainConfig, embedder: Any, store: Any, lm: Any, cache=None):
+    if cfg.backbone == "embedder":
+        return _fit_embedder_head(data, cfg, embedder, store, cache)
+    if cfg.backbone == "lm":
+        if lm is None:
+            raise ValueError("--rm-backbone lm needs the base language model")
+        return _fit_lm(data, cfg, lm)
+    raise ValueError(f"unknown reward backbone {cfg.backbone!r}; use 'embedder' or 'lm'")
+
+
+def evaluate_reward_model(model: Any, eval: RewardData, cfg: RewardTrainConfig) -> dict[str, float]:
+    """Held-out metrics (see module docstring); empty dict when there is nothing to evaluate."""
+    pairs = list(eval.pairs) or pairs_from_points(eval.points, cfg.point_pair_min_diff, cfg.max_point_pairs, cfg.seed)
+    m: dict[str, float] = {}
+    if pairs:
+        # score each distinct (context, text) once
+        items, pair_ix, _ = _index_items(RewardData(pairs, []))
+        r = model.score([c for c, _ in items], [t for _, t in items])
+        rc, rr = r[pair_ix[:, 0]], r[pair_ix[:, 1]]
+        d = torch.from_numpy((rc - rr).astype(np.float32))
+        m["rm/accuracy"] = pair_accuracy(rc, rr)
+        m["rm/loss"] = float(-F.logsigmoid(d).mean())
+        m["rm/ece"] = expected_calibration_error(torch.sigmoid(d).numpy())
+        m["rm/length_floor"] = length_floor(pairs)
+        m["rm/n_eval_pairs"] = float(len(pairs))
+    if eval.points:
+        r = model.score([p.context for p in eval.points], [p.text for p in eval.points])
+        m["rm/spearman"] = spearman(r, [p.target for p in eval.points])
+    return m
+
+
+def train_reward_model(train: RewardData, cfg: RewardTrainConfig, embedder: Any = None, store: Any = None,
+                       eval: RewardData | None = None, lm: Any = None, lm_factory: Any = None):
+    """Fit a reward model on ``train`` and measure it on ``eval`` (or, when eval is None, on a
+    held-out ``cfg.eval_frac`` of train's groups). Returns (model, metrics).
+
+    ``lm``: (model, tokenizer) for the LM backbone. ``lm_factory``: a callable returning a fresh
+    (model, tokenizer), needed for the LM backbone's shuffled control (the first LM is wrapped)."""
+    if eval is None:
+        train, eval = split_by_group(train, cfg.eval_frac, cfg.seed)
+    if not len(train):
+        raise ValueError("no training data: give some feedback or pass --from FILE")
+    t0 = time.perf_counter()
+    cache = None
+    if cfg.backbone == "embedder":
+        from .model import EmbeddingCache
+
+        cache = EmbeddingCache(embedder, store)
+    model = _fit(train, cfg, embedder, store, lm, cache)
+    seconds = time.perf_counter() - t0
+    metrics: dict[str, float] = {
+        "rm/n_train": float(len(train)),
+        "rm/n_train_pairs": float(len(train.pairs)),
+        "rm/n_train_points": float(len(train.points)),
+        "rm/n_eval": float(len(eval)),
+        "rm/seconds": round(seconds, 3),
+    }
+    if cfg.backbone == "embedder":
+        metrics["rm/n_embedded"] = float(cache.n_embedded)
+    tr_pairs = train.pairs[:2000]
+    if tr_pairs:
+        metrics["rm/train_accuracy"] = evaluate_reward_model(model, RewardData(tr_pairs, []), cfg)["rm/accuracy"]
+    if len(eval):
+        metrics.update(evaluate_reward_model(model, eval, cfg))
+        if cfg.shuffled_control and "rm/accuracy" in metrics:
+            other_lm = lm_factory() if (cfg.backbone == "lm" and lm_factory is not None) else None
+            if cfg.backbone == "embedder" or other_lm is not None:
+                ctrl = _fit(shuffled_labels(train, cfg.seed), cfg, embedder, store, other_lm, cache)
+                metrics["rm/shuffled_control"] = evaluate_reward_model(ctrl, eval, cfg)["rm/accuracy"]
+    if hasattr(model, "cache"):
+        model.cache = cache if cache is not None else model.cache
+    return model, metrics
+
+
+def train_from_store(store: Any, profile_id: str, embedder: Any, cfg: RewardTrainConfig,
+                     extra: RewardData | None = None, eval: RewardData | None = None, lm: Any = None,
+                     lm_factory: Any = None):
+    """Train on a profile's feedback (plus ``extra`` data, e.g. from --from files)."""
+    data = build_training_data(store.requests_with_feedback(profile_id))
+    if extra is not None:
+        data = data.extend(extra)
+    model, metrics = train_reward_model(data, cfg, embedder, store, eval, lm=lm, lm_factory=lm_factory)
+    metrics["rm/last_feedback_id"] = float(store.last_feedback_id(profile_id))
+    return model, metrics
+
+
+def save_reward_version(store: Any, data_dir: str | Path, profile_id: str, model: Any, metrics: dict[str, float],
+                        cfg: RewardTrainConfig, publish: bool = True):
+    """Write the model into a new versioned directory (atomic) and record it (kind "reward")."""
+    from storage.artifacts import save_version
+
+    parent = store.live_version(profile_id, "reward")
+    config = {"train": asdict(cfg), "model": asdict(model.cfg)}
+    return save_version(store, data_dir, kind="reward", profile_id=profile_id, writer=model.save,
+                        metrics={k: float(v) for k, v in metrics.items() if v == v},
+                        config=config, parent_id=parent.id if parent else None, publish=publish)
+
+
+def load_live_reward_model(store: Any, profile_id: str, embedder: Any, lm: Any = None):
+    """The profile's published reward model, or None when there is none (or its files are gone)."""
+    v = store.live_version(profile_id, "reward")
+    if v is None:
+        return None
+    if not Path(v.path).exists():
+        log.warning("reward version %s: directory %s is missing", v.id, v.path)
+        return None
+    return RewardModel.load(v.path, embedder, store, lm)

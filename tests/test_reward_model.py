@@ -1,0 +1,204 @@
+"""Reward model: losses and metrics by hand, learning on separable data, chance on shuffled
+labels, save -> load identity, the embedding cache, the store round trip, the LM backbone."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from reward.feedback import PointwiseTarget, PreferencePair, RewardData
+from reward.train import (
+    RewardTrainConfig,
+    bradley_terry_loss,
+    expected_calibration_error,
+    length_floor,
+    pair_accuracy,
+    pairs_from_points,
+    pointwise_loss,
+    shuffled_labels,
+    split_by_group,
+    train_reward_model,
+)
+
+
+# ----------------------------------------------------------------------------- by hand
+def test_bradley_terry_loss_by_hand():
+    rc, rr = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0])
+    l1, l0 = math.log(1 + math.exp(-1)), math.log(2)  # 0.3133, 0.6931
+    assert bradley_terry_loss(rc, rr).item() == pytest.approx((l1 + l0) / 2, abs=1e-6)
+    lm = math.log(1 + math.exp(-0.5))  # margin 0.5 on the first pair: -log sigmoid(1 - 0.5)
+    assert bradley_terry_loss(rc, rr, torch.tensor([0.5, 0.0])).item() == pytest.approx((lm + l0) / 2, abs=1e-6)
+    assert bradley_terry_loss(rc, rr, weight=torch.tensor([3.0, 1.0])).item() == pytest.approx(
+        (3 * l1 + l0) / 4, abs=1e-6)
+
+
+def test_pointwise_loss_by_hand():
+    # BCE(sigmoid(0), 0.5) = log 2; BCE(sigmoid(2), 1) = log(1 + e^-2)
+    r, t = torch.tensor([0.0, 2.0]), torch.tensor([0.5, 1.0])
+    assert pointwise_loss(r, t).item() == pytest.approx((math.log(2) + math.log(1 + math.exp(-2))) / 2, abs=1e-6)
+
+
+def test_metrics_by_hand():
+    assert pair_accuracy(np.array([1.0, 2.0, 0.0, 1.0]), np.array([0.0, 3.0, 0.0, 0.5])) == pytest.approx(
+        (1 + 0 + 0.5 + 1) / 4)
+    # confidences 0.9, 0.9 (both right) and 0.6, 0.6 (one right): |1-.9|*.5 + |.5-.6|*.5 = 0.1
+    assert expected_calibration_error(np.array([0.9, 0.9, 0.6, 0.4])) == pytest.approx(0.1, abs=1e-9)
+    pairs = [PreferencePair("", "aaaa", "a"), PreferencePair("", "aaa", "a"), PreferencePair("", "aa", "a"),
+             PreferencePair("", "a", "aaaa")]
+    assert length_floor(pairs) == pytest.approx(0.75)  # "longer wins" is right 3 times in 4
+    assert length_floor(pairs[3:]) == pytest.approx(1.0)  # "shorter wins" is right
+
+
+def test_pairs_from_points_and_shuffle():
+    pts = [PointwiseTarget("c", "a", 1.0, group="1"), PointwiseTarget("c", "b", 0.5, group="2"),
+           PointwiseTarget("c", "d", 0.4, group="3"), PointwiseTarget("other", "e", 0.0, group="4")]
+    got = sorted((p.chosen, p.rejected) for p in pairs_from_points(pts, 0.2))
+    assert got == [("a", "b"), ("a", "d")]  # b vs d differ by 0.1; "e" has another context
+    data = RewardData([PreferencePair("c", str(i), str(i + 100)) for i in range(200)], pts)
+    sh = shuffled_labels(data, seed=0)
+    flipped = sum(p.chosen != q.chosen for p, q in zip(data.pairs, sh.pairs))
+    assert flipped == 100  # exactly half
+    assert sorted(p.target for p in sh.points) == sorted(p.target for p in pts)
+
+
+def test_split_by_group_never_splits_a_group():
+    data = RewardData([PreferencePair("c", f"x{i}", f"y{i}", group=f"g{i % 10}") for i in range(50)], [])
+    tr, ev = split_by_group(data, 0.2, seed=3)
+    assert len(ev.groups()) == 2 and len(tr.groups()) == 8
+    assert not set(tr.groups()) & set(ev.groups())
+    assert len(tr) + len(ev) == 50
+
+
+# ----------------------------------------------------------------------------- learning (real MiniLM)
+SUBJECTS = ["the harbour", "the old mill", "her garden", "the city at dawn", "the mountain road", "the library",
+            "the winter forest", "the small kitchen", "the river", "the night market", "the school yard",
+            "the lighthouse"]
+GOOD = ["glowed with warm, golden light and the smell of fresh bread", "was calm, bright and full of quiet joy",
+        "shimmered under a gentle sky while children laughed", "felt welcoming, peaceful and beautifully alive"]
+BAD = ["was filthy, broken and reeked of rot and despair", "was a miserable, ugly ruin full of anger",
+       "stank of garbage and everyone there was cruel", "felt hostile, grim and hopelessly wretched"]
+
+
+def separable_data(n_groups: int = 48) -> RewardData:
+    """Context: describe a place; chosen: a pleasant description; rejected: a nasty one.
+    Similar lengths, so length alone cannot tell them apart."""
+    rng = random.Random(0)
+    pairs = []
+    for g in range(n_groups):
+        subj = SUBJECTS[g % len(SUBJECTS)]
+        ctx = f"Describe {subj} in one sentence. (#{g})"
+        good, bad = rng.choice(GOOD), rng.choice(BAD)
+        pairs.append(PreferencePair(ctx, f"{subj.capitalize()} {good}.", f"{subj.capitalize()} {bad}.",
+                                    group=f"g{g}"))
+        pairs.append(PreferencePair(ctx, f"{subj.capitalize()} {rng.choice(GOOD)} today.",
+                                    f"{subj.capitalize()} {rng.choice(BAD)} today.", group=f"g{g}"))
+    return RewardData(pairs, [])
+
+
+FAST = RewardTrainConfig(epochs=30, seed=0, eval_frac=0.25)
+
+
+def test_separable_set_is_learned_and_shuffled_is_chance(embedder, store):
+    data = separable_data()
+    train, held = split_by_group(data, 0.25, seed=0)
+    model, m = train_reward_model(train, FAST, embedder, store, eval=held)
+    assert m["rm/accuracy"] > 0.9, m
+    assert 0.25 <= m["rm/shuffled_control"] <= 0.75, m
+    assert m["rm/n_train"] == len(train) and m["rm/n_eval"] == len(held)
+    for k in ("rm/loss", "rm/ece", "rm/length_floor", "rm/seconds"):
+        assert k in m and m[k] == m[k]
+    # a model trained on shuffled labels, measured directly
+    _ctrl, mc = train_reward_model(shuffled_labels(train, 1), FAST, embedder, store, eval=held)
+    assert 0.2 <= mc["rm/accuracy"] <= 0.8
+    # normalised scores use the training reward mean/std
+    r = model.score([p.context for p in held.pairs], [p.chosen for p in held.pairs])
+    rn = model.score([p.context for p in held.pairs], [p.chosen for p in held.pairs], normalize=True)
+    np.testing.assert_allclose(rn, (r - float(model.reward_mean)) / float(model.reward_std), rtol=1e-5, atol=1e-5)
+
+
+def test_pointwise_targets_are_learned(embedder, store):
+    rng = random.Random(1)
+    pts = []
+    for g, subj in enumerate(SUBJECTS * 3):
+        good = rng.random() < 0.5
+        text = f"{subj.capitalize()} {rng.choice(GOOD if good else BAD)}."
+        pts.append(PointwiseTarget("Describe a place.", text, 0.9 if good else 0.1, group=f"p{g}"))
+    model, m = train_reward_model(RewardData([], pts), FAST, embedder, store)
+    assert m["rm/spearman"] > 0.6, m
+    assert m["rm/accuracy"] > 0.9, m
+
+
+def test_save_load_identical_and_cache_reused(embedder, store, tmp_path):
+    from reward.model import RewardModel
+
+    data = separable_data(16)
+    model, m = train_reward_model(data, RewardTrainConfig(epochs=5, eval_frac=0.0, shuffled_control=False),
+                                  embedder, store)
+    assert m["rm/n_embedded"] > 0
+    ctx, txt = [p.context for p in data.pairs], [p.rejected for p in data.pairs]
+    before = model.score(ctx, txt)
+    model.save(tmp_path / "rm")
+    assert (tmp_path / "rm" / "reward_head.safetensors").exists()
+    loaded = RewardModel.load(tmp_path / "rm", embedder, store)
+    np.testing.assert_array_equal(loaded.score(ctx, txt), before)
+    assert float(loaded.reward_mean) == float(model.reward_mean)
+    # retraining on the same texts embeds nothing new (the store caches by text hash)
+    _m2, m2 = train_reward_model(data, RewardTrainConfig(epochs=2, eval_frac=0.0, shuffled_control=False),
+                                 embedder, store)
+    assert m2["rm/n_embedded"] == 0
+
+
+def test_train_from_store_and_live_version(embedder, store, tmp_path):
+    from reward.train import load_live_reward_model, save_reward_version, train_from_store
+
+    assert load_live_reward_model(store, "default", embedder) is None
+    data = separable_data(12)
+    for p in data.pairs:  # feedback through the store: the person marks the pleasant one "best"
+        req = store.record_request(profile_id="default", mode="continue", text=p.context, options={}, prompt="p",
+                                   policy_version=0, suggestions=[p.rejected, p.chosen])
+        store.add_feedback(req.suggestions[1].id, "best", source="ui")
+    cfg = RewardTrainConfig(epochs=20, eval_frac=0.25, seed=0)
+    model, m = train_from_store(store, "default", embedder, cfg)
+    assert m["rm/n_train"] + m["rm/n_eval"] == len(data.pairs)
+    v = save_reward_version(store, tmp_path, "default", model, m, cfg)
+    assert v.kind == "reward" and v.status == "published" and v.metrics["rm/accuracy"] == m["rm/accuracy"]
+    live = load_live_reward_model(store, "default", embedder)
+    ctx, txt = [p.context for p in data.pairs], [p.chosen for p in data.pairs]
+    np.testing.assert_array_equal(live.score(ctx, txt), model.score(ctx, txt))
+
+
+# ----------------------------------------------------------------------------- LM backbone (tiny model)
+def test_lm_backbone_learns_and_round_trips(tiny_lm, tiny_tokenizer, tmp_path):
+    from assistant.tiny import build_tiny_lm
+    from reward.model import RewardModel
+
+    good = ["Happy, bright, wonderful, joyful.", "Sunny, warm and cheerful.", "Glad, bright and warm."]
+    bad = ["Bitter, icy, smoky.", "Roaring bitter icy smoke.", "Crimson icy bitter."]
+    pairs = [PreferencePair(f"Write a line {i}.", g, b, group=str(i))
+             for i, (g, b) in enumerate(itertools.product(good, bad))]
+    data = RewardData(pairs, [])
+    cfg = RewardTrainConfig(backbone="lm", lm_epochs=25, lm_lr=3e-3, lm_batch_size=9, eval_frac=0.0,
+                            shuffled_control=False, lm_max_length=64)
+    model, tok = tiny_lm
+    base_before = {k: v.clone() for k, v in model.state_dict().items()}
+    rm, m = train_reward_model(data, cfg, lm=(model, tok))
+    assert m["rm/train_accuracy"] >= 0.9, m
+    # base weights frozen, LoRA weights trained
+    lora = {k: v for k, v in rm.lm.state_dict().items() if "lora_" in k}
+    assert lora and any(v.abs().sum() > 0 for k, v in lora.items() if "lora_B" in k)
+    for k, v in rm.lm.get_base_model().state_dict().items():
+        if "lora_" not in k and "base_layer" not in k and k in base_before:
+            assert torch.equal(v, base_before[k]), k
+    before = rm.score([p.context for p in pairs], [p.chosen for p in pairs])
+    rm.save(tmp_path / "lm-rm")
+    assert (tmp_path / "lm-rm" / "adapter" / "adapter_model.safetensors").exists()
+    assert (tmp_path / "lm-rm" / "reward_head.safetensors").exists()
+    fresh = build_tiny_lm(seed=0, tokenizer=tiny_tokenizer)
+    loaded = RewardModel.load(tmp_path / "lm-rm", lm=fresh)
+    np.testing.assert_allclose(loaded.score([p.context for p in pairs], [p.chosen for p in pairs]), before,
+                               rtol=1e-5, atol=1e-5)
