@@ -732,6 +732,14 @@ class Store:
         rows = self.db["events"].rows_where(" and ".join(where) or None, args, order_by="id desc", limit=limit)
         return [{**dict(r), "data": _loads(r["data"], {})} for r in rows]
 
+    # ------------------------------------------------------------------ grouped writes
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator["Store"]:
+        """Group several Store writes (from this thread) into one all-or-nothing transaction,
+        e.g. a dataset import: on any error nothing of it is written."""
+        with self._write():
+            yield self
+
 
 def as_dict(obj: Any) -> dict[str, Any]:
     """Dataclass -> plain dict (numpy arrays dropped) for JSON responses."""

@@ -1,0 +1,376 @@
+"""Feedback in and out as TRL-style JSONL.
+
+Three formats, each one JSON object per line (the files load with
+``datasets.load_dataset("json", data_files=...)``):
+
+- **preference**: ``{"prompt", "chosen", "rejected"}``. Also accepted on import: conversational
+  message lists (``[{"role", "content"}, ...]``) for any of the three, and the *implicit prompt*
+  form without ``prompt`` where ``chosen`` and ``rejected`` are whole transcripts sharing a prefix
+  (as in Anthropic hh-rlhf): the prompt is the shared part up to the last ``Assistant:`` marker
+  (or the last shared word boundary).
+- **ratings**: ``{"prompt", "completion", "rating"}`` (a number; 1-5 stars for a store import).
+- **unpaired**: ``{"prompt", "completion", "label"}`` (true = good, false = bad; as for KTO).
+
+Import validates every line first and raises ``DatasetError`` listing each bad line's number;
+only a fully valid file is written, in one transaction (nothing half-imported). A store import
+creates, per distinct prompt, one request (mode ``imported``) holding its distinct completions as
+suggestions, and feedback with ``source="import"``: a preference row becomes a ``rank`` of
+[chosen, rejected], a rating becomes ``stars``, an unpaired label a ``thumb``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from .store import Store, text_hash
+
+FORMATS = ("preference", "ratings", "unpaired")
+IMPORT_MODE = "imported"
+MAX_ERRORS_SHOWN = 20
+
+
+class DatasetError(ValueError):
+    """A file that cannot be imported; ``errors`` holds (line number, message). Nothing was written."""
+
+    def __init__(self, path: str | Path, errors: list[tuple[int, str]]):
+        self.path, self.errors = str(path), errors
+        shown = "\n".join(f"  line {n}: {msg}" for n, msg in errors[:MAX_ERRORS_SHOWN])
+        more = f"\n  ... and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
+        super().__init__(f"{self.path}: {len(errors)} malformed line(s); nothing was imported\n{shown}{more}")
+
+
+@dataclass
+class PreferenceRecord:
+    prompt: str
+    chosen: str
+    rejected: str
+    margin: float = 0.0
+    line: int = 0
+
+
+@dataclass
+class RatingRecord:
+    prompt: str
+    completion: str
+    rating: float
+    line: int = 0
+
+
+@dataclass
+class UnpairedRecord:
+    prompt: str
+    completion: str
+    label: bool
+    line: int = 0
+
+
+@dataclass
+class ParsedFile:
+    path: str
+    format: str
+    records: list[Any] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- parsing (pure)
+def render_messages(messages: list[dict[str, Any]]) -> str:
+    """A message list as plain text: "Role: content" turns separated by blank lines."""
+    return "\n\n".join(f"{str(m['role']).capitalize()}: {m['content']}" for m in messages)
+
+
+def _is_messages(x: Any) -> bool:
+    return isinstance(x, list) and bool(x) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in x
+    )
+
+
+def _text(x: Any, what: str) -> str:
+    """A string field, or a conversational message list (rendered; a lone assistant turn is just
+    its content)."""
+    if isinstance(x, str):
+        return x
+    if _is_messages(x):
+        if all(m["role"] == "assistant" for m in x):
+            return "\n\n".join(m["content"] for m in x)
+        return render_messages(x)
+    raise ValueError(f"{what!r} must be a string or a list of {{role, content}} messages")
+
+
+def split_implicit_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """(prompt, chosen reply, rejected reply) from two transcripts sharing a prefix. The prompt
+    ends after the last shared "Assistant:" marker, else at the last shared word boundary."""
+    prefix = os.path.commonprefix([chosen, rejected])
+    marker = "Assistant:"
+    k = prefix.rfind(marker)
+    if k >= 0:
+        cut = k + len(marker)
+        while cut < len(prefix) and prefix[cut] == " ":
+            cut += 1
+    elif prefix == chosen or prefix == rejected:
+        cut = max(prefix.rfind(" "), prefix.rfind("\n")) + 1
+    else:
+        cut = len(prefix) if prefix.endswith((" ", "\n")) else max(prefix.rfind(" "), prefix.rfind("\n")) + 1
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def _implicit_messages(chosen: list[dict], rejected: list[dict]) -> tuple[str, str, str]:
+    n = 0
+    while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+        n += 1
+    return render_messages(chosen[:n]), _text(chosen[n:], "chosen"), _text(rejected[n:], "rejected")
+
+
+def detect_format(obj: dict[str, Any]) -> str | None:
+    if "chosen" in obj and "rejected" in obj:
+        return "preference"
+    if "completion" in obj and "rating" in obj:
+        return "ratings"
+    if "completion" in obj and "label" in obj:
+        return "unpaired"
+    return None
+
+
+def parse_record(obj: Any, fmt: str, line: int) -> Any:
+    """One JSON value -> a record of `fmt`; raises ValueError with a message for a person."""
+    if not isinstance(obj, dict):
+        raise ValueError("expected a JSON object")
+    if fmt == "preference":
+        for k in ("chosen", "rejected"):
+            if k not in obj:
+                raise ValueError(f"missing {k!r}")
+        if "prompt" in obj and obj["prompt"] not in (None, ""):
+            prompt, chosen, rejected = _text(obj["prompt"], "prompt"), _text(obj["chosen"], "chosen"), _text(
+                obj["rejected"], "rejected")
+        elif _is_messages(obj["chosen"]) and _is_messages(obj["rejected"]):
+            prompt, chosen, rejected = _implicit_messages(obj["chosen"], obj["rejected"])
+        else:
+            c, r = _text(obj["chosen"], "chosen"), _text(obj["rejected"], "rejected")
+            prompt, chosen, rejected = split_implicit_prompt(c, r)
+        if chosen == rejected:
+            raise ValueError("chosen and rejected are identical")
+        margin = obj.get("margin", 0.0)
+        if margin is None:
+            margin = 0.0
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+            raise ValueError("'margin' must be a number")
+        return PreferenceRecord(prompt, chosen, rejected, float(margin), line)
+    if "completion" not in obj:
+        raise ValueError("missing 'completion'")
+    prompt = _text(obj.get("prompt", ""), "prompt") if obj.get("prompt") is not None else ""
+    completion = _text(obj["completion"], "completion")
+    if not completion.strip():
+        raise ValueError("empty completion")
+    if fmt == "ratings":
+        r = obj.get("rating")
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or r != r:
+            raise ValueError("'rating' must be a number")
+        return RatingRecord(prompt, completion, float(r), line)
+    if fmt == "unpaired":
+        lab = obj.get("label")
+        if not isinstance(lab, bool):
+            raise ValueError("'label' must be true or false")
+        return UnpairedRecord(prompt, completion, lab, line)
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+
+
+def parse_file(path: str | Path, fmt: str = "auto", limit: int | None = None) -> ParsedFile:
+    """Read and validate a whole JSONL file (``.gz`` too). Raises DatasetError listing every bad
+    line (1-based numbers); never returns a partial file."""
+    path = Path(path)
+    if fmt not in ("auto", *FORMATS):
+        raise ValueError(f"unknown format {fmt!r}; use auto, {', '.join(FORMATS)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    errors: list[tuple[int, str]] = []
+    records: list[Any] = []
+    try:
+        with _open_text(path) as fh:
+            lines = list(fh)
+    except UnicodeDecodeError as e:
+        raise DatasetError(path, [(0, f"not UTF-8 text ({e})")]) from None
+    for n, raw in enumerate(lines, start=1):
+        if limit is not None and len(records) >= limit:
+            break
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as e:
+            errors.append((n, f"not valid JSON ({e.msg})"))
+            continue
+        if fmt == "auto":
+            fmt_here = detect_format(obj) if isinstance(obj, dict) else None
+            if fmt_here is None:
+                errors.append((n, "cannot tell the format: expected chosen/rejected, completion/rating "
+                                  "or completion/label"))
+                continue
+            fmt = fmt_here
+        try:
+            records.append(parse_record(obj, fmt, n))
+        except ValueError as e:
+            errors.append((n, str(e)))
+    if errors:
+        raise DatasetError(path, errors)
+    if not records:
+        raise DatasetError(path, [(0, "no records")])
+    return ParsedFile(str(path), fmt if fmt != "auto" else "preference", records)
+
+
+# ----------------------------------------------------------------------------- records -> reward data
+def normalise_ratings(ratings: list[float]) -> tuple[float, float]:
+    """(lo, hi) of the rating scale: [0, 1] if all ratings fit, else 1-5 stars if they fit, else
+    the file's own min and max."""
+    if all(0.0 <= r <= 1.0 for r in ratings):
+        return 0.0, 1.0
+    if all(1.0 <= r <= 5.0 for r in ratings):
+        return 1.0, 5.0
+    lo, hi = min(ratings), max(ratings)
+    return lo, hi if hi > lo else lo + 1.0
+
+
+def prompt_group(prompt: str) -> str:
+    return "prompt:" + text_hash(prompt)[:16]
+
+
+def to_reward_data(parsed: ParsedFile, source: str = ""):
+    """Records -> reward.feedback.RewardData (grouped by prompt; same semantics as the store:
+    ratings and labels give pointwise targets and within-prompt pairs)."""
+    from reward.feedback import STAR_MARGIN_PER_STEP, PointwiseTarget, PreferencePair, RewardData
+
+    source = source or Path(parsed.path).name
+    data = RewardData()
+    if parsed.format == "preference":
+        for r in parsed.records:
+            data.pairs.append(PreferencePair(r.prompt, r.chosen, r.rejected, r.margin, 1.0, prompt_group(r.prompt),
+                                             source))
+        return data
+    by_prompt: dict[str, dict[str, float]] = {}
+    if parsed.format == "ratings":
+        lo, hi = normalise_ratings([r.rating for r in parsed.records])
+        for r in parsed.records:  # the latest rating of a completion wins
+            by_prompt.setdefault(r.prompt, {})[r.completion] = (r.rating - lo) / (hi - lo)
+        step = STAR_MARGIN_PER_STEP * 4  # margin per unit of normalised rating (1 star = 0.25)
+    else:
+        for r in parsed.records:
+            by_prompt.setdefault(r.prompt, {})[r.completion] = 1.0 if r.label else 0.0
+        step = 0.0
+    for prompt, comp in by_prompt.items():
+        g = prompt_group(prompt)
+        for text, t in comp.items():
+            data.points.append(PointwiseTarget(prompt, text, t, 1.0, g, source))
+        for a, ta in comp.items():
+            for b, tb in comp.items():
+                if ta > tb:
+                    data.pairs.append(PreferencePair(prompt, a, b, step * (ta - tb), 1.0, g, source))
+    return data
+
+
+def load_reward_data(paths: Iterable[str | Path], fmt: str = "auto", limit: int | None = None):
+    """Several files -> one RewardData (each validated whole)."""
+    from reward.feedback import RewardData
+
+    data = RewardData()
+    for p in paths:
+        data = data.extend(to_reward_data(parse_file(p, fmt, limit)))
+    return data
+
+
+# ----------------------------------------------------------------------------- store import
+def _check_for_store(parsed: ParsedFile) -> None:
+    if parsed.format == "ratings":
+        bad = [(r.line, f"rating {r.rating:g} is not 1-5 stars") for r in parsed.records
+               if r.rating != int(r.rating) or not 1 <= r.rating <= 5]
+        if bad:
+            raise DatasetError(parsed.path, bad + [(0, "store imports take ratings as integer 1-5 stars; "
+                                                       "use `inkloop rm train --from FILE` for other scales")])
+
+
+def import_into_store(store: Store, parsed: ParsedFile, profile_id: str = "default") -> dict[str, int]:
+    """Write a validated file into the store in one transaction (all or nothing)."""
+    _check_for_store(parsed)
+    by_prompt: dict[str, list[Any]] = {}
+    for r in parsed.records:
+        by_prompt.setdefault(r.prompt, []).append(r)
+    n_req = n_fb = 0
+    options = {"source": "import", "file": Path(parsed.path).name, "format": parsed.format}
+    with store.transaction():
+        for prompt, recs in by_prompt.items():
+            texts: dict[str, None] = {}
+            for r in recs:
+                for t in ((r.chosen, r.rejected) if parsed.format == "preference" else (r.completion,)):
+                    texts.setdefault(t, None)
+            req = store.record_request(profile_id=profile_id, mode=IMPORT_MODE, text=prompt, options=options,
+                                       prompt=prompt, policy_version=0, suggestions=list(texts))
+            sid = {s.text: s.id for s in req.suggestions}
+            n_req += 1
+            for r in recs:
+                if parsed.format == "preference":
+                    store.add_feedback(sid[r.chosen], "rank", ranking=[sid[r.chosen], sid[r.rejected]],
+                                       source="import")
+                elif parsed.format == "ratings":
+                    store.add_feedback(sid[r.completion], "stars", value=int(r.rating), source="import")
+                else:
+                    store.add_feedback(sid[r.completion], "thumb", value=1 if r.label else -1, source="import")
+                n_fb += 1
+    return {"requests": n_req, "feedback": n_fb, "records": len(parsed.records)}
+
+
+# ----------------------------------------------------------------------------- export
+def export_rows(store: Store, fmt: str, profile_id: str | None = "default") -> list[dict[str, Any]]:
+    """The store's feedback as rows of one format (prompt = the context the reward model sees)."""
+    from reward.feedback import build_training_data, context_of
+
+    groups = store.requests_with_feedback(profile_id)
+    if fmt == "preference":
+        return [{"prompt": p.context, "chosen": p.chosen, "rejected": p.rejected, "margin": float(p.margin)}
+                for p in build_training_data(groups).pairs]
+    if fmt not in ("ratings", "unpaired"):
+        raise ValueError(f"unknown format {fmt!r}; use {', '.join(FORMATS)}")
+    kind = "stars" if fmt == "ratings" else "thumb"
+    rows = []
+    for g in groups:
+        ctx = context_of(g["request"])
+        text = {s.id: s.text for s in g["suggestions"]}
+        latest: dict[int, Any] = {}
+        for f in sorted(g["feedback"], key=lambda f: f.id):
+            if f.kind == kind:
+                latest[f.suggestion_id] = f
+        for sid, f in sorted(latest.items()):
+            if fmt == "ratings":
+                rows.append({"prompt": ctx, "completion": text[sid], "rating": int(f.value)})
+            else:
+                rows.append({"prompt": ctx, "completion": text[sid], "label": bool((f.value or 0) > 0)})
+    return rows
+
+
+def write_jsonl(rows: list[dict[str, Any]], out: str | Path) -> Path:
+    """Write rows atomically (temp file, fsync, rename)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{random.randrange(1 << 30):x}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for r in rows:
+                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def export_feedback(store: Store, fmt: str, out: str | Path, profile_id: str | None = "default") -> int:
+    rows = export_rows(store, fmt, profile_id)
+    write_jsonl(rows, out)
+    return len(rows)
