@@ -346,3 +346,66 @@ def test_supervisor_restarts_a_crashed_learner(store, tmp_path):
     ev = store.events("default", kind="learner")
     assert ev and "exited with code 3" in ev[0]["reason"]
     assert store.learner_state("default")["phase"] == "error"
+
+
+# ----------------------------------------------------------------------------- the real bundled model
+@pytest.mark.integration
+def test_short_learn_cycle_on_the_real_model(store, tmp_path, real_lm, embedder):
+    """A few dozen feedback rows -> one short cycle (1 RL step, 16 tokens) on SmolLM2 -> published
+    version that a Generator on the real model hot-swaps in."""
+    import copy
+
+    from assistant.generate import Generator
+    from assistant.prompts import build_prompt, render
+    from reward.learner import Learner
+    from reward.policy import RLConfig
+
+    drafts = [
+        "The rain had not stopped for three days, and the river was rising.",
+        "She opened the letter slowly, afraid of what it might say.",
+        "The old lighthouse keeper climbed the stairs one last time.",
+        "Nobody in the village remembered who had planted the orchard.",
+        "The train was late again, and Maria had run out of patience.",
+        "At the edge of the forest, the path split in two.",
+        "He found the key under a loose stone by the gate.",
+        "The storm arrived at midnight, bright and loud.",
+        "Every morning the baker sang the same song.",
+        "The map was older than anyone had guessed.",
+        "When the lights went out, the whole street fell silent.",
+        "The kitten had climbed to the very top of the tree.",
+    ]
+    good = "{} Then, slowly, the morning light spread over the hills and everyone breathed again."
+    bad = "{} ok."
+    for i, d in enumerate(drafts):
+        prompt = render(build_prompt("continue", d, {}), real_lm.tokenizer)
+        req = store.record_request(profile_id="default", mode="continue", text=d, options={}, prompt=prompt,
+                                   policy_version=0, suggestions=[good.format("It was late."), bad.format("No"),
+                                                                  f"Something happened ({i})."])
+        a, b, c = req.suggestions
+        store.add_feedback(a.id, "thumb", 1)
+        store.add_feedback(b.id, "thumb", -1)
+        store.add_feedback(a.id, "rank", ranking=[a.id, c.id, b.id])
+    assert len(store.feedback("default")) == 36
+
+    base = real_lm.model
+    cfg = LearnerConfig(min_new_feedback=10, rl_steps=1, eval_prompts=2, eval_samples=1, eval_max_new_tokens=16,
+                        agreement_drop=1.0, max_length_corr=1.01, max_kl=1e6, threads=1, nice=0)
+    learner = Learner(store, tmp_path, "default", lambda: (copy.deepcopy(base), real_lm.tokenizer), embedder, cfg,
+                      rl_config=RLConfig(algo="reinforce", k=2, prompts_per_step=2, max_new_tokens=16, seed=0))
+    t0 = time.perf_counter()
+    res = learner.run_once()
+    seconds = time.perf_counter() - t0
+    assert res.outcome == "published", res
+    live = store.live_version("default", "policy")
+    assert live.id == res.version_id
+    assert (Path(live.path) / "adapter" / "adapter_model.safetensors").exists()
+    assert (Path(live.path) / "value_head.safetensors").exists()
+    assert all(math.isfinite(v) for k, v in live.metrics.items() if k.startswith(("rl/", "eval/")))
+    assert live.metrics["rm/accuracy"] >= 0.5  # "long & complete" vs "ok." is easy to learn
+    st = store.learner_state("default")
+    assert st["phase"] == "idle" and st["metrics"]["learner/last_feedback_id"] == store.last_feedback_id("default")
+    print(f"real-model learn cycle: {seconds:.1f} s, metrics {dict(sorted(live.metrics.items()))}")
+
+    gen = Generator(copy.deepcopy(base), real_lm.tokenizer,
+                    version_source=lambda: (live.id, live.path))
+    assert gen.refresh_policy() == live.id
