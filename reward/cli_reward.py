@@ -1,5 +1,199 @@
-"""CLI commands for this area (filled in by the area's owner)."""
+"""CLI: `inkloop feedback import|export`, `inkloop rm train|score`.
+
+- ``feedback import FILE [--format auto|preference|ratings|unpaired]``: validate the whole file,
+  then write it into the store in one transaction (source "import"); a malformed file is
+  rejected with its line numbers and nothing is written.
+- ``feedback export --format preference|unpaired|ratings --out FILE``: the store's feedback as
+  TRL-style JSONL (loads with ``datasets.load_dataset("json", data_files=FILE)``).
+- ``rm train [--from FILE ...] [--eval FILE] [--eval-frac 0.2] [--seed 0] [--json]
+  [--rm-backbone embedder|lm]``: train on the profile's feedback plus the files, evaluate on
+  ``--eval`` (or a held-out split by request/prompt), print the metrics, record the version.
+- ``rm score --context TEXT --text TEXT [--json]``: the live reward model's reward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from assistant.cli import command, data_dir, model_settings, open_store, say
 
 
+def _load_embedder(args: argparse.Namespace):
+    from assistant.models import load_embedder
+
+    return load_embedder(model_settings(args))
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(int(args.threads))
+
+
+# ----------------------------------------------------------------------------- feedback import / export
+@command
+def cmd_feedback_import(args: argparse.Namespace) -> int:
+    from storage.datasets import DatasetError, import_into_store, parse_file
+
+    store = open_store(args)
+    try:
+        parsed = parse_file(args.file, args.format)
+        summary = import_into_store(store, parsed, args.profile)
+    except (DatasetError, FileNotFoundError) as e:
+        print(f"inkloop: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    out = {"file": str(args.file), "format": parsed.format, **summary}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"imported {summary['records']} {parsed.format} records from {args.file}: "
+              f"{summary['requests']} requests, {summary['feedback']} feedback rows (source=import)")
+    return 0
+
+
+@command
+def cmd_feedback_export(args: argparse.Namespace) -> int:
+    from storage.datasets import export_feedback
+
+    store = open_store(args)
+    try:
+        n = export_feedback(store, args.format, args.out, args.profile)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps({"out": str(args.out), "format": args.format, "rows": n}))
+    else:
+        print(f"wrote {n} {args.format} rows to {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- rm train / score
+def _lm_pair(args: argparse.Namespace):
+    from assistant.models import load_lm
+
+    lm = load_lm(model_settings(args), progress=say)
+    return lm.model, lm.tokenizer
+
+
+@command
+def cmd_rm_train(args: argparse.Namespace) -> int:
+    from storage.datasets import DatasetError, load_reward_data
+
+    from .train import RewardTrainConfig, save_reward_version, train_from_store
+
+    _set_threads(args)
+    try:
+        extra = load_reward_data(args.from_files) if args.from_files else None
+        held = load_reward_data(args.eval) if args.eval else None
+    except (DatasetError, FileNotFoundError) as e:
+        print(f"inkloop: error: {e}", file=sys.stderr)
+        return 2
+    cfg = RewardTrainConfig(eval_frac=args.eval_frac, seed=args.seed, backbone=args.rm_backbone)
+    if args.epochs is not None:
+        cfg = replace(cfg, epochs=args.epochs, lm_epochs=args.epochs)
+    if args.no_control:
+        cfg = replace(cfg, shuffled_control=False)
+    store = open_store(args)
+    try:
+        embedder = _load_embedder(args) if cfg.backbone == "embedder" else None
+        lm = _lm_pair(args) if cfg.backbone == "lm" else None
+        factory = (lambda: _lm_pair(args)) if cfg.backbone == "lm" else None
+        try:
+            model, metrics = train_from_store(store, args.profile, embedder, cfg, extra=extra, eval=held, lm=lm,
+                                              lm_factory=factory)
+        except ValueError as e:
+            print(f"inkloop: error: {e}", file=sys.stderr)
+            return 2
+        version = save_reward_version(store, data_dir(args), args.profile, model, metrics, cfg,
+                                      publish=not args.candidate)
+    finally:
+        store.close()
+    clean = {k: (round(v, 4) if v == v else None) for k, v in metrics.items()}
+    out = {"version": version.id, "status": version.status, "path": version.path, "metrics": clean}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(json.dumps(clean, indent=2))
+        print(f"reward model version {version.id} ({version.status}) at {version.path}")
+    return 0
+
+
+@command
+def cmd_rm_score(args: argparse.Namespace) -> int:
+    from .train import load_live_reward_model
+
+    _set_threads(args)
+    store = open_store(args)
+    try:
+        v = store.live_version(args.profile, "reward")
+        if v is None:
+            print("inkloop: error: no reward model yet for this profile; run `inkloop rm train` first",
+                  file=sys.stderr)
+            return 2
+        backbone = json.loads((Path(v.path) / "reward_config.json").read_text()).get("backbone", "embedder")
+        embedder = _load_embedder(args) if backbone == "embedder" else None
+        lm = _lm_pair(args) if backbone == "lm" else None
+        rm = load_live_reward_model(store, args.profile, embedder, lm)
+        if rm is None:
+            print(f"inkloop: error: reward version {v.id} has no files at {v.path}", file=sys.stderr)
+            return 2
+        raw = float(rm.score([args.context], [args.text])[0])
+        norm = float(rm.score([args.context], [args.text], normalize=True)[0])
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps({"version": v.id, "reward": raw, "normalized": norm}))
+    else:
+        print(f"reward {raw:.4f} (normalized {norm:+.3f}) from reward model version {v.id}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- registration
 def register(sub, parent) -> None:
-    """Add this area's sub-commands to `sub` (argparse subparsers); `parent` carries the common flags."""
+    fb = sub.add_parser("feedback", help="import / export feedback as TRL-style JSONL")
+    fsub = fb.add_subparsers(dest="feedback_command", metavar="ACTION")
+    fsub.required = True
+
+    p = fsub.add_parser("import", parents=[parent], help="import a JSONL file of preferences, ratings or labels")
+    p.add_argument("file", type=Path)
+    p.add_argument("--format", default="auto", choices=["auto", "preference", "ratings", "unpaired"])
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=cmd_feedback_import)
+
+    p = fsub.add_parser("export", parents=[parent], help="export the store's feedback as JSONL")
+    p.add_argument("--format", required=True, choices=["preference", "unpaired", "ratings"])
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_feedback_export)
+
+    rm = sub.add_parser("rm", help="train or query the reward model")
+    rsub = rm.add_subparsers(dest="rm_command", metavar="ACTION")
+    rsub.required = True
+
+    p = rsub.add_parser("train", parents=[parent], help="train the reward model on feedback (and files)")
+    p.add_argument("--from", dest="from_files", action="append", default=[], metavar="FILE",
+                   help="JSONL file(s) to train on besides the store's feedback (repeatable)")
+    p.add_argument("--eval", action="append", default=[], metavar="FILE",
+                   help="held-out JSONL file(s) to evaluate on (default: a held-out split by request/prompt)")
+    p.add_argument("--eval-frac", type=float, default=0.2, help="fraction of groups held out (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
+    p.add_argument("--rm-backbone", default="embedder", choices=["embedder", "lm"],
+                   help="embedder: MiniLM features + small head (default); lm: base LM + LoRA + scalar head (GPU)")
+    p.add_argument("--no-control", action="store_true", help="skip the shuffled-label control run")
+    p.add_argument("--candidate", action="store_true", help="record the version as a candidate, not live")
+    p.add_argument("--json", action="store_true", help="print {version, metrics} as JSON")
+    p.set_defaults(func=cmd_rm_train)
+
+    p = rsub.add_parser("score", parents=[parent], help="score a text with the live reward model")
+    p.add_argument("--context", required=True)
+    p.add_argument("--text", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_rm_score)
