@@ -1,0 +1,90 @@
+"""Simulated raters, and the simulated human-in-the-loop cycle end to end on the tiny model."""
+
+import numpy as np
+import pytest
+import torch
+
+from reward.evaluate import (
+    RATERS,
+    SimConfig,
+    concise_utility,
+    interleave_modes,
+    keyword_utility_factory,
+    load_prompts,
+    make_rater,
+    simulate,
+    upbeat_utility,
+    vivid_utility,
+)
+
+torch.set_num_threads(1)
+
+
+def test_rater_tastes_by_hand():
+    assert concise_utility("", {}) == 0.0
+    assert concise_utility("The dog ran. It was fast.", {}) == 1.0  # 3 words per sentence, 6 words
+    # one 24-word sentence: 0.5 * (24 - 8) / 16 = 0.5 off; 24 words: 0.5 * 9 / 30 = 0.15 off
+    assert concise_utility(" ".join(["word"] * 24) + ".", {}) == pytest.approx(0.35)
+    assert vivid_utility("The crimson smoke smelled bitter and warm.", {}) == 1.0
+    assert vivid_utility("He went to the office on a Tuesday.", {}) == 0.0
+    assert upbeat_utility("a happy joyful day for all", {}) == pytest.approx(0.5 + 0.5 * np.tanh(1.0))
+    assert upbeat_utility("a sad and lonely day for all", {}) == pytest.approx(0.5 - 0.5 * np.tanh(1.0))
+    kw = keyword_utility_factory(["light", "home"])
+    assert kw("The light at home was on.", {}) == 1.0
+    assert kw("The fog rolled in over the sea.", {"keywords": ["fog"]}) == 0.5
+
+
+def test_rater_noise_and_judgement():
+    r = make_rater("concise", seed=1)
+    short, long_ = "It rained. We stayed in.", " ".join(["and then"] * 20) + "."
+    stars = [r.stars([short, long_], {}) for _ in range(50)]
+    assert np.mean([s[0] for s in stars]) > np.mean([s[1] for s in stars]) + 1.5
+    assert all(1 <= x <= 5 for s in stars for x in s)
+    assert len({tuple(s) for s in stars}) > 1  # noisy
+    assert np.mean([r.judge(short, long_, {}) for _ in range(50)]) > 0.9
+    assert r.judge(short, short, {}) == 0.5
+    with pytest.raises(ValueError):
+        make_rater("nobody")
+    assert set(RATERS) >= {"concise", "vivid", "upbeat", "keywords"}
+
+
+def test_prompts_file_and_interleaving():
+    import random
+
+    train, held = load_prompts()
+    assert {p["mode"] for p in train} == {"continue", "restyle", "inspire"}
+    assert not {p["id"] for p in train} & {p["id"] for p in held}
+    order = interleave_modes(train, random.Random(0))
+    assert sorted(p["id"] for p in order) == sorted(p["id"] for p in train)
+    assert len({p["mode"] for p in order[:3]}) == 3
+
+
+def test_simulate_end_to_end_on_tiny_model(tiny_tokenizer, store, embedder, tmp_path):
+    from assistant.cli import policy_source
+    from assistant.generate import Generator
+    from assistant.library import Library
+    from assistant.service import Services
+    from assistant.tiny import build_tiny_lm
+    from reward.policy import Policy
+
+    tok = tiny_tokenizer
+    gen_model, _ = build_tiny_lm(seed=0, tokenizer=tok)
+    learner_model, _ = build_tiny_lm(seed=0, tokenizer=tok)
+    services = Services(store, Generator(gen_model, tok, version_source=policy_source(store, "sim")),
+                        Library(store, embedder), model_name="tiny", default_profile="sim")
+    policy = Policy.from_base(learner_model, tok)
+    cfg = SimConfig(budget=8, k=2, max_new_tokens=8, rm_every=4, rl_steps=1, prompts_per_step=2,
+                    heldout_samples=1, rm_epochs=3)
+    res = simulate(services, policy, embedder, make_rater("concise"), cfg, tmp_path, profile="sim")
+    assert res.ratings == 8
+    assert res.rounds == 2 and len(res.policy_versions) == 2
+    # ratings went through the feedback path, marked simulated
+    fb = store.feedback("sim")
+    assert {f.source for f in fb} == {"simulated"} and sum(f.kind == "stars" for f in fb) == 8
+    # the reward model was retrained and the policy published; the generator swapped it in
+    assert store.live_version("sim", "reward") is not None
+    assert services.generator.policy_version == res.policy_versions[-1]
+    assert store.live_version("sim", "policy").id == res.policy_versions[-1]
+    assert 0.0 <= res.ci_low <= res.win_rate <= res.ci_high <= 1.0 and res.n_pairs == 10
+    assert len(res.curves["rl/reward"]) == 2 and len(res.curves["sim/stars"]) >= 4
+    assert np.isfinite(res.kl)
