@@ -247,6 +247,9 @@ class SimConfig:
     """Seeds the rater's noise, the prompt order and sampling."""
     rm_epochs: int = 40
     """Epochs of each reward-model retraining."""
+    reward: Any = None
+    """The RL reward design: a reward.functions.RewardConfig (inkloop eval compare-rewards varies
+    it); None = the learned reward model + repetition_weight * the repetition term."""
 
 
 @dataclass
@@ -389,7 +392,8 @@ def simulate(
         if acc is not None and acc == acc:
             curves["rm/accuracy"].append((ratings, float(acc)))
         # 4. RL against the learned reward (the rater's utility is never used here), publish
-        reward_fn = RewardFunction(RewardConfig.only(rm=1.0, repetition=cfg.repetition_weight), rm=rm)
+        reward_cfg = cfg.reward if cfg.reward is not None else RewardConfig.only(rm=1.0, repetition=cfg.repetition_weight)
+        reward_fn = RewardFunction(reward_cfg, rm=rm)
 
         def on_step(i: int, m: dict[str, float]) -> None:
             nonlocal rl_step_no
