@@ -8,7 +8,7 @@ the database (a second Store on the same file) for every row the clicks should h
 
 from __future__ import annotations
 
-import os
+import re
 import socket
 import threading
 import time
@@ -70,6 +70,7 @@ def test_type_suggest_rate_accept_reload(server):
     from storage.store import Store
 
     url, services = server
+    expect.set_options(timeout=60_000)  # the default 5 s is short for generation on 2 busy cores
     draft_text = "The lighthouse keeper had not spoken to anyone in eleven days."
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
@@ -113,6 +114,22 @@ def test_type_suggest_rate_accept_reload(server):
             expect(page.locator("#draft textarea")).to_have_value(
                 f"{draft_text} {first_text}" if first_text else draft_text
             )
+
+            # Restyle: "imitate this sample" reveals the sample box; picking a sample voice fills it
+            page.get_by_role("tab", name="Restyle").click()
+            expect(page.locator("#sample textarea")).to_be_hidden()
+            page.locator("#take-paragraph").click()
+            expect(page.locator("#passage textarea")).to_have_value(f"{draft_text} {first_text}".strip())
+            page.locator("#style input").click()
+            page.get_by_role("option", name="imitate this sample").click()
+            expect(page.locator("#sample textarea")).to_be_visible()
+            page.locator("#sample-pick input").click()
+            page.get_by_role("option", name="Nature journal").click()
+            expect(page.locator("#sample textarea")).to_have_value(re.compile("^Morning, the third of May"))
+            page.locator("#suggest-restyle").click()
+            expect(page.locator("#suggest-info")).to_contain_text("restyle suggestion")
+            page.locator("#cand-down-0").click()
+            expect(page.locator("#cand-msg-0")).to_contain_text("saved 👎")
         finally:
             browser.close()
 
@@ -120,7 +137,10 @@ def test_type_suggest_rate_accept_reload(server):
     try:
         fb = other.feedback()
         assert [(f.kind, f.value, f.source) for f in fb] == [("thumb", 1.0, "ui"), ("stars", 4.0, "ui"),
-                                                             ("accept", 1.0, "ui")]
+                                                             ("accept", 1.0, "ui"), ("thumb", -1.0, "ui")]
+        restyle = other.get_request(fb[3].request_id)
+        assert restyle.mode == "restyle" and restyle.options["style"] == "sample"
+        assert restyle.options["sample"].startswith("Morning, the third of May")
         req = other.get_request(fb[0].request_id)
         assert req.mode == "continue" and req.text == draft_text and len(req.suggestions) == 2
         assert fb[0].suggestion_id == req.suggestions[0].id and fb[1].suggestion_id == req.suggestions[1].id
