@@ -172,6 +172,14 @@ def load_page(services: Services, profile: str | None):
     return profile, profile, draft_update, doc_id, styles, header_text(services, profile)
 
 
+def switch_profile(services: Services, new: str | None, current: str | None):
+    """The profile box changed: load the new profile's draft. Unchanged (a blur without an edit):
+    nothing moves, so a draft still being autosaved is never replaced by its older stored copy."""
+    if _profile(services, new) == _profile(services, current):
+        return tuple(gr.skip() for _ in range(6))
+    return load_page(services, new)
+
+
 def autosave_draft(services: Services, profile: str | None, draft: str, doc_id: int | None):
     """Save the draft as the profile's document (created on the first non-empty text).
     Returns (document_id, status line)."""
@@ -577,8 +585,8 @@ def build_ui(services: Services) -> gr.Blocks:
         S = services
         load_outputs = [profile, profile_saved, draft, doc_id, style, header]
         demo.load(lambda p: load_page(S, p), inputs=[profile_saved], outputs=load_outputs)
-        profile.submit(lambda p: load_page(S, p), inputs=[profile], outputs=load_outputs)
-        profile.blur(lambda p: load_page(S, p), inputs=[profile], outputs=load_outputs)
+        profile.submit(lambda p, cur: switch_profile(S, p, cur), inputs=[profile, profile_saved], outputs=load_outputs)
+        profile.blur(lambda p, cur: switch_profile(S, p, cur), inputs=[profile, profile_saved], outputs=load_outputs)
         timer.tick(lambda p: header_text(S, p), inputs=[profile], outputs=[header], show_progress="hidden")
 
         draft.change(lambda p, d, i: autosave_draft(S, p, d, i), inputs=[profile, draft, doc_id],

@@ -153,6 +153,9 @@ def test_draft_autosave_restores_on_load_per_profile(tiny_services):
     assert "tiny" in header and "v0" in header
     assert ui.load_page(tiny_services, "alice")[2]["value"] == "Alice's draft"
     assert ui.load_page(tiny_services, "nobody")[2]["value"] == "" and ui.load_page(tiny_services, "nobody")[3] is None
+    # switching profile loads that profile's draft; "switching" to the same one changes nothing
+    assert ui.switch_profile(tiny_services, "alice", "default")[2]["value"] == "Alice's draft"
+    assert ui.switch_profile(tiny_services, " default ", "default") == tuple(gr.skip() for _ in range(6))
     # a document id from another profile is not overwritten: a new document is made
     bob_id, _ = ui.autosave_draft(tiny_services, "bob", "Bob writes", doc_id)
     assert bob_id != doc_id and store.get_document(doc_id)["text"] == "First words, more words"
