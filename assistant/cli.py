@@ -5,8 +5,13 @@ import: `open_store(args)`, `model_settings(args)`, `load_models(args)`, `build_
 and the `command` decorator (clear message on stderr and exit code 2 for bad input or a model that
 cannot be loaded; no traceback).
 
-Other areas add REST routes by defining ``api_routers(services) -> list[APIRouter]`` in one of
-`API_ROUTER_MODULES` (missing modules are skipped); `serve` includes them all.
+`serve` is extended by other areas through optional functions in the modules of
+`SERVE_HOOK_MODULES` (missing modules are skipped):
+
+- ``add_serve_flags(parser)``: extra `serve` flags (e.g. --no-learner);
+- ``api_routers(services) -> list[APIRouter]``: REST routes included beside /api/v1;
+- ``attach_learning(services, args) -> obj | None``: called before the UI is built (may add
+  ``services.extra_tabs``, start the learner process); ``obj.stop()`` is called on shutdown.
 """
 
 from __future__ import annotations
@@ -26,14 +31,13 @@ from .config import INSPIRE_KINDS, MAX_K, MODES, GenerationSettings, ModelSettin
 
 _IMPORT_T0 = time.time()
 
-API_ROUTER_MODULES = [
-    "reward.api",
+SERVE_HOOK_MODULES = [
     "reward.cli_learn",
     "reward.cli_reward",
     "reward.cli_rl",
     "reward.cli_eval",
 ]
-"""Modules that may define ``api_routers(services) -> list[APIRouter]`` for `serve`."""
+"""Modules that may define `serve` hooks (see the module docstring)."""
 
 EXIT_BAD_INPUT = 2
 
@@ -160,19 +164,27 @@ def build_services(args: argparse.Namespace, store=None, lm=None, embedder=None,
     return Services(store, gen, library, model_name=lm.name, generation=GenerationSettings(), default_profile=profile)
 
 
-def extra_api_routers(services) -> list:
-    """Routers other areas contribute (see API_ROUTER_MODULES)."""
-    routers = []
-    for name in API_ROUTER_MODULES:
+def serve_hooks(name: str) -> list[Callable[..., Any]]:
+    """The functions called `name` that the modules of SERVE_HOOK_MODULES define."""
+    hooks = []
+    for mod_name in SERVE_HOOK_MODULES:
         try:
-            mod = importlib.import_module(name)
+            mod = importlib.import_module(mod_name)
         except ModuleNotFoundError as e:
-            if e.name == name:
+            if e.name == mod_name:
                 continue
             raise
-        hook = getattr(mod, "api_routers", None)
-        if hook is not None:
-            routers.extend(hook(services))
+        fn = getattr(mod, name, None)
+        if callable(fn):
+            hooks.append(fn)
+    return hooks
+
+
+def extra_api_routers(services) -> list:
+    """Routers other areas contribute (their ``api_routers(services)`` hooks)."""
+    routers = []
+    for hook in serve_hooks("api_routers"):
+        routers.extend(hook(services))
     return routers
 
 
@@ -183,16 +195,13 @@ def build_app(services, with_ui: bool = True):
     app = build_api(services, extra_routers=extra_api_routers(services))
     if with_ui:
         try:
-            from .ui import build_ui
+            from .ui import mount_ui
         except ModuleNotFoundError as e:
             if e.name != "assistant.ui":
                 raise
             say("assistant/ui.py is not there: serving the REST API only")
             return app
-        import gradio as gr
-
-        blocks = build_ui(services)
-        app = gr.mount_gradio_app(app, blocks, path="/")
+        app = mount_ui(app, services, path="/")  # gr.mount_gradio_app with the project's css/theme
     return app
 
 
@@ -203,12 +212,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     say("inkloop: loading models (the first start converts the bundled GGUF once, about 20 s)...")
     services = build_services(args)
-    from reward.cli_learn import attach_learning  # Learning/Export tabs + the learner's own process
+    # e.g. reward.cli_learn: the Learning/Export tabs and the learner's own process
+    attached = [hook(services, args) for hook in serve_hooks("attach_learning")]
+    try:
+        app = build_app(services, with_ui=not args.api_only)
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
+        _run_server(uvicorn.Server(config), args)
+    finally:
+        for obj in attached:
+            if obj is not None and hasattr(obj, "stop"):
+                obj.stop()
+    return 0
 
-    learner = attach_learning(services, args)
-    app = build_app(services, with_ui=not args.api_only)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
-    server = uvicorn.Server(config)
+
+def _run_server(server, args: argparse.Namespace) -> None:
+    """Run uvicorn; once it listens, print the URL and the startup time."""
 
     def announce() -> None:
         while not server.started and not server.should_exit:
@@ -219,12 +237,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             say(f"startup took {process_age():.1f} s (process start -> listening)")
 
     threading.Thread(target=announce, daemon=True, name="inkloop-announce").start()
-    try:
-        server.run()
-    finally:
-        if learner is not None:
-            learner.stop()
-    return 0
+    server.run()
 
 
 def _suggest_request(args: argparse.Namespace):
@@ -358,9 +371,8 @@ def register(sub, parent) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default %(default)s: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="default %(default)s")
     p.add_argument("--api-only", action="store_true", help="serve the REST API without the web UI")
-    from reward.cli_learn import add_serve_flags
-
-    add_serve_flags(p)
+    for hook in serve_hooks("add_serve_flags"):
+        hook(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("suggest", parents=[parent], help="get K suggestions for a text (recorded like the UI's)")

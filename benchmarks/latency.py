@@ -1,0 +1,153 @@
+"""Latency of suggestions on the real bundled model.
+
+1. Cold start: a fresh process runs `inkloop suggest` (process start -> suggestions printed and
+   recorded), with the converted safetensors already cached. Also `inkloop serve` from process
+   start -> listening, and -> first suggestion answered over HTTP.
+2. Warm: wall time of one request of K candidates x N new tokens per mode, with the model loaded
+   (what a person waits for in the UI after the first request).
+
+    PYTHONPATH=. python benchmarks/latency.py [--k 4] [--max-new-tokens 64] [--reps 3] [--threads N]
+
+The CPU load average is printed with the figures: on a shared machine they move with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TEXTS = {
+    "continue": dict(mode="continue", text="The rain had not stopped for three days."),
+    "restyle": dict(mode="restyle", text="I am really tired and I want to go home now.", style="formal"),
+    "inspire": dict(mode="inspire", text="", keywords="lighthouse, storm", inspire_kind="ideas"),
+}
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def cold_cli(k: int, max_new_tokens: int, threads: int | None) -> tuple[float, int]:
+    with tempfile.TemporaryDirectory() as d:
+        cmd = [sys.executable, str(ROOT / "app.py"), "suggest", "--mode", "continue", "--text",
+               TEXTS["continue"]["text"], "-k", str(k), "--max-new-tokens", str(max_new_tokens), "--json",
+               "--data-dir", d]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        t0 = time.perf_counter()
+        p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        dt = time.perf_counter() - t0
+        if p.returncode != 0:
+            raise RuntimeError(p.stderr)
+        return dt, len(json.loads(p.stdout)["suggestions"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cold_serve(k: int, max_new_tokens: int, threads: int | None) -> tuple[float, float]:
+    """(seconds to listening, seconds to the first suggestion answered), from process start."""
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as d:
+        cmd = [sys.executable, str(ROOT / "app.py"), "serve", "--data-dir", d, "--port", str(port), "--no-learner"]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        try:
+            base = f"http://127.0.0.1:{port}"
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError("serve exited")
+                try:
+                    urllib.request.urlopen(f"{base}/api/v1/status", timeout=5).read()
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            ready = time.perf_counter() - t0
+            body = json.dumps({**TEXTS["continue"], "k": k, "max_new_tokens": max_new_tokens}).encode()
+            req = urllib.request.Request(f"{base}/api/v1/suggest", data=body,
+                                         headers={"content-type": "application/json"})
+            json.loads(urllib.request.urlopen(req, timeout=600).read())
+            first = time.perf_counter() - t0
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    return ready, first
+
+
+def warm(k: int, max_new_tokens: int, reps: int, threads: int | None) -> list[dict]:
+    from assistant.cli import build_services
+
+    with tempfile.TemporaryDirectory() as d:
+        args = argparse.Namespace(model=None, data_dir=d, profile="default", device="auto", dtype="auto",
+                                  threads=threads)
+        services = build_services(args, with_embedder=False)
+        from assistant.service import SuggestRequest
+
+        services.suggest(SuggestRequest(**TEXTS["continue"], k=1, max_new_tokens=8))  # warm-up
+        rows = []
+        for mode, fields in TEXTS.items():
+            times, n_out, chars = [], [], []
+            for r in range(reps):
+                res = services.suggest(SuggestRequest(**fields, k=k, max_new_tokens=max_new_tokens, seed=r))
+                times.append(res.seconds)
+                n_out.append(len(res.suggestions))
+                chars.append(statistics.mean(len(s["text"]) for s in res.suggestions) if res.suggestions else 0)
+            rows.append(dict(mode=mode, median=statistics.median(times), min=min(times), max=max(times),
+                             k_out=min(n_out), chars=statistics.mean(chars)))
+        device = str(services.generator.device)
+        services.store.close()
+    return rows, device
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--skip-cold", action="store_true")
+    ap.add_argument("--skip-serve", action="store_true")
+    a = ap.parse_args()
+
+    print(f"# inkloop latency  (K={a.k}, max_new_tokens={a.max_new_tokens}, reps={a.reps}, "
+          f"threads={a.threads or 'default'}, cpus={os.cpu_count()}, load avg at start {loadavg()})")
+    if not a.skip_cold:
+        dt, n = cold_cli(3, a.max_new_tokens, a.threads)
+        print("\n## cold start (fresh process, cached safetensors)")
+        print("| what | seconds |\n|---|---|")
+        print(f"| `inkloop suggest --mode continue -k 3` process start -> {n} suggestions printed | {dt:.1f} |")
+        if not a.skip_serve:
+            ready, first = cold_serve(a.k, a.max_new_tokens, a.threads)
+            print(f"| `inkloop serve` process start -> listening (UI + API) | {ready:.1f} |")
+            print(f"| `inkloop serve` process start -> first K={a.k} suggestion answered | {first:.1f} |")
+    rows, device = warm(a.k, a.max_new_tokens, a.reps, a.threads)
+    print(f"\n## warm: one request of K={a.k} x up to {a.max_new_tokens} new tokens ({device}, bundled SmolLM2-135M)")
+    print("| mode | median s | min s | max s | candidates | mean chars |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['mode']} | {r['median']:.2f} | {r['min']:.2f} | {r['max']:.2f} | {r['k_out']} | {r['chars']:.0f} |")
+    print(f"\nload avg at end {loadavg()}")
+
+
+if __name__ == "__main__":
+    main()
