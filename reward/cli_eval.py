@@ -414,10 +414,21 @@ def _eval_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _cycle_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rater", required=True, help="simulated rater (see `inkloop simulate --help` for the names)")
-    p.add_argument("--budget", type=int, required=True, help="ratings the simulated rater gives per run")
-    p.add_argument("--algo", default="ppo", help="RL algorithm (default %(default)s)")
-    p.add_argument("--steps", type=int, default=None, help="RL steps per run (default: the simulate loop's own)")
+    from .evaluate import RATERS, SimConfig
+
+    d = SimConfig()
+    p.add_argument("--rater", required=True, choices=RATERS, help="the simulated rater in the person's place")
+    p.add_argument("--budget", type=int, required=True, help="star ratings the rater gives in each run")
+    p.add_argument("--algo", default=d.algo, choices=["reinforce", "a2c", "ppo"], help="RL algorithm (default %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="LoRA learning rate (default %(default)s)")
+    p.add_argument("--kl-coef", type=float, default=d.kl_coef, help="KL penalty beta (default %(default)s)")
+    p.add_argument("--rank", type=int, default=None, help="LoRA rank (default: LoraSettings' r)")
+    p.add_argument("--rm-every", type=int, default=d.rm_every, help="retrain RM + RL every N ratings (default %(default)s)")
+    p.add_argument("--rl-steps", type=int, default=d.rl_steps, help="RL updates per round (default %(default)s)")
+    p.add_argument("--prompts-per-step", type=int, default=d.prompts_per_step, help="prompts per RL update (default %(default)s)")
+    p.add_argument("--heldout-samples", type=int, default=d.heldout_samples,
+                   help="pairs per held-out prompt for the rater's win-rate (default %(default)s)")
+    p.add_argument("--noise", type=float, default=0.5, help="rater's star noise (default %(default)s)")
 
 
 def register(sub, parent) -> None:
@@ -496,3 +507,227 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return run_cycles(args, "sweep", "Hyper-parameter sweep", settings,
                       notes=[f"{'random search: %d of the grid' % len(grid) if args.random else 'full grid'} over "
                              + ", ".join(f"{k}={v}" for k, v in params.items())])
+
+
+# ----------------------------------------------------------------------------- running the cycles
+def _lora(rank: int | None):
+    from assistant.config import LoraSettings
+
+    return LoraSettings() if rank is None else LoraSettings(r=int(rank), alpha=2 * int(rank))
+
+
+def _sim_config(args, overrides: dict[str, Any], reward_cfg):
+    from .evaluate import SimConfig
+
+    return SimConfig(
+        budget=args.budget, algo=overrides.get("algo", args.algo), k=int(overrides.get("k", max(2, args.k))),
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, rm_every=args.rm_every,
+        rl_steps=args.rl_steps, prompts_per_step=args.prompts_per_step, lr=float(overrides.get("lr", args.lr)),
+        kl_coef=float(overrides.get("kl", args.kl_coef)), heldout_samples=args.heldout_samples, seed=args.seed,
+        reward=reward_cfg,
+    )
+
+
+def _prompt_dict(ep: EvalPrompt) -> dict[str, Any]:
+    kws = ep.options.get("keywords") or []
+    if isinstance(kws, str):
+        kws = [k.strip() for k in kws.split(",") if k.strip()]
+    return {"mode": ep.mode, "text": ep.text, "keywords": kws}
+
+
+def rater_utility(rater, prompts: Sequence[EvalPrompt], s: Samples) -> float:
+    """Mean of the simulated rater's hidden utility over the candidates (no noise)."""
+    vals = [u for ep, g in zip(prompts, s.groups) for u in rater.utilities(g, _prompt_dict(ep))]
+    return float(sum(vals) / len(vals)) if vals else float("nan")
+
+
+def rater_judge(name: str, embedder=None, seed: int = 0) -> Judge:
+    """A judge from a simulated rater (reward.evaluate.make_rater): its noisy pairwise preference."""
+    from .evaluate import make_rater
+
+    rater = make_rater(name, seed=seed)
+
+    def judge(rp, a: str, b: str) -> float:
+        v = rater.judge(a, b, {"mode": rp.mode, "text": rp.source_text, "keywords": rp.keywords})
+        return 1.0 if v == 1.0 else (-1.0 if v == 0.0 else 0.0)
+
+    return judge
+
+
+def verdict(m: dict[str, float], base: dict[str, float]) -> str:
+    """A short reading of one run against the base: does the rater prefer it, and did the policy
+    raise its own reward while the rater did not (gaming), or lose diversity / change length."""
+    signs = []
+    lo, hi, gain = m.get("eval/win_ci_low"), m.get("eval/win_ci_high"), m.get("eval/reward_gain", 0.0)
+    if lo is not None and lo > 0.5:
+        signs.append("rater prefers it")
+    elif hi is not None and hi < 0.5:
+        signs.append("rater prefers the base")
+    else:
+        signs.append("no clear preference")
+    if gain > 0.05 and (m.get("eval/win_rate", 0.5) <= 0.5 or m.get("eval/rater_utility_gain", 0.0) <= 0):
+        signs.append("GAMED: own reward up, rater not")
+    d0, d1 = base.get("eval/distinct_2"), m.get("eval/distinct_2")
+    if d0 and d1 is not None and d1 < d0 - 0.1:
+        signs.append("diversity collapsed")
+    l0, l1 = base.get("eval/length_words"), m.get("eval/length_words")
+    if l0 and l1 is not None and abs(l1 - l0) > 0.5 * l0:
+        signs.append("length " + ("inflated" if l1 > l0 else "collapsed"))
+    return "; ".join(signs)
+
+
+def run_cycles(args: argparse.Namespace, kind: str, title: str, settings: list[dict[str, Any]],
+               notes: Sequence[str] = ()) -> int:
+    """Run reward.evaluate.simulate once per setting, measure each final policy on the evaluation
+    prompts against the base, and write the report."""
+    import gc
+
+    from assistant.cli import data_dir, load_models, policy_source
+    from assistant.config import GenerationSettings
+    from assistant.generate import Generator
+    from assistant.library import Library
+    from assistant.models import embedder_name
+    from assistant.service import Services
+    from storage.store import Store
+
+    from .evaluate import fresh_copy, make_rater, simulate
+    from .functions import RewardConfig, RewardFunction, embed_with
+    from .policy import Policy
+    from .report import write_report
+    from .train import load_live_reward_model
+
+    prompts = spread(load_prompts(args.prompts), args.limit)
+    gen = _generation(args)
+    gen.validate()
+    for st in settings:  # fail on bad settings before any model loads
+        cfg = _sim_config(args, st["overrides"], st["reward_cfg"])
+        from .policy import RLConfig
+
+        RLConfig(algo=cfg.algo, k=cfg.k, lr=cfg.lr, kl_coef=cfg.kl_coef).validate()
+        if cfg.budget < 1:
+            raise ValueError("--budget must be >= 1")
+    lm, embedder = load_models(args, with_embedder=True)
+    base_model, tok = lm.model, lm.tokenizer
+    rater = make_rater(args.rater, seed=args.seed, noise=args.noise)
+    embed = embed_with(embedder)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    runs_root = Path(data_dir(args)) / "eval-runs" / f"{stamp}-{kind}"
+    t_all = time.perf_counter()
+
+    # the base policy on the evaluation prompts (the same for every run: same model, same seed)
+    _say(f"{kind}: base model on {len(prompts)} evaluation prompts (K={gen.k})")
+    base_gen = Generator(fresh_copy(base_model), tok, device=lm.device)
+    base_s = sample_version(base_gen, prompts, gen, None)
+    base_m = sample_metrics(base_gen, prompts, base_s)
+    base_m["eval/rater_utility"] = rater_utility(rater, prompts, base_s)
+    rows: list[dict[str, Any]] = [{"name": "base", "config": {}, "metrics": base_m,
+                                   "samples": [{"mode": p.mode, "text": p.text, "candidates": g}
+                                               for p, g in zip(prompts, base_s.groups)]}]
+
+    for i, st in enumerate(settings):
+        name = st["name"]
+        _say(f"[{i + 1}/{len(settings)}] {kind} {name}: {st['config']} (rater={args.rater}, budget={args.budget})")
+        ddir = runs_root / name.replace("/", "-").replace("+", "-")
+        ddir.mkdir(parents=True, exist_ok=True)
+        store = Store(ddir / "inkloop.db")
+        profile = "sim"
+        try:
+            generator = Generator(fresh_copy(base_model), tok, version_source=policy_source(store, profile), device=lm.device)
+            services = Services(store, generator, Library(store, embedder, embedder_name(embedder)), model_name=lm.name,
+                                generation=GenerationSettings(), default_profile=profile)
+            policy = Policy.from_base(fresh_copy(base_model), tok, _lora(st["overrides"].get("rank", args.rank)))
+            cfg = _sim_config(args, st["overrides"], st["reward_cfg"])
+            res = simulate(services, policy, embedder, make_rater(args.rater, seed=args.seed, noise=args.noise), cfg,
+                           ddir, profile=profile, progress=_say)
+            # the final policy (the live version of this run) on the evaluation prompts
+            live = store.live_version(profile, "policy")
+            s = sample_version(generator, prompts, gen, (live.id, live.path) if live else None)
+            rm = load_live_reward_model(store, profile, embedder)
+            design = cfg.reward if cfg.reward is not None else RewardConfig.only(rm=1.0, repetition=cfg.repetition_weight)
+            reward_fn = RewardFunction(design, rm=rm, embed=embed, fluency=fluency_fn(generator))
+            m = sample_metrics(generator, prompts, s, reward_fn)
+            base_under = sample_metrics_reward_only(base_gen, prompts, base_s, reward_fn)
+            m["eval/reward_base"] = base_under
+            m["eval/reward_gain"] = m.get("eval/reward", 0.0) - base_under
+            m["eval/rater_utility"] = rater_utility(rater, prompts, s)
+            m["eval/rater_utility_gain"] = m["eval/rater_utility"] - base_m["eval/rater_utility"]
+            m.update({"eval/win_rate": res.win_rate, "eval/win_ci_low": res.ci_low, "eval/win_ci_high": res.ci_high,
+                      "eval/win_n": float(res.n_pairs), "eval/sim_kl_seq": res.kl, "eval/sim_kl_token": res.kl_per_token,
+                      "eval/ratings": float(res.ratings), "eval/seconds": res.seconds,
+                      "eval/final_rl_reward": _last(res.curves.get("rl/reward"))})
+            m["eval/win_ci"] = f"[{res.ci_low:.2f}, {res.ci_high:.2f}]"
+            m["eval/verdict"] = verdict(m, base_m)
+            rows.append({"name": name, "config": st["config"], "metrics": m,
+                         "curves": {k: [list(p) for p in v] for k, v in res.curves.items()},
+                         "sim": {"policy_versions": res.policy_versions, "examples": res.examples, "rounds": res.rounds,
+                                 "data_dir": str(ddir)},
+                         "samples": [{"mode": p.mode, "text": p.text, "candidates": g} for p, g in zip(prompts, s.groups)]})
+            _say(f"[{i + 1}/{len(settings)}] {name}: win-rate {res.win_rate:.2f} [{res.ci_low:.2f}, {res.ci_high:.2f}], "
+                 f"KL {m['eval/kl']:.4f}/token, distinct-2 {m['eval/distinct_2']:.3f}, "
+                 f"length {m['eval/length_words']:.1f} words — {m['eval/verdict']} "
+                 f"({time.perf_counter() - t_all:.0f}s so far)")
+        finally:
+            store.close()
+            policy = services = generator = None  # noqa: F841 - free the copies before the next run
+            gc.collect()
+
+    run_rows = rows[1:]
+    from .report import best_run
+
+    best = best_run(run_rows, "eval/win_rate", tiebreak="eval/rater_utility")
+    settings_md = {"model": lm.name, "rater": f"{args.rater} ({rater.description})", "budget (ratings per run)": args.budget,
+                   "algo": args.algo, "lr": args.lr, "kl_coef": args.kl_coef, "k": args.k,
+                   "max_new_tokens": args.max_new_tokens, "rm_every": args.rm_every, "rl_steps": args.rl_steps,
+                   "evaluation prompts": f"{len(prompts)} ({args.prompts or 'held-out split of assets/prompts.json'})",
+                   "seed": args.seed, "run data": str(runs_root),
+                   "total seconds": round(time.perf_counter() - t_all)}
+    all_notes = list(notes) + [
+        "win-rate: the simulated rater's pairwise judgement of the final policy against the base on held-out prompts "
+        "(ties half), Wilson 95% CI. KL: exact per-token KL(final || base) on the final policy's own samples of the "
+        "evaluation prompts. reward: the run's own reward function on those samples; reward gain = that minus the "
+        "same function on the base's samples. rater utility: the rater's hidden utility (no noise), mean over candidates.",
+    ]
+    if best is not None:
+        all_notes.append(f"best setting by win-rate: {best['name']} ({best['config']}), "
+                         f"win-rate {best['metrics']['eval/win_rate']:.2f}.")
+    folder = write_report(data_dir(args), kind, rows, title=title, settings=settings_md, notes=all_notes,
+                          columns=RUN_COLUMNS, tiebreak="eval/rater_utility")
+    _say(f"report: {folder}")
+    if args.json:
+        print(json.dumps({"report": str(folder), "best": best["name"] if best else None,
+                          "runs": [{"name": r["name"], "config": r["config"], "metrics": r["metrics"]} for r in rows]},
+                         indent=2, default=float))
+    else:
+        print((folder / "summary.md").read_text())
+        print(f"report: {folder}")
+    return 0
+
+
+RUN_COLUMNS = [
+    ("eval/win_rate", "win-rate", "{:.2f}"),
+    ("eval/win_ci", "95% CI", "{}"),
+    ("eval/kl", "KL/token", "{:.2e}"),
+    ("eval/reward", "own reward", "{:.3f}"),
+    ("eval/reward_gain", "reward gain", "{:+.3f}"),
+    ("eval/rater_utility", "rater utility", "{:.3f}"),
+    ("eval/distinct_2", "distinct-2", "{:.3f}"),
+    ("eval/self_bleu", "self-BLEU", "{:.3f}"),
+    ("eval/repetition", "repetition", "{:.3f}"),
+    ("eval/length_words", "length (words)", "{:.1f}"),
+    ("eval/perplexity", "ref. PPL", "{:.1f}"),
+    ("eval/seconds", "seconds", "{:.0f}"),
+    ("eval/verdict", "verdict", "{}"),
+]
+
+
+def _last(curve) -> float:
+    return float(curve[-1][1]) if curve else float("nan")
+
+
+def sample_metrics_reward_only(generator, prompts: Sequence[EvalPrompt], s: Samples, reward_fn) -> float:
+    """Mean total reward of `reward_fn` on the samples `s` (e.g. the base's, under a run's design)."""
+    txt = [t for g in s.groups for t in g]
+    if not txt:
+        return float("nan")
+    with generator.lock:
+        return float(reward_fn(rollout_prompts(prompts, s), txt).total.mean())

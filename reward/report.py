@@ -43,6 +43,18 @@ DEFAULT_COLUMNS: list[tuple[str, str, str]] = [
 ]
 
 
+CURVES: list[tuple[str, str, str]] = [
+    ("reward", "mean reward", "step"),
+    ("win_rate", "win-rate vs base", "step"),
+    ("kl", "KL to base", "step"),
+    ("rl/reward", "RL reward (the run's own reward function)", "RL step"),
+    ("rl/kl", "RL KL to the reference (per sequence)", "RL step"),
+    ("sim/stars", "simulated rater's mean stars", "ratings given"),
+    ("rm/accuracy", "reward-model held-out accuracy", "ratings given"),
+]
+"""Learning curves drawn when present: (curve name, y label, x label)."""
+
+
 def reports_root(data_dir: str | Path) -> Path:
     return Path(data_dir) / REPORTS_DIR
 
@@ -77,13 +89,20 @@ def results_table(runs: Sequence[dict[str, Any]], columns: Sequence[tuple[str, s
     return "\n".join(lines)
 
 
-def best_run(runs: Sequence[dict[str, Any]], key: str = "eval/win_rate", higher: bool = True) -> dict[str, Any] | None:
-    """The run with the best finite value of `key` (None if no run has one)."""
-    scored = [r for r in runs if isinstance(r.get("metrics", {}).get(key), (int, float))
-              and math.isfinite(r["metrics"][key])]
+def _num(m: dict[str, Any], key: str | None) -> float:
+    v = m.get(key) if key else None
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else -math.inf
+
+
+def best_run(runs: Sequence[dict[str, Any]], key: str = "eval/win_rate", higher: bool = True,
+             tiebreak: str | None = None) -> dict[str, Any] | None:
+    """The run with the best finite value of `key` (None if no run has one); equal values are
+    decided by the higher `tiebreak` metric, then by order."""
+    scored = [r for r in runs if _num(r.get("metrics", {}), key) > -math.inf]
     if not scored:
         return None
-    return (max if higher else min)(scored, key=lambda r: r["metrics"][key])
+    sign = 1.0 if higher else -1.0
+    return max(scored, key=lambda r: (sign * _num(r["metrics"], key), _num(r["metrics"], tiebreak)))
 
 
 # ----------------------------------------------------------------------------- plots
@@ -96,18 +115,31 @@ def _plt():
     return plt
 
 
-def plot_curves(runs: Sequence[dict[str, Any]], metric: str, path: Path, ylabel: str | None = None) -> Path | None:
-    """One line per run of curves[metric] against curves["step"]; None when no run has the curve."""
-    have = [r for r in runs if r.get("curves", {}).get(metric)]
+def curve_xy(curves: dict[str, Any], metric: str) -> tuple[list[float], list[float]]:
+    """(xs, ys) of one curve: either a list of [x, y] pairs, or a list of values plotted against
+    curves["step"] (or 1, 2, 3, ...). Non-finite points are dropped."""
+    vals = curves.get(metric) or []
+    if vals and isinstance(vals[0], (list, tuple)):
+        pts = [(float(x), float(y)) for x, y in vals]
+    else:
+        xs = curves.get("step") or list(range(1, len(vals) + 1))
+        pts = [(float(x), float(y)) for x, y in zip(xs, vals)]
+    pts = [(x, y) for x, y in pts if math.isfinite(x) and math.isfinite(y)]
+    return [x for x, _ in pts], [y for _, y in pts]
+
+
+def plot_curves(runs: Sequence[dict[str, Any]], metric: str, path: Path, ylabel: str | None = None,
+                xlabel: str = "step") -> Path | None:
+    """One line per run of one curve (see curve_xy); None when no run has the curve."""
+    have = [r for r in runs if curve_xy(r.get("curves", {}), metric)[0]]
     if not have:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     for r in have:
-        ys = r["curves"][metric]
-        xs = r["curves"].get("step") or list(range(1, len(ys) + 1))
-        ax.plot(xs[: len(ys)], ys, marker="o", markersize=3, label=str(r.get("name")))
-    ax.set_xlabel("step")
+        xs, ys = curve_xy(r["curves"], metric)
+        ax.plot(xs, ys, marker="o", markersize=3, label=str(r.get("name")))
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel or metric)
     ax.set_title(f"{ylabel or metric} during training")
     ax.grid(alpha=0.3)
@@ -153,8 +185,9 @@ def plot_scatter(runs: Sequence[dict[str, Any]], x: str, y: str, path: Path, xla
 def standard_plots(runs: Sequence[dict[str, Any]], folder: Path) -> list[Path]:
     """Learning curves (reward, win-rate, KL), win-rate against KL, diversity against reward."""
     out = []
-    for metric, label in (("reward", "mean reward"), ("win_rate", "win-rate vs base"), ("kl", "KL to base")):
-        p = plot_curves(runs, metric, folder / f"curve_{metric}.png", label)
+    for metric, label, xlabel in CURVES:
+        fname = "curve_" + metric.replace("/", "_") + ".png"
+        p = plot_curves(runs, metric, folder / fname, label, xlabel)
         if p:
             out.append(p)
     p = plot_scatter(runs, "eval/kl", "eval/win_rate", folder / "winrate_vs_kl.png", "KL to base (per token)",
@@ -191,6 +224,7 @@ def write_report(
     title: str,
     settings: dict[str, Any] | None = None,
     best_key: str = "eval/win_rate",
+    tiebreak: str | None = None,
     notes: Sequence[str] = (),
     columns: Sequence[tuple[str, str, str]] | None = None,
 ) -> Path:
@@ -205,7 +239,7 @@ def write_report(
     tmp.mkdir()
     try:
         plots = standard_plots(runs, tmp)
-        best = best_run(runs, best_key)
+        best = best_run(runs, best_key, tiebreak=tiebreak)
         md = [f"# {title}", "", f"*{time.strftime('%Y-%m-%d %H:%M:%S')} — kind: {kind}*", ""]
         if settings:
             md += ["## Settings", ""] + [f"- **{k}**: {v}" for k, v in settings.items()] + [""]
