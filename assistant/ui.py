@@ -310,21 +310,22 @@ def _feedback(services: Services, sid: int, kind: str, value=None, edited_text=N
         raise gr.Error(str(e)) from None
 
 
-_LABELS = {"thumb": {1.0: "👍", -1.0: "👎"}, "best": "best of these", "accept": "accept", "edit": "edit"}
-
-
 def rate(services: Services, cands: dict[str, Any], idx: int, kind: str, value: Any = None) -> str:
-    """One rating (thumb ±1, stars 1-5, best) of candidate `idx`. Returns the confirmation line."""
+    """One rating of candidate `idx`: thumb (value +1/-1), stars (value 1-5) or best.
+    Returns the confirmation line."""
     item = _item(cands, idx)
     if kind == "stars":
         if value in (None, ""):
             return gr.skip()
         value = int(value)
+        label = "★" * value
     elif kind == "thumb":
         value = float(value)
+        label = "👍" if value > 0 else "👎"
+    else:
+        label = "best of these"
     fid = _feedback(services, item["id"], kind, value=value)
-    what = {"thumb": _LABELS["thumb"].get(value, kind), "stars": f"{'★' * int(value or 0)}", "best": "best of these"}
-    return f"✓ saved {what.get(kind, kind)} · rating #{fid}"
+    return f"✓ saved {label} · rating #{fid}"
 
 
 def accept(services, cands, idx, draft, undo, doc_id, profile):
