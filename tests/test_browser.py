@@ -1,7 +1,7 @@
 """A real browser against a real server: headless Debian Chromium driven by Playwright.
 
-The server is the FastAPI app with the Gradio UI mounted at "/" (as `inkloop serve` does), run by
-uvicorn in a thread on 127.0.0.1 and a free port, with the tiny random model. The test types a
+The server is `inkloop serve`'s app (assistant.cli.build_app: the REST API with the Gradio UI
+mounted at "/"), run by uvicorn in a thread on 127.0.0.1 and a free port, with the tiny random model. The test types a
 draft, asks for suggestions, rates one with 👍 and stars, accepts one, reloads the page, and checks
 the database (a second Store on the same file) for every row the clicks should have written.
 """
@@ -44,12 +44,11 @@ def _free_port() -> int:
 def server(tiny_services, monkeypatch):
     """(base_url, services): uvicorn serving FastAPI + the mounted UI in a background thread."""
     import uvicorn
-    from fastapi import FastAPI
 
-    from assistant.ui import mount_ui
+    from assistant.cli import build_app
 
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-    app = mount_ui(FastAPI(), tiny_services, path="/")
+    app = build_app(tiny_services)  # what `inkloop serve` runs: REST API + the UI mounted at "/"
     port = _free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     th = threading.Thread(target=srv.run, name="inkloop-test-server", daemon=True)
