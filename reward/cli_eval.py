@@ -215,7 +215,7 @@ def compare_to_base(prompts: Sequence[EvalPrompt], policy: Samples, base: Sample
         i += len(pg)
     r = Q.win_rate(w, l, t)
     return {"eval/win_rate": r["win_rate"], "eval/win_ci_low": r["ci_low"], "eval/win_ci_high": r["ci_high"],
-            "eval/win_n": float(r["n"])}
+            "eval/win_n": float(r["n"]), "eval/win_ci": f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]"}
 
 
 def evaluate_version(generator, prompts: Sequence[EvalPrompt], gen, version: tuple[int, str] | None,
@@ -277,10 +277,7 @@ def _version_arg(store, profile: str, v: int) -> tuple[int, str] | None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from assistant.cli import data_dir, fail, load_models, open_store
-    from assistant.generate import Generator
-
-    from .report import write_report
+    from assistant.cli import fail, open_store
 
     if args.version is None:
         return fail("eval needs --version V (0 = the base model), or a sub-command: compare-rewards, sweep")
@@ -292,12 +289,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return fail(str(e))
     store = open_store(args)
     try:
+        return _eval_version_command(args, store, prompts, gen)
+    finally:
+        store.close()
+
+
+def _eval_version_command(args, store, prompts: list[EvalPrompt], gen) -> int:
+    from assistant.cli import data_dir, fail, load_models
+    from assistant.generate import Generator
+
+    from .report import write_report
+
+    try:
         version = _version_arg(store, args.profile, args.version)
     except ValueError as e:
         return fail(str(e))
     lm, embedder = load_models(args, with_embedder=True)
     generator = Generator(lm.model, lm.tokenizer, device=lm.device)
     reward_fn, judge, notes = _scoring(args, store, lm, embedder, generator)
+    if version is None:
+        judge = None
+        notes = [n for n in notes if not n.startswith("win-rate")] + ["version 0 is the base itself: no win-rate."]
     _say(f"eval: version {args.version} on {len(prompts)} prompts, K={gen.k}")
     res = evaluate_version(generator, prompts, gen, version, reward_fn=reward_fn, judge=judge, progress=_say)
     runs = [{"name": "base (v0)", "config": {}, "metrics": res["base_metrics"]}]
