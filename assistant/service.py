@@ -30,6 +30,10 @@ from .prompts import build_prompt
 log = logging.getLogger(__name__)
 
 
+MIN_MATERIAL_SCORE = 0.2
+"""Library snippets below this cosine similarity to the inspire query are not offered as material."""
+
+
 class InputError(ValueError):
     """Bad input from a person or a client. Nothing was written."""
 
@@ -153,6 +157,7 @@ class Services:
             material = [
                 {"id": m.snippet.id, "text": m.snippet.text, "score": round(m.score, 4)}
                 for m in self.library.search(req.profile, query, top_k=5)
+                if m.score >= MIN_MATERIAL_SCORE  # unrelated snippets would only derail the prompt
             ]
         options = {
             "style": req.style,
@@ -257,7 +262,9 @@ class Services:
             "model": self.model_name,
             "policy_version": live.id if live else 0,
             "loaded_policy_version": self.generator.policy_version,
+            "profile": profile,
             "counts": self.store.counts(),
-            "feedback_by_kind": self.store.feedback_counts_by_kind(),
+            "profile_counts": self.store.counts(profile),
+            "feedback_by_kind": self.store.feedback_counts_by_kind(profile),
             "learner": self.store.learner_state(profile),
         }
