@@ -185,6 +185,8 @@ def api_router(services: Services) -> APIRouter:
 
     @r.post("/suggest", response_model=SuggestOut, summary="K candidate suggestions for a draft")
     def suggest(body: SuggestIn) -> dict[str, Any]:
+        if body.document_id is not None:
+            services.store.get_document(body.document_id)  # 404 before any work if it does not exist
         req = SuggestRequest(**body.model_dump(exclude={"profile"}), profile=body.profile or services.default_profile)
         return services.suggest(req).to_dict()
 

@@ -51,6 +51,7 @@ def test_suggest_records_request_and_suggestions(client, tiny_services, body):
     assert req.mode == body["mode"]
     assert [(s.id, s.text) for s in req.suggestions] == [(s["id"], s["text"]) for s in out["suggestions"]]
     assert req.options["k"] == k and req.options["seed"] == 1
+    assert req.document_id is None
     got = client.get(f"{API}/requests/{out['request_id']}").json()
     assert [s["id"] for s in got["suggestions"]] == [s["id"] for s in out["suggestions"]]
     assert got["feedback"] == []
@@ -87,6 +88,12 @@ def test_feedback_every_kind_then_status_and_request_view(client, tiny_services)
     view = client.get(f"{API}/requests/{out['request_id']}").json()
     assert [f["id"] for f in view["feedback"]] == ids
     assert client.get(f"{API}/requests").json()["requests"][0]["id"] == out["request_id"]
+
+
+def test_suggest_for_a_saved_document(client, tiny_services):
+    did = tiny_services.store.save_document("default", "The rain had not stopped.")
+    out = _suggest(client, mode="continue", text="The rain had not stopped.", k=1, document_id=did)
+    assert tiny_services.store.get_request(out["request_id"]).document_id == did
 
 
 def test_status_shows_learner_state(client, tiny_services):
@@ -244,6 +251,8 @@ def test_bad_feedback_is_4xx_and_writes_nothing(client, tiny_services):
 
 def test_other_bad_inputs(client, tiny_services):
     before = _snapshot(tiny_services)
+    r = client.post(f"{API}/suggest", json={**FAST, "mode": "continue", "text": "x", "document_id": 77})
+    assert r.status_code == 404 and "document 77 does not exist" in r.json()["error"]
     r = client.get(f"{API}/requests/424242")
     assert r.status_code == 404 and "request 424242 does not exist" in r.json()["error"]
     assert client.get(f"{API}/requests/abc").status_code == 422
