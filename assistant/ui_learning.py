@@ -57,7 +57,8 @@ def learner_status(services: Services, profile: str | None) -> tuple[str, float]
                 f"Live policy: {live_txt}.", 0.0)
     phase = "paused" if st.get("paused") else (st.get("phase") or "idle")
     hb = st.get("heartbeat")
-    stale = hb is not None and time.time() - float(hb) > 120 and phase not in ("stopped",)
+    # a phase reports at least once per RL step; on a busy 2-core machine a step can take minutes
+    stale = hb is not None and time.time() - float(hb) > 600 and phase not in ("stopped",)
     lines = [
         f"**Learner:** {phase}{' (no heartbeat for a while: is it running?)' if stale else ''} · "
         f"heartbeat {_ago(hb)} · live policy: {live_txt}",

@@ -696,7 +696,15 @@ def apply_resource_limits(cfg: LearnerConfig) -> None:
     """Lower this process's priority and cap torch's threads (call before any heavy work)."""
     if cfg.nice:
         try:
-            os.nice(int(cfg.nice))
+            # Linux applies niceness per thread: renice every thread that exists already; threads
+            # started later inherit it from the (reniced) main thread
+            target = os.getpriority(os.PRIO_PROCESS, 0) + int(cfg.nice)
+            tids = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else [0]
+            for tid in tids:
+                try:
+                    os.setpriority(os.PRIO_PROCESS, tid, target)
+                except OSError:
+                    pass
         except (OSError, AttributeError):
             log.warning("could not renice the learner")
     torch.set_num_threads(max(1, int(cfg.threads)))

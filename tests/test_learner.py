@@ -409,3 +409,53 @@ def test_short_learn_cycle_on_the_real_model(store, tmp_path, real_lm, embedder)
     gen = Generator(copy.deepcopy(base), real_lm.tokenizer,
                     version_source=lambda: (live.id, live.path))
     assert gen.refresh_policy() == live.id
+
+
+def test_crash_between_write_and_rename_in_a_cycle_leaves_no_partial_version(store, tmp_path, tiny_model_dir,
+                                                                           embedder, monkeypatch):
+    import copy
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from assistant.models import prepare_tokenizer
+    from reward.learner import Learner
+    from reward.policy import RLConfig
+    from storage import artifacts
+    from storage.artifacts import versions_root
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    prepare_tokenizer(tok)
+    for i, t in enumerate(TEXTS):
+        req = store.record_request(profile_id="default", mode="continue", text=t, options={},
+                                   prompt=f"<|im_start|>user\n{t}<|im_end|>\n<|im_start|>assistant\n",
+                                   policy_version=0, suggestions=[f"a long and complete reply {i}.", f"no {i}"])
+        store.add_feedback(req.suggestions[0].id, "thumb", 1)
+        store.add_feedback(req.suggestions[1].id, "thumb", -1)
+
+    real_rename = artifacts.os.rename
+
+    def rename(src, dst):
+        if Path(dst).name.startswith("policy-"):
+            raise OSError("injected crash before the rename of a policy version")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(artifacts.os, "rename", rename)
+    cfg = LearnerConfig(min_new_feedback=1, rl_steps=1, eval_prompts=2, eval_samples=1, eval_max_new_tokens=6,
+                        agreement_drop=1.0, max_length_corr=1.01, max_kl=1e6, threads=1, nice=0)
+    learner = Learner(store, tmp_path, "default", lambda: (copy.deepcopy(base), tok), embedder, cfg,
+                      rl_config=RLConfig(algo="reinforce", k=2, prompts_per_step=2, max_new_tokens=6, seed=0))
+    res = learner.run_once()
+    assert res.outcome == "error" and "injected crash" in res.reason
+    assert store.versions("default", "policy") == [] and store.live_version("default", "policy") is None
+    leftovers = [p.name for p in (versions_root(tmp_path) / "default").iterdir()]
+    assert not [n for n in leftovers if n.startswith(("policy-", ".tmp-"))], leftovers
+    st = store.learner_state("default")
+    assert st["phase"] == "error" and "injected crash" in st["error"]
+    assert store.events("default", kind="error")
+    assert store.feedback("default") and store.get_request(1).suggestions  # nothing else was touched
+
+    monkeypatch.undo()
+    res = learner.run_once(force=True)  # the feedback was not consumed: the retry publishes
+    assert res.outcome == "published", res
+    assert store.live_version("default", "policy").id == res.version_id

@@ -1,0 +1,147 @@
+"""Suggestion latency with the learner idle vs while it trains, side by side in one run.
+
+The app process (this script) serves suggestions with the Generator; the learner runs as
+`inkloop learn --train-now` in its own process, exactly as `inkloop serve` starts it (niced, one
+torch thread). Target: latency while learning <= 1.5x idle.
+
+    PYTHONPATH=. python benchmarks/learner_latency.py [--model DIR] [--reps 5] [--k 3]
+        [--max-new-tokens 32] [--uncapped]
+
+--uncapped adds a third column: the learner with no nice and the default torch threads, to show
+what the caps buy. The CPU load average is printed: on a shared machine the figures move with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DRAFTS = [
+    "The rain had not stopped for three days, and the river was rising.",
+    "She opened the letter slowly, afraid of what it might say.",
+    "The old lighthouse keeper climbed the stairs one last time.",
+    "Nobody in the village remembered who had planted the orchard.",
+    "The train was late again, and Maria had run out of patience.",
+    "At the edge of the forest, the path split in two.",
+    "He found the key under a loose stone by the gate.",
+    "The storm arrived at midnight, bright and loud.",
+]
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def seed_feedback(services, n: int) -> None:
+    """Stored requests with ratings (long, complete replies preferred), so the learner has work."""
+    from assistant.prompts import build_prompt, render
+
+    store, tok = services.store, services.generator.tokenizer
+    for i in range(n):
+        d = DRAFTS[i % len(DRAFTS)]
+        req = store.record_request(
+            profile_id="default", mode="continue", text=d, options={}, prompt=render(build_prompt("continue", d, {}), tok),
+            policy_version=0, suggestions=[f"It was late, and slowly the light came back over the hills ({i}).",
+                                           "ok.", f"Something happened ({i})."])
+        a, b, c = req.suggestions
+        store.add_feedback(a.id, "thumb", 1)
+        store.add_feedback(b.id, "thumb", -1)
+        store.add_feedback(a.id, "rank", ranking=[a.id, c.id, b.id])
+
+
+def measure(services, reps: int, k: int, max_new_tokens: int) -> list[float]:
+    from assistant.service import SuggestRequest
+
+    out = []
+    for i in range(reps):
+        req = SuggestRequest(mode="continue", text=DRAFTS[i % len(DRAFTS)], k=k, max_new_tokens=max_new_tokens, seed=i)
+        t0 = time.perf_counter()
+        services.suggest(req)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def learner_busy(store) -> str | None:
+    st = store.learner_state("default") or {}
+    return st.get("phase") if st.get("phase") in ("reward", "recheck", "rl", "evaluate", "publish") else None
+
+
+def run_with_learner(services, args, data_dir: Path, capped: bool) -> tuple[list[float], list[str]]:
+    from reward.learner import LearnerSupervisor
+
+    extra = ["--train-now", "--min-new-feedback", "1", "--rl-steps", "50", "--rl-max-new-tokens", "32",
+             "--poll-s", "0.5", "--threads", "1" if capped else str(os.cpu_count() or 2),
+             "--nice", "10" if capped else "0"]
+    argv = LearnerSupervisor.learn_argv(data_dir, args.model, "default", extra)
+    sup = LearnerSupervisor(argv, store=services.store, log_path=data_dir / "learner.log")
+    services.store.set_learner_state("default", phase="idle", command=None)
+    sup.start()
+    try:
+        deadline = time.time() + 600
+        while learner_busy(services.store) not in ("rl",) and time.time() < deadline:
+            time.sleep(0.5)  # model loading and the reward model come first; measure during RL
+        if learner_busy(services.store) is None:
+            raise RuntimeError(f"the learner never started training; see {data_dir / 'learner.log'}")
+        phases, times = [], []
+        for t in measure(services, args.reps, args.k, args.max_new_tokens):
+            times.append(t)
+            phases.append(learner_busy(services.store) or "idle")
+        return times, phases
+    finally:
+        sup.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None, help="local HF model dir (default: the bundled SmolLM2)")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--k", type=int, default=3)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of the app process")
+    ap.add_argument("--uncapped", action="store_true", help="also measure with an uncapped learner")
+    args = ap.parse_args()
+
+    from assistant.cli import build_services
+
+    with tempfile.TemporaryDirectory(prefix="inkloop-bench-") as d:
+        data_dir = Path(d)
+        ns = argparse.Namespace(model=args.model, data_dir=str(data_dir), profile="default", device="cpu",
+                                dtype="auto", threads=args.threads)
+        services = build_services(ns, with_embedder=False)
+        seed_feedback(services, 12)
+        measure(services, 1, args.k, args.max_new_tokens)  # warm-up
+        la0 = loadavg()
+        idle = measure(services, args.reps, args.k, args.max_new_tokens)
+        cols = [("idle", idle, ["idle"] * len(idle), la0)]
+        t, ph = run_with_learner(services, args, data_dir, capped=True)
+        cols.append(("learning (nice 10, 1 thread)", t, ph, loadavg()))
+        if args.uncapped:
+            t, ph = run_with_learner(services, args, data_dir, capped=False)
+            cols.append(("learning (uncapped)", t, ph, loadavg()))
+
+    base = statistics.median(idle)
+    print(f"\nsuggestion latency, K={args.k} x {args.max_new_tokens} new tokens, {args.reps} reps, "
+          f"model {services.model_name}, torch threads {__import__('torch').get_num_threads()}")
+    print(f"{'':32}{'median s':>10}{'p90 s':>10}{'ratio':>8}  {'load avg':<16} learner phases")
+    for name, times, phases, la in cols:
+        med = statistics.median(times)
+        p90 = sorted(times)[max(0, int(round(0.9 * len(times))) - 1)]
+        print(f"{name:32}{med:>10.2f}{p90:>10.2f}{med / base:>7.2f}x  {la:<16} {','.join(sorted(set(phases)))}")
+    ratio = statistics.median(cols[1][1]) / base
+    print(f"\ntarget: learning <= 1.5x idle -> {'met' if ratio <= 1.5 else 'NOT met'} ({ratio:.2f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
