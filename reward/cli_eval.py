@@ -171,7 +171,7 @@ def fluency_fn(generator) -> Callable:
 
     def fluency(prompts, texts) -> np.ndarray:
         ctx = [p.prompt_text for p in prompts]
-        with Q._reference_context(generator.model):
+        with Q.reference_context(generator.model):
             lps = Q.token_logprobs(generator.model, generator.tokenizer, ctx, texts)
         return np.asarray([float(lp.gather(1, t[:, None]).mean()) if len(t) else 0.0 for lp, t in lps], np.float32)
 

@@ -156,7 +156,7 @@ def pairwise_outcomes(a_scores: Sequence[float], b_scores: Sequence[float], eps:
 
 
 # ----------------------------------------------------------------------------- model-based metrics
-def _reference_context(model):
+def reference_context(model):
     """Context in which `model` behaves as the reference: peft's disable_adapter() when the model
     has adapters, else nothing."""
     if hasattr(model, "disable_adapter") and getattr(model, "peft_config", None):
@@ -211,7 +211,7 @@ def perplexity(model, tokenizer, texts: Sequence[str], contexts: Sequence[str] |
     was_training = model.training
     model.eval()
     nll, n = 0.0, 0
-    with _reference_context(model) if use_reference else nullcontext():
+    with reference_context(model) if use_reference else nullcontext():
         for lp, tgt in token_logprobs(model, tokenizer, contexts, texts):
             if len(tgt):
                 nll += -float(lp.gather(1, tgt[:, None]).sum())
@@ -240,7 +240,7 @@ def kl_to_reference(model, tokenizer, contexts: Sequence[str], samples: Sequence
     if reference is not None:
         ref = token_logprobs(reference, tokenizer, contexts, samples)
     else:
-        with _reference_context(model):
+        with reference_context(model):
             ref = token_logprobs(model, tokenizer, contexts, samples)
     model.train(was_training)
     kl_sum, k1_sum, n = 0.0, 0.0, 0
