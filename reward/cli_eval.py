@@ -418,7 +418,8 @@ def _eval_flags(p: argparse.ArgumentParser) -> None:
                    help="evaluation prompts, JSON or JSONL (default: held-out prompts in assets/prompts.json)")
     p.add_argument("--limit", type=int, default=None, help="use at most N prompts (round-robin over the modes)")
     p.add_argument("-k", type=int, default=g.k, choices=range(1, MAX_K + 1), metavar="K",
-                   help="candidates per prompt (default %(default)s)")
+                   help="candidates per evaluation prompt (default %(default)s); compare-rewards/sweep also use it "
+                        "as the simulated loop's K (at least 2) unless k is swept")
     p.add_argument("--max-new-tokens", type=int, default=g.max_new_tokens, help="default %(default)s")
     p.add_argument("--temperature", type=float, default=g.temperature, help="default %(default)s")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default %(default)s)")
