@@ -10,6 +10,7 @@ The OpenAPI schema is at ``/openapi.json`` (interactive docs at ``/docs``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from typing import Any, Literal, Sequence
@@ -17,7 +18,7 @@ from typing import Any, Literal, Sequence
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -25,7 +26,7 @@ from storage.store import FEEDBACK_KINDS, NotFound, StoreError, as_dict
 
 from .config import BUILTIN_STYLES, INSPIRE_KINDS, MAX_K, MAX_NEW_TOKENS, MAX_SAMPLE_CHARS, MAX_TEXT_CHARS, MODES
 from .library import MAX_SNIPPET_CHARS
-from .service import InputError, Services, SuggestRequest
+from .service import InputError, Services, SuggestRequest, SuggestResponse
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,30 @@ def api_router(services: Services) -> APIRouter:
             services.store.get_document(body.document_id)  # 404 before any work if it does not exist
         req = SuggestRequest(**body.model_dump(exclude={"profile"}), profile=body.profile or services.default_profile)
         return services.suggest(req).to_dict()
+
+    @r.post(
+        "/suggest/stream",
+        summary="Like /suggest, streamed as NDJSON while the model writes",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"application/x-ndjson": {}}, "description": (
+            'One JSON object per line: {"done": false, "partial": [texts so far]} while generating, then '
+            '{"done": true, ...the /suggest answer}. Bad input is a 4xx JSON error before streaming starts.')}},
+    )
+    def suggest_stream(body: SuggestIn) -> StreamingResponse:
+        if body.document_id is not None:
+            services.store.get_document(body.document_id)
+        req = SuggestRequest(**body.model_dump(exclude={"profile"}), profile=body.profile or services.default_profile)
+        events = services.suggest_stream(req)
+        first = next(events)  # validation happens here: InputError becomes a 4xx, not a broken stream
+
+        def lines():
+            for ev in itertools.chain([first], events):
+                if isinstance(ev, SuggestResponse):
+                    yield json.dumps({"done": True, **ev.to_dict()}, ensure_ascii=False) + "\n"
+                else:
+                    yield json.dumps({"done": False, "partial": ev}, ensure_ascii=False) + "\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
 
     @r.post("/feedback", response_model=FeedbackOut, summary="Rate a suggestion")
     def feedback(body: FeedbackIn) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -88,6 +89,23 @@ def test_feedback_every_kind_then_status_and_request_view(client, tiny_services)
     view = client.get(f"{API}/requests/{out['request_id']}").json()
     assert [f["id"] for f in view["feedback"]] == ids
     assert client.get(f"{API}/requests").json()["requests"][0]["id"] == out["request_id"]
+
+
+def test_suggest_stream_sends_partials_then_the_recorded_answer(client, tiny_services):
+    body = {"mode": "continue", "text": "The storm is coming.", "k": 2, "max_new_tokens": 16, "seed": 4}
+    with client.stream("POST", f"{API}/suggest/stream", json=body) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
+        events = [json.loads(line) for line in r.iter_lines() if line]
+    partials, final = events[:-1], events[-1]
+    assert len(partials) >= 2 and all(e["done"] is False and isinstance(e["partial"], list) for e in partials)
+    assert final["done"] is True and len(final["suggestions"]) == 2
+    req = tiny_services.store.get_request(final["request_id"])
+    assert [s.text for s in req.suggestions] == [s["text"] for s in final["suggestions"]]
+    # bad input is a plain 4xx before anything streams, and writes nothing
+    before = _snapshot(tiny_services)
+    r = client.post(f"{API}/suggest/stream", json={"mode": "continue", "text": ""})
+    assert r.status_code == 400 and "non-empty text" in r.json()["error"]
+    assert _snapshot(tiny_services) == before
 
 
 def test_suggest_for_a_saved_document(client, tiny_services):
