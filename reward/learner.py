@@ -62,8 +62,9 @@ class LearnerConfig:
     algo: str = "ppo"
     """RL algorithm passed to reward.policy.RLConfig (when it has an `algo` field)."""
     max_kl: float = 4.0
-    """Guard: a candidate whose KL to the base model (summed over a reply's tokens, averaged over
-    held-out replies) exceeds this is shrunk (fewer steps, lower lr) or discarded."""
+    """Guard: a candidate whose KL to the version it was trained from (KL of this cycle's step,
+    summed over a reply's tokens, averaged over held-out replies) exceeds this is shrunk (fewer
+    steps, lower lr) or discarded. The KL to the base model is reported as eval/kl."""
     kl_retries: int = 1
     """How many times a KL violation is retried with half the steps and half the learning rate."""
     reward_gain_eps: float = 0.0
@@ -215,8 +216,11 @@ class PolicyEval:
     rm_scores: list[float]
     lengths: list[float]
     kl: float
+    """KL to the base model on this policy's own held-out samples (k1 estimate, summed per reply)."""
     agreement: float
     texts: list[str] = field(default_factory=list)
+    step_kl: float | None = None
+    """KL to the `kl_to` version (the one it was trained from), when asked for."""
 
     @property
     def reward(self) -> float:
@@ -251,12 +255,15 @@ def _token_logprobs(model, tokenizer, prompts: Sequence[str], texts: Sequence[st
 def evaluate_policies(
     model, tokenizer, adapters: dict[int, str | None], prompts: Sequence[Any], pairs: Sequence[tuple[str, str, str]],
     reward_fn: Callable[..., Any], cfg: LearnerConfig, device=None,
+    only: set[int] | None = None, kl_to: dict[int, int] | None = None,
 ) -> dict[int, PolicyEval]:
     """Evaluate several policy versions on the same held-out prompts and pairs.
 
     model: a fresh base model (it gets wrapped in a PeftModel here). adapters: version id ->
     adapter dir (None = the base model, id 0). prompts: RolloutPrompt. pairs: (prompt_text,
-    chosen, rejected) from held-out feedback. Reference for KL and agreement = the base model."""
+    chosen, rejected) from held-out feedback. Reference for KL and agreement = the base model.
+    only: evaluate just these ids (the others are loaded as KL targets). kl_to: id -> id whose
+    log-probs on the first one's samples give its step KL."""
     from peft import PeftModel
 
     from assistant.generate import clean_candidate
@@ -289,6 +296,8 @@ def evaluate_policies(
 
     results: dict[int, PolicyEval] = {}
     for vid in adapters:
+        if only is not None and vid not in only:
+            continue
         texts: list[str] = []
         with use(vid):
             tokenizer.padding_side = "left"
@@ -311,6 +320,11 @@ def evaluate_policies(
             pol_r = _token_logprobs(runner, tokenizer, pair_prompts, [r for _, _, r in pairs], device)
         with use(0):
             ref_samples = _token_logprobs(runner, tokenizer, prompt_texts, texts, device)
+        step_kl = None
+        if kl_to and vid in kl_to:
+            with use(kl_to[vid]):
+                prev_samples = _token_logprobs(runner, tokenizer, prompt_texts, texts, device)
+            step_kl = float(np.mean(np.asarray(pol_samples) - np.asarray(prev_samples))) if texts else 0.0
         rout = reward_fn(rep_prompts, texts)
         total = np.asarray(getattr(rout, "total", rout), np.float64)
         rm = np.asarray(getattr(rout, "terms", {}).get("rm", total), np.float64)
@@ -320,6 +334,7 @@ def evaluate_policies(
         results[vid] = PolicyEval(
             version_id=vid, rewards=total.tolist(), rm_scores=rm.tolist(),
             lengths=[float(len(t.split())) for t in texts], kl=kl, agreement=agreement, texts=texts,
+            step_kl=step_kl,
         )
     if peft_model is not None:
         peft_model.unload()
@@ -470,12 +485,13 @@ class Learner:
         prompts = [RolloutPrompt.from_request(r) for r in reqs[: self.cfg.eval_prompts] if r.prompt]
         return prompts, pairs
 
-    def _evaluate(self, versions: dict[int, ModelVersion | None], reward_fn, prompts, pairs) -> dict[int, PolicyEval]:
+    def _evaluate(self, versions: dict[int, ModelVersion | None], reward_fn, prompts, pairs,
+                  only: set[int] | None = None, kl_to: dict[int, int] | None = None) -> dict[int, PolicyEval]:
         from assistant.generate import ADAPTER_SUBDIR
 
         model, tok = self.lm_factory()
         adapters = {vid: (str(Path(v.path) / ADAPTER_SUBDIR) if v is not None else None) for vid, v in versions.items()}
-        return evaluate_policies(model, tok, adapters, prompts, pairs, reward_fn, self.cfg)
+        return evaluate_policies(model, tok, adapters, prompts, pairs, reward_fn, self.cfg, only=only, kl_to=kl_to)
 
     def _rl(self, reward_fn, parent: ModelVersion | None, steps: int, lr_scale: float, progress: Callable[[float], None]):
         train_policy = self._train_policy
@@ -570,8 +586,10 @@ class Learner:
             # 5. evaluate the candidate against the live version --------------------------------
             self._state("evaluate", 0.75, f"evaluating candidate {cand.id} against " +
                         (f"version {live.id}" if live else "the base model"))
-            ce = self._evaluate({cand.id: cand}, reward_fn, prompts, pairs)[cand.id]
-            kl_g = guard_kl(ce.kl, cfg.max_kl, retries)
+            versions = {cand.id: cand, **({live.id: live} if live else {})}
+            ce = self._evaluate(versions, reward_fn, prompts, pairs, only={cand.id},
+                                kl_to={cand.id: live.id if live else 0})[cand.id]
+            kl_g = guard_kl(ce.step_kl if ce.step_kl is not None else ce.kl, cfg.max_kl, retries)
             if kl_g is None:
                 break
             self._guard_event(kl_g, cand.id)
@@ -585,7 +603,7 @@ class Learner:
             "eval/reward": ce.reward, "eval/reward_live": live_eval.reward,
             "eval/reward_gain": ce.reward - live_eval.reward,
             "eval/win_rate": win_rate(ce.rewards, live_eval.rewards),
-            "eval/kl": ce.kl, "eval/agreement": ce.agreement, "eval/agreement_live": live_eval.agreement,
+            "eval/kl": ce.kl, "eval/step_kl": float(ce.step_kl or 0.0), "eval/agreement": ce.agreement, "eval/agreement_live": live_eval.agreement,
             "eval/length_corr": pearson(ce.rm_scores, ce.lengths), "eval/n_prompts": float(len(prompts)),
             "eval/n_pairs": float(len(pairs)),
         }

@@ -180,7 +180,7 @@ def test_feedback_api_learn_once_publishes_and_next_suggestion_uses_it(api, tmp_
     vid = out["version"]
     live = services.store.live_version("default", "policy")
     assert live.id == vid and live.status == "published"
-    for k in ("rm/accuracy", "rl/kl", "eval/reward", "eval/win_rate", "eval/kl", "eval/agreement"):
+    for k in ("rm/accuracy", "rl/kl", "eval/reward", "eval/win_rate", "eval/kl", "eval/step_kl", "eval/agreement"):
         assert k in live.metrics, k
     assert services.store.live_version("default", "reward") is not None
     st = client.get("/api/v1/status").json()
@@ -459,3 +459,43 @@ def test_crash_between_write_and_rename_in_a_cycle_leaves_no_partial_version(sto
     res = learner.run_once(force=True)  # the feedback was not consumed: the retry publishes
     assert res.outcome == "published", res
     assert store.live_version("default", "policy").id == res.version_id
+
+
+def test_evaluate_policies_kl_and_agreement(tmp_path, tiny_model_dir):
+    """Base vs itself: KL 0 and agreement 0.5 (every implicit reward is 0); two identical adapters:
+    step KL 0 while the KL to the base is not; a real (length) reward is computed per sample."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from assistant.models import prepare_tokenizer
+    from reward.functions import RewardConfig, RewardFunction, RolloutPrompt
+    from reward.learner import evaluate_policies
+    from storage.store import Store
+    from storage.artifacts import save_version
+    from tests.test_hotswap import lora_policy_writer
+
+    st = Store(tmp_path / "db.sqlite")
+    a = save_version(st, tmp_path, kind="policy", profile_id="p", writer=lora_policy_writer(tiny_model_dir, 7))
+    import shutil
+
+    b = save_version(st, tmp_path, kind="policy", profile_id="p",  # the very same weights
+                     writer=lambda d: shutil.copytree(Path(a.path) / "adapter", d / "adapter"))
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    prepare_tokenizer(tok)
+
+    def fresh():
+        return AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+
+    prompts = [RolloutPrompt(prompt_text=f"<|im_start|>user\n{t}<|im_end|>\n<|im_start|>assistant\n", mode="continue",
+                             context=t, source_text=t) for t in TEXTS[:2]]
+    pairs = [(prompts[0].prompt_text, "The river rose.", "no"), (prompts[1].prompt_text, "The wind.", "the the")]
+    rf = RewardFunction(RewardConfig.only(length=1.0))
+    cfg = LearnerConfig(eval_samples=2, eval_max_new_tokens=6)
+    base = evaluate_policies(fresh(), tok, {0: None}, prompts, pairs, rf, cfg)[0]
+    assert base.kl == 0.0 and base.agreement == 0.5 and len(base.rewards) == 4
+    assert base.rewards == pytest.approx(list(rf([p for p in prompts for _ in range(2)], base.texts).total))
+    res = evaluate_policies(fresh(), tok, {a.id: str(Path(a.path) / "adapter"), b.id: str(Path(b.path) / "adapter")},
+                            prompts, pairs, rf, cfg, only={b.id}, kl_to={b.id: a.id})
+    assert set(res) == {b.id}
+    assert res[b.id].step_kl == pytest.approx(0.0, abs=1e-5) and abs(res[b.id].kl) > 1e-3
+    assert res[b.id].agreement in (0.0, 0.5, 1.0)  # two pairs, ties count half
+    st.close()
