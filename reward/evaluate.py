@@ -235,6 +235,10 @@ class SimConfig:
     """Prompts per RL update (each sampled k times)."""
     lr: float = 5e-4
     """LoRA learning rate."""
+    ppo_epochs: int = 2
+    """PPO epochs per batch (ppo only)."""
+    minibatch_size: int = 16
+    """Episodes per minibatch in the RL update."""
     kl_coef: float = 0.05
     """KL penalty against the base model."""
     repetition_weight: float = 0.2
@@ -353,6 +357,7 @@ def simulate(
     rl_cfg = RLConfig(
         algo=cfg.algo, k=cfg.k, prompts_per_step=cfg.prompts_per_step, max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature, lr=cfg.lr, kl_coef=cfg.kl_coef, seed=cfg.seed,
+        ppo_epochs=cfg.ppo_epochs, minibatch_size=cfg.minibatch_size,
     )
     rm_cfg = RewardTrainConfig(epochs=cfg.rm_epochs, seed=cfg.seed, shuffled_control=False)
     ratings, rounds, rl_step_no, next_round = 0, 0, 0, cfg.rm_every
@@ -379,6 +384,7 @@ def simulate(
         if len(texts) > 1 and len(stars) == len(texts):
             services.feedback(resp.suggestions[rater.best(texts, p)]["id"], "best", source="simulated")
         ratings += len(stars)
+        say(f"  {ratings}/{cfg.budget} ratings: stars {stars} (policy v{resp.policy_version})")
         curves["sim/stars"].append((ratings, float(np.mean(stars))))
         curves["sim/utility"].append((ratings, float(np.mean(rater.utilities(texts, p)))))
         if ratings < next_round and ratings < cfg.budget:
