@@ -31,11 +31,15 @@ from torch import nn
 CONFIG_FILE = "reward_config.json"
 HEAD_FILE = "reward_head.safetensors"
 ADAPTER_DIR = "adapter"
-CONTEXT_EMBED_CHARS = 1200
-"""The context is embedded from its end (the part a reply answers); MiniLM reads ~256 tokens."""
+CONTEXT_EMBED_CHARS = 800
+"""The context is embedded from its end (the part a reply answers). MiniLM reads only its first
+256 tokens, so the tail is cut short enough (~200 tokens of English) to be read to its end."""
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _SENT = re.compile(r"[.!?]+(?:\s|$)")
+_PUNCT = re.compile(r"[^\w\s]|_", re.UNICODE)
+_UPPER = re.compile(r"[A-Z]")
+_DIGIT = re.compile(r"[0-9]")
 
 STAT_NAMES = (
     "log_chars",
@@ -54,7 +58,9 @@ STAT_NAMES = (
     "exclamations",
     "context_overlap",
     "novel_word_frac",
+    "cos_context",  # cosine of the suggestion and context embeddings (added in raw_features)
 )
+TEXT_STAT_NAMES = STAT_NAMES[:-1]
 
 
 def text_stats(context: str, text: str) -> np.ndarray:
@@ -72,11 +78,11 @@ def text_stats(context: str, text: str) -> np.ndarray:
         [
             math.log1p(len(text)),
             math.log1p(len(words)),
-            sum(len(w) for w in words) / nw,
+            sum(map(len, words)) / nw,
             len(set(words)) / nw,
-            sum(not ch.isalnum() and not ch.isspace() for ch in text) / n,
-            sum(ch.isupper() for ch in text) / n,
-            sum(ch.isdigit() for ch in text) / n,
+            len(_PUNCT.findall(text)) / n,
+            len(_UPPER.findall(text)) / n,
+            len(_DIGIT.findall(text)) / n,
             math.log1p(text.count("\n")),
             math.log1p(sentences),
             len(words) / sentences,
@@ -147,9 +153,9 @@ class RewardModelConfig:
     emb_dim: int = 384
     """Sentence-embedding size (MiniLM: 384)."""
     hidden: int = 256
-    """Hidden units of the MLP head."""
+    """Hidden units of the MLP head (0: a linear head only)."""
     dropout: float = 0.1
-    """Dropout on the head's input and hidden layer during training."""
+    """Dropout on the head's hidden layer during training."""
     embedder: str = "all-MiniLM-L6-v2"
     """Name of the embedder the features come from (cache key)."""
     stats: tuple[str, ...] = STAT_NAMES
@@ -168,8 +174,8 @@ class RewardModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.n_features
-        self.drop = nn.Dropout(cfg.dropout)
-        self.mlp = nn.Sequential(nn.Linear(d, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, 1))
+        self.mlp = (nn.Sequential(nn.Linear(d, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, 1))
+                    if cfg.hidden > 0 else None)
         self.linear = nn.Linear(d, 1)
         self.register_buffer("stat_mean", torch.zeros(len(cfg.stats)))
         self.register_buffer("stat_std", torch.ones(len(cfg.stats)))
@@ -185,6 +191,8 @@ class RewardModel(nn.Module):
         s = self.cache(list(texts))
         c = self.cache([context_for_embedding(x) for x in contexts])
         stats = np.stack([text_stats(cx, t) for cx, t in zip(contexts, texts)])
+        if "cos_context" in self.cfg.stats:
+            stats = np.concatenate([stats, (s * c).sum(1, keepdims=True)], axis=1)
         feats = np.concatenate([s, c, s * c, np.abs(s - c), stats], axis=1)
         return torch.from_numpy(feats.astype(np.float32))
 
@@ -196,8 +204,8 @@ class RewardModel(nn.Module):
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         k = 4 * self.cfg.emb_dim
         x = torch.cat([feats[:, :k], (feats[:, k:] - self.stat_mean) / self.stat_std], dim=1)
-        x = self.drop(x)
-        return (self.mlp(x) + self.linear(x)).squeeze(-1)
+        r = self.linear(x) if self.mlp is None else self.mlp(x) + self.linear(x)
+        return r.squeeze(-1)
 
     @torch.no_grad()
     def score(self, contexts: Sequence[str], texts: Sequence[str], normalize: bool = False,

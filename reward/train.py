@@ -46,7 +46,7 @@ class RewardTrainConfig:
     hidden: int = 256
     """Hidden units of the MLP head."""
     dropout: float = 0.2
-    """Dropout on the head's input and hidden layer."""
+    """Dropout on the head's hidden layer."""
     batch_size: int = 128
     """Pairs (and, separately, pointwise targets) per optimisation step."""
     use_margin: bool = True
