@@ -667,7 +667,9 @@ class Learner:
             self._state("paused", message="paused")
             return CycleResult("skipped", "paused")
         n = self.new_feedback()
-        if n == 0 or (n < self.cfg.min_new_feedback and not force):
+        if force and n == 0 and self.store.last_feedback_id(self.profile) > 0:
+            pass  # train now: another cycle on the feedback there is
+        elif n == 0 or (n < self.cfg.min_new_feedback and not force):
             msg = f"waiting for feedback: {n} new of {self.cfg.min_new_feedback} needed"
             self._state("waiting", 0.0, msg, metrics={**self.metrics, "learner/new_feedback": float(n)})
             return CycleResult("skipped", msg)

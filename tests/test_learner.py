@@ -460,6 +460,15 @@ def test_crash_between_write_and_rename_in_a_cycle_leaves_no_partial_version(sto
     assert res.outcome == "published", res
     assert store.live_version("default", "policy").id == res.version_id
 
+    # a second cycle re-checks the live version against its parent (the base model), trains from
+    # the live version and measures the step KL against it
+    res2 = learner.run_once(force=True)
+    assert res2.outcome == "published", res2
+    v2 = store.get_version(res2.version_id)
+    assert v2.parent_id == res.version_id and store.live_version("default").id == v2.id
+    assert v2.metrics["eval/reward_live"] == pytest.approx(res2.metrics["eval/reward_live"])
+    assert learner.metrics["learner/cycles"] == 2
+
 
 def test_evaluate_policies_kl_and_agreement(tmp_path, tiny_model_dir):
     """Base vs itself: KL 0 and agreement 0.5 (every implicit reward is 0); two identical adapters:
