@@ -66,11 +66,11 @@ class RewardTrainConfig:
     """Seed for the split, initialisation, batching and the shuffled control."""
     backbone: str = "embedder"
     """"embedder" (MiniLM features + small head, default) or "lm" (base LM + LoRA + scalar head)."""
-    lm_epochs: int = 1
+    lm_epochs: int = 2
     """Epochs for the LM backbone."""
-    lm_lr: float = 1e-4
+    lm_lr: float = 2e-4
     """Learning rate for the LM backbone (LoRA and head)."""
-    lm_batch_size: int = 4
+    lm_batch_size: int = 8
     """Pairs per step for the LM backbone."""
     lm_max_length: int = 512
     """Tokens per (context, text) for the LM backbone."""
