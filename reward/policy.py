@@ -383,11 +383,19 @@ def _batched_eval(policy: Policy, ro: Rollout, cfg: RLConfig) -> tuple[torch.Ten
 RewardFn = Callable[..., Any]
 
 
-def _call_reward(reward_fn: RewardFn, prompts, texts, extras) -> RewardOutput:
+def _accepts_extras(fn) -> bool:
+    import inspect
+
     try:
-        out = reward_fn(prompts, texts, extras=extras)
-    except TypeError:
-        out = reward_fn(prompts, texts)
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "extras" or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _call_reward(reward_fn: RewardFn, prompts, texts, extras) -> RewardOutput:
+    """reward_fn(prompts, texts[, extras=...]) -> RewardOutput or an array of per-sample rewards."""
+    out = reward_fn(prompts, texts, extras=extras) if _accepts_extras(reward_fn) else reward_fn(prompts, texts)
     if isinstance(out, RewardOutput):
         return out
     arr = np.asarray(out, np.float32)
