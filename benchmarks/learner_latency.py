@@ -2,7 +2,9 @@
 
 The app process (this script) serves suggestions with the Generator; the learner runs as
 `inkloop learn --train-now` in its own process, exactly as `inkloop serve` starts it (niced, one
-torch thread). Target: latency while learning <= 1.5x idle.
+torch thread). Once it is in its RL phase, reps alternate: one with the learner frozen (SIGSTOP),
+one with it running, so outside load (other programs) hits both columns alike. Target: latency
+while learning <= 1.5x idle.
 
     PYTHONPATH=. python benchmarks/learner_latency.py [--model DIR] [--reps 5] [--k 3]
         [--max-new-tokens 32] [--uncapped]
@@ -60,11 +62,11 @@ def seed_feedback(services, n: int) -> None:
         store.add_feedback(a.id, "rank", ranking=[a.id, c.id, b.id])
 
 
-def measure(services, reps: int, k: int, max_new_tokens: int) -> list[float]:
+def measure(services, reps: int, k: int, max_new_tokens: int, offset: int = 0) -> list[float]:
     from assistant.service import SuggestRequest
 
     out = []
-    for i in range(reps):
+    for i in range(offset, offset + reps):
         req = SuggestRequest(mode="continue", text=DRAFTS[i % len(DRAFTS)], k=k, max_new_tokens=max_new_tokens, seed=i)
         t0 = time.perf_counter()
         services.suggest(req)
@@ -77,7 +79,12 @@ def learner_busy(store) -> str | None:
     return st.get("phase") if st.get("phase") in ("reward", "recheck", "rl", "evaluate", "publish") else None
 
 
-def run_with_learner(services, args, data_dir: Path, capped: bool) -> tuple[list[float], list[str]]:
+def run_with_learner(services, args, data_dir: Path, capped: bool) -> tuple[list[float], list[float], list[str]]:
+    """Start the learner; once it trains, alternate one suggestion with the learner frozen
+    (SIGSTOP: the "idle" figure) and one with it running, so both see the same outside load.
+    Returns (idle times, learning times, learner phases seen)."""
+    import signal
+
     from reward.learner import LearnerSupervisor
 
     extra = ["--train-now", "--min-new-feedback", "1", "--rl-steps", "50", "--rl-max-new-tokens", "32",
@@ -88,16 +95,23 @@ def run_with_learner(services, args, data_dir: Path, capped: bool) -> tuple[list
     services.store.set_learner_state("default", phase="idle", command=None)
     sup.start()
     try:
-        deadline = time.time() + 600
+        deadline = time.time() + 900
         while learner_busy(services.store) not in ("rl",) and time.time() < deadline:
             time.sleep(0.5)  # model loading and the reward model come first; measure during RL
         if learner_busy(services.store) is None:
             raise RuntimeError(f"the learner never started training; see {data_dir / 'learner.log'}")
-        phases, times = [], []
-        for t in measure(services, args.reps, args.k, args.max_new_tokens):
-            times.append(t)
+        idle, busy, phases = [], [], []
+        for i in range(args.reps):
+            pid = sup.proc.pid
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                idle += measure(services, 1, args.k, args.max_new_tokens, offset=i)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            time.sleep(0.5)  # let it get going again
             phases.append(learner_busy(services.store) or "idle")
-        return times, phases
+            busy += measure(services, 1, args.k, args.max_new_tokens, offset=i)  # the same request as the idle rep
+        return idle, busy, phases
     finally:
         sup.stop()
 
@@ -122,23 +136,27 @@ def main() -> int:
         seed_feedback(services, 12)
         measure(services, 1, args.k, args.max_new_tokens)  # warm-up
         la0 = loadavg()
-        idle = measure(services, args.reps, args.k, args.max_new_tokens)
-        cols = [("idle", idle, ["idle"] * len(idle), la0)]
-        t, ph = run_with_learner(services, args, data_dir, capped=True)
-        cols.append(("learning (nice 10, 1 thread)", t, ph, loadavg()))
+        before = measure(services, args.reps, args.k, args.max_new_tokens)
+        cols = [("idle, before the learner", before, ["-"], la0)]
+        idle, busy, ph = run_with_learner(services, args, data_dir, capped=True)
+        la = loadavg()
+        cols += [("idle (learner frozen)", idle, ["stopped"], la), ("learning (nice 10, 1 thread)", busy, ph, la)]
         if args.uncapped:
-            t, ph = run_with_learner(services, args, data_dir, capped=False)
-            cols.append(("learning (uncapped)", t, ph, loadavg()))
+            idle_u, busy_u, ph_u = run_with_learner(services, args, data_dir, capped=False)
+            cols += [("idle (frozen, uncapped run)", idle_u, ["stopped"], loadavg()),
+                     ("learning (uncapped)", busy_u, ph_u, loadavg())]
 
     base = statistics.median(idle)
     print(f"\nsuggestion latency, K={args.k} x {args.max_new_tokens} new tokens, {args.reps} reps, "
           f"model {services.model_name}, torch threads {__import__('torch').get_num_threads()}")
+    print("idle and learning reps alternate (the learner is frozen with SIGSTOP for the idle ones), so both "
+          "see the same outside load")
     print(f"{'':32}{'median s':>10}{'p90 s':>10}{'ratio':>8}  {'load avg':<16} learner phases")
     for name, times, phases, la in cols:
         med = statistics.median(times)
         p90 = sorted(times)[max(0, int(round(0.9 * len(times))) - 1)]
         print(f"{name:32}{med:>10.2f}{p90:>10.2f}{med / base:>7.2f}x  {la:<16} {','.join(sorted(set(phases)))}")
-    ratio = statistics.median(cols[1][1]) / base
+    ratio = statistics.median(busy) / base
     print(f"\ntarget: learning <= 1.5x idle -> {'met' if ratio <= 1.5 else 'NOT met'} ({ratio:.2f}x)")
     return 0
 
