@@ -8,7 +8,9 @@
 
     PYTHONPATH=. python benchmarks/latency.py [--k 4] [--max-new-tokens 64] [--reps 3] [--threads N]
 
-The CPU load average is printed with the figures: on a shared machine they move with it.
+The CPU load average is printed with the figures: on a shared machine they move with it. The
+process CPU time of each warm request is printed too; with --threads 1 it approximates the wall time
+the same request takes on an idle core.
 """
 
 from __future__ import annotations
@@ -107,13 +109,16 @@ def warm(k: int, max_new_tokens: int, reps: int, threads: int | None) -> list[di
         services.suggest(SuggestRequest(**TEXTS["continue"], k=1, max_new_tokens=8))  # warm-up
         rows = []
         for mode, fields in TEXTS.items():
-            times, n_out, chars = [], [], []
+            times, cpu, n_out, chars = [], [], [], []
             for r in range(reps):
+                c0 = time.process_time()
                 res = services.suggest(SuggestRequest(**fields, k=k, max_new_tokens=max_new_tokens, seed=r))
+                cpu.append(time.process_time() - c0)
                 times.append(res.seconds)
                 n_out.append(len(res.suggestions))
                 chars.append(statistics.mean(len(s["text"]) for s in res.suggestions) if res.suggestions else 0)
             rows.append(dict(mode=mode, median=statistics.median(times), min=min(times), max=max(times),
+                             cpu=statistics.median(cpu),
                              k_out=min(n_out), chars=statistics.mean(chars)))
         device = str(services.generator.device)
         services.store.close()
@@ -143,9 +148,12 @@ def main() -> None:
             print(f"| `inkloop serve` process start -> first K={a.k} suggestion answered | {first:.1f} |")
     rows, device = warm(a.k, a.max_new_tokens, a.reps, a.threads)
     print(f"\n## warm: one request of K={a.k} x up to {a.max_new_tokens} new tokens ({device}, bundled SmolLM2-135M)")
-    print("| mode | median s | min s | max s | candidates | mean chars |\n|---|---|---|---|---|---|")
+    print("| mode | median wall s | min s | max s | median CPU s | candidates | mean chars |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mode']} | {r['median']:.2f} | {r['min']:.2f} | {r['max']:.2f} | {r['k_out']} | {r['chars']:.0f} |")
+        print(f"| {r['mode']} | {r['median']:.2f} | {r['min']:.2f} | {r['max']:.2f} | {r['cpu']:.2f} | {r['k_out']} "
+              f"| {r['chars']:.0f} |")
+    print("\n(CPU s = process CPU time of the request; with --threads 1 it approximates the wall time on an idle core)")
     print(f"\nload avg at end {loadavg()}")
 
 
