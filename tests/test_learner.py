@@ -328,6 +328,13 @@ def test_learning_tab_data_and_build(store, tmp_path, tiny_lm):
     assert {"tab-learning", "tab-export", "versions-table", "rollback", "learner-train-now", "export-go"} <= ids
     assert sum(isinstance(b, gr.LinePlot) for b in demo.blocks.values()) == 4
 
+    # and inside the app's own UI, through the extension hook `inkloop serve` uses
+    from assistant.ui import build_ui
+
+    svc.extra_tabs = list(TABS)
+    app_ids = {getattr(b, "elem_id", None) for b in build_ui(svc).blocks.values()}
+    assert {"tab-learning", "tab-export", "learner-status", "export-file"} <= app_ids
+
 
 def test_supervisor_restarts_a_crashed_learner(store, tmp_path):
     import sys
