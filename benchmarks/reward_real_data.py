@@ -16,7 +16,7 @@ time to retrain on 1,000 feedback items with every embedding already cached.
 Embeddings are cached in a store under --cache-dir (default benchmarks/.cache), so a rerun only
 trains. The split uses --seed; no hyperparameter here was chosen by looking at the held-out split.
 
-    OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/reward_real_data.py [--max-hh 1200] [--json]
+    PYTHONPATH=. python benchmarks/reward_real_data.py [--max-hh 2312] [--threads 1] [--json]
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-lamp", type=int, default=1919, help="LAMP paragraphs used (of 1,919 distinct)")
     ap.add_argument("--eval-frac", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids OpenMP oversubscription on a shared CPU)")
     ap.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = ap.parse_args(argv)
 
