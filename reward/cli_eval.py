@@ -442,6 +442,9 @@ def _cycle_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heldout-samples", type=int, default=d.heldout_samples,
                    help="pairs per held-out prompt for the rater's win-rate (default %(default)s)")
     p.add_argument("--noise", type=float, default=0.5, help="rater's star noise (default %(default)s)")
+    p.add_argument("--sim-prompts", default=None, metavar="FILE",
+                   help="prompt file for the simulated loop, with train and heldout splits (default assets/prompts.json); "
+                        "fewer held-out prompts make each run's win-rate cheaper and wider")
 
 
 def register(sub, parent) -> None:
@@ -537,7 +540,7 @@ def _sim_config(args, overrides: dict[str, Any], reward_cfg):
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, rm_every=args.rm_every,
         rl_steps=args.rl_steps, prompts_per_step=args.prompts_per_step, lr=float(overrides.get("lr", args.lr)),
         kl_coef=float(overrides.get("kl", args.kl_coef)), heldout_samples=args.heldout_samples, seed=args.seed,
-        reward=reward_cfg,
+        reward=reward_cfg, prompts_path=getattr(args, "sim_prompts", None),
     )
 
 
