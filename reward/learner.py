@@ -195,8 +195,16 @@ class NonFiniteWatch:
     def __init__(self, fn: Callable[..., Any]):
         self.fn, self.seen = fn, False
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        out = self.fn(*args, **kwargs)
+    def _accepts(self, name: str) -> bool:
+        try:
+            params = inspect.signature(self.fn).parameters.values()
+        except (TypeError, ValueError):
+            return True
+        return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+    def __call__(self, prompts: Any, texts: Any, extras: Any = None) -> Any:
+        out = self.fn(prompts, texts, extras=extras) if extras is not None and self._accepts("extras") \
+            else self.fn(prompts, texts)
         total = getattr(out, "total", out)
         if not np.all(np.isfinite(np.asarray(total, np.float64))):
             self.seen = True
