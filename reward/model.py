@@ -3,9 +3,10 @@
 Two backbones share one interface (``score``, ``save``, ``load``, ``reward_mean``/``reward_std``):
 
 - ``RewardModel`` (default): a small torch head over MiniLM sentence embeddings plus cheap text
-  statistics. Features per (context c, suggestion s): [s, c, s*c, |s-c|, stats(c, s)]. Embeddings
-  are cached in the store by ``text_hash`` and embedder name (and in memory), so retraining never
-  re-embeds old text; training touches only the head.
+  statistics. Features per (context c, suggestion s): chosen blocks of [s, c, s*c, |s-c|]
+  (training default: s and s*c) plus stats(c, s) and cos(s, c). Embeddings are cached in the
+  store by ``text_hash`` and embedder name (and in memory), so retraining never re-embeds old
+  text; training touches only the head.
 - ``LMRewardModel`` (``--rm-backbone lm``, for GPU users): the base causal LM with LoRA and a scalar
   head on the last token's hidden state. The head is saved beside the adapter
   (``adapter/`` + ``reward_head.safetensors``) so a reload gives the same rewards.
@@ -160,11 +161,17 @@ class RewardModelConfig:
     """Name of the embedder the features come from (cache key)."""
     stats: tuple[str, ...] = STAT_NAMES
     """Names of the text statistics appended to the embedding features."""
+    emb_features: tuple[str, ...] = ("s", "c", "sc", "absdiff")
+    """Embedding blocks fed to the head: s (suggestion), c (context), sc (s*c), absdiff (|s-c|)."""
     backbone: str = "embedder"
 
     @property
     def n_features(self) -> int:
-        return 4 * self.emb_dim + len(self.stats)
+        return self.n_emb_features + len(self.stats)
+
+    @property
+    def n_emb_features(self) -> int:
+        return len(self.emb_features) * self.emb_dim
 
 
 class RewardModel(nn.Module):
@@ -193,16 +200,17 @@ class RewardModel(nn.Module):
         stats = np.stack([text_stats(cx, t) for cx, t in zip(contexts, texts)])
         if "cos_context" in self.cfg.stats:
             stats = np.concatenate([stats, (s * c).sum(1, keepdims=True)], axis=1)
-        feats = np.concatenate([s, c, s * c, np.abs(s - c), stats], axis=1)
+        parts = {"s": s, "c": c, "sc": s * c, "absdiff": np.abs(s - c)}
+        feats = np.concatenate([parts[f] for f in self.cfg.emb_features] + [stats], axis=1)
         return torch.from_numpy(feats.astype(np.float32))
 
     def fit_stat_normalisation(self, feats: torch.Tensor) -> None:
-        st = feats[:, 4 * self.cfg.emb_dim :]
+        st = feats[:, self.cfg.n_emb_features :]
         self.stat_mean.copy_(st.mean(0))
         self.stat_std.copy_(st.std(0).clamp_min(1e-3) if len(st) > 1 else torch.ones_like(self.stat_std))
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        k = 4 * self.cfg.emb_dim
+        k = self.cfg.n_emb_features
         x = torch.cat([feats[:, :k], (feats[:, k:] - self.stat_mean) / self.stat_std], dim=1)
         r = self.linear(x) if self.mlp is None else self.mlp(x) + self.linear(x)
         return r.squeeze(-1)
@@ -229,6 +237,7 @@ class RewardModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         cfg = asdict(self.cfg)
         cfg["stats"] = list(cfg["stats"])
+        cfg["emb_features"] = list(cfg["emb_features"])
         (directory / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
         save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(directory / HEAD_FILE))
 
@@ -240,6 +249,7 @@ class RewardModel(nn.Module):
         if cfg.get("backbone", "embedder") == "lm":
             return LMRewardModel.load(directory, lm)
         cfg["stats"] = tuple(cfg.get("stats", STAT_NAMES))
+        cfg["emb_features"] = tuple(cfg.get("emb_features", ("s", "c", "sc", "absdiff")))
         model = cls(RewardModelConfig(**cfg), embedder, store)
         if embedder is not None and _embedder_name(embedder) != model.cfg.embedder:
             raise ValueError(f"reward model was trained on embedder {model.cfg.embedder!r}, "
