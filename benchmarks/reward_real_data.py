@@ -17,6 +17,19 @@ Embeddings are cached in a store under --cache-dir (default benchmarks/.cache), 
 trains. The split uses --seed; no hyperparameter here was chosen by looking at the held-out split.
 
     PYTHONPATH=. python benchmarks/reward_real_data.py [--max-hh 2312] [--threads 1] [--json]
+
+Measured here (2 shared CPU cores, 1 torch thread, seed 0, embeddings cached; 2026-11-28):
+
+| set | n train | n eval pairs | accuracy | length floor | shuffled control | spearman | train s |
+|---|---|---|---|---|---|---|---|
+| hh-rlhf harmless | 1855 | 457 | 0.611 | 0.535 | 0.501 | - | 17.6 |
+| TL;DR batch 13 | 885 | 212 | 0.703 | 0.700 | 0.476 | - | 4.3 |
+| LAMP-R (pointwise) | 1535 | 20000 | 0.623 | 0.550 | 0.471 | 0.221 | 4.6 |
+
+Retrain on 1,000 cached feedback items: 5.4 s (machine load ~9 on 2 cores). hh-rlhf and LAMP
+beat the length floor by 7-8 points; TL;DR does NOT clear it (0.703 vs 0.700): there "longer
+wins" is close to the ceiling a small model reaches (published 1.3B reward models: ~0.70).
+First run (embedding ~12k texts with MiniLM on CPU) takes 15-30 min on a busy 2-core machine.
 """
 
 from __future__ import annotations
