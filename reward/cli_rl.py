@@ -62,9 +62,9 @@ def cmd_rl_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_simulation(args, algo: str, lm, embedder, base_state, ddir: Path):
-    """One simulate run on its own data dir, with fresh copies of the base model for the
-    generator and for the learner."""
+def run_simulation(args, algo: str, lm, embedder, base_state, ddir: Path, last: bool = False):
+    """One simulate run on its own data dir, with a fresh copy of the base model for the generator
+    and another for the learner (the last run takes the base itself, saving a copy's memory)."""
     from assistant.cli import policy_source, say
     from assistant.config import GenerationSettings, LoraSettings
     from assistant.generate import Generator
@@ -82,7 +82,7 @@ def run_simulation(args, algo: str, lm, embedder, base_state, ddir: Path):
     gen = Generator(gen_model, lm.tokenizer, version_source=policy_source(store, profile), device=lm.device)
     services = Services(store, gen, Library(store, embedder, embedder_name(embedder)), model_name=lm.name,
                         generation=GenerationSettings(), default_profile=profile)
-    policy = Policy.from_base(fresh_copy(base_state), lm.tokenizer, LoraSettings())
+    policy = Policy.from_base(base_state if last else fresh_copy(base_state), lm.tokenizer, LoraSettings())
     cfg = SimConfig(
         budget=args.budget, algo=algo, k=args.k, max_new_tokens=args.max_new_tokens, rm_every=args.rm_every,
         rl_steps=args.rl_steps, prompts_per_step=args.prompts, lr=args.lr, kl_coef=args.kl_coef,
@@ -109,7 +109,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         ddir = root / f"{args.rater}-{algo}"
         ddir.mkdir(parents=True, exist_ok=True)
         say(f"simulate: rater={args.rater} algo={algo} budget={args.budget} data in {ddir}")
-        results.append(run_simulation(args, algo, lm, embedder, base_state, ddir))
+        results.append(run_simulation(args, algo, lm, embedder, base_state, ddir, last=algo == algos[-1]))
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2, default=float))
     else:

@@ -632,7 +632,8 @@ def train_policy(
     and KL state), else the version `parent` (a ModelVersion or id) loaded onto `lm_model`, else the
     profile's live policy, else a fresh LoRA on `lm_model`. `lm_model` must be a clean base model
     (peft injects the adapter into it). Rollout prompts come from the person's recent requests
-    unless `prompts` is given. Per-step metrics are logged in the store under the new version;
+    unless `prompts` is given. Per-step metrics are logged in the store under the new version
+    (steps 1..n; step 0 is the summary that add_version logs);
     metrics.json holds their means over the steps plus the last step's reward and KL. To keep
     training the same weights in memory across calls (the learner), build the Policy once and
     pass it as `policy=`."""
@@ -677,6 +678,7 @@ def train_policy(
         store, data_dir, kind="policy", profile_id=profile_id, writer=policy.save,
         metrics=metrics, config=config, parent_id=parent_id, publish=publish,
     )
+    # step 0 of the version's series is its summary (store.add_version); updates are steps 1..n
     for i, h in enumerate(history):
-        store.log_metrics(version.id, {k: v for k, v in h.items() if isinstance(v, (int, float))}, step=i)
+        store.log_metrics(version.id, {k: v for k, v in h.items() if isinstance(v, (int, float))}, step=i + 1)
     return version, metrics

@@ -176,3 +176,24 @@ def test_train_policy_writes_a_version_from_recent_requests(tiny_lm, store, tmp_
     fresh, _ = build_tiny_lm(seed=0, tokenizer=tok)
     with pytest.raises(ValueError, match="no requests"):
         train_policy(store, tmp_path, "nobody", fresh, tok, length_reward, cfg, steps=1)
+
+
+@pytest.mark.integration
+def test_real_smollm2_bf16_update(real_lm):
+    """The bundled SmolLM2 loads in bf16 on CPUs with fast bf16: the adapter and critic stay fp32,
+    KL starts at 0, one a2c step is finite and moves only the adapter; the base is restored after."""
+    import copy
+
+    from assistant.prompts import build_prompt, render
+
+    model = copy.deepcopy(real_lm.model)
+    tok = real_lm.tokenizer
+    pol = Policy.from_base(model, tok)
+    assert {p.dtype for p in pol.trainable_parameters()} == {torch.float32}
+    p = RolloutPrompt(render(build_prompt("continue", "The rain had not stopped for three days."), tok), "continue",
+                      source_text="The rain had not stopped for three days.")
+    cfg = RLConfig(algo="a2c", k=2, prompts_per_step=1, max_new_tokens=6, seed=0)
+    m = rl_step(pol, [p], length_reward, cfg)
+    assert m["rl/kl"] == 0.0 and m["rl/skipped"] == 0 and np.isfinite(m["rl/value_loss"])
+    m2 = rl_step(pol, [p], length_reward, cfg)
+    assert np.isfinite(m2["rl/kl"]) and m2["rl/skipped"] == 0
