@@ -79,10 +79,11 @@ def learner_busy(store) -> str | None:
     return st.get("phase") if st.get("phase") in ("reward", "recheck", "rl", "evaluate", "publish") else None
 
 
-def run_with_learner(services, args, data_dir: Path, capped: bool) -> tuple[list[float], list[float], list[str]]:
-    """Start the learner; once it trains, alternate one suggestion with the learner frozen
-    (SIGSTOP: the "idle" figure) and one with it running, so both see the same outside load.
-    Returns (idle times, learning times, learner phases seen)."""
+def run_with_learner(services, args, data_dir: Path, capped: bool):
+    """Start the learner; once it trains, cycle through the same request with the learner frozen
+    by hand (SIGSTOP: the "idle" figure), with it running, and with it running but paused during
+    generation as `inkloop serve` does (LearnerSupervisor.yielding), so all see the same outside
+    load. Returns (idle, learning, learning with yield, learner phases seen)."""
     import signal
 
     from reward.learner import LearnerSupervisor
@@ -100,7 +101,9 @@ def run_with_learner(services, args, data_dir: Path, capped: bool) -> tuple[list
             time.sleep(0.5)  # model loading and the reward model come first; measure during RL
         if learner_busy(services.store) is None:
             raise RuntimeError(f"the learner never started training; see {data_dir / 'learner.log'}")
-        idle, busy, phases = [], [], []
+        idle, busy, yielded, phases = [], [], [], []
+        gen = services.generator
+        plain_suggest = gen.suggest
         for i in range(args.reps):
             pid = sup.proc.pid
             os.kill(pid, signal.SIGSTOP)
@@ -110,8 +113,14 @@ def run_with_learner(services, args, data_dir: Path, capped: bool) -> tuple[list
                 os.kill(pid, signal.SIGCONT)
             time.sleep(0.5)  # let it get going again
             phases.append(learner_busy(services.store) or "idle")
-            busy += measure(services, 1, args.k, args.max_new_tokens, offset=i)  # the same request as the idle rep
-        return idle, busy, phases
+            busy += measure(services, 1, args.k, args.max_new_tokens, offset=i)  # the same request
+            gen.suggest = sup.yielding(plain_suggest)  # what `inkloop serve` does
+            try:
+                yielded += measure(services, 1, args.k, args.max_new_tokens, offset=i)
+            finally:
+                gen.suggest = plain_suggest
+            time.sleep(0.5)
+        return idle, busy, yielded, phases
     finally:
         sup.stop()
 
@@ -138,26 +147,29 @@ def main() -> int:
         la0 = loadavg()
         before = measure(services, args.reps, args.k, args.max_new_tokens)
         cols = [("idle, before the learner", before, ["-"], la0)]
-        idle, busy, ph = run_with_learner(services, args, data_dir, capped=True)
+        idle, busy, yielded, ph = run_with_learner(services, args, data_dir, capped=True)
         la = loadavg()
-        cols += [("idle (learner frozen)", idle, ["stopped"], la), ("learning (nice 10, 1 thread)", busy, ph, la)]
+        cols += [("idle (learner frozen)", idle, ["stopped"], la),
+                 ("learning, no yield (nice 10, 1 th)", busy, ph, la),
+                 ("learning, yields (as serve runs)", yielded, ph, la)]
         if args.uncapped:
-            idle_u, busy_u, ph_u = run_with_learner(services, args, data_dir, capped=False)
+            idle_u, busy_u, _y, ph_u = run_with_learner(services, args, data_dir, capped=False)
             cols += [("idle (frozen, uncapped run)", idle_u, ["stopped"], loadavg()),
-                     ("learning (uncapped)", busy_u, ph_u, loadavg())]
+                     ("learning, no yield, uncapped", busy_u, ph_u, loadavg())]
 
     base = statistics.median(idle)
     print(f"\nsuggestion latency, K={args.k} x {args.max_new_tokens} new tokens, {args.reps} reps, "
           f"model {services.model_name}, torch threads {__import__('torch').get_num_threads()}")
     print("idle and learning reps alternate (the learner is frozen with SIGSTOP for the idle ones), so both "
           "see the same outside load")
-    print(f"{'':32}{'median s':>10}{'p90 s':>10}{'ratio':>8}  {'load avg':<16} learner phases")
+    print(f"{'':36}{'median s':>10}{'p90 s':>10}{'ratio':>8}  {'load avg':<16} learner phases")
     for name, times, phases, la in cols:
         med = statistics.median(times)
         p90 = sorted(times)[max(0, int(round(0.9 * len(times))) - 1)]
-        print(f"{name:32}{med:>10.2f}{p90:>10.2f}{med / base:>7.2f}x  {la:<16} {','.join(sorted(set(phases)))}")
-    ratio = statistics.median(busy) / base
-    print(f"\ntarget: learning <= 1.5x idle -> {'met' if ratio <= 1.5 else 'NOT met'} ({ratio:.2f}x)")
+        print(f"{name:36}{med:>10.2f}{p90:>10.2f}{med / base:>7.2f}x  {la:<16} {','.join(sorted(set(phases)))}")
+    for name, times in (("as serve runs it", yielded), ("without yielding", busy)):
+        ratio = statistics.median(times) / base
+        print(f"target: learning <= 1.5x idle, {name}: {'met' if ratio <= 1.5 else 'NOT met'} ({ratio:.2f}x)")
     return 0
 
 

@@ -59,12 +59,17 @@ def attach_learning(services, args: argparse.Namespace):
         store=services.store, profile_id=args.profile, log_path=ddir / "learner.log",
     )
     sup.start()
+    if not getattr(args, "learner_no_yield", False):
+        # the person waiting for suggestions comes first: freeze the learner while generating
+        services.generator.suggest = sup.yielding(services.generator.suggest)
     return sup
 
 
 def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-learner", action="store_true", help="do not start the background learner process")
     p.add_argument("--learner-threads", type=int, default=1, help="torch threads of the learner process (default 1)")
+    p.add_argument("--learner-no-yield", action="store_true",
+                   help="let the learner run while suggestions are generated (by default it is paused meanwhile)")
 
 
 # ----------------------------------------------------------------------------- commands

@@ -780,7 +780,8 @@ def watch_parent(on_gone: Callable[[], None], interval_s: float = 2.0) -> thread
 
 class LearnerSupervisor:
     """Runs `inkloop learn` as a child process beside the server and restarts it with backoff if it
-    dies, so a learner crash (or a kill) never takes the UI down."""
+    dies, so a learner crash (or a kill) never takes the UI down. `yielding(fn)` wraps the app's
+    generation so the learner is frozen (SIGSTOP/SIGCONT) while a person waits for suggestions."""
 
     def __init__(self, argv: list[str], store: Store | None = None, profile_id: str = "default",
                  min_backoff_s: float = 2.0, max_backoff_s: float = 120.0, log_path: str | Path | None = None):
@@ -789,6 +790,12 @@ class LearnerSupervisor:
         self.log_path = Path(log_path) if log_path else None
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
+        self.max_freeze_s = 120.0
+        """The longest the learner stays frozen for one generation."""
+        self._freeze_lock = threading.Lock()
+        self._frozen = 0
+        self._frozen_pid: int | None = None
+        self._frozen_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -814,6 +821,63 @@ class LearnerSupervisor:
             if out is not subprocess.DEVNULL:
                 out.close()
 
+    # ------------------------------------------------------------------ yielding the CPU to the app
+    def freeze(self) -> None:
+        """Suspend the learner (SIGSTOP) while the app generates; nested calls are counted.
+        Safe for the database: the app's reads never wait on a writer (WAL) and the learner is
+        resumed before the app writes the request."""
+        import signal
+
+        with self._freeze_lock:
+            self._frozen += 1
+            p = self.proc
+            if self._frozen == 1 and p is not None and p.poll() is None:
+                try:
+                    os.kill(p.pid, signal.SIGSTOP)
+                    self._frozen_pid = p.pid
+                    self._frozen_at = time.monotonic()
+                except OSError:
+                    self._frozen_pid = None
+
+    def thaw(self) -> None:
+        import signal
+
+        with self._freeze_lock:
+            self._frozen = max(0, self._frozen - 1)
+            if self._frozen == 0 and self._frozen_pid is not None:
+                try:
+                    os.kill(self._frozen_pid, signal.SIGCONT)
+                except OSError:
+                    pass
+                self._frozen_pid = None
+
+    def yielding(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Wrap `fn` (e.g. Generator.suggest) so the learner is frozen while it runs."""
+        import functools
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            self.freeze()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.thaw()
+
+        return run
+
+    def _unfreeze_if_stuck(self) -> None:
+        """A generation that never ends must not starve the learner forever."""
+        with self._freeze_lock:
+            if self._frozen_pid is not None and time.monotonic() - self._frozen_at > self.max_freeze_s:
+                log.warning("learner frozen for over %.0f s: letting it run", self.max_freeze_s)
+                import signal
+
+                try:
+                    os.kill(self._frozen_pid, signal.SIGCONT)
+                except OSError:
+                    pass
+                self._frozen_pid = None
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._watch, name="inkloop-learner-supervisor", daemon=True)
         self._thread.start()
@@ -823,7 +887,12 @@ class LearnerSupervisor:
         while not self._stop.is_set():
             started = time.monotonic()
             self.proc = self._spawn()
-            rc = self.proc.wait()
+            while True:
+                try:
+                    rc = self.proc.wait(timeout=5.0)
+                    break
+                except subprocess.TimeoutExpired:
+                    self._unfreeze_if_stuck()
             if self._stop.is_set():
                 break
             ran = time.monotonic() - started
@@ -841,6 +910,9 @@ class LearnerSupervisor:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        with self._freeze_lock:
+            self._frozen = 1
+        self.thaw()  # a frozen process cannot act on SIGTERM
         p = self.proc
         if p is not None and p.poll() is None:
             p.terminate()

@@ -515,3 +515,41 @@ def test_evaluate_policies_kl_and_agreement(tmp_path, tiny_model_dir):
     assert res[b.id].step_kl == pytest.approx(0.0, abs=1e-5) and abs(res[b.id].kl) > 1e-3
     assert res[b.id].agreement in (0.0, 0.5, 1.0)  # two pairs, ties count half
     st.close()
+
+
+def test_supervisor_freezes_the_learner_while_the_app_generates(store):
+    import sys
+
+    from reward.learner import LearnerSupervisor
+
+    def state(pid: int) -> str:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+    sup = LearnerSupervisor([sys.executable, "-c", "import time\nwhile True: time.sleep(0.02)"], store=store)
+    sup.start()
+    try:
+        deadline = time.time() + 20
+        while (sup.proc is None or sup.proc.poll() is not None) and time.time() < deadline:
+            time.sleep(0.05)
+        pid = sup.proc.pid
+        seen = []
+
+        def generate(depth: int) -> str:
+            end = time.time() + 3  # a signal is delivered asynchronously
+            while state(pid) != "T" and time.time() < end:
+                time.sleep(0.01)
+            seen.append(state(pid))
+            return inner(depth - 1) if depth else "done"
+
+        inner = sup.yielding(generate)
+        assert inner(1) == "done"  # nested: still frozen in the inner call
+        assert seen == ["T", "T"]
+        time.sleep(0.1)
+        assert state(pid) in ("S", "R")  # running again afterwards
+        with pytest.raises(ZeroDivisionError):
+            sup.yielding(lambda: 1 / 0)()
+        time.sleep(0.1)
+        assert state(pid) in ("S", "R")  # thawed even when generation fails
+    finally:
+        sup.stop()
+    assert sup.proc.poll() is not None
