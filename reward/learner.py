@@ -790,8 +790,10 @@ class LearnerSupervisor:
         self.log_path = Path(log_path) if log_path else None
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
-        self.max_freeze_s = 120.0
-        """The longest the learner stays frozen for one generation."""
+        self.max_freeze_s = 20.0
+        """The longest the learner stays frozen for one generation (checked every 5 s). Kept below
+        the store's 30 s busy timeout: a learner frozen inside a (millisecond) write transaction
+        then never makes another writer fail."""
         self._freeze_lock = threading.Lock()
         self._frozen = 0
         self._frozen_pid: int | None = None
