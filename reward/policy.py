@@ -497,7 +497,11 @@ def rl_step(policy: Policy, prompts: Sequence[RolloutPrompt], reward_fn: RewardF
             m = mask[idx]
             logits, values = policy.forward(ro.input_ids[idx], ro.attention_mask[idx], T, cfg.temperature, cfg.autocast)
             logp = token_logprobs(logits, ro.responses[idx])
-            ent = L.masked_mean(L.entropy_from_logits(logits), m)
+            if cfg.ent_coef:
+                ent = L.masked_mean(L.entropy_from_logits(logits), m)
+            else:  # only a diagnostic: no graph through a (B, T, V) softmax
+                with torch.no_grad():
+                    ent = L.masked_mean(L.entropy_from_logits(logits), m)
             if cfg.algo == "ppo":
                 pg_loss, st = L.clipped_surrogate_loss(logp, old_logp[idx], advantages[idx], m, cfg.clip)
                 v_loss, _ = L.clipped_value_loss(values, old_values[idx], returns[idx], m, cfg.value_clip)
