@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+from assistant.prompts import _tail
+
 STAR_MARGIN_PER_STEP = 0.25
 """BT margin (in reward units) per star of difference: 5 vs 1 stars -> margin 1.0."""
 
@@ -86,14 +88,6 @@ class RewardData:
 
 
 # ----------------------------------------------------------------------------- context
-def _tail(text: str, max_chars: int) -> str:
-    if len(text) <= max_chars:
-        return text
-    cut = text[-max_chars:]
-    space = cut.find(" ")
-    return cut[space + 1 :] if 0 <= space < 40 else cut
-
-
 def context_of(request: Any) -> str:
     """The text the reward model conditions on for a ``storage.store.Request``: the mode, the
     style / keywords / inspire kind that shaped the request, then (the end of) the person's text.
