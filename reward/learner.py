@@ -886,9 +886,12 @@ class LearnerSupervisor:
 
     def _watch(self) -> None:
         backoff = self.min_backoff_s
-        while not self._stop.is_set():
+        while True:
+            with self._freeze_lock:  # stop() sets _stop under this lock: it never misses a new child
+                if self._stop.is_set():
+                    break
+                self.proc = self._spawn()
             started = time.monotonic()
-            self.proc = self._spawn()
             while True:
                 try:
                     rc = self.proc.wait(timeout=5.0)
@@ -911,11 +914,11 @@ class LearnerSupervisor:
             self._stop.wait(backoff)
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
         with self._freeze_lock:
+            self._stop.set()
             self._frozen = 1
+            p = self.proc
         self.thaw()  # a frozen process cannot act on SIGTERM
-        p = self.proc
         if p is not None and p.poll() is None:
             p.terminate()
             try:
