@@ -176,7 +176,13 @@ def rollback(
     republished (it becomes live); with ``target_id=None`` the previous still-published version
     becomes live again (or the base model, None, when there is none); ``target_id=0`` means the
     base model (every published version of the kind is marked rolled_back).
-    Returns the version that is live afterwards (None = the base model)."""
+    Returns the version that is live afterwards (None = the base model). All status changes land
+    in one transaction: a concurrent publish or rollback (learner process, API) never interleaves."""
+    with store.transaction():
+        return _rollback(store, profile_id, target_id, kind)
+
+
+def _rollback(store: Store, profile_id: str, target_id: int | None, kind: str) -> ModelVersion | None:
     live = store.live_version(profile_id, kind)
     if target_id is not None and target_id != 0:
         target = store.get_version(target_id)
