@@ -58,6 +58,8 @@ def resolve_version(store: Store, profile_id: str, kind: str, version_id: int | 
         v = store.get_version(int(version_id))  # NotFound for an unknown id
         if v.kind != kind:
             raise ExportError(f"version {v.id} is a {v.kind} version, not a {kind} version")
+        if v.profile_id != profile_id:
+            raise ExportError(f"version {v.id} belongs to another profile, not {profile_id!r}")
     if not Path(v.path).is_dir():
         raise ExportError(f"version {v.id} was pruned or discarded: its directory {v.path} no longer exists")
     return v
