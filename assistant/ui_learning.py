@@ -2,7 +2,9 @@
 
 Learning: the learner's phase and progress (polled from the store by a gr.Timer, so it survives a
 reload), pause / resume / train now, plots per version of reward-model accuracy, mean reward, KL
-and win-rate, feedback counts by kind, the version table with rollback, and the guard events.
+and win-rate, feedback counts by kind, the version table with rollback, the guard events, and the
+latest evaluation report (``inkloop eval ...`` writes them under <data_dir>/reports: its summary and
+plots, see reward.report).
 Export: merged model / adapter / reward model / feedback as a zip to download (always written
 under <data_dir>/exports).
 
@@ -12,6 +14,7 @@ tested without a browser. No torch and no SQL here.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -173,6 +176,79 @@ def downloadable(path: str | Path) -> str:
     return str(dst)
 
 
+REPORT_HELP = (
+    "No evaluation report yet in `{root}`. Make one from a terminal (same `--data-dir`), then press "
+    "**Open latest report**:\n\n"
+    "- `inkloop eval compare-rewards --rater concise --budget 24`: the simulated-rater cycle once per reward design;\n"
+    "- `inkloop eval sweep --param lr=1e-5,5e-5 --param kl=0.02,0.1 --rater concise --budget 24`: a hyper-parameter sweep;\n"
+    "- `inkloop eval --version V`: the quality of one policy version."
+)
+_SERVED_REPORTS: dict[str, Path] = {}
+"""report folder -> the temp folder its plots are offered from (one per process and report)."""
+
+
+def _summary_for_ui(md: str) -> str:
+    """The report's summary.md without its "## Plots" section: its images are links relative to
+    the report folder, which the browser cannot follow; the gallery shows the plots instead."""
+    out, skipping = [], False
+    for line in md.splitlines():
+        if line.strip().startswith("## "):
+            skipping = line.strip() == "## Plots"
+        if not skipping and not re.fullmatch(r"\s*!\[[^\]]*\]\([^)]*\)\s*", line):
+            out.append(line)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def served_plots(report_path: str | Path, plots: list[str]) -> list[str]:
+    """The report's PNGs as paths Gradio will serve. Gradio 6 serves only files in the working or
+    temp directory (or launch()'s allowed_paths, which mount_gradio_app resets); the data dir is
+    usually ~/.inkloop, so, like the Export tab, the plots are offered through hard links (copies
+    across filesystems) in a temp folder, made once per report and process."""
+    import os
+    import shutil
+    import tempfile
+
+    key = str(Path(report_path).resolve())
+    dst_dir = _SERVED_REPORTS.get(key)
+    if dst_dir is None or not dst_dir.is_dir():
+        dst_dir = Path(tempfile.mkdtemp(prefix=f"inkloop-report-{Path(report_path).name}-"))
+        _SERVED_REPORTS[key] = dst_dir
+    out = []
+    for src in map(Path, plots):
+        dst = dst_dir / src.name
+        if not dst.exists() or dst.stat().st_size != src.stat().st_size:
+            dst.unlink(missing_ok=True)
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+        out.append(str(dst))
+    return out
+
+
+def report_view(data_dir: str | Path) -> tuple[str, str, list[tuple[str, str]]]:
+    """(header Markdown, summary Markdown, gallery items [(png path, caption)]) of the newest report
+    under data_dir/reports; with no report, a message saying how to make one, "" and []."""
+    from reward.report import latest_report, reports_root
+
+    try:
+        rep = latest_report(data_dir)
+    except OSError as e:  # unreadable folder or summary: say so, do not break the tab
+        return f"⚠️ Could not read the reports in `{reports_root(data_dir)}`: {e}", "", []
+    if rep is None:
+        return REPORT_HELP.format(root=reports_root(data_dir)), "", []
+    paths = served_plots(rep["path"], rep["plots"])
+    header = (f"**Report:** `{rep['name']}` (kind: {rep['kind'] or '?'}) · folder `{rep['path']}` · "
+              f"{len(paths)} plot{'s' if len(paths) != 1 else ''}"
+              + (f" · raw results `{Path(rep['results_path']).name}`" if rep.get("results_path") else ""))
+    return header, _summary_for_ui(rep["summary"]), [(p, Path(p).stem) for p in paths]
+
+
+def open_latest_report(services: Services) -> tuple[str, str, list[tuple[str, str]]]:
+    """report_view of the services' data dir (the folder of its database)."""
+    return report_view(services.store.path.parent)
+
+
 def version_choices(services: Services, profile: str | None) -> list[tuple[str, Any]]:
     p = _profile(services, profile)
     out: list[tuple[str, Any]] = [("the live version", "live")]
@@ -183,7 +259,7 @@ def version_choices(services: Services, profile: str | None) -> list[tuple[str, 
 # ----------------------------------------------------------------------------- tabs
 def build_learning_tab(services: Services, ctx: Any = None) -> None:
     S = services
-    with gr.Tab("Learning", id="learning", elem_id="tab-learning"):
+    with gr.Tab("Learning", id="learning", elem_id="tab-learning") as tab:
         profile_box = getattr(ctx, "profile", None)
         profile_in = [profile_box] if profile_box is not None else [gr.State(None)]
         with gr.Row():
@@ -216,6 +292,13 @@ def build_learning_tab(services: Services, ctx: Any = None) -> None:
             target = gr.Dropdown(choices=[], label="Roll back to", interactive=True, elem_id="rollback-target")
             rollback_btn = gr.Button("Roll back", variant="stop", size="sm", elem_id="rollback")
         rollback_msg = gr.Markdown("", elem_classes=["small-note"])
+        with gr.Accordion("Evaluation report", open=True, elem_id="report-section"):
+            with gr.Row():
+                open_report = gr.Button("Open latest report", size="sm", elem_id="report-open")
+            report_head = gr.Markdown("", elem_id="report-header")
+            report_summary = gr.Markdown("", elem_id="report-summary")
+            report_plots = gr.Gallery(label="Report plots", columns=2, height="auto", object_fit="contain",
+                                      interactive=False, elem_id="report-plots")
 
     def fast(p):
         md, prog = learner_status(S, p)
@@ -232,9 +315,13 @@ def build_learning_tab(services: Services, ctx: Any = None) -> None:
     slow_timer = gr.Timer(15.0)
     slow_timer.tick(slow, inputs=profile_in, outputs=slow_out, show_progress="hidden")
     refresh.click(slow, inputs=profile_in, outputs=slow_out).then(fast, inputs=profile_in, outputs=[status, progress])
+    report_out = [report_head, report_summary, report_plots]
+    open_report.click(lambda: open_latest_report(S), outputs=report_out)
+    tab.select(lambda: open_latest_report(S), outputs=report_out, show_progress="hidden")
     if ctx is not None and getattr(ctx, "demo", None) is not None:
         ctx.demo.load(slow, inputs=profile_in, outputs=slow_out)
         ctx.demo.load(fast, inputs=profile_in, outputs=[status, progress])
+        ctx.demo.load(lambda: open_latest_report(S), outputs=report_out)
     for btn, action in ((pause, "pause"), (resume, "resume"), (train_now, "train_now")):
         btn.click(lambda p, a=action: do_learner_command(S, p, a), inputs=profile_in, outputs=[control_msg]).then(
             fast, inputs=profile_in, outputs=[status, progress])
