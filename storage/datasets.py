@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -156,8 +157,8 @@ def parse_record(obj: Any, fmt: str, line: int) -> Any:
         margin = obj.get("margin", 0.0)
         if margin is None:
             margin = 0.0
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-            raise ValueError("'margin' must be a number")
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
+            raise ValueError("'margin' must be a finite number")
         return PreferenceRecord(prompt, chosen, rejected, float(margin), line)
     if "completion" not in obj:
         raise ValueError("missing 'completion'")
@@ -167,8 +168,8 @@ def parse_record(obj: Any, fmt: str, line: int) -> Any:
         raise ValueError("empty completion")
     if fmt == "ratings":
         r = obj.get("rating")
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or r != r:
-            raise ValueError("'rating' must be a number")
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r):
+            raise ValueError("'rating' must be a finite number")
         return RatingRecord(prompt, completion, float(r), line)
     if fmt == "unpaired":
         lab = obj.get("label")
@@ -197,6 +198,8 @@ def parse_file(path: str | Path, fmt: str = "auto", limit: int | None = None) ->
             lines = list(fh)
     except UnicodeDecodeError as e:
         raise DatasetError(path, [(0, f"not UTF-8 text ({e})")]) from None
+    except (OSError, EOFError) as e:  # a truncated or corrupt .gz
+        raise DatasetError(path, [(0, f"cannot be read ({e})")]) from None
     for n, raw in enumerate(lines, start=1):
         if limit is not None and len(records) >= limit:
             break

@@ -66,6 +66,24 @@ def test_malformed_file_reports_line_numbers_and_imports_nothing(tmp_path, store
     assert store.counts()["requests"] == 0 and store.counts()["feedback"] == 0
 
 
+def test_non_finite_numbers_and_corrupt_gzip_are_reported(tmp_path):
+    f = tmp_path / "inf.jsonl"  # json.loads accepts Infinity/NaN; they would poison the normalisation
+    f.write_text('{"prompt": "p", "completion": "a", "rating": Infinity}\n'
+                 '{"prompt": "p", "completion": "b", "rating": NaN}\n'
+                 '{"prompt": "p", "chosen": "a", "rejected": "b", "margin": -Infinity}\n')
+    with pytest.raises(DatasetError) as ei:
+        parse_file(f, "ratings")
+    assert [n for n, _ in ei.value.errors] == [1, 2, 3]
+    with pytest.raises(DatasetError) as ei:
+        parse_file(f, "preference")
+    assert [n for n, _ in ei.value.errors] == [1, 2, 3]
+    assert "finite" in ei.value.errors[2][1]
+    gz = tmp_path / "bad.jsonl.gz"
+    gz.write_bytes(b"this is not gzip data")
+    with pytest.raises(DatasetError, match="cannot be read"):
+        parse_file(gz)
+
+
 def test_store_import_is_all_or_nothing(tmp_path, store):
     # valid JSON throughout, but a rating the store cannot hold (7 is not 1-5 stars)
     f = _write(tmp_path / "r.jsonl", [{"prompt": "p", "completion": "a", "rating": 5},
