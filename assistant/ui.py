@@ -115,7 +115,7 @@ def _seed(seed: Any) -> int | None:
         return None
     try:
         return int(float(seed))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # "abc", "nan", "inf"
         raise gr.Error(f"seed must be a whole number, got {seed!r}") from None
 
 

@@ -103,6 +103,8 @@ def test_bad_input_is_a_gradio_error_not_a_traceback(tiny_services):
         list(ui.suggest_restyle(tiny_services, "default", "A passage.", ui.SAMPLE_STYLE, "", 2, 1.0, 0.9, 8, None))
     with pytest.raises(gr.Error, match="seed"):
         _suggest_continue(tiny_services, seed="abc")
+    with pytest.raises(gr.Error, match="seed"):
+        _suggest_continue(tiny_services, seed="inf")
     assert tiny_services.store.counts()["requests"] == 0
 
 
