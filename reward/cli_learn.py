@@ -173,6 +173,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
     from assistant.cli import fail, open_store
     from storage import artifacts
+    from storage.store import StoreError
 
     store = open_store(args)
     try:
@@ -184,7 +185,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
                 return fail("V must be a version id, 0 (the base model) or 'previous'")
             try:
                 now = artifacts.rollback(store, args.profile, target, args.kind)
-            except artifacts.VersionError as e:
+            except (artifacts.VersionError, StoreError) as e:  # StoreError: NotFound for an unknown id
                 return fail(str(e))
             what = f"version {now.id}" if now else "the base model"
             store.add_event("rollback", f"rolled back to {what} (cli)", args.profile, now.id if now else None)

@@ -186,3 +186,10 @@ def test_serve_answers_the_api_and_reports_startup(tiny_model_dir, tmp_path):
     s = Store(tmp_path / "inkloop.db")
     assert s.counts()["suggestions"] == 2
     s.close()
+
+
+def test_versions_rollback_of_an_unknown_id_is_a_clear_error(capsys, tmp_path):
+    rc, out, err = _run(capsys, ["versions", "rollback", "99999", "--data-dir", str(tmp_path)])
+    assert rc == 2 and "version 99999 does not exist" in err and "Traceback" not in err
+    rc, out, err = _run(capsys, ["versions", "rollback", "previous", "--data-dir", str(tmp_path)])
+    assert rc == 2 and "nothing to roll back" in err
