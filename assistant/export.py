@@ -65,11 +65,14 @@ def resolve_version(store: Store, profile_id: str, kind: str, version_id: int | 
     return v
 
 
-def _prepare_out(out_dir: str | Path, overwrite: bool) -> Path:
+def _prepare_out(out_dir: str | Path, overwrite: bool, store: Store) -> Path:
     out = Path(out_dir).expanduser()
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise ExportError(f"{out} exists and is not empty (use --overwrite to replace it)")
+        if store.path.resolve().is_relative_to(out.resolve()):
+            # --overwrite would delete the database (and every version) along with the folder
+            raise ExportError(f"{out} holds inkloop's data directory; choose another output folder")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -140,7 +143,7 @@ def export_merged(
     adapter = Path(version.path) / ADAPTER_SUBDIR
     if not (adapter / "adapter_config.json").exists():
         raise ExportError(f"version {version.id} has no peft adapter at {adapter}")
-    out = _prepare_out(out_dir, overwrite)
+    out = _prepare_out(out_dir, overwrite, store)
     try:
         # merge in float32 so the merged weights equal W + BA as the live policy computes it
         base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float32)
@@ -177,7 +180,7 @@ def export_adapter(store: Store, version: ModelVersion, out_dir: str | Path, bas
     src = Path(version.path)
     if not (src / ADAPTER_SUBDIR / "adapter_config.json").exists():
         raise ExportError(f"version {version.id} has no peft adapter at {src / ADAPTER_SUBDIR}")
-    out = _prepare_out(out_dir, overwrite)
+    out = _prepare_out(out_dir, overwrite, store)
     shutil.copytree(src / ADAPTER_SUBDIR, out / ADAPTER_SUBDIR)
     for name in (VALUE_HEAD_FILE, "metrics.json", "config.json"):
         if (src / name).exists():
@@ -191,7 +194,7 @@ def export_adapter(store: Store, version: ModelVersion, out_dir: str | Path, bas
 
 def export_reward(store: Store, version: ModelVersion, out_dir: str | Path, overwrite: bool = False) -> Path:
     """A copy of a reward-model version directory (config, head weights, metrics)."""
-    out = _prepare_out(out_dir, overwrite)
+    out = _prepare_out(out_dir, overwrite, store)
     shutil.rmtree(out)
     shutil.copytree(version.path, out)
     return out
@@ -203,7 +206,7 @@ def export_feedback(store: Store, profile_id: str, out_dir: str | Path, overwrit
     (prompt/completion/label), plus a README with the counts."""
     from storage import datasets
 
-    out = _prepare_out(out_dir, overwrite)
+    out = _prepare_out(out_dir, overwrite, store)
     counts = {fmt: datasets.export_feedback(store, fmt, out / f"{fmt}.jsonl", profile_id) for fmt in datasets.FORMATS}
     lines = [f"# inkloop feedback of profile `{profile_id}`", "", "| file | rows |", "|---|---|"]
     lines += [f"| {fmt}.jsonl | {n} |" for fmt, n in counts.items()]

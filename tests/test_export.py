@@ -85,6 +85,9 @@ def test_adapter_and_reward_exports(store, tmp_path, tiny_model_dir):
     assert (out / "reward_config.json").exists() and (out / "metrics.json").exists()
     with pytest.raises(ExportError, match="not a policy version"):
         export(store, what="adapter", out_dir=tmp_path / "x", version_id=r.id)
+    with pytest.raises(ExportError, match="data directory"):  # --overwrite must never delete the store
+        export(store, what="adapter", out_dir=store.path.parent, version_id=v.id, overwrite=True)
+    assert store.path.exists() and Path(v.path).is_dir()
     with pytest.raises(ExportError, match="another profile"):
         export(store, what="adapter", out_dir=tmp_path / "z", version_id=v.id, profile_id="someone-else")
     assert not (tmp_path / "z").exists()
