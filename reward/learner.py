@@ -544,7 +544,9 @@ class Learner:
         reward_fn = NonFiniteWatch(self.reward_fn_factory(rm))
         prompts, pairs = self._heldout()
         if not prompts:
-            return CycleResult("skipped", "no stored prompts to evaluate on yet", metrics=metrics)
+            # finish (feedback counted as seen, phase idle): else every poll would retrain and
+            # publish another reward model on the same feedback
+            return self._finish(CycleResult("skipped", "no stored prompts to evaluate on yet", metrics=metrics), upto)
 
         # 2. recheck the live version against its parent -----------------------------------------
         live = self.store.live_version(self.profile, "policy")

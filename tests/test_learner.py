@@ -253,6 +253,27 @@ def test_nan_reward_is_caught_by_the_guard(store, tmp_path, tiny_model_dir, embe
     assert store.learner_state("default")["phase"] == "idle"
 
 
+def test_feedback_without_prompts_is_consumed_once(store, tmp_path, embedder):
+    # e.g. an imported ratings file without prompts: the reward model trains, RL has nothing to
+    # evaluate on; the next poll must wait for new feedback, not retrain and republish in a loop
+    from reward.learner import Learner
+
+    for i, t in enumerate(TEXTS):
+        req = store.record_request(profile_id="default", mode="imported", text="", options={}, prompt="",
+                                   policy_version=0, suggestions=[f"{t} It went on and on.", f"short {i}"])
+        store.add_feedback(req.suggestions[0].id, "thumb", 1)
+        store.add_feedback(req.suggestions[1].id, "thumb", -1)
+    learner = Learner(store, tmp_path, "default", lambda: (_ for _ in ()).throw(AssertionError("no model needed")),
+                      embedder, LearnerConfig(min_new_feedback=1))
+    res = learner.run_once()
+    assert res.outcome == "skipped" and "no stored prompts" in res.reason
+    assert store.learner_state("default")["phase"] == "idle"
+    assert len(store.versions("default", "reward")) == 1
+    res = learner.run_once()
+    assert res.outcome == "skipped" and "0 new" in res.reason
+    assert len(store.versions("default", "reward")) == 1
+
+
 def test_commands_pause_resume_train_now(store, tmp_path):
     from reward.learner import Learner
 
