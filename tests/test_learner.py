@@ -159,6 +159,29 @@ LEARN_FLAGS = ["--threads", "1", "--nice", "0", "--rl-steps", "1", "--rl-k", "2"
                "--agreement-drop", "1.0", "--max-length-corr", "1.01", "--max-kl", "1000"]
 
 
+def _tiny_base(tiny_model_dir):
+    """(base model, tokenizer) of the tiny test LM, loaded like the learner loads the real one."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from assistant.models import prepare_tokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    prepare_tokenizer(tok)
+    return base, tok
+
+
+def _rate_pairs(store, replies) -> None:
+    """One continue request per TEXTS entry with replies(i) = (good, bad): thumb up / thumb down."""
+    for i, t in enumerate(TEXTS):
+        req = store.record_request(profile_id="default", mode="continue", text=t, options={},
+                                   prompt=f"<|im_start|>user\n{t}<|im_end|>\n<|im_start|>assistant\n",
+                                   policy_version=0, suggestions=list(replies(i)))
+        store.add_feedback(req.suggestions[0].id, "thumb", 1)
+        store.add_feedback(req.suggestions[1].id, "thumb", -1)
+
+
+
 def test_feedback_api_learn_once_publishes_and_next_suggestion_uses_it(api, tmp_path, tiny_model_dir, capsys):
     import json
 
@@ -215,22 +238,12 @@ def test_feedback_api_learn_once_publishes_and_next_suggestion_uses_it(api, tmp_
 def test_nan_reward_is_caught_by_the_guard(store, tmp_path, tiny_model_dir, embedder):
     import copy
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from assistant.models import prepare_tokenizer
     from reward.functions import RewardFunction
     from reward.learner import Learner
     from reward.policy import RLConfig
 
-    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    prepare_tokenizer(tok)
-    for i, t in enumerate(TEXTS):
-        req = store.record_request(profile_id="default", mode="continue", text=t, options={},
-                                   prompt=f"<|im_start|>user\n{t}<|im_end|>\n<|im_start|>assistant\n",
-                                   policy_version=0, suggestions=[f"long reply number {i} goes on", f"short {i}"])
-        store.add_feedback(req.suggestions[0].id, "thumb", 1)
-        store.add_feedback(req.suggestions[1].id, "thumb", -1)
+    base, tok = _tiny_base(tiny_model_dir)
+    _rate_pairs(store, lambda i: (f"long reply number {i} goes on", f"short {i}"))
 
     class NaNReward(RewardFunction):
         def __call__(self, prompts, texts, extras=None):
@@ -443,23 +456,13 @@ def test_crash_between_write_and_rename_in_a_cycle_leaves_no_partial_version(sto
                                                                            embedder, monkeypatch):
     import copy
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from assistant.models import prepare_tokenizer
     from reward.learner import Learner
     from reward.policy import RLConfig
     from storage import artifacts
     from storage.artifacts import versions_root
 
-    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    prepare_tokenizer(tok)
-    for i, t in enumerate(TEXTS):
-        req = store.record_request(profile_id="default", mode="continue", text=t, options={},
-                                   prompt=f"<|im_start|>user\n{t}<|im_end|>\n<|im_start|>assistant\n",
-                                   policy_version=0, suggestions=[f"a long and complete reply {i}.", f"no {i}"])
-        store.add_feedback(req.suggestions[0].id, "thumb", 1)
-        store.add_feedback(req.suggestions[1].id, "thumb", -1)
+    base, tok = _tiny_base(tiny_model_dir)
+    _rate_pairs(store, lambda i: (f"a long and complete reply {i}.", f"no {i}"))
 
     real_rename = artifacts.os.rename
 
