@@ -15,8 +15,10 @@ Layout of a policy version directory::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -76,9 +78,21 @@ def write_atomic_dir(final: Path, writer: Callable[[Path], None]) -> Path:
     return final
 
 
+_SAFE_DIRNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def profile_dirname(profile_id: str) -> str:
+    """The folder of a profile under versions/: the id itself when it is a plain name, else a
+    hash of it (a profile such as "../x" or "a/b" must neither escape versions/ nor nest a level
+    deeper, where collect_garbage would take its versions for orphans)."""
+    if _SAFE_DIRNAME.fullmatch(profile_id) and not profile_id.startswith("p-"):
+        return profile_id
+    return "p-" + hashlib.sha256(profile_id.encode("utf-8")).hexdigest()[:16]
+
+
 def new_version_dir(data_dir: str | Path, kind: str, profile_id: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return versions_root(data_dir) / profile_id / f"{kind}-{stamp}-{uuid.uuid4().hex[:6]}"
+    return versions_root(data_dir) / profile_dirname(profile_id) / f"{kind}-{stamp}-{uuid.uuid4().hex[:6]}"
 
 
 def save_version(

@@ -144,3 +144,20 @@ def test_collect_garbage_removes_only_old_orphans(store, tmp_path):
     removed = collect_garbage(store, tmp_path)
     assert sorted(Path(p).name for p in removed) == sorted([orphan.name, tmp.name])
     assert Path(v.path).exists() and young.exists()
+
+
+def test_profile_names_never_leave_the_versions_folder(store, tmp_path):
+    root = versions_root(tmp_path).resolve()
+    for profile in ("../../escape", "a/b", "/abs", "..", "p-lookalike"):
+        v = save_version(store, tmp_path, kind="policy", profile_id=profile, writer=_writer("x"), publish=True)
+        d = Path(v.path).resolve()
+        assert d.parent.parent == root, (profile, d)  # versions/<one folder>/<version>
+        assert store.live_version(profile).id == v.id
+    assert Path(save_version(store, tmp_path, kind="policy", profile_id="alice", writer=_writer("y")).path
+                ).parent.name == "alice"
+    assert not (tmp_path.parent / "escape").exists()
+    # nothing of it looks like an orphan to the garbage collector
+    old = 1_000_000_000
+    for d in root.rglob("*"):
+        os.utime(d, (old, old))
+    assert collect_garbage(store, tmp_path) == []
