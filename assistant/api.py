@@ -238,8 +238,6 @@ def api_router(services: Services) -> APIRouter:
 
     @r.post("/styles", response_model=StyleOut, summary="Define (or redefine) a style for restyle mode")
     def save_style(body: StyleIn) -> dict[str, Any]:
-        if body.name in BUILTIN_STYLES or body.name in ("sample", "imitate"):
-            raise InputError(f"{body.name!r} is a built-in style name; choose another")
         services.save_style(body.name, body.description, body.profile)
         return {"name": body.name.strip(), "description": body.description.strip(), "builtin": False}
 

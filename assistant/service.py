@@ -15,6 +15,7 @@ from typing import Any, Iterator
 from storage.store import NotFound, Store, StoreError
 
 from .config import (
+    BUILTIN_STYLES,
     INSPIRE_KINDS,
     MAX_K,
     MAX_NEW_TOKENS,
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 
 MIN_MATERIAL_SCORE = 0.2
 """Library snippets below this cosine similarity to the inspire query are not offered as material."""
+
+
+SAMPLE_STYLE_NAMES = ("sample", "imitate")
+"""Style values that mean "imitate the sample text" (reserved: no defined style may take them)."""
 
 
 class InputError(ValueError):
@@ -102,7 +107,7 @@ def validate_request(req: SuggestRequest, custom_styles: dict[str, str] | None =
             raise InputError(f"unknown inspire_kind {req.inspire_kind!r}; expected one of {', '.join(INSPIRE_KINDS)}")
     if req.mode == "restyle":
         style = req.style or ""
-        if style in ("", "sample", "imitate"):
+        if style in ("", *SAMPLE_STYLE_NAMES):
             if not (req.sample or "").strip():
                 raise InputError("restyle needs a style, or a sample text to imitate")
         elif style not in {"formal", "casual", "concise", "vivid", "poetic"} and style not in (custom_styles or {}):
@@ -249,6 +254,8 @@ class Services:
         ]
 
     def save_style(self, name: str, description: str, profile: str | None = None) -> None:
+        if (name or "").strip() in (*BUILTIN_STYLES, *SAMPLE_STYLE_NAMES):
+            raise InputError(f"{name.strip()!r} is a built-in style name; choose another")
         try:
             self.store.save_style(profile or self.default_profile, name, description)
         except StoreError as e:

@@ -408,8 +408,6 @@ def find_material(services: Services, profile, keywords, theme) -> str:
 def save_style(services: Services, profile, name, description):
     """Save a person-defined style. Returns (style dropdown update, confirmation)."""
     name = (name or "").strip()
-    if name in BUILTIN_STYLES or name == SAMPLE_STYLE:
-        raise gr.Error(f"{name!r} is a built-in style; pick another name.")
     profile = _profile(services, profile)
     try:
         services.save_style(name, description or "", profile=profile)

@@ -277,8 +277,9 @@ def test_other_bad_inputs(client, tiny_services):
     assert client.post(f"{API}/library", json={"text": ""}).status_code == 422
     assert client.post(f"{API}/library", json={"text": "   "}).status_code == 400
     assert client.get(f"{API}/library", params={"query": "x", "top_k": 0}).status_code == 422
-    r = client.post(f"{API}/styles", json={"name": "formal", "description": "mine"})
-    assert r.status_code == 400 and "built-in" in r.json()["error"]
+    for reserved in ("formal", " formal ", "sample", "imitate"):
+        r = client.post(f"{API}/styles", json={"name": reserved, "description": "mine"})
+        assert r.status_code == 400 and "built-in" in r.json()["error"], (reserved, r.text)
     assert client.post(f"{API}/styles", json={"name": "noir", "description": ""}).status_code == 422
     assert client.post(f"{API}/styles", json={"name": "   ", "description": "d"}).status_code == 400
     assert client.get(f"{API}/nothing-here").status_code == 404

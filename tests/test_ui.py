@@ -167,8 +167,10 @@ def test_restyle_inspire_styles_and_library(tiny_services):
     store = tiny_services.store
     choice, msg = ui.save_style(tiny_services, "default", "noir", "hard-boiled, short sentences")
     assert ("noir (yours)", "noir") in choice["choices"] and choice["value"] == "noir" and "noir" in msg
-    with pytest.raises(gr.Error):
-        ui.save_style(tiny_services, "default", "formal", "clash with a built-in")
+    for reserved in ("formal", " poetic ", "imitate"):
+        with pytest.raises(gr.Error, match="built-in"):
+            ui.save_style(tiny_services, "default", reserved, "clash with a built-in")
+    assert set(store.styles("default")) == {"noir"}
     _, last = _last(ui.suggest_restyle(tiny_services, "default", "The rain fell on the city.", "noir", "",
                                        2, 1.0, 0.95, 10, 3))
     cands = _split(last)[4]
