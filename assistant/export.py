@@ -16,6 +16,7 @@ result for download.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -255,15 +256,24 @@ def export_to_exports_dir(
     root.mkdir(parents=True, exist_ok=True)
     out = root / name
     n = 1
-    while out.exists() or out.with_suffix(".zip").exists():
+    while out.exists() or out.with_name(out.name + ".zip").exists():
         out = root / f"{name}-{n}"
         n += 1
-    export(store, what=what, out_dir=out, profile_id=profile_id, version_id=version_id, base_path=base_path)
-    result: dict[str, Any] = {"name": out.name, "dir": str(out), "zip": None, "bytes": 0}
-    if make_zip:
-        z = shutil.make_archive(str(out), "zip", root_dir=out)
-        result["zip"] = z
-        result["bytes"] = Path(z).stat().st_size
+    zip_path = out.with_name(out.name + ".zip")
+    try:
+        export(store, what=what, out_dir=out, profile_id=profile_id, version_id=version_id, base_path=base_path)
+        result: dict[str, Any] = {"name": out.name, "dir": str(out), "zip": None, "bytes": 0}
+        if make_zip:
+            # zip beside, then rename: list_exports never offers a half-written zip for download
+            tmp = Path(shutil.make_archive(str(root / f".tmp-{out.name}"), "zip", root_dir=out))
+            os.replace(tmp, zip_path)
+            result["zip"] = str(zip_path)
+            result["bytes"] = zip_path.stat().st_size
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        (root / f".tmp-{out.name}.zip").unlink(missing_ok=True)
+        zip_path.unlink(missing_ok=True)
+        raise
     return result
 
 
@@ -273,6 +283,8 @@ def list_exports(data_dir: str | Path) -> list[dict[str, Any]]:
         return []
     out = []
     for z in sorted(root.glob("*.zip"), key=lambda p: p.stat().st_mtime, reverse=True):
+        if z.name.startswith("."):  # a zip being written
+            continue
         out.append({"name": z.name, "bytes": z.stat().st_size, "created_at": z.stat().st_mtime})
     return out
 

@@ -4,6 +4,7 @@ adapter/reward copies; exports for download stay inside <data_dir>/exports."""
 from __future__ import annotations
 
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -111,6 +112,21 @@ def test_exports_for_download_stay_in_exports_dir(store, tmp_path, tiny_model_di
             export_zip_path(tmp_path, bad)
     with pytest.raises(ExportError):
         export_to_exports_dir(store, tmp_path, what="adapter", version_id=-1)
+
+
+
+def test_failed_download_export_leaves_nothing_behind(store, tmp_path, tiny_model_dir, monkeypatch):
+    v = save_version(store, tmp_path, kind="policy", profile_id="default", writer=lora_policy_writer(tiny_model_dir, 2),
+                     publish=True)
+
+    def broken_archive(base_name, fmt, root_dir):
+        Path(base_name + ".zip").write_bytes(b"PK half a zip")  # what a full disk leaves
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(shutil, "make_archive", broken_archive)
+    with pytest.raises(OSError, match="No space"):
+        export_to_exports_dir(store, tmp_path, what="adapter", version_id=v.id)
+    assert list_exports(tmp_path) == [] and list(exports_root(tmp_path).iterdir()) == []
 
 
 def test_feedback_export_writes_trl_datasets(store, tmp_path):
