@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Sequence
+
+from storage.artifacts import write_atomic_dir
 
 REPORTS_DIR = "reports"
 
@@ -235,9 +235,8 @@ def write_report(
     final = root / f"{stamp}-{kind}"
     if final.exists():
         final = root / f"{stamp}-{kind}-{uuid.uuid4().hex[:4]}"
-    tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:6]}"
-    tmp.mkdir()
-    try:
+
+    def write(tmp: Path) -> None:
         plots = standard_plots(runs, tmp)
         best = best_run(runs, best_key, tiebreak=tiebreak)
         md = [f"# {title}", "", f"*{time.strftime('%Y-%m-%d %H:%M:%S')} — kind: {kind}*", ""]
@@ -255,11 +254,8 @@ def write_report(
         raw = {"kind": kind, "title": title, "settings": settings or {}, "best": best["name"] if best else None,
                "best_key": best_key, "runs": list(runs), "plots": [p.name for p in plots]}
         (tmp / "results.json").write_text(json.dumps(_jsonable(raw), indent=2))
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+
+    return write_atomic_dir(final, write)  # a reader never sees half a report
 
 
 def latest_report(data_dir: str | Path) -> dict[str, Any] | None:
