@@ -4,7 +4,11 @@ Two backbones share one interface (``score``, ``save``, ``load``, ``reward_mean`
 
 - ``RewardModel`` (default): a small torch head over MiniLM sentence embeddings plus cheap text
   statistics. Features per (context c, suggestion s): chosen blocks of [s, c, s*c, |s-c|]
-  (training default: s and s*c) plus stats(c, s) and cos(s, c). Embeddings are cached in the
+  (training default: s and s*c) plus stats(c, s) and cos(s, c). Opt-in (named in the config, off by
+  default): lexical relation stats (``RELATION_STAT_NAMES``: coverage of the context's content
+  words, bigram overlap, ...), ``cos_context_head`` and the block ``sch`` (s times the embedding of
+  the context's *beginning*). They did not beat the default on an inner cross-validation of the
+  benchmark sets' training parts (see benchmarks/reward_real_data.py). Embeddings are cached in the
   store by ``text_hash`` and embedder name (and in memory), so retraining never re-embeds old
   text; training touches only the head.
 - ``LMRewardModel`` (``--rm-backbone lm``, for GPU users): the base causal LM with LoRA and a scalar
@@ -62,6 +66,47 @@ STAT_NAMES = (
     "cos_context",  # cosine of the suggestion and context embeddings (added in raw_features)
 )
 TEXT_STAT_NAMES = STAT_NAMES[:-1]
+RELATION_STAT_NAMES = (
+    "coverage",
+    "weighted_coverage",
+    "bigram_overlap",
+    "novel_content_frac",
+    "ends_clean",
+)
+"""Optional statistics of how a suggestion relates to its context (computed only when a model's
+config names them): share of the context's distinct content words the text contains; the same
+weighted by how often each word occurs in the context; share of the text's word bigrams found in
+the context; share of the text's content words absent from the context; whether the text ends
+with sentence punctuation (1) or stops mid-sentence (0)."""
+ALL_STAT_NAMES = STAT_NAMES + RELATION_STAT_NAMES + ("cos_context_head",)
+"""cos_context_head: cosine of the suggestion with the embedding of the context's beginning."""
+
+_STOP = frozenset(
+    "a an the and or but if then so of to in on at by for with from as is are was were be been being am i me my "
+    "mine we us our you your he him his she her it its they them their this that these those there here what which "
+    "who whom when where why how not no yes do does did done have has had having will would can could should may "
+    "might must just very really also too than about into over after before up down out off again all any some "
+    "more most other such only own same s t don im ive id dont didnt cant wont isnt".split()
+)
+_END = re.compile(r"[.!?)\]\"'…]\s*$")
+
+
+def relation_stats(context: str, text: str) -> np.ndarray:
+    """RELATION_STAT_NAMES, in that order (see its docstring)."""
+    words = _WORD.findall(text.lower())
+    cwords_list = _WORD.findall(context.lower())
+    cwords = set(cwords_list)
+    content = [w for w in words if w not in _STOP and not w.isdigit()]
+    ccontent = [w for w in cwords_list if w not in _STOP and not w.isdigit()]
+    cset, sset = set(ccontent), set(content)
+    coverage = len(cset & sset) / len(cset) if cset else 0.0
+    weighted = sum(w in sset for w in ccontent) / len(ccontent) if ccontent else 0.0
+    cbig = set(zip(cwords_list, cwords_list[1:]))
+    big = list(zip(words, words[1:]))
+    bigram = sum(b in cbig for b in big) / len(big) if big else 0.0
+    novel = sum(w not in cwords for w in content) / len(content) if content else 0.0
+    ends = 1.0 if _END.search(text.strip()) else 0.0
+    return np.array([coverage, weighted, bigram, novel, ends], dtype=np.float32)
 
 
 def text_stats(context: str, text: str) -> np.ndarray:
@@ -100,6 +145,10 @@ def text_stats(context: str, text: str) -> np.ndarray:
 
 def context_for_embedding(context: str) -> str:
     return context if len(context) <= CONTEXT_EMBED_CHARS else context[-CONTEXT_EMBED_CHARS:]
+
+
+def context_head_for_embedding(context: str) -> str:
+    return context if len(context) <= CONTEXT_EMBED_CHARS else context[:CONTEXT_EMBED_CHARS]
 
 
 # ----------------------------------------------------------------------------- embedding cache
@@ -160,9 +209,11 @@ class RewardModelConfig:
     embedder: str = "all-MiniLM-L6-v2"
     """Name of the embedder the features come from (cache key)."""
     stats: tuple[str, ...] = STAT_NAMES
-    """Names of the text statistics appended to the embedding features."""
+    """Names of the text statistics appended to the embedding features (from ALL_STAT_NAMES, in
+    this order; older saved models name STAT_NAMES and load unchanged)."""
     emb_features: tuple[str, ...] = ("s", "c", "sc", "absdiff")
-    """Embedding blocks fed to the head: s (suggestion), c (context), sc (s*c), absdiff (|s-c|)."""
+    """Embedding blocks fed to the head: s (suggestion), c (context), sc (s*c), absdiff (|s-c|),
+    sch (s times the embedding of the context's beginning)."""
     backbone: str = "embedder"
 
     @property
@@ -197,12 +248,37 @@ class RewardModel(nn.Module):
             raise ValueError("contexts and texts must have the same length")
         s = self.cache(list(texts))
         c = self.cache([context_for_embedding(x) for x in contexts])
-        stats = np.stack([text_stats(cx, t) for cx, t in zip(contexts, texts)])
-        if "cos_context" in self.cfg.stats:
-            stats = np.concatenate([stats, (s * c).sum(1, keepdims=True)], axis=1)
+        stats = self._stats(contexts, texts, s, c)
         parts = {"s": s, "c": c, "sc": s * c, "absdiff": np.abs(s - c)}
+        if "sch" in self.cfg.emb_features:
+            parts["sch"] = s * self._head(contexts)
         feats = np.concatenate([parts[f] for f in self.cfg.emb_features] + [stats], axis=1)
         return torch.from_numpy(feats.astype(np.float32))
+
+    def _head(self, contexts: Sequence[str]) -> np.ndarray:
+        """Embeddings of the contexts' beginnings (a post's title and opening; a chat's first turn)."""
+        return self.cache([context_head_for_embedding(x) for x in contexts])
+
+    def _stats(self, contexts: Sequence[str], texts: Sequence[str], s: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """The statistics named in cfg.stats, in that order (N, len(cfg.stats))."""
+        names = self.cfg.stats
+        unknown = [n for n in names if n not in ALL_STAT_NAMES]
+        if unknown:
+            raise ValueError(f"unknown reward statistics {unknown}")
+        cols: dict[str, np.ndarray] = {}
+        if any(n in TEXT_STAT_NAMES for n in names):
+            st = np.stack([text_stats(cx, t) for cx, t in zip(contexts, texts)]).reshape(len(texts), -1)
+            cols.update(zip(TEXT_STAT_NAMES, st.T))
+        if any(n in RELATION_STAT_NAMES for n in names):
+            st = np.stack([relation_stats(cx, t) for cx, t in zip(contexts, texts)]).reshape(len(texts), -1)
+            cols.update(zip(RELATION_STAT_NAMES, st.T))
+        if "cos_context" in names:
+            cols["cos_context"] = (s * c).sum(1)
+        if "cos_context_head" in names:
+            cols["cos_context_head"] = (s * self._head(contexts)).sum(1)
+        if not names:
+            return np.zeros((len(texts), 0), np.float32)
+        return np.stack([cols[n] for n in names], axis=1).astype(np.float32)
 
     def fit_stat_normalisation(self, feats: torch.Tensor) -> None:
         st = feats[:, self.cfg.n_emb_features :]

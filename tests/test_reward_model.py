@@ -202,3 +202,38 @@ def test_lm_backbone_learns_and_round_trips(tiny_lm, tiny_tokenizer, tmp_path):
     loaded = RewardModel.load(tmp_path / "lm-rm", lm=fresh)
     np.testing.assert_allclose(loaded.score([p.context for p in pairs], [p.chosen for p in pairs]), before,
                                rtol=1e-5, atol=1e-5)
+
+
+def test_relation_stats_by_hand():
+    from reward.model import RELATION_STAT_NAMES, relation_stats
+
+    ctx = "The cat sat on the mat. The cat slept."
+    # content words of ctx (stop words dropped): cat, sat, mat, cat, slept -> distinct {cat, sat, mat, slept}
+    txt = "The cat sat on a rug"  # content words: cat, sat, rug
+    st = dict(zip(RELATION_STAT_NAMES, relation_stats(ctx, txt)))
+    assert st["coverage"] == pytest.approx(2 / 4)  # cat, sat of {cat, sat, mat, slept}
+    assert st["weighted_coverage"] == pytest.approx(3 / 5)  # cat, sat, cat of 5 occurrences
+    # bigrams the cat | cat sat | sat on | on a | a rug: the first three occur in ctx
+    assert st["bigram_overlap"] == pytest.approx(3 / 5)
+    assert st["novel_content_frac"] == pytest.approx(1 / 3)  # rug
+    assert st["ends_clean"] == 0.0 and relation_stats(ctx, txt + ".")[-1] == 1.0
+
+
+def test_extra_stats_train_save_load(embedder, store, tmp_path):
+    from reward.model import RewardModel, STAT_NAMES
+
+    stats = STAT_NAMES + ("coverage", "bigram_overlap", "cos_context_head")
+    data = separable_data(16)
+    cfg = RewardTrainConfig(epochs=5, eval_frac=0.0, shuffled_control=False, stats=stats,
+                            emb_features=("s", "sc", "sch"))
+    model, _m = train_reward_model(data, cfg, embedder, store)
+    assert model.cfg.stats == stats and model.cfg.n_features == 3 * 384 + len(stats)
+    ctx, txt = [p.context for p in data.pairs], [p.chosen for p in data.pairs]
+    before = model.score(ctx, txt)
+    model.save(tmp_path / "rm")
+    loaded = RewardModel.load(tmp_path / "rm", embedder, store)
+    assert loaded.cfg.stats == stats
+    np.testing.assert_array_equal(loaded.score(ctx, txt), before)
+    with pytest.raises(ValueError, match="unknown reward statistics"):
+        train_reward_model(data, RewardTrainConfig(epochs=1, eval_frac=0.0, shuffled_control=False,
+                                                   stats=("no_such_stat",)), embedder, store)
