@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from assistant.cli import say as _say
+
 from . import quality as Q
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -252,12 +254,6 @@ def reward_judge(reward_fn) -> Judge:
 
 
 # ----------------------------------------------------------------------------- command plumbing
-def _say(msg: str) -> None:
-    import sys
-
-    print(msg, file=sys.stderr, flush=True)
-
-
 def _generation(args) -> Any:
     from assistant.config import GenerationSettings
 
