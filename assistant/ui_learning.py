@@ -23,6 +23,7 @@ import gradio as gr
 import pandas as pd
 
 from storage import artifacts
+from storage.store import StoreError
 
 from .export import ExportError, base_model_path, export_to_exports_dir
 from .service import Services
@@ -132,7 +133,7 @@ def do_rollback(services: Services, profile: str | None, target: int | None) -> 
         return "Choose a version to roll back to."
     try:
         now = artifacts.rollback(services.store, p, int(target))
-    except artifacts.VersionError as e:
+    except (artifacts.VersionError, StoreError) as e:
         return f"⚠️ {e}"
     what = f"version {now.id}" if now else "the base model"
     services.store.add_event("rollback", f"rolled back to {what} (ui)", p, now.id if now else None)
@@ -160,15 +161,24 @@ def do_export(services: Services, profile: str | None, what: str, version: Any) 
     return f"Exported **{what}** ({res['bytes'] / 1e6:.1f} MB) → `{res['name']}.zip`", res["zip"]
 
 
+_DOWNLOAD_DIR: Path | None = None
+
+
 def downloadable(path: str | Path) -> str:
     """Gradio serves only files in the working or temp directory (or allowed_paths set at launch):
-    offer the export through a hard link (a copy across filesystems) in a fresh temp folder."""
+    offer the export through a hard link (a copy across filesystems) in one temp folder per
+    process, which keeps only the latest download so merged models do not pile up in /tmp."""
     import os
     import shutil
     import tempfile
 
+    global _DOWNLOAD_DIR
+    if _DOWNLOAD_DIR is None or not _DOWNLOAD_DIR.is_dir():
+        _DOWNLOAD_DIR = Path(tempfile.mkdtemp(prefix="inkloop-export-"))
+    for old in _DOWNLOAD_DIR.iterdir():
+        old.unlink(missing_ok=True)
     src = Path(path)
-    dst = Path(tempfile.mkdtemp(prefix="inkloop-export-")) / src.name
+    dst = _DOWNLOAD_DIR / src.name
     try:
         os.link(src, dst)
     except OSError:
