@@ -23,17 +23,29 @@ def _rl_config(args):
 
 
 def cmd_rl_train(args: argparse.Namespace) -> int:
-    from assistant.cli import data_dir, fail, load_models, open_store, say
+    from assistant.cli import command, fail, open_store
+
+    cfg = _rl_config(args)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        return fail(str(e))
+    store = open_store(args)
+    try:
+        return command(lambda a: _rl_train(a, store, cfg))(args)
+    finally:
+        store.close()
+
+
+def _rl_train(args: argparse.Namespace, store, cfg) -> int:
+    from assistant.cli import data_dir, fail, load_models, say
     from assistant.config import LoraSettings
 
     from .functions import RewardConfig, RewardFunction, embed_with
     from .policy import train_policy
     from .train import load_live_reward_model
 
-    store = open_store(args)
     profile = args.profile
-    cfg = _rl_config(args)
-    cfg.validate()
     if not store.recent_requests(profile, limit=1):
         return fail(f"profile {profile!r} has no requests yet: ask for some suggestions first")
     lm, embedder = load_models(args, with_embedder=True)
@@ -97,6 +109,12 @@ def run_simulation(args, algo: str, lm, embedder, base_state, ddir: Path, last: 
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from assistant.cli import command
+
+    return command(_simulate)(args)
+
+
+def _simulate(args: argparse.Namespace) -> int:
     from assistant.cli import data_dir, load_models, say
 
     lm, embedder = load_models(args, with_embedder=True)
