@@ -225,6 +225,14 @@ class RewardModelConfig:
         return len(self.emb_features) * self.emb_dim
 
 
+def _collect_scores(chunks: list[torch.Tensor], mean: float, std: float, normalize: bool) -> np.ndarray:
+    """Concatenate batched scores; optionally standardise them with the training mean/std."""
+    r = torch.cat(chunks).numpy() if chunks else np.zeros(0, np.float32)
+    if normalize:
+        r = (r - float(mean)) / max(float(std), 1e-6)
+    return r.astype(np.float32)
+
+
 class RewardModel(nn.Module):
     """MLP (plus a linear skip) over [s, c, s*c, |s-c|, standardised stats]."""
 
@@ -302,10 +310,7 @@ class RewardModel(nn.Module):
         for i in range(0, len(texts), batch_size):
             out.append(self(self.raw_features(contexts[i : i + batch_size], texts[i : i + batch_size])))
         self.train(was)
-        r = torch.cat(out).numpy() if out else np.zeros(0, np.float32)
-        if normalize:
-            r = (r - float(self.reward_mean)) / max(float(self.reward_std), 1e-6)
-        return r.astype(np.float32)
+        return _collect_scores(out, self.reward_mean, self.reward_std, normalize)
 
     # -- persistence
     def save(self, directory: str | Path) -> None:
@@ -413,10 +418,7 @@ class LMRewardModel(nn.Module):
         out = [self(contexts[i : i + batch_size], texts[i : i + batch_size]).cpu()
                for i in range(0, len(texts), batch_size)]
         self.train(was)
-        r = torch.cat(out).numpy() if out else np.zeros(0, np.float32)
-        if normalize:
-            r = (r - float(self.reward_mean)) / max(float(self.reward_std), 1e-6)
-        return r.astype(np.float32)
+        return _collect_scores(out, self.reward_mean, self.reward_std, normalize)
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
