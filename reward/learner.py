@@ -182,11 +182,10 @@ def guard_length_hacking(
 
 
 def win_rate(new: Sequence[float], old: Sequence[float]) -> float:
-    """Share of paired samples where new beats old (ties count half)."""
-    a, b = np.asarray(new, np.float64), np.asarray(old, np.float64)
-    if len(a) == 0:
-        return 0.5
-    return float(((a > b).sum() + 0.5 * (a == b).sum()) / len(a))
+    """Share of paired samples where new beats old (ties count half); 0.5 when there are none."""
+    from .train import pair_accuracy
+
+    return pair_accuracy(new, old) if len(new) else 0.5
 
 
 class NonFiniteWatch:
