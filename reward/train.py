@@ -159,6 +159,55 @@ def split_by_group(data: RewardData, eval_frac: float, seed: int = 0) -> tuple[R
     return data.select(g for g in groups if g not in held), data.select(held)
 
 
+def grouped_folds(data: RewardData, k: int = 5, seed: int = 0) -> list[tuple[RewardData, RewardData]]:
+    """k (train, held-out) splits for cross-validation: the groups, shuffled with ``seed``, are dealt
+    round-robin into k folds, so every group is held out exactly once and never straddles a split."""
+    groups = data.groups()
+    if k < 2 or len(groups) < k:
+        raise ValueError(f"need k >= 2 and at least k groups (k={k}, groups={len(groups)})")
+    order = groups[:]
+    random.Random(seed).shuffle(order)
+    folds = [order[i::k] for i in range(k)]
+    out = []
+    for held in folds:
+        h = set(held)
+        out.append((data.select(g for g in groups if g not in h), data.select(held)))
+    return out
+
+
+def paired_bootstrap_ci(model_correct: Sequence[float], longer_wins: Sequence[float],
+                        clusters: Sequence[Sequence[int]], n_boot: int = 2000, seed: int = 0,
+                        level: float = 0.95) -> dict[str, float]:
+    """Bootstrap CI of (model accuracy - length floor) on the same pairs.
+
+    Per pair: ``model_correct`` (1, 0.5 for a tie, 0), ``longer_wins`` (1 when the chosen text is
+    the longer, 0.5 equal, 0 shorter) and the ids of the clusters it belongs to (its post /
+    conversation; a pair of two LAMP paragraphs belongs to both). Each resample draws clusters with
+    replacement and weights a pair by the product of its clusters' draw counts; the floor is
+    recomputed per resample as max(longer, shorter), as ``length_floor`` does."""
+    mc = np.asarray(model_correct, np.float64)
+    lw = np.asarray(longer_wins, np.float64)
+    width = max(len(c) for c in clusters)
+    cl = np.array([list(c) + [-1] * (width - len(c)) for c in clusters], np.int64)
+    n_cl = int(cl.max()) + 1
+
+    def stat(w: np.ndarray) -> float:
+        acc = float((w * mc).sum() / w.sum())
+        lon = float((w * lw).sum() / w.sum())
+        return acc - max(lon, 1.0 - lon)
+
+    point = stat(np.ones(len(mc)))
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_boot):
+        counts = np.append(np.bincount(rng.integers(0, n_cl, n_cl), minlength=n_cl), 1).astype(np.float64)
+        w = counts[cl].prod(axis=1)  # padding (-1) indexes the trailing 1
+        if w.sum() > 0:
+            draws.append(stat(w))
+    lo, hi = np.quantile(draws, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return {"diff": point, "lo": float(lo), "hi": float(hi)}
+
+
 def pairs_from_points(points: Sequence[PointwiseTarget], min_diff: float, max_pairs: int = 20000,
                       seed: int = 0) -> list[PreferencePair]:
     """Evaluation pairs from pointwise targets that share a context and differ by >= min_diff."""

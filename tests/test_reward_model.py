@@ -16,8 +16,10 @@ from reward.train import (
     RewardTrainConfig,
     bradley_terry_loss,
     expected_calibration_error,
+    grouped_folds,
     length_floor,
     pair_accuracy,
+    paired_bootstrap_ci,
     pairs_from_points,
     pointwise_loss,
     shuffled_labels,
@@ -72,6 +74,39 @@ def test_split_by_group_never_splits_a_group():
     assert len(ev.groups()) == 2 and len(tr.groups()) == 8
     assert not set(tr.groups()) & set(ev.groups())
     assert len(tr) + len(ev) == 50
+
+
+def test_grouped_folds_hold_out_every_group_once():
+    data = RewardData([PreferencePair("c", f"x{i}", f"y{i}", group=f"g{i % 11}") for i in range(55)], [])
+    folds = grouped_folds(data, k=5, seed=1)
+    assert len(folds) == 5
+    held = [g for _tr, ev in folds for g in ev.groups()]
+    assert sorted(held) == sorted(data.groups())  # each of the 11 groups held out exactly once
+    assert sorted(len(ev.groups()) for _tr, ev in folds) == [2, 2, 2, 2, 3]
+    for tr, ev in folds:
+        assert not set(tr.groups()) & set(ev.groups()) and len(tr) + len(ev) == 55
+    assert [ev.groups() for _t, ev in grouped_folds(data, 5, 1)] == [ev.groups() for _t, ev in folds]
+    with pytest.raises(ValueError):
+        grouped_folds(data, k=12)
+
+
+def test_paired_bootstrap_ci_by_hand():
+    # model right on every pair, longer wins on every pair: diff 0 in every resample
+    ci = paired_bootstrap_ci([1, 1, 1, 1], [1, 1, 1, 1], [[0], [0], [1], [1]], n_boot=200)
+    assert (ci["diff"], ci["lo"], ci["hi"]) == (0.0, 0.0, 0.0)
+    # each cluster: model right on one of its two pairs (0.5); longer always wins (floor 1) -> -0.5 always
+    ci = paired_bootstrap_ci([1, 0, 1, 0], [1, 1, 1, 1], [[0], [0], [1], [1]], n_boot=200)
+    assert ci["diff"] == ci["lo"] == ci["hi"] == -0.5
+    # two clusters, model right on cluster 0 only, length a coin flip (floor 0.5): a resample of
+    # {0,0} gives 1 - 0.5, {1,1} gives 0 - 0.5, a mixed one 0.5 - 0.5; each pure draw has p = 1/4
+    ci = paired_bootstrap_ci([1, 0], [0.5, 0.5], [[0], [1]], n_boot=2000, seed=0)
+    assert ci["diff"] == 0.0 and ci["lo"] == -0.5 and ci["hi"] == 0.5
+    # a pair in two clusters (two paragraphs) is weighted by the product of their draw counts:
+    # pair 0 in clusters {0, 1}, pair 1 in {1}; longer always wins (floor 1). Draw {1, 1}: weights
+    # 0 and 2, only the wrong pair 1 counts -> 0 - 1; draw {0, 1}: weights 1 and 1 -> 0.5 - 1; draw
+    # {0, 0}: no pair has weight (skipped). So resamples are -1 (1/3) or -0.5 (2/3).
+    ci = paired_bootstrap_ci([1, 0], [1, 1], [[0, 1], [1]], n_boot=2000, seed=0)
+    assert ci["diff"] == -0.5 and ci["lo"] == -1.0 and ci["hi"] == -0.5
 
 
 # ----------------------------------------------------------------------------- learning (real MiniLM)
