@@ -21,6 +21,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .config import GenerationSettings
+from .models import contiguous_lm_head_input
 from .prompts import Prompt, render
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,7 @@ class Generator:
         version_source: Callable[[], tuple[int, str] | None] | None = None,
         device: torch.device | None = None,
     ):
+        contiguous_lm_head_input(model)  # keeps generation fast once peft freezes the base
         self.base_model = model
         self.model = model  # becomes a PeftModel once a policy version is loaded
         self.tokenizer = tokenizer
