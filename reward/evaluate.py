@@ -293,14 +293,15 @@ def measure_kl(policy, prompts: Sequence[Any], k: int, max_new_tokens: int, temp
     import torch
 
     from . import losses as L
-    from .policy import RLConfig, _batched_eval, rollout
+    from .policy import RLConfig, _policy_eval, _reference_logprobs, rollout
 
     cfg = RLConfig(k=k, max_new_tokens=max_new_tokens, temperature=temperature, minibatch_size=8)
     seq, tok = [], []
     with torch.no_grad():
         for i in range(0, len(prompts), 4):
             ro = rollout(policy, prompts[i : i + 4], cfg)
-            lp, _, _, ref = _batched_eval(policy, ro, cfg)
+            lp, _, _ = _policy_eval(policy, ro, cfg)
+            ref = _reference_logprobs(policy, ro, cfg)
             kl = L.kl_k1(lp, ref) * ro.mask
             seq.extend(kl.sum(1).tolist())
             tok.append((float(kl.sum()), float(ro.mask.sum())))

@@ -125,6 +125,38 @@ def test_save_load_identical_logits_and_values(tiny_tokenizer, tmp_path):
     assert not torch.equal(la, lr_)
 
 
+def test_shared_prefix_forward_matches_full_forward(tiny_tokenizer):
+    """Running each distinct prompt once and fanning its cache out to the K samples gives the same
+    logits, values and LoRA/value-head gradients as running every prompt+response in full."""
+    tok = tiny_tokenizer
+    pol = Policy.from_base(_peaky_tiny(tok), tok)
+    prompts = _prompts(tok, 3)  # three prompts of different lengths: left padding differs per group
+    rl_step(pol, prompts, length_reward, _cfg("ppo", k=4, prompts_per_step=3))  # non-zero LoRA B
+    ro = pol.last_rollout
+    ids, am, m = ro.input_ids.clone(), ro.attention_mask.clone(), ro.mask.clone()
+    for row, n in ((0, 3), (5, 5)):  # responses that ended early: padding after the EOS, as rollout() leaves it
+        ids[row, -n:] = tok.pad_token_id
+        am[row, -n:] = 0
+        m[row, -n:] = 0
+
+    def run(share):
+        pol.model.zero_grad(set_to_none=True)
+        pol.value_head.zero_grad(set_to_none=True)
+        logits, values = pol.forward(ids, am, ro.n_resp, 1.0, autocast=False, share_prefix=share)  # fp32: exact
+        (((torch.log_softmax(logits, -1).amax(-1) + values) * m).sum()).backward()
+        grads = {n: p.grad.clone() for n, p in pol.model.named_parameters() if p.requires_grad}
+        grads["value_head"] = pol.value_head.weight.grad.clone()
+        return logits.detach() * m[..., None], values.detach() * m, grads
+
+    la, va, ga = run(True)
+    lb, vb, gb = run(False)
+    torch.testing.assert_close(la, lb, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(va, vb, atol=1e-5, rtol=1e-4)
+    assert ga.keys() == gb.keys()
+    for n in ga:
+        torch.testing.assert_close(ga[n], gb[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
 def test_load_refuses_missing_value_head(tiny_tokenizer, tmp_path):
     tok = tiny_tokenizer
     model, _ = build_tiny_lm(seed=0, tokenizer=tok)
