@@ -260,7 +260,7 @@ def api_router(services: Services) -> APIRouter:
     @r.get("/requests/{request_id}", summary="One request with its suggestions and their feedback")
     def get_request(request_id: int) -> dict[str, Any]:
         req = services.store.get_request(request_id)
-        fb = [as_dict(f) for f in services.store.feedback(req.profile_id) if f.request_id == request_id]
+        fb = [as_dict(f) for f in services.store.feedback(req.profile_id, request_id=request_id)]
         return {**as_dict(req), "feedback": fb}
 
     return r

@@ -4,7 +4,9 @@
    recorded), with the converted safetensors already cached. Also `inkloop serve` from process
    start -> listening, and -> first suggestion answered over HTTP.
 2. Warm: wall time of one request of K candidates x N new tokens per mode, with the model loaded
-   (what a person waits for in the UI after the first request).
+   (what a person waits for in the UI after the first request): first with the base model, then
+   with a published LoRA policy version hot-swapped in (every request after the first learning
+   round runs through the adapter).
 
     PYTHONPATH=. python benchmarks/latency.py [--k 4] [--max-new-tokens 64] [--reps 3] [--threads N]
 
@@ -97,6 +99,20 @@ def cold_serve(k: int, max_new_tokens: int, threads: int | None) -> tuple[float,
     return ready, first
 
 
+def publish_fresh_policy(services, data_dir: str) -> None:
+    """Publish a LoRA policy version (the learner's shape: adapter + value head) so that the
+    generator hot-swaps it: after the first learning round every suggestion runs through it."""
+    import copy
+
+    from reward.policy import Policy
+    from storage.artifacts import save_version
+
+    gen = services.generator
+    pol = Policy.from_base(copy.deepcopy(gen.base_model), gen.tokenizer)
+    save_version(services.store, data_dir, kind="policy", profile_id=services.default_profile,
+                 writer=pol.save, publish=True)
+
+
 def warm(k: int, max_new_tokens: int, reps: int, threads: int | None) -> list[dict]:
     from assistant.cli import build_services
 
@@ -104,25 +120,32 @@ def warm(k: int, max_new_tokens: int, reps: int, threads: int | None) -> list[di
         args = argparse.Namespace(model=None, data_dir=d, profile="default", device="auto", dtype="auto",
                                   threads=threads)
         services = build_services(args, with_embedder=False)
-        from assistant.service import SuggestRequest
-
-        services.suggest(SuggestRequest(**TEXTS["continue"], k=1, max_new_tokens=8))  # warm-up
-        rows = []
-        for mode, fields in TEXTS.items():
-            times, cpu, n_out, chars = [], [], [], []
-            for r in range(reps):
-                c0 = time.process_time()
-                res = services.suggest(SuggestRequest(**fields, k=k, max_new_tokens=max_new_tokens, seed=r))
-                cpu.append(time.process_time() - c0)
-                times.append(res.seconds)
-                n_out.append(len(res.suggestions))
-                chars.append(statistics.mean(len(s["text"]) for s in res.suggestions) if res.suggestions else 0)
-            rows.append(dict(mode=mode, median=statistics.median(times), min=min(times), max=max(times),
-                             cpu=statistics.median(cpu),
-                             k_out=min(n_out), chars=statistics.mean(chars)))
+        rows = measure_modes(services, k, max_new_tokens, reps, "base model")
+        publish_fresh_policy(services, d)
+        rows += measure_modes(services, k, max_new_tokens, reps, "live LoRA policy")
         device = str(services.generator.device)
         services.store.close()
     return rows, device
+
+
+def measure_modes(services, k: int, max_new_tokens: int, reps: int, policy: str) -> list[dict]:
+    from assistant.service import SuggestRequest
+
+    services.suggest(SuggestRequest(**TEXTS["continue"], k=1, max_new_tokens=8))  # warm-up (and hot-swap)
+    rows = []
+    for mode, fields in TEXTS.items():
+        times, cpu, n_out, chars = [], [], [], []
+        for r in range(reps):
+            c0 = time.process_time()
+            res = services.suggest(SuggestRequest(**fields, k=k, max_new_tokens=max_new_tokens, seed=r))
+            cpu.append(time.process_time() - c0)
+            times.append(res.seconds)
+            n_out.append(len(res.suggestions))
+            chars.append(statistics.mean(len(s["text"]) for s in res.suggestions) if res.suggestions else 0)
+        rows.append(dict(mode=mode, policy=policy, median=statistics.median(times), min=min(times),
+                         max=max(times), cpu=statistics.median(cpu),
+                         k_out=min(n_out), chars=statistics.mean(chars)))
+    return rows
 
 
 def main() -> None:
@@ -148,10 +171,10 @@ def main() -> None:
             print(f"| `inkloop serve` process start -> first K={a.k} suggestion answered | {first:.1f} |")
     rows, device = warm(a.k, a.max_new_tokens, a.reps, a.threads)
     print(f"\n## warm: one request of K={a.k} x up to {a.max_new_tokens} new tokens ({device}, bundled SmolLM2-135M)")
-    print("| mode | median wall s | min s | max s | median CPU s | candidates | mean chars |")
-    print("|---|---|---|---|---|---|---|")
+    print("| policy | mode | median wall s | min s | max s | median CPU s | candidates | mean chars |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mode']} | {r['median']:.2f} | {r['min']:.2f} | {r['max']:.2f} | {r['cpu']:.2f} | {r['k_out']} "
+        print(f"| {r['policy']} | {r['mode']} | {r['median']:.2f} | {r['min']:.2f} | {r['max']:.2f} | {r['cpu']:.2f} | {r['k_out']} "
               f"| {r['chars']:.0f} |")
     print("\n(CPU s = process CPU time of the request; with --threads 1 it approximates the wall time on an idle core)")
     print(f"\nload avg at end {loadavg()}")

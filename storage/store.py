@@ -414,11 +414,18 @@ class Store:
         except sqlite_utils.db.NotFoundError:
             raise NotFound(f"feedback {feedback_id} does not exist") from None
 
-    def feedback(self, profile_id: str | None = None, since_id: int = 0, limit: int | None = None) -> list[Feedback]:
+    def feedback(
+        self, profile_id: str | None = None, since_id: int = 0, limit: int | None = None,
+        request_id: int | None = None,
+    ) -> list[Feedback]:
+        """Feedback rows in id order: of one profile and/or one request, newer than since_id."""
         where, args = ["id > ?"], [since_id]
         if profile_id is not None:
             where.append("profile_id = ?")
             args.append(profile_id)
+        if request_id is not None:
+            where.append("request_id = ?")
+            args.append(request_id)
         rows = self.db["feedback"].rows_where(" and ".join(where), args, order_by="id", limit=limit)
         return [self._feedback_from_row(dict(r)) for r in rows]
 

@@ -101,6 +101,12 @@ def test_every_feedback_kind_round_trip(store):
     assert len(grouped[0]["suggestions"]) == 3 and len(grouped[0]["feedback"]) == 7
     assert store.requests_with_feedback(since_id=ids[-1]) == []
 
+    other = _request(store, n=2, version=1)
+    store.add_feedback(other.suggestions[0].id, "thumb", 1)
+    assert [f.id for f in store.feedback(request_id=req.id)] == ids
+    assert [f.request_id for f in store.feedback("default", request_id=other.id)] == [other.id]
+    assert store.feedback("someone-else", request_id=req.id) == []
+
 
 @pytest.mark.parametrize(
     "kwargs, message",
