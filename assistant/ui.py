@@ -33,6 +33,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,9 +304,9 @@ def _item(cands: dict[str, Any] | None, idx: int) -> dict[str, Any]:
     return items[idx]
 
 
-def _feedback(services: Services, sid: int, kind: str, value=None, edited_text=None) -> int:
+def _feedback(services: Services, sid: int, kind: str, value=None, edited_text=None, ranking=None) -> int:
     try:
-        return services.feedback(int(sid), kind, value=value, edited_text=edited_text, source="ui")
+        return services.feedback(int(sid), kind, value=value, edited_text=edited_text, ranking=ranking, source="ui")
     except (InputError, StoreError) as e:
         raise gr.Error(str(e)) from None
 
@@ -326,6 +327,35 @@ def rate(services: Services, cands: dict[str, Any], idx: int, kind: str, value: 
         label = "best of these"
     fid = _feedback(services, item["id"], kind, value=value)
     return f"✓ saved {label} · rating #{fid}"
+
+
+def parse_ranking(text: str, n: int) -> list[int]:
+    """Candidate numbers, best first ("2 1 3", "2, 1, 3" or "2 > 1 > 3") -> 0-based indices.
+    At least two, each shown (1..n), none twice; the unranked rest gives no pairs."""
+    parts = [p for p in re.split(r"[\s,>;]+", (text or "").strip()) if p]
+    if len(parts) < 2:
+        raise gr.Error("Type at least two suggestion numbers, best first, e.g. 2 1 3.")
+    if not all(p.isdigit() for p in parts):
+        raise gr.Error(f"Use suggestion numbers only (1 to {n}), best first, e.g. 2 1 3.")
+    nums = [int(p) for p in parts]
+    bad = [x for x in nums if not 1 <= x <= n]
+    if bad:
+        raise gr.Error(f"There is no suggestion {bad[0]}: the last request showed 1 to {n}.")
+    if len(set(nums)) != len(nums):
+        raise gr.Error("Each suggestion can appear only once in a ranking.")
+    return [x - 1 for x in nums]
+
+
+def rank(services: Services, cands: dict[str, Any], text: str) -> str:
+    """A ranking of the last request's suggestions (best first): one `rank` feedback row, which the
+    reward model turns into every implied pair. Returns the confirmation line."""
+    if not cands or not cands.get("done"):
+        raise gr.Error("Wait until the suggestions are finished, then rank them.")
+    items = cands.get("items") or []
+    order = parse_ranking(text, len(items))
+    ids = [items[i]["id"] for i in order]
+    fid = _feedback(services, ids[0], "rank", ranking=ids)
+    return f"✓ saved ranking {' > '.join(str(i + 1) for i in order)} · rating #{fid}"
 
 
 def accept(services, cands, idx, draft, undo, doc_id, profile):
@@ -532,7 +562,7 @@ def build_ui(services: Services) -> gr.Blocks:
                         with gr.Row(visible=False, elem_id=f"cand-{i}", elem_classes=["cand-row"]) as row:
                             with gr.Column(scale=4, min_width=300):
                                 box = gr.Textbox(
-                                    show_label=False, lines=3, max_lines=12, interactive=True,
+                                    label=f"#{i + 1}", show_label=True, lines=3, max_lines=12, interactive=True,
                                     elem_id=f"cand-text-{i}", elem_classes=["cand-text"],
                                 )
                                 msg = gr.Markdown("", elem_id=f"cand-msg-{i}", elem_classes=["small-note", "cand-msg"])
@@ -551,6 +581,11 @@ def build_ui(services: Services) -> gr.Blocks:
                         stars.append(star)
                         msgs.append(msg)
                         buttons.append((up, down, best, acc, acc_edit))
+                    with gr.Row(elem_id="rank-bar"):
+                        rank_text = gr.Textbox(label="Rank them (numbers, best first)", placeholder="e.g. 2 1 3",
+                                               max_lines=1, scale=3, elem_id="rank-text")
+                        rank_btn = gr.Button("Save ranking", size="sm", scale=1, elem_id="rank-save")
+                    rank_msg = gr.Markdown("", elem_classes=["small-note"], elem_id="rank-msg")
 
             with gr.Column(scale=1, min_width=260, elem_id="side-col"):
                 with gr.Accordion("Sampling", open=True, elem_id="sampling"):
@@ -566,7 +601,7 @@ def build_ui(services: Services) -> gr.Blocks:
                                      info="Each profile has its own drafts, ratings and learned policy.",
                                      elem_id="profile")
                 gr.Markdown(
-                    "Rate suggestions with 👍/👎, stars or 🏆; **Accept** puts one into your draft. "
+                    "Rate suggestions with 👍/👎, stars, 🏆 or a ranking; **Accept** puts one into your draft. "
                     "Every rating teaches the assistant your taste.",
                     elem_classes=["small-note"],
                 )
@@ -627,6 +662,11 @@ def build_ui(services: Services) -> gr.Blocks:
 
         draft_io = dict(outputs=[draft, undo, doc_id, undo_msg])
         undo_btn.click(lambda d, u, i, p: undo_accept(S, d, u, i, p), inputs=[draft, undo, doc_id, profile], **draft_io)
+        rank_io = dict(fn=lambda c, t: rank(S, c, t), inputs=[cands, rank_text], outputs=[rank_msg])
+        rank_btn.click(**rank_io)
+        rank_text.submit(**rank_io)
+        for btn in (suggest_c, suggest_r, suggest_i):  # a new request starts a new ranking
+            btn.click(lambda: ("", ""), outputs=[rank_text, rank_msg], show_progress="hidden")
         for i in range(MAX_K):
             up, down, best, acc, acc_edit = buttons[i]
             up.click(lambda c, i=i: rate(S, c, i, "thumb", 1), inputs=[cands], outputs=[msgs[i]])

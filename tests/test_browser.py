@@ -129,6 +129,9 @@ def test_type_suggest_rate_accept_reload(server):
             expect(page.locator("#suggest-info")).to_contain_text("restyle suggestion")
             page.locator("#cand-down-0").click()
             expect(page.locator("#cand-msg-0")).to_contain_text("saved 👎")
+            page.locator("#rank-text input").fill("2 1")
+            page.locator("#rank-save").click()
+            expect(page.locator("#rank-msg")).to_contain_text("saved ranking 2 > 1")
         finally:
             browser.close()
 
@@ -136,7 +139,10 @@ def test_type_suggest_rate_accept_reload(server):
     try:
         fb = other.feedback()
         assert [(f.kind, f.value, f.source) for f in fb] == [("thumb", 1.0, "ui"), ("stars", 4.0, "ui"),
-                                                             ("accept", 1.0, "ui"), ("thumb", -1.0, "ui")]
+                                                             ("accept", 1.0, "ui"), ("thumb", -1.0, "ui"),
+                                                             ("rank", None, "ui")]
+        assert fb[4].request_id == fb[3].request_id and len(fb[4].ranking) == 2
+        assert fb[4].ranking[1] == fb[3].suggestion_id  # "2 1": the first suggestion ranked second
         restyle = other.get_request(fb[3].request_id)
         assert restyle.mode == "restyle" and restyle.options["style"] == "sample"
         assert restyle.options["sample"].startswith("Morning, the third of May")

@@ -96,6 +96,37 @@ def test_suggest_streams_then_records_and_feedback_writes_rows(tiny_services):
     assert len(store.feedback()) == 3
 
 
+def test_parse_ranking_rules():
+    assert ui.parse_ranking("2 1 3", 3) == [1, 0, 2]
+    assert ui.parse_ranking(" 3, 1 ", 4) == [2, 0]
+    assert ui.parse_ranking("4>2>1", 4) == [3, 1, 0]
+    for bad, match in [("", "at least two"), ("2", "at least two"), ("2 x", "numbers only"),
+                       ("1 5", "no suggestion 5"), ("0 1", "no suggestion 0"), ("1 2 1", "only once")]:
+        with pytest.raises(gr.Error, match=match):
+            ui.parse_ranking(bad, 4)
+
+
+def test_ranking_from_the_ui_becomes_every_implied_pair(tiny_services):
+    from reward.feedback import build_training_data
+
+    store = tiny_services.store
+    _, last = _suggest_continue(tiny_services, k=3)
+    cands = _split(last)[4]
+    items = cands["items"]
+    assert len(items) == 3
+    with pytest.raises(gr.Error, match="no suggestion 4"):
+        ui.rank(tiny_services, cands, "4 1")
+    assert store.feedback() == []  # bad input writes nothing
+    msg = ui.rank(tiny_services, cands, "3 1 2")
+    (fb,) = store.feedback()
+    assert f"#{fb.id}" in msg and "3 > 1 > 2" in msg
+    assert (fb.kind, fb.source, fb.ranking) == ("rank", "ui", [items[2]["id"], items[0]["id"], items[1]["id"]])
+    data = build_training_data(store.requests_with_feedback())
+    pairs = {(p.chosen, p.rejected) for p in data.pairs}
+    t = [it["text"] for it in items]
+    assert pairs == {(t[2], t[0]), (t[2], t[1]), (t[0], t[1])}
+
+
 def test_bad_input_is_a_gradio_error_not_a_traceback(tiny_services):
     with pytest.raises(gr.Error, match="non-empty"):
         _suggest_continue(tiny_services, draft="   ")
