@@ -78,8 +78,20 @@ config names them): share of the context's distinct content words the text conta
 weighted by how often each word occurs in the context; share of the text's word bigrams found in
 the context; share of the text's content words absent from the context; whether the text ends
 with sentence punctuation (1) or stops mid-sentence (0)."""
-ALL_STAT_NAMES = STAT_NAMES + RELATION_STAT_NAMES + ("cos_context_head",)
+ALIGN_STAT_NAMES = ("align_coverage", "align_faithfulness")
+"""Optional sentence-level alignment of a suggestion with its context, from MiniLM embeddings of
+their sentences (see ``alignment_stats``): coverage = mean over the context's sentences of the best
+cosine to any sentence of the suggestion; faithfulness = mean over the suggestion's sentences of
+the best cosine to any sentence of the context."""
+ALL_STAT_NAMES = STAT_NAMES + RELATION_STAT_NAMES + ("cos_context_head",) + ALIGN_STAT_NAMES
 """cos_context_head: cosine of the suggestion with the embedding of the context's beginning."""
+ALIGN_CONTEXT_CHARS = 3000
+"""Alignment reads the context's last 3,000 characters ..."""
+ALIGN_CONTEXT_SENTENCES = 40
+"""... and at most its last 40 sentences ..."""
+ALIGN_TEXT_SENTENCES = 8
+"""... and the suggestion's first 8 sentences."""
+_SENT_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 
 _STOP = frozenset(
     "a an the and or but if then so of to in on at by for with from as is are was were be been being am i me my "
@@ -107,6 +119,26 @@ def relation_stats(context: str, text: str) -> np.ndarray:
     novel = sum(w not in cwords for w in content) / len(content) if content else 0.0
     ends = 1.0 if _END.search(text.strip()) else 0.0
     return np.array([coverage, weighted, bigram, novel, ends], dtype=np.float32)
+
+
+def split_sentences(text: str, min_words: int = 3) -> list[str]:
+    """Sentences (split after . ! ? followed by space, and at line breaks) of at least ``min_words``
+    words; the whole stripped text when none qualifies (so every text has one)."""
+    out = [x.strip() for x in _SENT_SPLIT.split(text) if len(x.split()) >= min_words]
+    return out or [text.strip()]
+
+
+def alignment_sentences(context: str, text: str) -> tuple[list[str], list[str]]:
+    """The context sentences and suggestion sentences ``alignment_stats`` compares."""
+    c = split_sentences(context[-ALIGN_CONTEXT_CHARS:])[-ALIGN_CONTEXT_SENTENCES:]
+    return c, split_sentences(text)[:ALIGN_TEXT_SENTENCES]
+
+
+def alignment_stats(context_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
+    """ALIGN_STAT_NAMES from unit-norm sentence embeddings of the context (m, d) and of the
+    suggestion (n, d): [mean_i max_j cos(c_i, t_j), mean_j max_i cos(t_j, c_i)]."""
+    sim = np.asarray(context_emb, np.float32) @ np.asarray(text_emb, np.float32).T
+    return np.array([sim.max(1).mean(), sim.max(0).mean()], dtype=np.float32)
 
 
 def text_stats(context: str, text: str) -> np.ndarray:
@@ -280,6 +312,8 @@ class RewardModel(nn.Module):
         if any(n in RELATION_STAT_NAMES for n in names):
             st = np.stack([relation_stats(cx, t) for cx, t in zip(contexts, texts)]).reshape(len(texts), -1)
             cols.update(zip(RELATION_STAT_NAMES, st.T))
+        if any(n in ALIGN_STAT_NAMES for n in names):
+            cols.update(zip(ALIGN_STAT_NAMES, self._alignment(contexts, texts).T))
         if "cos_context" in names:
             cols["cos_context"] = (s * c).sum(1)
         if "cos_context_head" in names:
@@ -288,14 +322,29 @@ class RewardModel(nn.Module):
             return np.zeros((len(texts), 0), np.float32)
         return np.stack([cols[n] for n in names], axis=1).astype(np.float32)
 
+    def _alignment(self, contexts: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        """alignment_stats for each (context, text) (N, 2); all sentences embedded in one batch."""
+        spans, flat = [], []
+        for cx, t in zip(contexts, texts):
+            cs, ts = alignment_sentences(cx, t)
+            spans.append((len(flat), len(cs), len(ts)))
+            flat += cs + ts
+        emb = self.cache(flat) if flat else np.zeros((0, self.cfg.emb_dim), np.float32)
+        out = [alignment_stats(emb[a : a + m], emb[a + m : a + m + n]) for a, m, n in spans]
+        return np.stack(out).reshape(len(texts), 2) if out else np.zeros((0, 2), np.float32)
+
     def fit_stat_normalisation(self, feats: torch.Tensor) -> None:
         st = feats[:, self.cfg.n_emb_features :]
         self.stat_mean.copy_(st.mean(0))
         self.stat_std.copy_(st.std(0).clamp_min(1e-3) if len(st) > 1 else torch.ones_like(self.stat_std))
 
+    def normalised_stats(self, feats: torch.Tensor) -> torch.Tensor:
+        """The statistics columns of raw features, standardised as forward() sees them."""
+        return (feats[:, self.cfg.n_emb_features :] - self.stat_mean) / self.stat_std
+
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         k = self.cfg.n_emb_features
-        x = torch.cat([feats[:, :k], (feats[:, k:] - self.stat_mean) / self.stat_std], dim=1)
+        x = torch.cat([feats[:, :k], self.normalised_stats(feats)], dim=1)
         r = self.linear(x) if self.mlp is None else self.mlp(x) + self.linear(x)
         return r.squeeze(-1)
 
