@@ -7,7 +7,8 @@ Two backbones share one interface (``score``, ``save``, ``load``, ``reward_mean`
   (training default: s and s*c) plus stats(c, s) and cos(s, c). Opt-in (named in the config, off by
   default): lexical relation stats (``RELATION_STAT_NAMES``: coverage of the context's content
   words, bigram overlap, ...), ``cos_context_head`` and the block ``sch`` (s times the embedding of
-  the context's *beginning*). They did not beat the default on an inner cross-validation of the
+  the context's *beginning*), and the sentence-level alignment stats ``ALIGN_STAT_NAMES`` (MiniLM
+  embeddings of the context's and suggestion's sentences, cached like any text). They did not beat the default on an inner cross-validation of the
   benchmark sets' training parts (see benchmarks/reward_real_data.py). Embeddings are cached in the
   store by ``text_hash`` and embedder name (and in memory), so retraining never re-embeds old
   text; training touches only the head.
