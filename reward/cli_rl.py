@@ -98,6 +98,7 @@ def run_simulation(args, algo: str, lm, embedder, base_state, ddir: Path, last: 
     cfg = SimConfig(
         budget=args.budget, algo=algo, k=args.k, max_new_tokens=args.max_new_tokens, rm_every=args.rm_every,
         rl_steps=args.rl_steps, prompts_per_step=args.prompts, lr=args.lr, kl_coef=args.kl_coef,
+        target_kl=args.target_kl,
         heldout_samples=args.heldout_samples, prompts_path=args.prompts_file, seed=args.seed,
         ppo_epochs=args.ppo_epochs, minibatch_size=args.minibatch,
     )
@@ -184,6 +185,8 @@ def register(sub, parent) -> None:
     sim.add_argument("--prompts-file", default=None, help="prompt file (default assets/prompts.json)")
     sim.add_argument("--ppo-epochs", type=int, default=2, help="PPO epochs per batch (default %(default)s)")
     sim.add_argument("--minibatch", type=int, default=16, help="episodes per minibatch (default %(default)s)")
+    sim.add_argument("--target-kl", type=float, default=None,
+                     help="adapt the KL coefficient towards this KL per sequence (default: fixed --kl-coef)")
     sim.add_argument("--compare", action="store_true", help="run reinforce, a2c and ppo and print a table")
     sim.add_argument("--out", default=None, help="directory for the runs' stores and versions (default: a temp dir)")
     sim.add_argument("--save-json", default=None, help="also write the results as JSON to this file")

@@ -240,7 +240,12 @@ class SimConfig:
     minibatch_size: int = 16
     """Episodes per minibatch in the RL update."""
     kl_coef: float = 0.05
-    """KL penalty against the base model."""
+    """KL penalty against the base model (initial value when target_kl is set)."""
+    target_kl: float | None = None
+    """Adapt beta towards this KL per sequence (None: fixed beta). A simulation is short, so the
+    controller's horizon is kl_horizon episodes rather than the thousands of a long run."""
+    kl_horizon: float = 64.0
+    """Horizon (episodes) of the adaptive KL controller."""
     repetition_weight: float = 0.2
     """Weight of the repetition penalty added to the learned reward."""
     heldout_samples: int = 2
@@ -359,6 +364,8 @@ def simulate(
         algo=cfg.algo, k=cfg.k, prompts_per_step=cfg.prompts_per_step, max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature, lr=cfg.lr, kl_coef=cfg.kl_coef, seed=cfg.seed,
         ppo_epochs=cfg.ppo_epochs, minibatch_size=cfg.minibatch_size,
+        adaptive_kl=cfg.target_kl is not None, target_kl=cfg.target_kl or RLConfig.target_kl,
+        kl_horizon=cfg.kl_horizon,
     )
     rm_cfg = RewardTrainConfig(epochs=cfg.rm_epochs, seed=cfg.seed, shuffled_control=False)
     ratings, rounds, rl_step_no, next_round = 0, 0, 0, cfg.rm_every

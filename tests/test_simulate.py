@@ -74,7 +74,7 @@ def test_simulate_end_to_end_on_tiny_model(tiny_tokenizer, store, embedder, tmp_
                         Library(store, embedder), model_name="tiny", default_profile="sim")
     policy = Policy.from_base(learner_model, tok)
     cfg = SimConfig(budget=8, k=2, max_new_tokens=8, rm_every=4, rl_steps=1, prompts_per_step=2,
-                    heldout_samples=1, rm_epochs=3)
+                    heldout_samples=1, rm_epochs=3, target_kl=0.5)
     res = simulate(services, policy, embedder, make_rater("concise"), cfg, tmp_path, profile="sim")
     assert res.ratings == 8
     assert res.rounds == 2 and len(res.policy_versions) == 2
@@ -88,3 +88,13 @@ def test_simulate_end_to_end_on_tiny_model(tiny_tokenizer, store, embedder, tmp_
     assert 0.0 <= res.ci_low <= res.win_rate <= res.ci_high <= 1.0 and res.n_pairs == 10
     assert len(res.curves["rl/reward"]) == 2 and len(res.curves["sim/stars"]) >= 4
     assert np.isfinite(res.kl)
+    # --target-kl: the RL config of every version adapts beta; the coefficient carries across rounds
+    import json
+    from pathlib import Path
+
+    rl_cfgs = [json.loads((Path(store.get_version(v).path) / "config.json").read_text())
+               for v in res.policy_versions]
+    assert all(c["rl"]["adaptive_kl"] and c["rl"]["target_kl"] == 0.5 for c in rl_cfgs)
+    assert all(c["rl"]["kl_horizon"] == cfg.kl_horizon for c in rl_cfgs)
+    betas = [c["kl_coef_now"] for c in rl_cfgs]
+    assert betas[0] != cfg.kl_coef and betas[1] != betas[0]
