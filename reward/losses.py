@@ -1,4 +1,4 @@
-"""Pure tensor functions for policy-gradient RL on token sequences.
+"""Pure tensor functions for policy-gradient RL on token sequences, and the reward model's losses.
 
 Shapes: per-token tensors are ``(B, T)`` over the *response* tokens of B sequences; ``mask`` is
 ``(B, T)`` with 1 for real response tokens (the EOS token included) and 0 for padding after it.
@@ -12,6 +12,7 @@ logits) and Schulman's notes on KL estimators (k1, k3).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 # ----------------------------------------------------------------------------- masked statistics
 
@@ -193,3 +194,24 @@ def adaptive_kl_beta(beta: float, kl: float, target: float, horizon: float, n_st
     -0.2, 0.2) moves beta by a factor 1 + e * n_steps / horizon."""
     err = min(max(kl / target - 1.0, -0.2), 0.2)
     return beta * (1.0 + err * n_steps / horizon)
+
+
+# ----------------------------------------------------------------------------- reward-model losses
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: torch.Tensor | None = None,
+                       weight: torch.Tensor | None = None) -> torch.Tensor:
+    """mean_w[-log sigmoid(r_c - r_r - margin)]."""
+    d = r_chosen - r_rejected
+    if margin is not None:
+        d = d - margin
+    loss = -F.logsigmoid(d)
+    if weight is None:
+        return loss.mean()
+    return (loss * weight).sum() / weight.sum().clamp_min(1e-8)
+
+
+def pointwise_loss(r: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy between sigmoid(r) and a soft target in [0, 1] (weighted mean)."""
+    loss = F.binary_cross_entropy_with_logits(r, target, reduction="none")
+    if weight is None:
+        return loss.mean()
+    return (loss * weight).sum() / weight.sum().clamp_min(1e-8)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .feedback import PointwiseTarget, PreferencePair, RewardData, build_training_data
+from .losses import bradley_terry_loss, pointwise_loss
 from .model import LMRewardConfig, LMRewardModel, RewardModel, RewardModelConfig
 
 log = logging.getLogger(__name__)
@@ -92,27 +93,7 @@ class RewardTrainConfig:
     """LoRA rank for the LM backbone."""
 
 
-# ----------------------------------------------------------------------------- pure losses and metrics
-def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: torch.Tensor | None = None,
-                       weight: torch.Tensor | None = None) -> torch.Tensor:
-    """mean_w[-log sigmoid(r_c - r_r - margin)]."""
-    d = r_chosen - r_rejected
-    if margin is not None:
-        d = d - margin
-    loss = -F.logsigmoid(d)
-    if weight is None:
-        return loss.mean()
-    return (loss * weight).sum() / weight.sum().clamp_min(1e-8)
-
-
-def pointwise_loss(r: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Binary cross-entropy between sigmoid(r) and a soft target in [0, 1] (weighted mean)."""
-    loss = F.binary_cross_entropy_with_logits(r, target, reduction="none")
-    if weight is None:
-        return loss.mean()
-    return (loss * weight).sum() / weight.sum().clamp_min(1e-8)
-
-
+# ----------------------------------------------------------------------------- metrics (the losses live in reward.losses)
 def pair_accuracy(r_chosen: np.ndarray, r_rejected: np.ndarray) -> float:
     d = np.asarray(r_chosen, np.float64) - np.asarray(r_rejected, np.float64)
     return float(np.mean((d > 0) + 0.5 * (d == 0))) if len(d) else float("nan")

@@ -12,16 +12,15 @@ import pytest
 import torch
 
 from reward.feedback import PointwiseTarget, PreferencePair, RewardData
+from reward.losses import bradley_terry_loss, pointwise_loss
 from reward.train import (
     RewardTrainConfig,
-    bradley_terry_loss,
     expected_calibration_error,
     grouped_folds,
     length_floor,
     pair_accuracy,
     paired_bootstrap_ci,
     pairs_from_points,
-    pointwise_loss,
     shuffled_labels,
     split_by_group,
     train_reward_model,
