@@ -255,6 +255,8 @@ def _embedding_dim(embedder: Any) -> int:
 
 def _fit_embedder_head(data: RewardData, cfg: RewardTrainConfig, embedder: Any, store: Any,
                        cache=None) -> RewardModel:
+    if cfg.stats_prefit not in ("", "warm", "frozen"):
+        raise ValueError(f"unknown stats_prefit {cfg.stats_prefit!r}; use '', 'warm' or 'frozen'")
     _seed_all(cfg.seed)
     name = None
     if embedder is not None:
@@ -290,8 +292,6 @@ def _fit_embedder_head(data: RewardData, cfg: RewardTrainConfig, embedder: Any, 
             model.linear.bias.fill_(b)
         if cfg.stats_prefit == "frozen":
             frozen = w.clone()
-        elif cfg.stats_prefit != "warm":
-            raise ValueError(f"unknown stats_prefit {cfg.stats_prefit!r}; use '', 'warm' or 'frozen'")
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n_p, n_q = len(pair_t), len(point_t)
