@@ -194,15 +194,10 @@ class NonFiniteWatch:
     def __init__(self, fn: Callable[..., Any]):
         self.fn, self.seen = fn, False
 
-    def _accepts(self, name: str) -> bool:
-        try:
-            params = inspect.signature(self.fn).parameters.values()
-        except (TypeError, ValueError):
-            return True
-        return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-
     def __call__(self, prompts: Any, texts: Any, extras: Any = None) -> Any:
-        out = self.fn(prompts, texts, extras=extras) if extras is not None and self._accepts("extras") \
+        from .policy import accepts_extras
+
+        out = self.fn(prompts, texts, extras=extras) if extras is not None and accepts_extras(self.fn) \
             else self.fn(prompts, texts)
         total = getattr(out, "total", out)
         if not np.all(np.isfinite(np.asarray(total, np.float64))):

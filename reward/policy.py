@@ -450,7 +450,9 @@ def _policy_eval(policy: Policy, ro: Rollout, cfg: RLConfig) -> tuple[torch.Tens
 RewardFn = Callable[..., Any]
 
 
-def _accepts_extras(fn) -> bool:
+def accepts_extras(fn) -> bool:
+    """Whether reward function `fn` takes the ``extras`` keyword (by name or **kwargs); a callable
+    whose signature cannot be read is called without it."""
     import inspect
 
     try:
@@ -462,7 +464,7 @@ def _accepts_extras(fn) -> bool:
 
 def _call_reward(reward_fn: RewardFn, prompts, texts, extras) -> RewardOutput:
     """reward_fn(prompts, texts[, extras=...]) -> RewardOutput or an array of per-sample rewards."""
-    out = reward_fn(prompts, texts, extras=extras) if _accepts_extras(reward_fn) else reward_fn(prompts, texts)
+    out = reward_fn(prompts, texts, extras=extras) if accepts_extras(reward_fn) else reward_fn(prompts, texts)
     if isinstance(out, RewardOutput):
         return out
     arr = np.asarray(out, np.float32)
