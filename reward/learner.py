@@ -838,16 +838,21 @@ class LearnerSupervisor:
                     self._frozen_pid = None
 
     def thaw(self) -> None:
-        import signal
-
         with self._freeze_lock:
             self._frozen = max(0, self._frozen - 1)
-            if self._frozen == 0 and self._frozen_pid is not None:
-                try:
-                    os.kill(self._frozen_pid, signal.SIGCONT)
-                except OSError:
-                    pass
-                self._frozen_pid = None
+            if self._frozen == 0:
+                self._resume_locked()
+
+    def _resume_locked(self) -> None:
+        """SIGCONT the frozen learner, if any (the caller holds _freeze_lock)."""
+        import signal
+
+        if self._frozen_pid is not None:
+            try:
+                os.kill(self._frozen_pid, signal.SIGCONT)
+            except OSError:
+                pass
+            self._frozen_pid = None
 
     def yielding(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """Wrap `fn` (e.g. Generator.suggest) so the learner is frozen while it runs."""
@@ -868,13 +873,7 @@ class LearnerSupervisor:
         with self._freeze_lock:
             if self._frozen_pid is not None and time.monotonic() - self._frozen_at > self.max_freeze_s:
                 log.warning("learner frozen for over %.0f s: letting it run", self.max_freeze_s)
-                import signal
-
-                try:
-                    os.kill(self._frozen_pid, signal.SIGCONT)
-                except OSError:
-                    pass
-                self._frozen_pid = None
+                self._resume_locked()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._watch, name="inkloop-learner-supervisor", daemon=True)
