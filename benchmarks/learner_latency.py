@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.latency import loadavg  # noqa: E402 - after the path set-up
+
 DRAFTS = [
     "The rain had not stopped for three days, and the river was rising.",
     "She opened the letter slowly, afraid of what it might say.",
@@ -36,13 +38,6 @@ DRAFTS = [
     "He found the key under a loose stone by the gate.",
     "The storm arrived at midnight, bright and loud.",
 ]
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
 
 
 def seed_feedback(services, n: int) -> None:
