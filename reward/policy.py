@@ -30,6 +30,7 @@ directory (adapter/ + value_head.safetensors + metrics.json + config.json) via s
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -287,7 +288,7 @@ class Policy:
             logits = pre.logits[inverse, -1:]
             hidden = pre.hidden_states[-1][inverse, -1:]
             if n_resp > 1:  # the responses (all but their last token) attend to the shared prompt cache
-                cache_arg = self._cache_argument()
+                cache_arg = self.cache_argument
                 cache = getattr(pre, cache_arg)
                 cache.reorder_cache(inverse)
                 suf = self.model(
@@ -302,8 +303,10 @@ class Policy:
                 hidden = torch.cat([hidden, suf.hidden_states[-1]], 1)
         return self._finish_forward(logits, hidden, temperature)
 
-    def _cache_argument(self) -> str:
-        """transformers >= 5.2x names the KV cache `cache` (in and out); older models `past_key_values`."""
+    @functools.cached_property
+    def cache_argument(self) -> str:
+        """transformers >= 5.2x names the KV cache `cache` (in and out); older models `past_key_values`.
+        Read once from the model's forward signature."""
         import inspect
 
         params = inspect.signature(self.model.get_base_model().forward).parameters
