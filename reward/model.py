@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -120,6 +121,18 @@ def relation_stats(context: str, text: str) -> np.ndarray:
     novel = sum(w not in cwords for w in content) / len(content) if content else 0.0
     ends = 1.0 if _END.search(text.strip()) else 0.0
     return np.array([coverage, weighted, bigram, novel, ends], dtype=np.float32)
+
+
+def hashed_words(text: str, dim: int) -> np.ndarray:
+    """The ``words`` feature block: which words a text uses, as a unit-norm vector of ``dim``
+    buckets (each distinct lower-cased word adds 1 to bucket crc32(word) % dim). It lets the head
+    learn a person's taste for particular words (a vocabulary, a tone, their own keywords), which
+    one sentence embedding of the whole text blurs."""
+    v = np.zeros(dim, np.float32)
+    for w in set(_WORD.findall(text.lower())):
+        v[zlib.crc32(w.encode("utf-8")) % dim] += 1.0
+    n = float(np.linalg.norm(v))
+    return v / n if n > 0 else v
 
 
 def split_sentences(text: str, min_words: int = 3) -> list[str]:
@@ -245,8 +258,11 @@ class RewardModelConfig:
     """Names of the text statistics appended to the embedding features (from ALL_STAT_NAMES, in
     this order; older saved models name STAT_NAMES and load unchanged)."""
     emb_features: tuple[str, ...] = ("s", "c", "sc", "absdiff")
-    """Embedding blocks fed to the head: s (suggestion), c (context), sc (s*c), absdiff (|s-c|),
-    sch (s times the embedding of the context's beginning)."""
+    """Feature blocks fed to the head: s (suggestion), c (context), sc (s*c), absdiff (|s-c|),
+    sch (s times the embedding of the context's beginning), and words (the suggestion's words,
+    hashed into ``words_dim`` buckets, see ``hashed_words``)."""
+    words_dim: int = 2048
+    """Buckets of the ``words`` block (unused without it)."""
     backbone: str = "embedder"
 
     @property
@@ -255,7 +271,8 @@ class RewardModelConfig:
 
     @property
     def n_emb_features(self) -> int:
-        return len(self.emb_features) * self.emb_dim
+        """Width of the feature blocks (everything before the statistics)."""
+        return sum(self.words_dim if f == "words" else self.emb_dim for f in self.emb_features)
 
 
 def _collect_scores(chunks: list[torch.Tensor], mean: float, std: float, normalize: bool) -> np.ndarray:
@@ -293,6 +310,8 @@ class RewardModel(nn.Module):
         parts = {"s": s, "c": c, "sc": s * c, "absdiff": np.abs(s - c)}
         if "sch" in self.cfg.emb_features:
             parts["sch"] = s * self._head(contexts)
+        if "words" in self.cfg.emb_features:
+            parts["words"] = np.stack([hashed_words(t, self.cfg.words_dim) for t in texts]).reshape(len(texts), -1)
         feats = np.concatenate([parts[f] for f in self.cfg.emb_features] + [stats], axis=1)
         return torch.from_numpy(feats.astype(np.float32))
 

@@ -52,6 +52,8 @@ class RewardTrainConfig:
     """Embedding blocks the head sees: s (suggestion), c (context), sc (s*c), absdiff (|s-c|).
     ("s", "sc") with weight_decay 2.0 was chosen on an inner split of the benchmark sets' training
     parts (never their held-out parts) over the full four blocks and linear-only heads."""
+    words_dim: int = 2048
+    """Hash buckets of the "words" feature block (when emb_features names it)."""
     stats: tuple[str, ...] | None = None
     """Text statistics the head sees (names from reward.model.ALL_STAT_NAMES); None: STAT_NAMES."""
     stats_prefit: str = ""
@@ -266,7 +268,7 @@ def _fit_embedder_head(data: RewardData, cfg: RewardTrainConfig, embedder: Any, 
     emb_dim = _embedding_dim(embedder)
     model = RewardModel(RewardModelConfig(emb_dim=emb_dim, hidden=cfg.hidden, dropout=cfg.dropout,
                                           embedder=name or "all-MiniLM-L6-v2",
-                                          emb_features=tuple(cfg.emb_features),
+                                          emb_features=tuple(cfg.emb_features), words_dim=cfg.words_dim,
                                           **({"stats": tuple(cfg.stats)} if cfg.stats is not None else {})),
                     embedder, store)
     if cache is not None:

@@ -63,3 +63,50 @@ def test_alignment_features_in_the_model(embedder, store):
     n0 = model.cache.n_embedded
     model.raw_features([post], [good])  # cached: nothing is embedded again
     assert model.cache.n_embedded == n0
+
+
+def test_hashed_words_by_hand():
+    import zlib
+
+    from reward.model import hashed_words
+
+    v = hashed_words("Rain, rain and RAIN on the roof", 8)
+    # distinct lower-cased words: rain, and, on, the, roof -> one count each in its crc32 bucket
+    expect = np.zeros(8, np.float32)
+    for w in ("rain", "and", "on", "the", "roof"):
+        expect[zlib.crc32(w.encode()) % 8] += 1
+    np.testing.assert_allclose(v, expect / np.linalg.norm(expect), rtol=1e-6)
+    assert np.linalg.norm(v) == pytest.approx(1.0)
+    assert not hashed_words("  ...  ", 8).any()  # no words: the zero vector, not NaN
+
+
+def test_words_block_learns_a_vocabulary_and_round_trips(embedder, store, tmp_path):
+    """A taste for particular words (here: any of three) that similar sentences otherwise share:
+    the words block alone learns it from pairs and scores unseen sentences with those words higher."""
+    import random
+
+    from reward.feedback import PreferencePair, RewardData
+    from reward.model import RewardModel
+    from reward.train import RewardTrainConfig, train_reward_model
+
+    liked = ["lantern", "harbour", "violet"]
+    rng = random.Random(0)
+    nouns = ["road", "house", "garden", "station", "field", "kitchen", "bridge", "market"]
+    pairs = []
+    for g in range(40):
+        a, b = rng.sample(nouns, 2)
+        pairs.append(PreferencePair("continue the story", f"We walked past the {a} and the {rng.choice(liked)}.",
+                                    f"We walked past the {a} and the {b}.", group=f"g{g}"))
+    cfg = RewardTrainConfig(epochs=40, eval_frac=0.0, shuffled_control=False, emb_features=("words",),
+                            words_dim=256, hidden=0, weight_decay=0.0, lr=1e-2)
+    model, _ = train_reward_model(RewardData(pairs, []), cfg, embedder, store)
+    assert model.cfg.words_dim == 256 and model.cfg.n_features == 256 + len(model.cfg.stats)
+    # unseen sentence frames: the liked word still wins
+    good = [f"A {w} stood by the old {n}." for w, n in zip(liked, ["wall", "tree", "door"])]
+    bad = [f"A {m} stood by the old {n}." for m, n in zip(["bench", "cart", "sign"], ["wall", "tree", "door"])]
+    ctx = ["continue the story"] * 3
+    assert (model.score(ctx, good) > model.score(ctx, bad)).all()
+    model.save(tmp_path / "rm")
+    loaded = RewardModel.load(tmp_path / "rm", embedder, store)
+    assert loaded.cfg.words_dim == 256 and loaded.cfg.emb_features == ("words",)
+    np.testing.assert_array_equal(loaded.score(ctx * 2, good + bad), model.score(ctx * 2, good + bad))
