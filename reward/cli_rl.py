@@ -100,7 +100,7 @@ def run_simulation(args, algo: str, lm, embedder, base_state, ddir: Path, last: 
         rl_steps=args.rl_steps, prompts_per_step=args.prompts, lr=args.lr, kl_coef=args.kl_coef,
         target_kl=args.target_kl,
         heldout_samples=args.heldout_samples, prompts_path=args.prompts_file, seed=args.seed,
-        ppo_epochs=args.ppo_epochs, minibatch_size=args.minibatch,
+        ppo_epochs=args.ppo_epochs, minibatch_size=args.minibatch, rm_features=tuple(args.rm_features),
     )
     rater = make_rater(args.rater, seed=args.seed, noise=args.noise)
     try:
@@ -157,6 +157,15 @@ def _common_rl_flags(p: argparse.ArgumentParser, steps_default: int | None) -> N
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
+def _feature_list(spec: str) -> tuple[str, ...]:
+    known = ("s", "c", "sc", "absdiff", "sch", "words")
+    out = tuple(x.strip() for x in spec.split(",") if x.strip())
+    bad = [x for x in out if x not in known]
+    if bad or not out:
+        raise argparse.ArgumentTypeError(f"unknown feature block(s) {bad or spec!r}; choose from {', '.join(known)}")
+    return out
+
+
 def register(sub, parent) -> None:
     from assistant.cli import command
 
@@ -171,7 +180,7 @@ def register(sub, parent) -> None:
     tr.set_defaults(func=command(cmd_rl_train))
     rl.set_defaults(func=lambda a: (rl.print_help(), 2)[1])
 
-    from .evaluate import RATERS
+    from .evaluate import RATERS, SimConfig
 
     sim = sub.add_parser("simulate", parents=[parent],
                          help="the human-in-the-loop cycle with a simulated rater (win-rate vs base)")
@@ -187,6 +196,9 @@ def register(sub, parent) -> None:
     sim.add_argument("--minibatch", type=int, default=16, help="episodes per minibatch (default %(default)s)")
     sim.add_argument("--target-kl", type=float, default=None,
                      help="adapt the KL coefficient towards this KL per sequence (default: fixed --kl-coef)")
+    sim.add_argument("--rm-features", type=_feature_list, default=SimConfig.rm_features,
+                     help="reward-model feature blocks, comma-separated from s, c, sc, absdiff, sch, words "
+                          "(default: s,sc; words adds the hashed vocabulary block)")
     sim.add_argument("--compare", action="store_true", help="run reinforce, a2c and ppo and print a table")
     sim.add_argument("--out", default=None, help="directory for the runs' stores and versions (default: a temp dir)")
     sim.add_argument("--save-json", default=None, help="also write the results as JSON to this file")

@@ -256,6 +256,9 @@ class SimConfig:
     """Seeds the rater's noise, the prompt order and sampling."""
     rm_epochs: int = 40
     """Epochs of each reward-model retraining."""
+    rm_features: tuple[str, ...] = ("s", "sc")
+    """Feature blocks of the reward model (RewardTrainConfig.emb_features); add "words" for the
+    hashed vocabulary block."""
     reward: Any = None
     """The RL reward design: a reward.functions.RewardConfig (inkloop eval compare-rewards varies
     it); None = the learned reward model + repetition_weight * the repetition term."""
@@ -367,7 +370,8 @@ def simulate(
         adaptive_kl=cfg.target_kl is not None, target_kl=cfg.target_kl or RLConfig.target_kl,
         kl_horizon=cfg.kl_horizon,
     )
-    rm_cfg = RewardTrainConfig(epochs=cfg.rm_epochs, seed=cfg.seed, shuffled_control=False)
+    rm_cfg = RewardTrainConfig(epochs=cfg.rm_epochs, seed=cfg.seed, shuffled_control=False,
+                               emb_features=tuple(cfg.rm_features))
     ratings, rounds, rl_step_no, next_round = 0, 0, 0, cfg.rm_every
     versions: list[int] = []
     order: list[dict[str, Any]] = []
