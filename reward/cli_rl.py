@@ -101,6 +101,7 @@ def run_simulation(args, algo: str, lm, embedder, base_state, ddir: Path, last: 
         target_kl=args.target_kl,
         heldout_samples=args.heldout_samples, prompts_path=args.prompts_file, seed=args.seed,
         ppo_epochs=args.ppo_epochs, minibatch_size=args.minibatch, rm_features=tuple(args.rm_features),
+        kl_horizon=args.kl_horizon, rl_after=args.rl_after,
     )
     rater = make_rater(args.rater, seed=args.seed, noise=args.noise)
     try:
@@ -196,6 +197,10 @@ def register(sub, parent) -> None:
     sim.add_argument("--minibatch", type=int, default=16, help="episodes per minibatch (default %(default)s)")
     sim.add_argument("--target-kl", type=float, default=None,
                      help="adapt the KL coefficient towards this KL per sequence (default: fixed --kl-coef)")
+    sim.add_argument("--kl-horizon", type=float, default=SimConfig.kl_horizon,
+                     help="episodes over which the adaptive controller moves beta (default %(default)s)")
+    sim.add_argument("--rl-after", type=int, default=0,
+                     help="no RL before this many ratings; the reward model still retrains (default %(default)s)")
     sim.add_argument("--rm-features", type=_feature_list, default=SimConfig.rm_features,
                      help="reward-model feature blocks, comma-separated from s, c, sc, absdiff, sch, words "
                           "(default: s,sc; words adds the hashed vocabulary block)")

@@ -246,6 +246,9 @@ class SimConfig:
     controller's horizon is kl_horizon episodes rather than the thousands of a long run."""
     kl_horizon: float = 64.0
     """Horizon (episodes) of the adaptive KL controller."""
+    rl_after: int = 0
+    """No RL update before this many ratings: the reward model still retrains every round, but the
+    policy waits until it has been learned from enough ratings to be worth following."""
     repetition_weight: float = 0.2
     """Weight of the repetition penalty added to the learned reward."""
     heldout_samples: int = 2
@@ -336,6 +339,8 @@ def simulate(
     from .policy import RLConfig, train_policy
     from .train import RewardTrainConfig, save_reward_version, train_from_store
 
+    if cfg.rl_after > cfg.budget:
+        raise ValueError(f"rl_after ({cfg.rl_after}) must not exceed the budget ({cfg.budget}): there would be no RL")
     say = progress or (lambda m: log.info(m))
     t0 = time.perf_counter()
     store = services.store
@@ -409,6 +414,10 @@ def simulate(
         acc = rm_metrics.get("rm/accuracy")
         if acc is not None and acc == acc:
             curves["rm/accuracy"].append((ratings, float(acc)))
+        if ratings < cfg.rl_after:
+            say(f"round {rounds}: {ratings} ratings, rm/accuracy={acc if acc is not None else float('nan'):.3f}, "
+                f"no RL before {cfg.rl_after} ratings ({time.perf_counter() - t0:.0f}s)")
+            continue
         # 4. RL against the learned reward (the rater's utility is never used here), publish
         reward_cfg = cfg.reward if cfg.reward is not None else RewardConfig.only(rm=1.0, repetition=cfg.repetition_weight)
         reward_fn = RewardFunction(reward_cfg, rm=rm)

@@ -98,3 +98,33 @@ def test_simulate_end_to_end_on_tiny_model(tiny_tokenizer, store, embedder, tmp_
     assert all(c["rl"]["kl_horizon"] == cfg.kl_horizon for c in rl_cfgs)
     betas = [c["kl_coef_now"] for c in rl_cfgs]
     assert betas[0] != cfg.kl_coef and betas[1] != betas[0]
+
+
+def test_simulate_rl_after_and_rm_features(tiny_tokenizer, store, embedder, tmp_path):
+    """rl_after: rounds before it retrain the reward model but leave the policy alone;
+    rm_features reaches the reward model that simulate trains."""
+    import json
+    from pathlib import Path
+
+    from assistant.cli import policy_source
+    from assistant.generate import Generator
+    from assistant.library import Library
+    from assistant.service import Services
+    from assistant.tiny import build_tiny_lm
+    from reward.policy import Policy
+
+    tok = tiny_tokenizer
+    gen_model, _ = build_tiny_lm(seed=0, tokenizer=tok)
+    learner_model, _ = build_tiny_lm(seed=0, tokenizer=tok)
+    services = Services(store, Generator(gen_model, tok, version_source=policy_source(store, "sim")),
+                        Library(store, embedder), model_name="tiny", default_profile="sim")
+    policy = Policy.from_base(learner_model, tok)
+    cfg = SimConfig(budget=8, k=2, max_new_tokens=8, rm_every=4, rl_steps=1, prompts_per_step=2,
+                    heldout_samples=1, rm_epochs=3, rl_after=8, rm_features=("s", "sc", "words"))
+    with pytest.raises(ValueError, match="rl_after"):
+        simulate(services, policy, embedder, make_rater("keywords"), SimConfig(budget=8, rl_after=8 + 1), tmp_path)
+    res = simulate(services, policy, embedder, make_rater("keywords"), cfg, tmp_path, profile="sim")
+    assert res.rounds == 2 and len(res.policy_versions) == 1  # round 1 (4 ratings) had no RL
+    assert len(store.versions("sim", "reward")) == 2 and len(res.curves["rl/reward"]) == 1
+    rm_cfg = json.loads((Path(store.live_version("sim", "reward").path) / "reward_config.json").read_text())
+    assert rm_cfg["emb_features"] == ["s", "sc", "words"]
