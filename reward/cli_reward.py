@@ -21,6 +21,8 @@ from pathlib import Path
 
 from assistant.cli import command, data_dir, model_settings, open_store, say
 
+from .cli_rl import feature_blocks
+
 
 def _load_embedder(args: argparse.Namespace):
     from assistant.models import load_embedder
@@ -96,6 +98,8 @@ def cmd_rm_train(args: argparse.Namespace) -> int:
         print(f"inkloop: error: {e}", file=sys.stderr)
         return 2
     cfg = RewardTrainConfig(eval_frac=args.eval_frac, seed=args.seed, backbone=args.rm_backbone)
+    if args.features is not None:
+        cfg = replace(cfg, emb_features=args.features)
     if args.epochs is not None:
         cfg = replace(cfg, epochs=args.epochs, lm_epochs=args.epochs)
     if args.no_control:
@@ -187,6 +191,9 @@ def register(sub, parent) -> None:
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     p.add_argument("--rm-backbone", default="embedder", choices=["embedder", "lm"],
                    help="embedder: MiniLM features + small head (default); lm: base LM + LoRA + scalar head (GPU)")
+    p.add_argument("--features", type=feature_blocks, default=None, metavar="BLOCKS",
+                   help="embedder backbone's feature blocks, comma-separated from s, c, sc, absdiff, sch, words "
+                        "(default s,sc; words adds the hashed vocabulary block)")
     p.add_argument("--no-control", action="store_true", help="skip the shuffled-label control run")
     p.add_argument("--candidate", action="store_true", help="record the version as a candidate, not live")
     p.add_argument("--json", action="store_true", help="print {version, metrics} as JSON")

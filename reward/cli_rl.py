@@ -158,13 +158,14 @@ def _common_rl_flags(p: argparse.ArgumentParser, steps_default: int | None) -> N
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-def _feature_list(spec: str) -> tuple[str, ...]:
-    known = ("s", "c", "sc", "absdiff", "sch", "words")
-    out = tuple(x.strip() for x in spec.split(",") if x.strip())
-    bad = [x for x in out if x not in known]
-    if bad or not out:
-        raise argparse.ArgumentTypeError(f"unknown feature block(s) {bad or spec!r}; choose from {', '.join(known)}")
-    return out
+def feature_blocks(spec: str) -> tuple[str, ...]:
+    """argparse type for --rm-features / --features."""
+    from .model import parse_feature_blocks
+
+    try:
+        return parse_feature_blocks(spec)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def register(sub, parent) -> None:
@@ -201,7 +202,7 @@ def register(sub, parent) -> None:
                      help="episodes over which the adaptive controller moves beta (default %(default)s)")
     sim.add_argument("--rl-after", type=int, default=0,
                      help="no RL before this many ratings; the reward model still retrains (default %(default)s)")
-    sim.add_argument("--rm-features", type=_feature_list, default=SimConfig.rm_features,
+    sim.add_argument("--rm-features", type=feature_blocks, default=SimConfig.rm_features,
                      help="reward-model feature blocks, comma-separated from s, c, sc, absdiff, sch, words "
                           "(default: s,sc; words adds the hashed vocabulary block)")
     sim.add_argument("--compare", action="store_true", help="run reinforce, a2c and ppo and print a table")

@@ -123,6 +123,19 @@ def relation_stats(context: str, text: str) -> np.ndarray:
     return np.array([coverage, weighted, bigram, novel, ends], dtype=np.float32)
 
 
+FEATURE_BLOCKS = ("s", "c", "sc", "absdiff", "sch", "words")
+"""The feature blocks RewardModelConfig.emb_features may name."""
+
+
+def parse_feature_blocks(spec: str) -> tuple[str, ...]:
+    """"s,sc,words" -> ("s", "sc", "words"); ValueError naming the choices for anything else."""
+    out = tuple(x.strip() for x in spec.split(",") if x.strip())
+    bad = [x for x in out if x not in FEATURE_BLOCKS]
+    if bad or not out:
+        raise ValueError(f"unknown feature block(s) {bad or spec!r}; choose from {', '.join(FEATURE_BLOCKS)}")
+    return out
+
+
 def hashed_words(text: str, dim: int) -> np.ndarray:
     """The ``words`` feature block: which words a text uses, as a unit-norm vector of ``dim``
     buckets (each distinct lower-cased word adds 1 to bucket crc32(word) % dim). It lets the head

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from app import main
 from tests.test_reward_model import separable_data
@@ -61,6 +64,14 @@ def test_rm_train_from_files_with_eval_file(tmp_path, capsys):
     m = json.loads(capsys.readouterr().out)["metrics"]
     assert m["rm/n_train"] == len(train) and m["rm/n_eval"] == len(held)
     assert m["rm/accuracy"] > 0.9
+    # --features picks the feature blocks (here with the hashed vocabulary block)
+    assert main(["rm", "train", "--from", str(ftr), "--epochs", "2", "--no-control", "--features", "s,words",
+                 "--json", *dd]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert json.loads((Path(out["path"]) / "reward_config.json").read_text())["emb_features"] == ["s", "words"]
+    with pytest.raises(SystemExit):
+        main(["rm", "train", "--features", "s,nope", *dd])
+    assert "unknown feature block" in capsys.readouterr().err
 
 
 def test_rm_score_without_a_model_is_a_clear_error(tmp_path, capsys):
