@@ -59,7 +59,9 @@ def test_prompts_file_and_interleaving():
     assert len({p["mode"] for p in order[:3]}) == 3
 
 
-def test_simulate_end_to_end_on_tiny_model(tiny_tokenizer, store, embedder, tmp_path):
+def tiny_loop(tok, store, embedder):
+    """(services, policy) for simulate on two copies of the tiny model: the generator hot-swaps the
+    live policy of profile "sim", the learner's Policy trains on its own copy."""
     from assistant.cli import policy_source
     from assistant.generate import Generator
     from assistant.library import Library
@@ -67,12 +69,15 @@ def test_simulate_end_to_end_on_tiny_model(tiny_tokenizer, store, embedder, tmp_
     from assistant.tiny import build_tiny_lm
     from reward.policy import Policy
 
-    tok = tiny_tokenizer
     gen_model, _ = build_tiny_lm(seed=0, tokenizer=tok)
     learner_model, _ = build_tiny_lm(seed=0, tokenizer=tok)
     services = Services(store, Generator(gen_model, tok, version_source=policy_source(store, "sim")),
                         Library(store, embedder), model_name="tiny", default_profile="sim")
-    policy = Policy.from_base(learner_model, tok)
+    return services, Policy.from_base(learner_model, tok)
+
+
+def test_simulate_end_to_end_on_tiny_model(tiny_tokenizer, store, embedder, tmp_path):
+    services, policy = tiny_loop(tiny_tokenizer, store, embedder)
     cfg = SimConfig(budget=8, k=2, max_new_tokens=8, rm_every=4, rl_steps=1, prompts_per_step=2,
                     heldout_samples=1, rm_epochs=3, target_kl=0.5)
     res = simulate(services, policy, embedder, make_rater("concise"), cfg, tmp_path, profile="sim")
@@ -106,19 +111,7 @@ def test_simulate_rl_after_and_rm_features(tiny_tokenizer, store, embedder, tmp_
     import json
     from pathlib import Path
 
-    from assistant.cli import policy_source
-    from assistant.generate import Generator
-    from assistant.library import Library
-    from assistant.service import Services
-    from assistant.tiny import build_tiny_lm
-    from reward.policy import Policy
-
-    tok = tiny_tokenizer
-    gen_model, _ = build_tiny_lm(seed=0, tokenizer=tok)
-    learner_model, _ = build_tiny_lm(seed=0, tokenizer=tok)
-    services = Services(store, Generator(gen_model, tok, version_source=policy_source(store, "sim")),
-                        Library(store, embedder), model_name="tiny", default_profile="sim")
-    policy = Policy.from_base(learner_model, tok)
+    services, policy = tiny_loop(tiny_tokenizer, store, embedder)
     cfg = SimConfig(budget=8, k=2, max_new_tokens=8, rm_every=4, rl_steps=1, prompts_per_step=2,
                     heldout_samples=1, rm_epochs=3, rl_after=8, rm_features=("s", "sc", "words"))
     with pytest.raises(ValueError, match="rl_after"):
