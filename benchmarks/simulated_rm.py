@@ -1,0 +1,197 @@
+"""How well does a reward model learn a simulated rater's taste from 150 ratings? Measured offline.
+
+`inkloop simulate` reports the reward model's held-out accuracy on the rater's *noisy* ratings of a
+fifth of the requests (a few dozen pairs), which is both noisy and biased towards 0.5 by the
+rater's own noise. This benchmark separates the reward model from RL and measures it against the
+rater's hidden, noiseless utility instead, in minutes rather than the hour of a simulate run:
+
+1. a pool of the base model's suggestions (K=4, 32 new tokens, temperature 0.8, through
+   ``Services.suggest``) for the train prompts (``--train-reps`` requests each) and the held-out
+   prompts (``--heldout-reps`` requests each) of assets/prompts.json, recorded once in
+   ``--cache-dir`` and reused;
+2. for each rater and seed, 150 ratings exactly as simulate gives them: requests of train
+   prompts in the same interleaved order, stars for every candidate and a best pick, through
+   ``Store.add_feedback``; the reward model trains with ``train_from_store`` (80/20 split by
+   request, as in simulate) for each feature variant;
+3. on the held-out pool:
+   - ``true acc``: share of within-request candidate pairs with different utility that the
+     reward model orders as the rater's utility does;
+   - ``noisy acc``: the rm/accuracy simulate prints (held-out fifth of the rated requests);
+   - ``BoN-4``: the rater's win-rate of the reward model's best of the four candidates against
+     each of the other three (what RL could reach by re-weighting the base model's own samples),
+     next to ``oracle`` (the win-rate of a policy that always had utility 1).
+
+    PYTHONPATH=. python benchmarks/simulated_rm.py [--raters concise,vivid,upbeat,keywords]
+        [--variants default,words] [--seeds 3] [--threads 1]
+
+Measured here: see the README ("Simulated raters").
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+
+VARIANTS = {
+    "default": {},
+    "words": {"emb_features": ("s", "sc", "words")},
+    "pairs-only": {"pointwise_weight": 0.0},
+    "words+pairs-only": {"emb_features": ("s", "sc", "words"), "pointwise_weight": 0.0},
+    "linear": {"hidden": 0},
+}
+"""Reward-model variants (RewardTrainConfig overrides); "default" is RewardTrainConfig()."""
+
+
+def prompt_of(request) -> dict:
+    """The rater's view of a recorded request (its keywords matter to the keywords rater)."""
+    return {"mode": request.mode, "text": request.text, "keywords": (request.options or {}).get("keywords") or []}
+
+
+def build_pool(store, threads: int | None, train_reps: int, heldout_reps: int) -> None:
+    """Record the base model's suggestions for every prompt under profiles pool-train / pool-heldout."""
+    import types
+
+    from assistant.cli import build_services
+    from reward.evaluate import SimConfig, load_prompts, suggest_request
+
+    args = types.SimpleNamespace(model=None, device="cpu", dtype="auto", threads=threads, profile="pool-train")
+    services = build_services(args, store=store)
+    train, held = load_prompts()
+    cfg = SimConfig()
+    rng = random.Random(0)
+    for profile, prompts, reps in (("pool-train", train, train_reps), ("pool-heldout", held, heldout_reps)):
+        have = len(store.recent_requests(profile, limit=100000))
+        todo = [p for _ in range(reps) for p in prompts][have:]
+        t0 = time.perf_counter()
+        for i, p in enumerate(todo):
+            services.suggest(suggest_request(p, cfg, profile, seed=rng.randrange(1 << 30)))
+            print(f"  {profile}: {have + i + 1}/{have + len(todo)} requests ({time.perf_counter() - t0:.0f} s)",
+                  file=sys.stderr, flush=True)
+
+
+def pool(store, profile: str) -> dict[str, list]:
+    """prompt -> the pool's requests of that prompt (oldest first)."""
+    out: dict[str, list] = {}
+    for r in reversed(store.recent_requests(profile, limit=100000)):
+        o = r.options or {}
+        key = (r.mode, r.text, o.get("style"), o.get("sample"), tuple(o.get("keywords") or ()), o.get("inspire_kind"))
+        out.setdefault(repr(key), []).append(r)  # one prompt's requests differ only in their seed
+    return out
+
+
+def rate(store, rater, seed: int, train_pool: dict[str, list], budget: int, profile: str) -> None:
+    """Copy pool requests into `profile` in simulate's order and rate them as simulate does."""
+    from reward.evaluate import interleave_modes
+
+    rng = random.Random(seed)
+    keys = list(train_pool)
+    prompts = [{"mode": train_pool[k][0].mode, "key": k} for k in keys]
+    used = dict.fromkeys(keys, 0)
+    order: list[dict] = []
+    n = 0
+    while n < budget:
+        if not order:
+            order = interleave_modes(prompts, rng)
+        k = order.pop(0)["key"]
+        src = train_pool[k][used[k] % len(train_pool[k])]
+        used[k] += 1
+        req = store.record_request(profile_id=profile, mode=src.mode, text=src.text, options=src.options,
+                                   prompt=src.prompt, policy_version=0, suggestions=[s.text for s in src.suggestions])
+        texts = [s.text for s in req.suggestions]
+        stars = rater.stars(texts, prompt_of(req))[: budget - n]
+        for s, st in zip(req.suggestions, stars):
+            store.add_feedback(s.id, "stars", st, source="simulated")
+        if len(stars) == len(texts) > 1:
+            store.add_feedback(req.suggestions[rater.best(texts, prompt_of(req))].id, "best", source="simulated")
+        n += len(stars)
+
+
+def measure(model, rater, held: list) -> dict[str, float]:
+    from reward.feedback import context_of
+
+    right, pairs, wins = 0.0, 0, []
+    for req in held:
+        texts = [s.text for s in req.suggestions]
+        u = rater.utilities(texts, prompt_of(req))
+        r = model.score([context_of(req)] * len(texts), texts)
+        for i, j in itertools.combinations(range(len(u)), 2):
+            if u[i] != u[j]:
+                pairs += 1
+                d = (r[i] - r[j]) * np.sign(u[i] - u[j])
+                right += 1.0 if d > 0 else 0.5 if d == 0 else 0.0
+        b = int(np.argmax(r))
+        wins += [1.0 if u[b] > u[j] else 0.5 if u[b] == u[j] else 0.0 for j in range(len(u)) if j != b]
+    return {"true_acc": right / pairs if pairs else float("nan"), "true_pairs": pairs, "bon": float(np.mean(wins))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--raters", default="concise,vivid,upbeat,keywords")
+    ap.add_argument("--variants", default="default,words", help="comma-separated from: " + " ".join(VARIANTS))
+    ap.add_argument("--seeds", type=int, default=3, help="rater seeds per cell (default %(default)s)")
+    ap.add_argument("--budget", type=int, default=150)
+    ap.add_argument("--train-reps", type=int, default=2, help="pool requests per train prompt (default %(default)s)")
+    ap.add_argument("--heldout-reps", type=int, default=4, help="pool requests per held-out prompt (default %(default)s)")
+    ap.add_argument("--cache-dir", default=str(ROOT / "benchmarks" / ".cache"))
+    ap.add_argument("--threads", type=int, default=None)
+    a = ap.parse_args()
+    variants = [v for v in a.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+
+    import torch
+
+    from assistant.config import ModelSettings
+    from assistant.models import load_embedder
+    from reward.evaluate import make_rater
+    from reward.train import RewardTrainConfig, train_from_store
+    from storage.store import Store
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    Path(a.cache_dir).mkdir(parents=True, exist_ok=True)
+    store = Store(Path(a.cache_dir) / "simulated_rm.db")
+    build_pool(store, a.threads, a.train_reps, a.heldout_reps)
+    train_pool = pool(store, "pool-train")
+    held = [r for rs in pool(store, "pool-heldout").values() for r in rs]
+    embedder = load_embedder(ModelSettings(device="cpu"))
+    print(f"# simulated raters' reward models: {a.budget} ratings, {sum(map(len, train_pool.values()))} pool "
+          f"requests of {len(train_pool)} train prompts, {len(held)} held-out requests, seeds 0..{a.seeds - 1}\n")
+    print("| rater | variant | true acc | noisy acc (simulate's) | BoN-4 win vs base | oracle win | pairs |")
+    print("|---|---|---|---|---|---|---|")
+    for name in a.raters.split(","):
+        judge = make_rater(name, seed=1000)
+        us = np.concatenate([judge.utilities([s.text for s in r.suggestions], prompt_of(r)) for r in held])
+        oracle = float(np.mean(us < 1) + 0.5 * np.mean(us >= 1))
+        for v in variants:
+            cells = []
+            for seed in range(a.seeds):
+                profile = f"{name}-s{seed}-{time.time_ns()}"
+                rate(store, make_rater(name, seed=seed), seed, train_pool, a.budget, profile)
+                cfg = RewardTrainConfig(seed=seed, shuffled_control=False, **VARIANTS[v])
+                model, m = train_from_store(store, profile, embedder, cfg)
+                cells.append({**measure(model, judge, held), "noisy": m.get("rm/accuracy", float("nan"))})
+
+            def ms(key: str) -> str:
+                x = np.array([c[key] for c in cells], float)
+                return f"{np.nanmean(x):.3f} ± {np.nanstd(x):.3f}"
+
+            print(f"| {name} | {v} | {ms('true_acc')} | {ms('noisy')} | {ms('bon')} | {oracle:.3f} | "
+                  f"{cells[0]['true_pairs']} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
