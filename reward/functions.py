@@ -195,6 +195,12 @@ class RewardConfig:
     """n of the distinct-n novelty across a prompt's K candidates."""
     rm_normalize: bool = True
     """Standardise learned-RM scores with the model's training mean/std (when it supports it)."""
+    unusable_reward: float | None = -3.0
+    """The total reward of a suggestion without a single word (empty after cleaning). The
+    generator never shows such a text, so no rating ever teaches the reward model about it, and a
+    learned taste for brevity extrapolates to nothing at all (seen in `simulate --rater concise
+    --algo a2c`: the policy learned to answer with an empty string). -3 sits below almost every
+    standardised RM score. None: score it like any other text."""
 
     def weights_for(self, mode: str) -> dict[str, float]:
         w = self.weights.get(mode) or self.weights.get("continue") or {}
@@ -290,6 +296,9 @@ class RewardFunction:
         for j, t in enumerate(TERMS):
             if t in terms:
                 total += w[:, j] * terms[t]
+        if self.cfg.unusable_reward is not None:
+            unusable = np.array([not words(t) for t in texts], bool)
+            total[unusable] = self.cfg.unusable_reward
         return RewardOutput(total, terms)
 
 

@@ -90,6 +90,26 @@ def test_compose_weights_per_mode_and_logs_terms():
     assert m["reward/total"] == pytest.approx(0.65)
 
 
+class BrevityRM:
+    """A learned taste for brevity: fewer characters, more reward (its best text is the empty one)."""
+
+    def score(self, contexts, texts, normalize=False):
+        return -np.asarray([len(t) for t in texts], np.float32)
+
+
+def test_a_suggestion_without_words_gets_the_unusable_reward():
+    ps = [RolloutPrompt("p", "continue")] * 3
+    texts = ["Short one.", "", " ... ! "]  # the last two have no word: the generator would drop them
+    out = RewardFunction(RewardConfig.only(rm=1.0), rm=BrevityRM())(ps, texts)
+    assert out.total.tolist() == [-10.0, -3.0, -3.0]  # the default floor, whatever the RM says
+    assert out.terms["rm"].tolist() == [-10.0, 0.0, -7.0]  # the term itself is logged unchanged
+    floor = RewardFunction(RewardConfig.only(rm=1.0, repetition=1.0), rm=BrevityRM())
+    floor.cfg.unusable_reward = -50.0
+    assert floor(ps, texts).total.tolist()[1:] == [-50.0, -50.0]
+    off = RewardFunction(RewardConfig(weights=RewardConfig.only(rm=1.0).weights, unusable_reward=None), rm=BrevityRM())
+    assert off(ps, texts).total.tolist() == [-10.0, 0.0, -7.0]
+
+
 def test_fluency_uses_extras_or_callable():
     cfg = RewardConfig.only(fluency=1.0)
     fn = RewardFunction(cfg, fluency=lambda ps, ts: np.full(len(ts), -2.0))
