@@ -301,6 +301,9 @@ class RewardModel(nn.Module):
 
     def __init__(self, cfg: RewardModelConfig, embedder: Any = None, store: Any = None):
         super().__init__()
+        unknown = [f for f in cfg.emb_features if f not in FEATURE_BLOCKS]
+        if unknown:
+            raise ValueError(f"unknown feature block(s) {unknown}; choose from {', '.join(FEATURE_BLOCKS)}")
         self.cfg = cfg
         d = cfg.n_features
         self.mlp = (nn.Sequential(nn.Linear(d, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, 1))

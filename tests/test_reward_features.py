@@ -110,3 +110,6 @@ def test_words_block_learns_a_vocabulary_and_round_trips(embedder, store, tmp_pa
     loaded = RewardModel.load(tmp_path / "rm", embedder, store)
     assert loaded.cfg.words_dim == 256 and loaded.cfg.emb_features == ("words",)
     np.testing.assert_array_equal(loaded.score(ctx * 2, good + bad), model.score(ctx * 2, good + bad))
+    with pytest.raises(ValueError, match="unknown feature block"):
+        train_reward_model(RewardData(pairs, []), RewardTrainConfig(epochs=1, eval_frac=0.0, shuffled_control=False,
+                                                                    emb_features=("s", "bag")), embedder, store)
