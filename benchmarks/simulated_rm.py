@@ -19,7 +19,8 @@ rater's hidden, noiseless utility instead, in minutes rather than the hour of a 
    - ``noisy acc``: the rm/accuracy simulate prints (held-out fifth of the rated requests);
    - ``BoN-4``: the rater's win-rate of the reward model's best of the four candidates against
      each of the other three (what RL could reach by re-weighting the base model's own samples),
-     next to ``oracle`` (the win-rate of a policy that always had utility 1).
+     next to ``oracle`` (the win-rate of a policy that always had utility 1) and ``base u=0``
+     (how often the base model writes nothing the rater likes).
 
     PYTHONPATH=. python benchmarks/simulated_rm.py [--raters concise,vivid,upbeat,keywords]
         [--variants default,words] [--seeds 3] [--threads 1]
@@ -170,12 +171,14 @@ def main() -> None:
     embedder = load_embedder(ModelSettings(device="cpu"))
     print(f"# simulated raters' reward models: {a.budget} ratings, {sum(map(len, train_pool.values()))} pool "
           f"requests of {len(train_pool)} train prompts, {len(held)} held-out requests, seeds 0..{a.seeds - 1}\n")
-    print("| rater | variant | true acc | noisy acc (simulate's) | BoN-4 win vs base | oracle win | pairs |")
-    print("|---|---|---|---|---|---|---|")
+    print("(mean ± std over the seeds; base u=0: share of the held-out base suggestions the rater gives utility 0)\n")
+    print("| rater | variant | true acc | noisy acc (simulate's) | BoN-4 win vs base | oracle win | base u=0 | pairs |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in a.raters.split(","):
         judge = make_rater(name, seed=1000)
         us = np.concatenate([judge.utilities([s.text for s in r.suggestions], prompt_of(r)) for r in held])
         oracle = float(np.mean(us < 1) + 0.5 * np.mean(us >= 1))
+        zero = float(np.mean(us <= 0))
         for v in variants:
             cells = []
             for seed in range(a.seeds):
@@ -189,7 +192,7 @@ def main() -> None:
                 x = np.array([c[key] for c in cells], float)
                 return f"{np.nanmean(x):.3f} ± {np.nanstd(x):.3f}"
 
-            print(f"| {name} | {v} | {ms('true_acc')} | {ms('noisy')} | {ms('bon')} | {oracle:.3f} | "
+            print(f"| {name} | {v} | {ms('true_acc')} | {ms('noisy')} | {ms('bon')} | {oracle:.3f} | {zero:.2f} | "
                   f"{cells[0]['true_pairs']} |", flush=True)
 
 
