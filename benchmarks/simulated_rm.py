@@ -94,7 +94,7 @@ def pool(store, profile: str) -> dict[str, list]:
 
 def rate(store, rater, seed: int, train_pool: dict[str, list], budget: int, profile: str) -> None:
     """Copy pool requests into `profile` in simulate's order and rate them as simulate does."""
-    from reward.evaluate import interleave_modes
+    from reward.evaluate import interleave_modes, rate_suggestions
 
     rng = random.Random(seed)
     keys = list(train_pool)
@@ -110,31 +110,28 @@ def rate(store, rater, seed: int, train_pool: dict[str, list], budget: int, prof
         used[k] += 1
         req = store.record_request(profile_id=profile, mode=src.mode, text=src.text, options=src.options,
                                    prompt=src.prompt, policy_version=0, suggestions=[s.text for s in src.suggestions])
-        texts = [s.text for s in req.suggestions]
-        stars = rater.stars(texts, prompt_of(req))[: budget - n]
-        for s, st in zip(req.suggestions, stars):
-            store.add_feedback(s.id, "stars", st, source="simulated")
-        if len(stars) == len(texts) > 1:
-            store.add_feedback(req.suggestions[rater.best(texts, prompt_of(req))].id, "best", source="simulated")
-        n += len(stars)
+        n += len(rate_suggestions(rater, prompt_of(req), [s.id for s in req.suggestions],
+                                  [s.text for s in req.suggestions], budget - n, store.add_feedback))
 
 
 def measure(model, rater, held: list) -> dict[str, float]:
     from reward.feedback import context_of
+    from reward.train import pair_accuracy
 
-    right, pairs, wins = 0.0, 0, []
+    better, worse, wins = [], [], []
     for req in held:
         texts = [s.text for s in req.suggestions]
         u = rater.utilities(texts, prompt_of(req))
         r = model.score([context_of(req)] * len(texts), texts)
         for i, j in itertools.combinations(range(len(u)), 2):
-            if u[i] != u[j]:
-                pairs += 1
-                d = (r[i] - r[j]) * np.sign(u[i] - u[j])
-                right += 1.0 if d > 0 else 0.5 if d == 0 else 0.0
+            if u[i] != u[j]:  # the rater prefers one: does the reward model agree?
+                hi, lo = (i, j) if u[i] > u[j] else (j, i)
+                better.append(r[hi])
+                worse.append(r[lo])
         b = int(np.argmax(r))
         wins += [1.0 if u[b] > u[j] else 0.5 if u[b] == u[j] else 0.0 for j in range(len(u)) if j != b]
-    return {"true_acc": right / pairs if pairs else float("nan"), "true_pairs": pairs, "bon": float(np.mean(wins))}
+    return {"true_acc": pair_accuracy(np.array(better), np.array(worse)), "true_pairs": len(better),
+            "bon": float(np.mean(wins))}
 
 
 def main() -> None:

@@ -202,6 +202,19 @@ def interleave_modes(prompts: Sequence[dict[str, Any]], rng: random.Random) -> l
     return out
 
 
+def rate_suggestions(rater: Rater, prompt: dict[str, Any], ids: Sequence[int], texts: Sequence[str], limit: int,
+                     feedback: Callable[..., Any]) -> list[int]:
+    """The rater's stars for the first `limit` suggestions and, when it starred them all, its best
+    pick, each given as ``feedback(suggestion_id, kind, value, source="simulated")`` (the UI's
+    path, Services.feedback, or Store.add_feedback). Returns the stars."""
+    stars = rater.stars(texts, prompt)[:limit]
+    for sid, st in zip(ids, stars):
+        feedback(sid, "stars", st, source="simulated")
+    if len(texts) > 1 and len(stars) == len(texts):
+        feedback(ids[rater.best(texts, prompt)], "best", source="simulated")
+    return stars
+
+
 def suggest_request(p: dict[str, Any], cfg: "SimConfig", profile: str, seed: int | None):
     from assistant.service import SuggestRequest
 
@@ -395,11 +408,8 @@ def simulate(
             continue
         empty_in_a_row = 0
         # 2. the rater's stars and best pick go through the same feedback path as the UI's
-        stars = rater.stars(texts, p)[: cfg.budget - ratings]
-        for s, st in zip(resp.suggestions, stars):
-            services.feedback(s["id"], "stars", st, source="simulated")
-        if len(texts) > 1 and len(stars) == len(texts):
-            services.feedback(resp.suggestions[rater.best(texts, p)]["id"], "best", source="simulated")
+        stars = rate_suggestions(rater, p, [s["id"] for s in resp.suggestions], texts, cfg.budget - ratings,
+                                 services.feedback)
         ratings += len(stars)
         say(f"  {ratings}/{cfg.budget} ratings: stars {stars} (policy v{resp.policy_version})")
         curves["sim/stars"].append((ratings, float(np.mean(stars))))
@@ -414,9 +424,9 @@ def simulate(
         acc = rm_metrics.get("rm/accuracy")
         if acc is not None and acc == acc:
             curves["rm/accuracy"].append((ratings, float(acc)))
+        head = f"round {rounds}: {ratings} ratings, rm/accuracy={acc if acc is not None else float('nan'):.3f}"
         if ratings < cfg.rl_after:
-            say(f"round {rounds}: {ratings} ratings, rm/accuracy={acc if acc is not None else float('nan'):.3f}, "
-                f"no RL before {cfg.rl_after} ratings ({time.perf_counter() - t0:.0f}s)")
+            say(f"{head}, no RL before {cfg.rl_after} ratings ({time.perf_counter() - t0:.0f}s)")
             continue
         # 4. RL against the learned reward (the rater's utility is never used here), publish
         reward_cfg = cfg.reward if cfg.reward is not None else RewardConfig.only(rm=1.0, repetition=cfg.repetition_weight)
@@ -435,8 +445,7 @@ def simulate(
         )
         versions.append(version.id)
         say(
-            f"round {rounds}: {ratings} ratings, rm/accuracy={acc if acc is not None else float('nan'):.3f}, "
-            f"rl/reward={m.get('rl/final_reward', float('nan')):.3f}, rl/kl={m.get('rl/final_kl', float('nan')):.3f}, "
+            f"{head}, rl/reward={m.get('rl/final_reward', float('nan')):.3f}, rl/kl={m.get('rl/final_kl', float('nan')):.3f}, "
             f"policy v{version.id} published ({time.perf_counter() - t0:.0f}s)"
         )
 
