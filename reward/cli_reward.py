@@ -21,7 +21,7 @@ from pathlib import Path
 
 from assistant.cli import command, data_dir, model_settings, open_store, say
 
-from .cli_rl import feature_blocks
+from .cli_rl import feature_blocks, positive_int
 
 
 def _load_embedder(args: argparse.Namespace):
@@ -100,6 +100,8 @@ def cmd_rm_train(args: argparse.Namespace) -> int:
     cfg = RewardTrainConfig(eval_frac=args.eval_frac, seed=args.seed, backbone=args.rm_backbone)
     if args.features is not None:
         cfg = replace(cfg, emb_features=args.features)
+    if args.ensemble is not None:
+        cfg = replace(cfg, ensemble=args.ensemble)
     if args.epochs is not None:
         cfg = replace(cfg, epochs=args.epochs, lm_epochs=args.epochs)
     if args.no_control:
@@ -142,7 +144,7 @@ def cmd_rm_score(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
         backbone = json.loads((Path(v.path) / "reward_config.json").read_text()).get("backbone", "embedder")
-        embedder = _load_embedder(args) if backbone == "embedder" else None
+        embedder = _load_embedder(args) if backbone != "lm" else None  # embedder heads and their ensembles
         lm = _lm_pair(args) if backbone == "lm" else None
         rm = load_live_reward_model(store, args.profile, embedder, lm)
         if rm is None:
@@ -194,6 +196,8 @@ def register(sub, parent) -> None:
     p.add_argument("--features", type=feature_blocks, default=None, metavar="BLOCKS",
                    help="embedder backbone's feature blocks, comma-separated from s, c, sc, absdiff, sch, words "
                         "(default s,sc; words adds the hashed vocabulary block)")
+    p.add_argument("--ensemble", type=positive_int, default=None, metavar="M",
+                   help="embedder backbone: a bootstrap ensemble of M heads (RL then penalises their disagreement)")
     p.add_argument("--no-control", action="store_true", help="skip the shuffled-label control run")
     p.add_argument("--candidate", action="store_true", help="record the version as a candidate, not live")
     p.add_argument("--json", action="store_true", help="print {version, metrics} as JSON")

@@ -101,7 +101,8 @@ def run_simulation(args, algo: str, lm, embedder, base_state, ddir: Path, last: 
         target_kl=args.target_kl,
         heldout_samples=args.heldout_samples, prompts_path=args.prompts_file, seed=args.seed,
         ppo_epochs=args.ppo_epochs, minibatch_size=args.minibatch, rm_features=tuple(args.rm_features),
-        kl_horizon=args.kl_horizon, rl_after=args.rl_after,
+        kl_horizon=args.kl_horizon, rl_after=args.rl_after, rm_ensemble=args.rm_ensemble,
+        rm_uncertainty=args.rm_uncertainty,
     )
     rater = make_rater(args.rater, seed=args.seed, noise=args.noise)
     try:
@@ -158,6 +159,17 @@ def _common_rl_flags(p: argparse.ArgumentParser, steps_default: int | None) -> N
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be at least 1 (--rm-ensemble / --ensemble)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def feature_blocks(spec: str) -> tuple[str, ...]:
     """argparse type for --rm-features / --features."""
     from .model import parse_feature_blocks
@@ -205,6 +217,11 @@ def register(sub, parent) -> None:
     sim.add_argument("--rm-features", type=feature_blocks, default=SimConfig.rm_features,
                      help="reward-model feature blocks, comma-separated from s, c, sc, absdiff, sch, words "
                           "(default: s,sc; words adds the hashed vocabulary block)")
+    sim.add_argument("--rm-ensemble", type=positive_int, default=SimConfig.rm_ensemble, metavar="M",
+                     help="train the reward model as a bootstrap ensemble of M heads (default %(default)s: one)")
+    sim.add_argument("--rm-uncertainty", type=float, default=SimConfig.rm_uncertainty, metavar="A",
+                     help="with an ensemble, the RL reward is the heads' mean minus A times their std "
+                          "(default %(default)s)")
     sim.add_argument("--compare", action="store_true", help="run reinforce, a2c and ppo and print a table")
     sim.add_argument("--out", default=None, help="directory for the runs' stores and versions (default: a temp dir)")
     sim.add_argument("--save-json", default=None, help="also write the results as JSON to this file")

@@ -29,7 +29,7 @@ import math
 import random
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -275,6 +275,12 @@ class SimConfig:
     rm_features: tuple[str, ...] = ("s", "sc")
     """Feature blocks of the reward model (RewardTrainConfig.emb_features); add "words" for the
     hashed vocabulary block."""
+    rm_ensemble: int = 1
+    """Reward-model heads (RewardTrainConfig.ensemble); above 1, a bootstrap ensemble whose
+    disagreement the RL reward subtracts (rm_uncertainty)."""
+    rm_uncertainty: float = 1.0
+    """Standard deviations of the ensemble's disagreement taken off the RL reward
+    (RewardConfig.rm_uncertainty; ignored for one head)."""
     reward: Any = None
     """The RL reward design: a reward.functions.RewardConfig (inkloop eval compare-rewards varies
     it); None = the learned reward model + repetition_weight * the repetition term."""
@@ -389,7 +395,7 @@ def simulate(
         kl_horizon=cfg.kl_horizon,
     )
     rm_cfg = RewardTrainConfig(epochs=cfg.rm_epochs, seed=cfg.seed, shuffled_control=False,
-                               emb_features=tuple(cfg.rm_features))
+                               emb_features=tuple(cfg.rm_features), ensemble=cfg.rm_ensemble)
     ratings, rounds, rl_step_no, next_round = 0, 0, 0, cfg.rm_every
     versions: list[int] = []
     order: list[dict[str, Any]] = []
@@ -429,7 +435,11 @@ def simulate(
             say(f"{head}, no RL before {cfg.rl_after} ratings ({time.perf_counter() - t0:.0f}s)")
             continue
         # 4. RL against the learned reward (the rater's utility is never used here), publish
-        reward_cfg = cfg.reward if cfg.reward is not None else RewardConfig.only(rm=1.0, repetition=cfg.repetition_weight)
+        if cfg.reward is not None:
+            reward_cfg = cfg.reward
+        else:
+            reward_cfg = replace(RewardConfig.only(rm=1.0, repetition=cfg.repetition_weight),
+                                 rm_uncertainty=cfg.rm_uncertainty)
         reward_fn = RewardFunction(reward_cfg, rm=rm)
 
         def on_step(i: int, m: dict[str, float]) -> None:

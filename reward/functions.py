@@ -8,7 +8,10 @@ can show *why* a suggestion scored as it did.
 Terms (names are the keys in `RewardConfig` weights and in the logged metrics):
 
 - ``rm``          the learned reward model (anything with ``.score(contexts, texts)``), standardised
-                  with the model's own training mean/std when it offers ``normalize=True``.
+                  with the model's own training mean/std when it offers ``normalize=True``. For
+                  an ensemble (``.score_members``), the members' mean minus
+                  ``RewardConfig.rm_uncertainty`` times their standard deviation; that spread is
+                  logged as ``reward/rm_uncertainty``.
 - ``length``      closeness to a target length in words: ``-min(1, |n - target| / target)``; the
                   target is per mode, and for restyle the length of the passage being rewritten.
 - ``repetition``  minus the share of repeated word bigrams inside the text (rep-2): 0 is best.
@@ -195,6 +198,12 @@ class RewardConfig:
     """n of the distinct-n novelty across a prompt's K candidates."""
     rm_normalize: bool = True
     """Standardise learned-RM scores with the model's training mean/std (when it supports it)."""
+    rm_uncertainty: float = 1.0
+    """With an ensemble reward model: the rm term is the members' mean score minus this many
+    standard deviations of their scores, a lower confidence bound. A text unlike anything rated,
+    where the members disagree, earns less than its mean says, so the policy is not paid for
+    drifting to where the ratings say nothing (reward over-optimisation). 0: the plain mean.
+    Ignored for a single model."""
     unusable_reward: float | None = -3.0
     """The total reward of a suggestion without a single word (empty after cleaning). The
     generator never shows such a text, so no rating ever teaches the reward model about it, and a
@@ -221,10 +230,13 @@ class RewardOutput:
     """Weighted sum per sample."""
     terms: dict[str, np.ndarray]
     """Raw (unweighted) value of every term with a non-zero weight somewhere in the batch."""
+    info: dict[str, np.ndarray] = field(default_factory=dict)
+    """Per-sample diagnostics that are not terms of the sum (``rm_uncertainty``: the spread of an
+    ensemble reward model's members)."""
 
     def means(self) -> dict[str, float]:
-        """{"reward/<term>": mean} for logging."""
-        out = {f"reward/{k}": float(np.mean(v)) if len(v) else 0.0 for k, v in self.terms.items()}
+        """{"reward/<term or diagnostic>": mean} for logging."""
+        out = {f"reward/{k}": float(np.mean(v)) if len(v) else 0.0 for k, v in {**self.terms, **self.info}.items()}
         out["reward/total"] = float(np.mean(self.total)) if len(self.total) else 0.0
         return out
 
@@ -248,8 +260,16 @@ class RewardFunction:
         self.cfg = cfg or RewardConfig()
         self.rm, self.embed, self.fluency = rm, embed, fluency
 
-    def _rm_scores(self, prompts: Sequence[RolloutPrompt], texts: Sequence[str]) -> np.ndarray:
+    def _rm_scores(self, prompts: Sequence[RolloutPrompt], texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(rm term, members' std or None for a single model)."""
         contexts = [p.context for p in prompts]
+        if hasattr(self.rm, "score_members"):
+            m = np.asarray(self.rm.score_members(contexts, list(texts), normalize=self.cfg.rm_normalize), np.float32)
+            std = m.std(0)
+            return m.mean(0) - self.cfg.rm_uncertainty * std, std
+        return self._rm_single(contexts, texts), None
+
+    def _rm_single(self, contexts: list[str], texts: Sequence[str]) -> np.ndarray:
         if self.cfg.rm_normalize:
             try:
                 return np.asarray(self.rm.score(contexts, list(texts), normalize=True), np.float32)
@@ -269,8 +289,11 @@ class RewardFunction:
         )
         active = {t for j, t in enumerate(TERMS) if n and np.any(w[:, j] != 0)}
         terms: dict[str, np.ndarray] = {}
+        info: dict[str, np.ndarray] = {}
         if "rm" in active and self.rm is not None:
-            terms["rm"] = self._rm_scores(prompts, texts)
+            terms["rm"], spread = self._rm_scores(prompts, texts)
+            if spread is not None:
+                info["rm_uncertainty"] = spread
         if "length" in active:
             targets = [
                 len(words(p.source_text)) if p.mode == "restyle" else self.cfg.length_targets.get(p.mode, 40.0)
@@ -299,7 +322,7 @@ class RewardFunction:
         if self.cfg.unusable_reward is not None:
             unusable = np.array([not words(t) for t in texts], bool)
             total[unusable] = self.cfg.unusable_reward
-        return RewardOutput(total, terms)
+        return RewardOutput(total, terms, info)
 
 
 def embed_with(embedder: Any) -> Callable[[list[str]], np.ndarray]:

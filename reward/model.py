@@ -414,6 +414,8 @@ class RewardModel(nn.Module):
         cfg = json.loads((directory / CONFIG_FILE).read_text())
         if cfg.get("backbone", "embedder") == "lm":
             return LMRewardModel.load(directory, lm)
+        if cfg.get("backbone") == "ensemble":
+            return EnsembleRewardModel.load(directory, embedder, store)
         cfg["stats"] = tuple(cfg.get("stats", STAT_NAMES))
         cfg["emb_features"] = tuple(cfg.get("emb_features", ("s", "c", "sc", "absdiff")))
         model = cls(RewardModelConfig(**cfg), embedder, store)
@@ -421,6 +423,116 @@ class RewardModel(nn.Module):
             raise ValueError(f"reward model was trained on embedder {model.cfg.embedder!r}, "
                              f"got {_embedder_name(embedder)!r}")
         model.cache.name = model.cfg.embedder
+        model.load_state_dict(load_file(str(directory / HEAD_FILE)))
+        model.eval()
+        return model
+
+
+# ----------------------------------------------------------------------------- bootstrap ensemble
+@dataclass
+class EnsembleRewardConfig:
+    """A bootstrap ensemble of embedder-backbone heads (saved as reward_config.json)."""
+
+    members: int = 4
+    """Heads in the ensemble."""
+    member: RewardModelConfig = field(default_factory=RewardModelConfig)
+    """The shape every head shares (so one set of features feeds them all)."""
+    backbone: str = "ensemble"
+
+
+class EnsembleRewardModel(nn.Module):
+    """Several ``RewardModel`` heads on the same features, each fitted to its own bootstrap
+    resample of the rated requests (reward.train does the resampling).
+
+    ``score`` is the members' mean, so the ensemble drops in wherever one model is used.
+    ``score_members`` gives every member's scores: where the ratings pin the reward down the
+    members agree, and where a text is unlike anything rated (what RL against a learned reward
+    drifts towards) they disagree. ``RewardConfig.rm_uncertainty`` turns that spread into a
+    conservative RL reward, mean - alpha * std (Coste et al., "Reward Model Ensembles Help
+    Mitigate Overoptimization", ICLR 2024). Standardised scores use the mean and std of the
+    ensemble mean over the training texts, for the members as well, so the spread is in the same
+    units as the score."""
+
+    def __init__(self, cfg: EnsembleRewardConfig, embedder: Any = None, store: Any = None):
+        super().__init__()
+        if cfg.members < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {cfg.members}")
+        self.cfg = cfg
+        self.members = nn.ModuleList(RewardModel(cfg.member, embedder, store) for _ in range(cfg.members))
+        self.register_buffer("reward_mean", torch.zeros(()))
+        self.register_buffer("reward_std", torch.ones(()))
+        self.cache = self.members[0].cache
+
+    @classmethod
+    def from_members(cls, members: Sequence[RewardModel]) -> "EnsembleRewardModel":
+        """Wrap trained heads (same config); their weights are taken over as they are."""
+        cfgs = {json.dumps(asdict(m.cfg), sort_keys=True) for m in members}
+        if len(cfgs) != 1:
+            raise ValueError("ensemble members must share one RewardModelConfig")
+        ens = cls(EnsembleRewardConfig(members=len(members), member=members[0].cfg))
+        ens.members = nn.ModuleList(members)
+        ens.cache = members[0].cache
+        return ens
+
+    @property
+    def cache(self) -> EmbeddingCache:
+        return self._cache
+
+    @cache.setter
+    def cache(self, value: EmbeddingCache) -> None:
+        object.__setattr__(self, "_cache", value)
+        for m in getattr(self, "members", []):
+            m.cache = value
+
+    def raw_features(self, contexts: Sequence[str], texts: Sequence[str]) -> torch.Tensor:
+        return self.members[0].raw_features(contexts, texts)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """(M, N) raw scores of every member."""
+        return torch.stack([m(feats) for m in self.members])
+
+    @torch.no_grad()
+    def score_members(self, contexts: Sequence[str], texts: Sequence[str], normalize: bool = False,
+                      batch_size: int = 512) -> np.ndarray:
+        """(members, N) scores; normalize=True standardises them all with the ensemble's
+        training mean/std."""
+        was = self.training
+        self.eval()
+        out = [self(self.raw_features(contexts[i : i + batch_size], texts[i : i + batch_size]))
+               for i in range(0, len(texts), batch_size)]
+        self.train(was)
+        r = torch.cat(out, dim=1).numpy() if out else np.zeros((len(self.members), 0), np.float32)
+        if normalize:
+            r = (r - float(self.reward_mean)) / max(float(self.reward_std), 1e-6)
+        return r.astype(np.float32)
+
+    def score(self, contexts: Sequence[str], texts: Sequence[str], normalize: bool = False,
+              batch_size: int = 512) -> np.ndarray:
+        """The members' mean score for each (context, text)."""
+        return self.score_members(contexts, texts, normalize, batch_size).mean(0)
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        cfg = asdict(self.cfg)
+        cfg["member"]["stats"] = list(cfg["member"]["stats"])
+        cfg["member"]["emb_features"] = list(cfg["member"]["emb_features"])
+        (directory / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(directory / HEAD_FILE))
+
+    @classmethod
+    def load(cls, directory: str | Path, embedder: Any = None, store: Any = None) -> "EnsembleRewardModel":
+        directory = Path(directory)
+        cfg = json.loads((directory / CONFIG_FILE).read_text())
+        m = dict(cfg["member"])
+        m["stats"] = tuple(m["stats"])
+        m["emb_features"] = tuple(m["emb_features"])
+        member = RewardModelConfig(**m)
+        if embedder is not None and _embedder_name(embedder) != member.embedder:
+            raise ValueError(f"reward model was trained on embedder {member.embedder!r}, "
+                             f"got {_embedder_name(embedder)!r}")
+        model = cls(EnsembleRewardConfig(members=int(cfg["members"]), member=member), embedder, store)
+        model.cache.name = member.embedder
         model.load_state_dict(load_file(str(directory / HEAD_FILE)))
         model.eval()
         return model

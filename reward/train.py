@@ -19,6 +19,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 
 from .feedback import PointwiseTarget, PreferencePair, RewardData, build_training_data
 from .losses import bradley_terry_loss, pointwise_loss
-from .model import LMRewardConfig, LMRewardModel, RewardModel, RewardModelConfig
+from .model import EnsembleRewardModel, LMRewardConfig, LMRewardModel, RewardModel, RewardModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,12 @@ class RewardTrainConfig:
     benchmarks/simulated_rm.py for what it adds on the simulated raters' tastes)."""
     words_dim: int = 2048
     """Hash buckets of the "words" feature block (when emb_features names it)."""
+    ensemble: int = 1
+    """Heads trained (embedder backbone). Above 1: a bootstrap ensemble
+    (reward.model.EnsembleRewardModel), each head fitted to its own resample, with replacement, of
+    the rated requests; the RL reward then subtracts ``RewardConfig.rm_uncertainty`` times the
+    heads' disagreement. Training costs that many times one head (under a second each for a few
+    hundred ratings)."""
     stats: tuple[str, ...] | None = None
     """Text statistics the head sees (names from reward.model.ALL_STAT_NAMES); None: STAT_NAMES."""
     stats_prefit: str = ""
@@ -410,10 +417,44 @@ def _fit_lm(data: RewardData, cfg: RewardTrainConfig, lm: Any) -> LMRewardModel:
     return rm
 
 
+def bootstrap_by_group(data: RewardData, seed: int) -> RewardData:
+    """A bootstrap resample of ``data`` by group (request): as many groups as there are, drawn with
+    replacement; a group drawn k times keeps its pairs and points with k times their weight (one
+    drawn 0 times is left out)."""
+    groups = data.groups()
+    rng = random.Random(seed)
+    drawn = Counter(rng.choice(groups) for _ in groups) if groups else Counter()
+    return RewardData(
+        [replace(p, weight=p.weight * drawn[p.group]) for p in data.pairs if drawn[p.group]],
+        [replace(p, weight=p.weight * drawn[p.group]) for p in data.points if drawn[p.group]],
+    )
+
+
+def _fit_ensemble(data: RewardData, cfg: RewardTrainConfig, embedder: Any, store: Any, cache=None):
+    """``cfg.ensemble`` heads, head i on bootstrap_by_group(data, seed + i) with seed + i; the
+    ensemble's score statistics are those of the members' mean over all of ``data``."""
+    members = []
+    for i in range(cfg.ensemble):
+        sample = bootstrap_by_group(data, cfg.seed + 7919 * (i + 1))
+        members.append(_fit_embedder_head(sample, replace(cfg, seed=cfg.seed + i), embedder, store, cache))
+    ens = EnsembleRewardModel.from_members(members)
+    items, _, _ = _index_items(data)
+    r = ens.score([c for c, _ in items], [t for _, t in items])
+    ens.reward_mean.fill_(float(np.mean(r)))
+    ens.reward_std.fill_(float(np.std(r, ddof=1)) if len(r) > 1 else 1.0)
+    return ens
+
+
 def _fit(data: RewardData, cfg: RewardTrainConfig, embedder: Any, store: Any, lm: Any, cache=None):
+    if cfg.ensemble < 1:
+        raise ValueError(f"ensemble must be at least 1, got {cfg.ensemble}")
     if cfg.backbone == "embedder":
+        if cfg.ensemble > 1:
+            return _fit_ensemble(data, cfg, embedder, store, cache)
         return _fit_embedder_head(data, cfg, embedder, store, cache)
     if cfg.backbone == "lm":
+        if cfg.ensemble > 1:
+            raise ValueError("a reward-model ensemble needs the embedder backbone (--rm-backbone lm trains one model)")
         if lm is None:
             raise ValueError("--rm-backbone lm needs the base language model")
         return _fit_lm(data, cfg, lm)

@@ -44,6 +44,16 @@ def test_feedback_import_export_rm_train_score(tmp_path, capsys):
         assert k in m, k
     assert m["rm/accuracy"] > 0.8 and res["status"] == "published"
 
+    assert main(["rm", "train", "--epochs", "20", "--ensemble", "2", "--no-control", "--json", *dd]) == 0
+    ens = json.loads(capsys.readouterr().out)
+    assert ens["metrics"]["rm/accuracy"] > 0.8
+    unseen = "An unseen suggestion the store has never embedded."  # so scoring needs the embedder
+    assert main(["rm", "score", "--context", "Describe a place.", "--text", unseen, "--json", *dd]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == ens["version"]
+    with pytest.raises(SystemExit):
+        main(["rm", "train", "--ensemble", "0", *dd])
+    assert "must be at least 1" in capsys.readouterr().err
+
     good, bad_txt = data.pairs[0].chosen, data.pairs[0].rejected
     scores = []
     for text in (good, bad_txt):

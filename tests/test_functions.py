@@ -131,3 +131,30 @@ def test_rollout_prompt_from_request(store):
     rp = RolloutPrompt.from_request(req)
     assert rp.prompt_text == "<rendered>" and rp.mode == "restyle"
     assert "sensory" in rp.style_text and "restyle" in rp.context
+
+
+class TwoHeadRM:
+    """An ensemble stand-in with known members: head A scores the characters, head B their negation
+    for texts longer than 3 characters (it disagrees there) and the same otherwise."""
+
+    def score_members(self, contexts, texts, normalize=False):
+        a = np.asarray([len(t) for t in texts], np.float32)
+        b = np.where(a > 3, -a, a)
+        return np.stack([a, b]) / (10.0 if normalize else 1.0)
+
+    def score(self, contexts, texts, normalize=False):
+        return self.score_members(contexts, texts, normalize).mean(0)
+
+
+def test_ensemble_rm_term_is_mean_minus_alpha_std():
+    ps = [RolloutPrompt("p", "continue")] * 2
+    texts = ["abc", "abcdef"]  # heads (normalised): [0.3, 0.3] and [0.6, -0.6]
+    out = RewardFunction(RewardConfig.only(rm=1.0), rm=TwoHeadRM())(ps, texts)
+    # mean 0.3 and 0.0; std 0 and 0.6; default alpha 1 -> 0.3 and -0.6
+    assert out.terms["rm"].tolist() == pytest.approx([0.3, -0.6])
+    assert out.info["rm_uncertainty"].tolist() == pytest.approx([0.0, 0.6])
+    assert out.means()["reward/rm_uncertainty"] == pytest.approx(0.3)
+    half = RewardFunction(RewardConfig(weights=RewardConfig.only(rm=1.0).weights, rm_uncertainty=0.5), rm=TwoHeadRM())
+    assert half(ps, texts).total.tolist() == pytest.approx([0.3, -0.3])
+    # a single model has no spread to log
+    assert "rm_uncertainty" not in RewardFunction(RewardConfig.only(rm=1.0), rm=ConstRM())(ps, texts).info

@@ -300,3 +300,61 @@ def test_stats_prefit_linear_and_frozen_mode(embedder, store):
     with pytest.raises(ValueError, match="stats_prefit"):
         train_reward_model(data, RewardTrainConfig(epochs=1, eval_frac=0.0, shuffled_control=False,
                                                    stats_prefit="sometimes"), embedder, store)
+
+
+# ----------------------------------------------------------------------------- bootstrap ensemble
+def test_bootstrap_by_group_by_hand():
+    from reward.train import bootstrap_by_group
+
+    # one group is always drawn exactly once: the data come back unchanged
+    one = RewardData([PreferencePair("c", "a", "b", weight=2.0, group="g")], [PointwiseTarget("c", "a", 0.5, group="g")])
+    assert bootstrap_by_group(one, seed=3) == one
+    # many groups: as many draws as groups, a group keeps all its items with one multiplier
+    pairs = [PreferencePair("c", f"a{g}{i}", f"b{g}{i}", group=f"g{g}") for g in range(10) for i in range(3)]
+    data = RewardData(pairs, [PointwiseTarget("c", f"t{g}", 0.1, group=f"g{g}") for g in range(10)])
+    bs = bootstrap_by_group(data, seed=0)
+    mult = {}
+    for p in [*bs.pairs, *bs.points]:
+        assert float(p.weight).is_integer() and p.weight >= 1
+        mult.setdefault(p.group, set()).add(p.weight)
+    assert all(len(m) == 1 for m in mult.values())
+    assert sum(m.pop() for m in mult.values()) == 10  # the draws
+    assert all(sum(1 for p in bs.pairs if p.group == g) == 3 for g in mult)  # a drawn group is whole
+    assert len(mult) < 10  # ten draws from ten groups with replacement leave some out (here)
+    assert bootstrap_by_group(data, seed=0) == bs and bootstrap_by_group(data, seed=1) != bs
+
+
+def test_ensemble_learns_round_trips_and_is_unsure_off_the_data(embedder, store, tmp_path):
+    from reward.model import EnsembleRewardModel, RewardModel, load_reward_model
+    from reward.train import load_live_reward_model, save_reward_version
+
+    data = separable_data()
+    train, held = split_by_group(data, 0.25, seed=0)
+    cfg = RewardTrainConfig(epochs=30, seed=0, ensemble=3, shuffled_control=False)
+    model, m = train_reward_model(train, cfg, embedder, store, eval=held)
+    assert isinstance(model, EnsembleRewardModel) and len(model.members) == 3
+    assert m["rm/accuracy"] > 0.9, m
+    ctx, txt = [p.context for p in held.pairs], [p.chosen for p in held.pairs] + [p.rejected for p in held.pairs]
+    ctx = ctx + ctx
+    each = model.score_members(ctx, txt)
+    assert each.shape == (3, len(txt))
+    assert not np.allclose(each[0], each[1])  # different resamples, different heads
+    np.testing.assert_allclose(model.score(ctx, txt), each.mean(0), rtol=1e-6)
+    z = model.score_members(ctx, txt, normalize=True)
+    np.testing.assert_allclose(z, (each - float(model.reward_mean)) / float(model.reward_std), rtol=1e-5, atol=1e-5)
+    # the members agree where they were trained and disagree on text unlike anything rated
+    seen = model.score_members([p.context for p in train.pairs], [p.chosen for p in train.pairs], normalize=True)
+    odd = ["zq!! 0x7f 0x7f ## 12345 qwv", "SELECT * FROM table WHERE id = 3;", "ok", "1. 1. 7. 7. 7."]
+    far = model.score_members([ctx[0]] * len(odd), odd, normalize=True)
+    assert far.std(0).mean() > seen.std(0).mean(), (far.std(0), seen.std(0).mean())
+    # save -> load gives identical scores, through either loader and the store's live version
+    model.save(tmp_path / "ens")
+    for loaded in (RewardModel.load(tmp_path / "ens", embedder, store), load_reward_model(tmp_path / "ens", embedder)):
+        assert isinstance(loaded, EnsembleRewardModel)
+        np.testing.assert_array_equal(loaded.score_members(ctx, txt), each)
+        assert float(loaded.reward_std) == float(model.reward_std)
+    save_reward_version(store, tmp_path / "data", "default", model, m, cfg)
+    live = load_live_reward_model(store, "default", embedder)
+    np.testing.assert_array_equal(live.score(ctx, txt), model.score(ctx, txt))
+    with pytest.raises(ValueError, match="at least 1"):
+        train_reward_model(train, RewardTrainConfig(ensemble=0), embedder, store, eval=held)

@@ -107,17 +107,20 @@ def test_simulate_end_to_end_on_tiny_model(tiny_tokenizer, store, embedder, tmp_
 
 def test_simulate_rl_after_and_rm_features(tiny_tokenizer, store, embedder, tmp_path):
     """rl_after: rounds before it retrain the reward model but leave the policy alone;
-    rm_features reaches the reward model that simulate trains."""
+    rm_features and rm_ensemble reach the reward model that simulate trains, and the RL reward
+    logs the ensemble's disagreement."""
     import json
     from pathlib import Path
 
     services, policy = tiny_loop(tiny_tokenizer, store, embedder)
     cfg = SimConfig(budget=8, k=2, max_new_tokens=8, rm_every=4, rl_steps=1, prompts_per_step=2,
-                    heldout_samples=1, rm_epochs=3, rl_after=8, rm_features=("s", "sc", "words"))
+                    heldout_samples=1, rm_epochs=3, rl_after=8, rm_features=("s", "sc", "words"), rm_ensemble=2)
     with pytest.raises(ValueError, match="rl_after"):
         simulate(services, policy, embedder, make_rater("keywords"), SimConfig(budget=8, rl_after=8 + 1), tmp_path)
     res = simulate(services, policy, embedder, make_rater("keywords"), cfg, tmp_path, profile="sim")
     assert res.rounds == 2 and len(res.policy_versions) == 1  # round 1 (4 ratings) had no RL
     assert len(store.versions("sim", "reward")) == 2 and len(res.curves["rl/reward"]) == 1
     rm_cfg = json.loads((Path(store.live_version("sim", "reward").path) / "reward_config.json").read_text())
-    assert rm_cfg["emb_features"] == ["s", "sc", "words"]
+    assert rm_cfg["backbone"] == "ensemble" and rm_cfg["members"] == 2
+    assert rm_cfg["member"]["emb_features"] == ["s", "sc", "words"]
+    assert "reward/rm_uncertainty" in store.get_version(res.policy_versions[0]).metrics
