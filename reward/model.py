@@ -15,6 +15,9 @@ Two backbones share one interface (``score``, ``save``, ``load``, ``reward_mean`
 - ``LMRewardModel`` (``--rm-backbone lm``, for GPU users): the base causal LM with LoRA and a scalar
   head on the last token's hidden state. The head is saved beside the adapter
   (``adapter/`` + ``reward_head.safetensors``) so a reload gives the same rewards.
+- ``EnsembleRewardModel`` (``--ensemble M``, opt-in): M embedder heads, each trained on a bootstrap
+  resample of the rated requests; ``score`` is their mean and ``score_members`` lets the RL reward
+  subtract their disagreement. All heads live in one ``reward_head.safetensors``.
 
 Files of a saved reward model: ``reward_config.json`` (backbone, sizes, embedder name) and
 ``reward_head.safetensors`` (all head weights, feature normalisation and reward mean/std).
