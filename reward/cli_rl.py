@@ -102,7 +102,7 @@ def run_simulation(args, algo: str, lm, embedder, base_state, ddir: Path, last: 
         heldout_samples=args.heldout_samples, prompts_path=args.prompts_file, seed=args.seed,
         ppo_epochs=args.ppo_epochs, minibatch_size=args.minibatch, rm_features=tuple(args.rm_features),
         kl_horizon=args.kl_horizon, rl_after=args.rl_after, rm_ensemble=args.rm_ensemble,
-        rm_uncertainty=args.rm_uncertainty,
+        rm_uncertainty=args.rm_uncertainty, oracle_reward=args.oracle_reward,
     )
     rater = make_rater(args.rater, seed=args.seed, noise=args.noise)
     try:
@@ -222,6 +222,9 @@ def register(sub, parent) -> None:
     sim.add_argument("--rm-uncertainty", type=float, default=SimConfig.rm_uncertainty, metavar="A",
                      help="with an ensemble, the RL reward is the heads' mean minus A times their std "
                           "(default %(default)s)")
+    sim.add_argument("--oracle-reward", action="store_true",
+                     help="diagnostic: RL on the rater's hidden utility instead of the learned reward model "
+                          "(the ceiling with a perfect reward model; not a result of the loop)")
     sim.add_argument("--compare", action="store_true", help="run reinforce, a2c and ppo and print a table")
     sim.add_argument("--out", default=None, help="directory for the runs' stores and versions (default: a temp dir)")
     sim.add_argument("--save-json", default=None, help="also write the results as JSON to this file")

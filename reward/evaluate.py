@@ -171,6 +171,22 @@ def make_rater(name: str, seed: int = 0, noise: float = 0.5) -> Rater:
 RATERS = ("concise", "vivid", "upbeat", "keywords")
 
 
+class UtilityReward:
+    """The rater's hidden utility as an RL reward, on the stars scale (1 + 4 * utility): the
+    diagnostic reward of ``simulate --oracle-reward`` (see SimConfig.oracle_reward). It reads the
+    utility directly, so it never draws on the rater's noise."""
+
+    def __init__(self, rater: Rater):
+        self.rater = rater
+
+    def __call__(self, prompts: Sequence[Any], texts: Sequence[str]):
+        from .functions import RewardOutput
+
+        u = np.asarray([self.rater.utility(t, {"mode": p.mode, "text": p.source_text, "keywords": list(p.keywords)})
+                        for p, t in zip(prompts, texts)], np.float32)
+        return RewardOutput(1.0 + 4.0 * u, {"utility": u})
+
+
 # ----------------------------------------------------------------------------- prompts
 def load_prompts(path: str | Path | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train, heldout) prompt dicts from assets/prompts.json (or `path`)."""
@@ -281,6 +297,12 @@ class SimConfig:
     rm_uncertainty: float = 1.0
     """Standard deviations of the ensemble's disagreement taken off the RL reward
     (RewardConfig.rm_uncertainty; ignored for one head)."""
+    oracle_reward: bool = False
+    """Diagnostic only: RL on the rater's hidden utility (UtilityReward) instead of the learned
+    reward model. It breaks the rule that the rater reaches the policy only through feedback, so
+    its win-rate is not a result of the loop: it is the ceiling RL reaches with a perfect reward
+    model, which separates "RL cannot move the policy there" from "150 ratings do not teach the
+    reward model the taste"."""
     reward: Any = None
     """The RL reward design: a reward.functions.RewardConfig (inkloop eval compare-rewards varies
     it); None = the learned reward model + repetition_weight * the repetition term."""
@@ -315,6 +337,7 @@ class SimResult:
             f"{self.rater:9s} {self.algo:9s} ratings={self.ratings:4d} win-rate={self.win_rate:.3f} "
             f"[{self.ci_low:.3f}, {self.ci_high:.3f}] n={self.n_pairs} KL={self.kl:.3f} "
             f"({self.kl_per_token:.4f}/token) {self.seconds:.0f}s"
+            + (" [oracle reward: a diagnostic ceiling, not a result of the loop]" if self.config.get("oracle_reward") else "")
         )
 
 
@@ -440,7 +463,7 @@ def simulate(
         else:
             reward_cfg = replace(RewardConfig.only(rm=1.0, repetition=cfg.repetition_weight),
                                  rm_uncertainty=cfg.rm_uncertainty)
-        reward_fn = RewardFunction(reward_cfg, rm=rm)
+        reward_fn = UtilityReward(rater) if cfg.oracle_reward else RewardFunction(reward_cfg, rm=rm)
 
         def on_step(i: int, m: dict[str, float]) -> None:
             nonlocal rl_step_no
@@ -451,7 +474,7 @@ def simulate(
         version, m = train_policy(
             store, data_dir, profile, None, policy.tokenizer, reward_fn, rl_cfg, cfg.rl_steps,
             publish=True, parent=versions[-1] if versions else None, policy=policy, on_step=on_step,
-            extra_config={"simulated_rater": rater.name},
+            extra_config={"simulated_rater": rater.name, "oracle_reward": cfg.oracle_reward},
         )
         versions.append(version.id)
         say(

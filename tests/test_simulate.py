@@ -124,3 +124,29 @@ def test_simulate_rl_after_and_rm_features(tiny_tokenizer, store, embedder, tmp_
     assert rm_cfg["backbone"] == "ensemble" and rm_cfg["members"] == 2
     assert rm_cfg["member"]["emb_features"] == ["s", "sc", "words"]
     assert "reward/rm_uncertainty" in store.get_version(res.policy_versions[0]).metrics
+
+
+def test_utility_reward_by_hand_and_oracle_simulate(tiny_tokenizer, store, embedder, tmp_path):
+    """--oracle-reward: RL reads the rater's utility (1 + 4u), never its noise, and the run says so."""
+    import json
+    from pathlib import Path
+
+    from reward.evaluate import UtilityReward
+    from reward.functions import RolloutPrompt
+
+    rater = make_rater("keywords", seed=0)
+    state = rater.rng.bit_generator.state
+    ps = [RolloutPrompt("p", "inspire", keywords=["fog"]), RolloutPrompt("p", "continue")]
+    out = UtilityReward(rater)(ps, ["The fog came home.", "The fog came in."])
+    # inspire: "fog" (its own keyword) and "home" -> u 1 -> 5; continue: no keyword of the rater -> 1
+    assert out.total.tolist() == [5.0, 1.0] and out.terms["utility"].tolist() == [1.0, 0.0]
+    assert rater.rng.bit_generator.state == state  # the rater's noise is untouched
+
+    services, policy = tiny_loop(tiny_tokenizer, store, embedder)
+    cfg = SimConfig(budget=4, k=2, max_new_tokens=8, rm_every=4, rl_steps=1, prompts_per_step=2,
+                    heldout_samples=1, rm_epochs=3, oracle_reward=True)
+    res = simulate(services, policy, embedder, rater, cfg, tmp_path, profile="oracle")
+    v = store.get_version(res.policy_versions[0])
+    assert json.loads((Path(v.path) / "config.json").read_text())["oracle_reward"] is True
+    assert "reward/utility" in v.metrics and "reward/rm" not in v.metrics
+    assert "oracle reward" in res.summary()
