@@ -402,13 +402,7 @@ class RewardModel(nn.Module):
 
     # -- persistence
     def save(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        cfg = asdict(self.cfg)
-        cfg["stats"] = list(cfg["stats"])
-        cfg["emb_features"] = list(cfg["emb_features"])
-        (directory / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(directory / HEAD_FILE))
+        _save_head(self, _config_json(self.cfg), directory)
 
     @classmethod
     def load(cls, directory: str | Path, embedder: Any = None, store: Any = None, lm: Any = None):
@@ -419,16 +413,42 @@ class RewardModel(nn.Module):
             return LMRewardModel.load(directory, lm)
         if cfg.get("backbone") == "ensemble":
             return EnsembleRewardModel.load(directory, embedder, store)
-        cfg["stats"] = tuple(cfg.get("stats", STAT_NAMES))
-        cfg["emb_features"] = tuple(cfg.get("emb_features", ("s", "c", "sc", "absdiff")))
-        model = cls(RewardModelConfig(**cfg), embedder, store)
-        if embedder is not None and _embedder_name(embedder) != model.cfg.embedder:
-            raise ValueError(f"reward model was trained on embedder {model.cfg.embedder!r}, "
-                             f"got {_embedder_name(embedder)!r}")
-        model.cache.name = model.cfg.embedder
-        model.load_state_dict(load_file(str(directory / HEAD_FILE)))
-        model.eval()
-        return model
+        return _load_head(cls(_config_from_json(cfg), embedder, store), embedder, directory)
+
+
+def _config_json(cfg: RewardModelConfig) -> dict[str, Any]:
+    """A head's config as reward_config.json holds it (tuples as lists)."""
+    d = asdict(cfg)
+    d["stats"], d["emb_features"] = list(d["stats"]), list(d["emb_features"])
+    return d
+
+
+def _config_from_json(d: dict[str, Any]) -> RewardModelConfig:
+    """The inverse of _config_json; older files without stats/emb_features get the defaults of their time."""
+    d = dict(d)
+    d["stats"] = tuple(d.get("stats", STAT_NAMES))
+    d["emb_features"] = tuple(d.get("emb_features", ("s", "c", "sc", "absdiff")))
+    return RewardModelConfig(**d)
+
+
+def _save_head(model: nn.Module, config: dict[str, Any], directory: str | Path) -> None:
+    """reward_config.json and every weight and buffer in reward_head.safetensors."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(directory / HEAD_FILE))
+
+
+def _load_head(model: nn.Module, embedder: Any, directory: str | Path):
+    """Fill a freshly built head (or ensemble) from reward_head.safetensors, after checking that
+    ``embedder`` is the one it was trained on."""
+    trained_on = model.cfg.embedder if isinstance(model.cfg, RewardModelConfig) else model.cfg.member.embedder
+    if embedder is not None and _embedder_name(embedder) != trained_on:
+        raise ValueError(f"reward model was trained on embedder {trained_on!r}, got {_embedder_name(embedder)!r}")
+    model.cache.name = trained_on
+    model.load_state_dict(load_file(str(Path(directory) / HEAD_FILE)))
+    model.eval()
+    return model
 
 
 # ----------------------------------------------------------------------------- bootstrap ensemble
@@ -515,30 +535,14 @@ class EnsembleRewardModel(nn.Module):
         return self.score_members(contexts, texts, normalize, batch_size).mean(0)
 
     def save(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        cfg = asdict(self.cfg)
-        cfg["member"]["stats"] = list(cfg["member"]["stats"])
-        cfg["member"]["emb_features"] = list(cfg["member"]["emb_features"])
-        (directory / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(directory / HEAD_FILE))
+        config = {"members": self.cfg.members, "member": _config_json(self.cfg.member), "backbone": "ensemble"}
+        _save_head(self, config, directory)
 
     @classmethod
     def load(cls, directory: str | Path, embedder: Any = None, store: Any = None) -> "EnsembleRewardModel":
-        directory = Path(directory)
-        cfg = json.loads((directory / CONFIG_FILE).read_text())
-        m = dict(cfg["member"])
-        m["stats"] = tuple(m["stats"])
-        m["emb_features"] = tuple(m["emb_features"])
-        member = RewardModelConfig(**m)
-        if embedder is not None and _embedder_name(embedder) != member.embedder:
-            raise ValueError(f"reward model was trained on embedder {member.embedder!r}, "
-                             f"got {_embedder_name(embedder)!r}")
-        model = cls(EnsembleRewardConfig(members=int(cfg["members"]), member=member), embedder, store)
-        model.cache.name = member.embedder
-        model.load_state_dict(load_file(str(directory / HEAD_FILE)))
-        model.eval()
-        return model
+        cfg = json.loads((Path(directory) / CONFIG_FILE).read_text())
+        ens_cfg = EnsembleRewardConfig(members=int(cfg["members"]), member=_config_from_json(cfg["member"]))
+        return _load_head(cls(ens_cfg, embedder, store), embedder, directory)
 
 
 # ----------------------------------------------------------------------------- LM backbone
