@@ -291,9 +291,10 @@ class RewardModelConfig:
         return sum(self.words_dim if f == "words" else self.emb_dim for f in self.emb_features)
 
 
-def _collect_scores(chunks: list[torch.Tensor], mean: float, std: float, normalize: bool) -> np.ndarray:
-    """Concatenate batched scores; optionally standardise them with the training mean/std."""
-    r = torch.cat(chunks).numpy() if chunks else np.zeros(0, np.float32)
+def _collect_scores(chunks: list[torch.Tensor], mean: float, std: float, normalize: bool, dim: int = 0) -> np.ndarray:
+    """Concatenate batched scores along ``dim`` (1 for an ensemble's (members, N) batches);
+    optionally standardise them with the training mean/std."""
+    r = torch.cat(chunks, dim=dim).numpy() if chunks else np.zeros(0, np.float32)
     if normalize:
         r = (r - float(mean)) / max(float(std), 1e-6)
     return r.astype(np.float32)
@@ -524,10 +525,9 @@ class EnsembleRewardModel(nn.Module):
         out = [self(self.raw_features(contexts[i : i + batch_size], texts[i : i + batch_size]))
                for i in range(0, len(texts), batch_size)]
         self.train(was)
-        r = torch.cat(out, dim=1).numpy() if out else np.zeros((len(self.members), 0), np.float32)
-        if normalize:
-            r = (r - float(self.reward_mean)) / max(float(self.reward_std), 1e-6)
-        return r.astype(np.float32)
+        if not out:
+            return np.zeros((len(self.members), 0), np.float32)
+        return _collect_scores(out, self.reward_mean, self.reward_std, normalize, dim=1)
 
     def score(self, contexts: Sequence[str], texts: Sequence[str], normalize: bool = False,
               batch_size: int = 512) -> np.ndarray:

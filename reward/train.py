@@ -410,10 +410,7 @@ def _fit_lm(data: RewardData, cfg: RewardTrainConfig, lm: Any) -> LMRewardModel:
             loss.backward()
             opt.step()
     rm.eval()
-    items, _, _ = _index_items(data)
-    r = rm.score([c for c, _ in items], [t for _, t in items], batch_size=bs)
-    rm.reward_mean.fill_(float(np.mean(r)))
-    rm.reward_std.fill_(float(np.std(r, ddof=1)) if len(r) > 1 else 1.0)
+    _set_reward_stats(rm, data, batch_size=bs)
     return rm
 
 
@@ -438,11 +435,17 @@ def _fit_ensemble(data: RewardData, cfg: RewardTrainConfig, embedder: Any, store
         sample = bootstrap_by_group(data, cfg.seed + 7919 * (i + 1))
         members.append(_fit_embedder_head(sample, replace(cfg, seed=cfg.seed + i), embedder, store, cache))
     ens = EnsembleRewardModel.from_members(members)
-    items, _, _ = _index_items(data)
-    r = ens.score([c for c, _ in items], [t for _, t in items])
-    ens.reward_mean.fill_(float(np.mean(r)))
-    ens.reward_std.fill_(float(np.std(r, ddof=1)) if len(r) > 1 else 1.0)
+    _set_reward_stats(ens, data)
     return ens
+
+
+def _set_reward_stats(model: Any, data: RewardData, **score_kw: Any) -> None:
+    """The model's reward_mean/reward_std (what normalize=True standardises with): the mean and
+    sample std of its scores over every distinct (context, text) of ``data``."""
+    items, _, _ = _index_items(data)
+    r = model.score([c for c, _ in items], [t for _, t in items], **score_kw)
+    model.reward_mean.fill_(float(np.mean(r)))
+    model.reward_std.fill_(float(np.std(r, ddof=1)) if len(r) > 1 else 1.0)
 
 
 def _fit(data: RewardData, cfg: RewardTrainConfig, embedder: Any, store: Any, lm: Any, cache=None):
