@@ -68,11 +68,15 @@ class SuggestIn(_In):
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Seed for reproducible sampling.")
     profile: str | None = Profile
     document_id: int | None = Field(None, description="The draft this request belongs to, if saved.")
+    variety: bool = Field(False, description=(
+        "continue/inspire: write the candidates from different angles (as asked, sensory detail, brevity, "
+        "warm tone, surprise) rather than K samples of one prompt."))
 
 
 class SuggestionOut(BaseModel):
     id: int = Field(description="Suggestion id: rate it with POST /feedback.")
     text: str
+    angle: str | None = Field(None, description="With variety: the angle this candidate was written from.")
 
 
 class SuggestOut(BaseModel):

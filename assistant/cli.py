@@ -256,6 +256,7 @@ def _suggest_request(args: argparse.Namespace):
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
         profile=args.profile,
+        variety=args.variety,
     )
 
 
@@ -387,6 +388,8 @@ def register(sub, parent) -> None:
     p.add_argument("--top-p", type=float, default=g.top_p, help="default %(default)s")
     p.add_argument("--max-new-tokens", type=int, default=g.max_new_tokens, help="default %(default)s")
     p.add_argument("--seed", type=int, default=None, help="reproducible sampling")
+    p.add_argument("--variety", action="store_true",
+                   help="continue/inspire: candidates from different angles (detail, brevity, tone, surprise)")
     p.add_argument("--json", action="store_true", help="print JSON with request_id, policy_version and ids")
     p.set_defaults(func=cmd_suggest)
 

@@ -74,6 +74,11 @@ class GenerationSettings:
     """Candidates shorter than this are not cut at a sentence boundary."""
     max_rounds: int = 3
     """Extra generate calls allowed to top up K distinct candidates after dedup."""
+    variety: bool = False
+    """Write the K candidates from different angles (assistant.prompts.ANGLES: as asked, sensory
+    detail, brevity, warm tone, surprise) in continue and inspire, so they differ in more than
+    sampling noise and the person's ratings say which way they lean. The request's stored prompt
+    stays the one as asked: that is what RL rolls the policy out on."""
 
     def validate(self) -> None:
         if not 1 <= int(self.k) <= MAX_K:

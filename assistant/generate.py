@@ -22,7 +22,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .config import GenerationSettings
 from .models import contiguous_lm_head_input
-from .prompts import Prompt, render
+from .prompts import ANGLE_MODES, ANGLES, Prompt, render, with_angle
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,8 @@ class SuggestResult:
     seconds: float
     rounds: int = 1
     raw: list[str] = field(default_factory=list)
+    angles: list[str] = field(default_factory=list)
+    """The angle each kept text was written with (aligned with texts; "" = as asked)."""
 
 
 @dataclass
@@ -241,13 +243,25 @@ class Generator:
 
     # ------------------------------------------------------------------ generation
     def _generate_raw(
-        self, prompt_text: str, mode: str, n: int, gen: GenerationSettings,
+        self, prompt_texts: list[str], mode: str, gen: GenerationSettings,
         on_tokens: Callable[[list[str]], None] | None,
     ) -> tuple[list[str], list[bool]]:
+        """One sampled continuation per row of prompt_texts (one batch, left-padded when the
+        rows differ)."""
         tok = self.tokenizer
-        enc = tok(prompt_text, return_tensors="pt", add_special_tokens=False).to(self.device)
-        input_ids = enc["input_ids"].repeat(n, 1)
-        attention = enc["attention_mask"].repeat(n, 1)
+        n = len(prompt_texts)
+        if len(set(prompt_texts)) == 1:
+            enc = tok(prompt_texts[0], return_tensors="pt", add_special_tokens=False).to(self.device)
+            input_ids = enc["input_ids"].repeat(n, 1)
+            attention = enc["attention_mask"].repeat(n, 1)
+        else:
+            side = tok.padding_side
+            tok.padding_side = "left"  # generation appends on the right
+            try:
+                enc = tok(prompt_texts, return_tensors="pt", add_special_tokens=False, padding=True).to(self.device)
+            finally:
+                tok.padding_side = side
+            input_ids, attention = enc["input_ids"], enc["attention_mask"]
         prompt_len = input_ids.shape[1]
         stops = StoppingCriteriaList()
         if mode == "continue":
@@ -291,14 +305,19 @@ class Generator:
         with self.lock:
             version = self.policy_version
             prompt_text = render(prompt, self.tokenizer)
+            angles = list(ANGLES) if gen.variety and prompt.mode in ANGLE_MODES else [""]
+            angle_texts = {a: render(with_angle(prompt, a), self.tokenizer) for a in angles}
             if gen.seed is not None:
                 torch.manual_seed(int(gen.seed))
             kept: list[str] = []
+            angle_of: dict[str, str] = {}  # normalised text -> the angle it was first written with
             raw_all: list[str] = []
-            rounds = 0
+            rounds, row = 0, 0
             while len(kept) < gen.k and rounds < 1 + gen.max_rounds:
                 need = gen.k - len(kept)
                 n = gen.k if rounds == 0 else max(2, need)
+                row_angles = [angles[(row + i) % len(angles)] for i in range(n)]
+                row += n
                 done_before = list(kept)
 
                 def relay(partials: list[str], _prev=done_before) -> None:
@@ -306,14 +325,18 @@ class Generator:
                         cleaned = [clean_candidate(p, prompt.mode, source_text, False) for p in partials]
                         on_update((_prev + cleaned)[: gen.k])
 
-                raw, finished = self._generate_raw(prompt_text, prompt.mode, n, gen, relay if on_update else None)
+                raw, finished = self._generate_raw([angle_texts[a] for a in row_angles], prompt.mode, gen,
+                                                   relay if on_update else None)
                 raw_all.extend(raw)
                 cleaned = [clean_candidate(r, prompt.mode, source_text, f) for r, f in zip(raw, finished)]
+                for text, a in zip(cleaned, row_angles):
+                    angle_of.setdefault(_norm(text), a)
                 kept = dedupe(kept + cleaned)[: gen.k]
                 rounds += 1
                 if float(gen.temperature) <= 0.0:
                     break  # greedy cannot produce new candidates
-        result = SuggestResult(kept, prompt_text, version, time.perf_counter() - t0, rounds, raw_all)
+        result = SuggestResult(kept, prompt_text, version, time.perf_counter() - t0, rounds, raw_all,
+                               [angle_of.get(_norm(t), "") for t in kept])
         if on_update is not None:
             on_update(list(kept))
         return result

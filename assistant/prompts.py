@@ -26,6 +26,21 @@ INSPIRE_INSTRUCTIONS: dict[str, str] = {
 }
 
 CONTINUE_REQUEST = "Write a passage of prose."
+
+ANGLES: tuple[str, ...] = (
+    "",
+    "Use vivid, concrete sensory detail.",
+    "Keep it short, in brief plain sentences.",
+    "Give it a warm, hopeful tone.",
+    "Take an unexpected angle.",
+)
+"""Angles for varied candidates (``GenerationSettings.variety``): candidate i of a request is
+written with ``ANGLES[i % len(ANGLES)]`` added to the instruction, the first as asked. Sampled
+candidates of a small model tend to say the same thing the same way; a person's ratings can only
+teach the reward model about what differs between the candidates shown, so these span the axes
+writers most often steer along (detail, length, tone, surprise)."""
+ANGLE_MODES = ("continue", "inspire")
+"""Modes that take an angle. Restyle does not: the person already named the style."""
 SYSTEM = "You are a skilled writing assistant. Reply with the requested text only, no preamble."
 
 
@@ -125,6 +140,22 @@ def build_prompt(mode: str, text: str, options: dict[str, Any] | None = None) ->
         plain=f"{instr}\n\n",
         meta={"keywords": keywords, "inspire_kind": kind},
     )
+
+
+def with_angle(prompt: Prompt, angle: str) -> Prompt:
+    """The prompt with `angle` appended to its instruction (the last user message, and the plain
+    prompt of inspire). Unchanged for an empty angle and for modes outside ANGLE_MODES. A continue
+    prompt without a chat template is the draft itself, so only the chat form carries the angle."""
+    angle = angle.strip()
+    if not angle or prompt.mode not in ANGLE_MODES:
+        return prompt
+    messages = [dict(m) for m in prompt.messages]
+    last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    messages[last_user]["content"] = f"{messages[last_user]['content']} {angle}"
+    plain = prompt.plain
+    if prompt.mode == "inspire":
+        plain = f"{plain.rstrip()} {angle}\n\n"
+    return Prompt(prompt.mode, messages, plain, prompt.assistant_prefix, {**prompt.meta, "angle": angle})
 
 
 def render(prompt: Prompt, tokenizer) -> str:

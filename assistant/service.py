@@ -60,11 +60,13 @@ class SuggestRequest:
     seed: int | None = None
     profile: str = "default"
     document_id: int | None = None
+    variety: bool = False
+    """Candidates from different angles (GenerationSettings.variety)."""
 
     def generation(self, base: GenerationSettings | None = None) -> GenerationSettings:
         g = GenerationSettings(**asdict(base)) if base else GenerationSettings()
         g.k, g.temperature, g.top_p = int(self.k), float(self.temperature), float(self.top_p)
-        g.max_new_tokens, g.seed = int(self.max_new_tokens), self.seed
+        g.max_new_tokens, g.seed, g.variety = int(self.max_new_tokens), self.seed, bool(self.variety)
         return g
 
 
@@ -181,8 +183,12 @@ class Services:
     def _record(self, req: SuggestRequest, options, result, material, t0) -> SuggestResponse:
         stored_opts = {k: v for k, v in options.items() if k not in ("custom_styles",)}
         stored_opts.update(
-            k=req.k, temperature=req.temperature, top_p=req.top_p, max_new_tokens=req.max_new_tokens, seed=req.seed
+            k=req.k, temperature=req.temperature, top_p=req.top_p, max_new_tokens=req.max_new_tokens, seed=req.seed,
+            variety=bool(req.variety),
         )
+        if req.variety:
+            stored_opts["angles"] = list(result.angles)  # aligned with the suggestions' idx
+
         rec = self.store.record_request(
             profile_id=req.profile,
             mode=req.mode,
@@ -196,7 +202,8 @@ class Services:
         return SuggestResponse(
             request_id=rec.id,
             policy_version=rec.policy_version,
-            suggestions=[{"id": s.id, "text": s.text} for s in rec.suggestions],
+            suggestions=[{"id": s.id, "text": s.text, **({"angle": a} if a else {})}
+                         for s, a in zip(rec.suggestions, result.angles or [""] * len(rec.suggestions))],
             material=material,
             seconds=round(time.perf_counter() - t0, 3),
         )

@@ -263,7 +263,7 @@ def run_suggest(services: Services, req: SuggestRequest, source: str) -> Iterato
         raise gr.Error(f"generation failed: {type(e).__name__}: {e}") from None
 
 
-def _req(services, mode, profile, k, temperature, top_p, max_new_tokens, seed, **kw) -> SuggestRequest:
+def _req(services, mode, profile, k, temperature, top_p, max_new_tokens, seed, variety=False, **kw) -> SuggestRequest:
     try:
         k = int(k)
         max_new_tokens = int(max_new_tokens)
@@ -271,25 +271,27 @@ def _req(services, mode, profile, k, temperature, top_p, max_new_tokens, seed, *
         raise gr.Error("K and max new tokens must be whole numbers") from None
     return SuggestRequest(
         mode=mode, profile=_profile(services, profile), k=k, temperature=float(temperature), top_p=float(top_p),
-        max_new_tokens=max_new_tokens, seed=_seed(seed), **kw,
+        max_new_tokens=max_new_tokens, seed=_seed(seed), variety=bool(variety), **kw,
     )
 
 
-def suggest_continue(services, profile, draft, doc_id, k, temperature, top_p, max_new_tokens, seed):
-    req = _req(services, "continue", profile, k, temperature, top_p, max_new_tokens, seed,
+def suggest_continue(services, profile, draft, doc_id, k, temperature, top_p, max_new_tokens, seed, variety=False):
+    req = _req(services, "continue", profile, k, temperature, top_p, max_new_tokens, seed, variety,
                text=draft or "", document_id=int(doc_id) if doc_id is not None else None)
     yield from run_suggest(services, req, source=draft or "")
 
 
-def suggest_restyle(services, profile, passage, style, sample, k, temperature, top_p, max_new_tokens, seed):
+def suggest_restyle(services, profile, passage, style, sample, k, temperature, top_p, max_new_tokens, seed,
+                    variety=False):  # restyle takes no angle: the person named the style
     style = style or None
     req = _req(services, "restyle", profile, k, temperature, top_p, max_new_tokens, seed,
                text=passage or "", style=style, sample=(sample or None) if style in (None, SAMPLE_STYLE) else None)
     yield from run_suggest(services, req, source=passage or "")
 
 
-def suggest_inspire(services, profile, keywords, theme, kind, k, temperature, top_p, max_new_tokens, seed):
-    req = _req(services, "inspire", profile, k, temperature, top_p, max_new_tokens, seed,
+def suggest_inspire(services, profile, keywords, theme, kind, k, temperature, top_p, max_new_tokens, seed,
+                    variety=False):
+    req = _req(services, "inspire", profile, k, temperature, top_p, max_new_tokens, seed, variety,
                text=theme or "", keywords=keywords or "", inspire_kind=kind or "ideas")
     yield from run_suggest(services, req, source=theme or "")
 
@@ -597,6 +599,9 @@ def build_ui(services: Services) -> gr.Blocks:
                                         elem_id="max-new-tokens")
                     seed = gr.Textbox(value="" if g.seed is None else str(g.seed), label="Seed (blank = random)",
                                       max_lines=1, elem_id="seed")
+                    variety = gr.Checkbox(value=g.variety, label="Varied angles", elem_id="variety",
+                                          info="Continue/inspire: candidates from different angles "
+                                               "(detail, brevity, tone, surprise).")
                 profile = gr.Textbox(value=services.default_profile, label="Profile", max_lines=1,
                                      info="Each profile has its own drafts, ratings and learned policy.",
                                      elem_id="profile")
@@ -629,7 +634,7 @@ def build_ui(services: Services) -> gr.Blocks:
         save_sel.click(lambda p, d, s: save_draft_to_library(S, p, d, s), inputs=[profile, draft, selection],
                        outputs=[draft_status])
 
-        sampling = [k, temperature, top_p, max_new, seed]
+        sampling = [k, temperature, top_p, max_new, seed, variety]
         suggest_outputs = [*rows, *boxes, *stars, *msgs, cands, info, material]
         common = dict(outputs=suggest_outputs, show_progress="minimal", show_progress_on=[info],
                       concurrency_id="generate")

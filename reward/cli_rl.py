@@ -102,7 +102,7 @@ def run_simulation(args, algo: str, lm, embedder, base_state, ddir: Path, last: 
         heldout_samples=args.heldout_samples, prompts_path=args.prompts_file, seed=args.seed,
         ppo_epochs=args.ppo_epochs, minibatch_size=args.minibatch, rm_features=tuple(args.rm_features),
         kl_horizon=args.kl_horizon, rl_after=args.rl_after, rm_ensemble=args.rm_ensemble,
-        rm_uncertainty=args.rm_uncertainty, oracle_reward=args.oracle_reward,
+        rm_uncertainty=args.rm_uncertainty, oracle_reward=args.oracle_reward, variety=args.variety,
     )
     rater = make_rater(args.rater, seed=args.seed, noise=args.noise)
     try:
@@ -225,6 +225,9 @@ def register(sub, parent) -> None:
     sim.add_argument("--oracle-reward", action="store_true",
                      help="diagnostic: RL on the rater's hidden utility instead of the learned reward model "
                           "(the ceiling with a perfect reward model; not a result of the loop)")
+    sim.add_argument("--variety", action="store_true",
+                     help="show the rater candidates written from different angles (as in the UI's 'Varied "
+                          "angles'); RL rollouts and the held-out comparison use the prompt as asked")
     sim.add_argument("--compare", action="store_true", help="run reinforce, a2c and ppo and print a table")
     sim.add_argument("--out", default=None, help="directory for the runs' stores and versions (default: a temp dir)")
     sim.add_argument("--save-json", default=None, help="also write the results as JSON to this file")

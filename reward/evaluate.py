@@ -238,6 +238,7 @@ def suggest_request(p: dict[str, Any], cfg: "SimConfig", profile: str, seed: int
         mode=p["mode"], text=p.get("text", ""), style=p.get("style"), sample=p.get("sample"),
         keywords=p.get("keywords"), inspire_kind=p.get("inspire_kind", "ideas"), k=cfg.k,
         temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=seed, profile=profile,
+        variety=cfg.variety,
     )
 
 
@@ -256,6 +257,9 @@ class SimConfig:
     """Generation length, for the suggestions shown and for RL rollouts."""
     temperature: float = 0.8
     """Sampling temperature (the UI's default)."""
+    variety: bool = False
+    """Show the rater candidates written from different angles (GenerationSettings.variety).
+    RL rollouts and the held-out comparison use the prompt as asked either way."""
     rm_every: int = 24
     """Retrain the reward model and run RL after every this many ratings."""
     rl_steps: int = 4
@@ -400,6 +404,7 @@ def simulate(
         for j, p in enumerate(held):
             req = suggest_request(p, cfg, profile, seed=cfg.seed * 1000 + j)
             req.k = cfg.heldout_samples
+            req.variety = False  # the policy itself, as asked, is what is compared
             prompt, _opts, _mat = services._prepare(req)
             res = services.generator.suggest(prompt, req.text or "", req.generation(services.generation_defaults))
             texts = list(res.texts) + [""] * (cfg.heldout_samples - len(res.texts))

@@ -7,7 +7,7 @@ import torch
 
 from assistant.config import GenerationSettings
 from assistant.generate import ADAPTER_SUBDIR, Generator, clean_candidate, cut_at_boundary, dedupe, strip_echo
-from assistant.prompts import build_prompt
+from assistant.prompts import build_prompt, render
 
 
 # ----------------------------------------------------------------------------- pure text rules
@@ -93,6 +93,48 @@ def test_generator_refuses_invalid_settings(tiny_lm):
     model, tok = tiny_lm
     with pytest.raises(ValueError, match="k must be"):
         Generator(model, tok).suggest(build_prompt("continue", "x"), "x", _gen(k=0))
+
+
+def test_variety_writes_each_candidate_from_its_angle_in_one_padded_batch(tiny_lm):
+    """Greedy, so each row is deterministic: row i of the left-padded batch must equal a
+    generation from ANGLES[i]'s prompt alone (padding must not change what a row writes)."""
+    from assistant.prompts import ANGLES, with_angle
+
+    model, tok = tiny_lm
+    g = Generator(model, tok)
+    text = "The storm is coming."
+    p = build_prompt("continue", text)
+    # a strong repetition penalty keeps the random model from writing only dots, so rows differ
+    greedy = dict(temperature=0.0, max_new_tokens=10, repetition_penalty=5.0)
+    res = g.suggest(p, text, GenerationSettings(k=4, variety=True, **greedy))
+    assert res.rounds == 1 and len(res.raw) == 4
+    for i, raw in enumerate(res.raw):
+        alone = g.suggest(with_angle(p, ANGLES[i]), text, GenerationSettings(k=1, **greedy))
+        assert raw == alone.raw[0], ANGLES[i]
+    assert len(set(res.raw)) > 1  # the angles do change what is written
+    assert len(res.angles) == len(res.texts) and set(res.angles) <= set(ANGLES)
+    assert res.prompt_text == render(p, tok)  # what is stored (and rolled out by RL) is the prompt as asked
+    # sampled, with K above the number of angles: every angle is used, in turn
+    many = GenerationSettings(k=6, seed=2, max_new_tokens=10, temperature=1.0, variety=True)
+    res = g.suggest(p, text, many)
+    assert len(res.texts) == 6 and set(res.angles) == set(ANGLES)
+    # restyle takes no angle
+    r = build_prompt("restyle", "I am tired.", {"style": "formal"})
+    assert set(g.suggest(r, "I am tired.", many).angles) == {""}
+
+
+def test_services_record_the_angles_with_the_request(tiny_services):
+    from assistant.service import SuggestRequest
+
+    resp = tiny_services.suggest(SuggestRequest(mode="inspire", keywords="fog, lamp", k=3, max_new_tokens=10,
+                                                seed=1, variety=True))
+    req = tiny_services.store.get_request(resp.request_id)
+    assert req.options["variety"] is True
+    assert req.options["angles"] == [s.get("angle", "") for s in resp.suggestions]
+    assert "" in req.options["angles"]  # the first angle is the request as asked, with no "angle" key
+    plain = tiny_services.suggest(SuggestRequest(mode="inspire", keywords="fog, lamp", k=2, max_new_tokens=10))
+    assert "angles" not in tiny_services.store.get_request(plain.request_id).options
+    assert all("angle" not in s for s in plain.suggestions)
 
 
 def test_stream_yields_partial_lists_then_the_final_result(tiny_lm):

@@ -101,3 +101,22 @@ def test_render_uses_the_chat_template_or_the_plain_prompt(tiny_tokenizer):
 
     r = build_prompt("restyle", "I am tired.", {"style": "formal"})
     assert render(r, NoTemplate()) == r.plain
+
+
+def test_with_angle_adds_to_the_instruction_of_continue_and_inspire_only():
+    from assistant.prompts import ANGLES, with_angle
+
+    angle = ANGLES[1]
+    c = build_prompt("continue", "The rain had not stopped.")
+    ca = with_angle(c, angle)
+    assert ca.messages[-1]["content"] == f"{CONTINUE_REQUEST} {angle}"
+    assert ca.assistant_prefix == c.assistant_prefix and ca.plain == c.plain  # the draft stays the reply's start
+    assert c.messages[-1]["content"] == CONTINUE_REQUEST  # the original is not touched
+    assert ca.meta["angle"] == angle
+    i = build_prompt("inspire", "", {"keywords": "fog, lamp"})
+    ia = with_angle(i, angle)
+    assert ia.messages[-1]["content"].endswith(f"fog, lamp. {angle}")
+    assert ia.plain.endswith(f"fog, lamp. {angle}\n\n")
+    r = build_prompt("restyle", "I am tired.", {"style": "formal"})
+    assert with_angle(r, angle) is r  # the person named the style
+    assert with_angle(c, "") is c and ANGLES[0] == ""  # the first candidate is written as asked
