@@ -58,6 +58,17 @@ def test_suggest_records_request_and_suggestions(client, tiny_services, body):
     assert got["feedback"] == []
 
 
+def test_suggest_with_variety_names_each_candidates_angle(client, tiny_services):
+    from assistant.prompts import ANGLES
+
+    out = _suggest(client, mode="inspire", keywords="fog, lamp", k=4, variety=True)
+    angles = [s.get("angle") for s in out["suggestions"]]
+    assert len(angles) == 4 and set(a or "" for a in angles) <= set(ANGLES) and any(angles)
+    req = tiny_services.store.get_request(out["request_id"])
+    assert req.options["variety"] is True and req.options["angles"] == [a or "" for a in angles]
+    assert all(s.get("angle") is None for s in _suggest(client, mode="inspire", keywords="fog", k=2)["suggestions"])
+
+
 def test_feedback_every_kind_then_status_and_request_view(client, tiny_services):
     out = _suggest(client, mode="continue", text="She opened the door.", k=3)
     a, b, c = (s["id"] for s in out["suggestions"])

@@ -47,7 +47,11 @@ def test_suggest_json_records_what_it_prints(capsys, common, tmp_path):
     req = s.get_request(res["request_id"])
     assert [(x.id, x.text) for x in req.suggestions] == [(x["id"], x["text"]) for x in res["suggestions"]]
     assert req.mode == "continue" and req.options["seed"] == 2 and req.profile_id == "default"
+    assert req.options["variety"] is False
     s.close()
+    rc, out, _ = _run(capsys, ["suggest", *common, "--mode", "inspire", "--keywords", "fog", "-k", "2",
+                               "--max-new-tokens", "8", "--variety", "--json"])
+    assert rc == 0 and _db(tmp_path).get_request(json.loads(out)["request_id"]).options["variety"] is True
 
 
 def test_suggest_restyle_and_inspire_plain_output(capsys, common, tmp_path):

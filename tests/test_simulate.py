@@ -114,7 +114,12 @@ def test_simulate_rl_after_and_rm_features(tiny_tokenizer, store, embedder, tmp_
 
     services, policy = tiny_loop(tiny_tokenizer, store, embedder)
     cfg = SimConfig(budget=8, k=2, max_new_tokens=8, rm_every=4, rl_steps=1, prompts_per_step=2,
-                    heldout_samples=1, rm_epochs=3, rl_after=8, rm_features=("s", "sc", "words"), rm_ensemble=2)
+                    heldout_samples=1, rm_epochs=3, rl_after=8, rm_features=("s", "sc", "words"), rm_ensemble=2,
+                    variety=True)
+    # variety reaches the suggestions the rater is shown, never the held-out comparison
+    seen: list[bool] = []
+    suggest = services.generator.suggest
+    services.generator.suggest = lambda prompt, src, gen, **kw: seen.append(gen.variety) or suggest(prompt, src, gen, **kw)
     with pytest.raises(ValueError, match="rl_after"):
         simulate(services, policy, embedder, make_rater("keywords"), SimConfig(budget=8, rl_after=8 + 1), tmp_path)
     res = simulate(services, policy, embedder, make_rater("keywords"), cfg, tmp_path, profile="sim")
@@ -123,6 +128,11 @@ def test_simulate_rl_after_and_rm_features(tiny_tokenizer, store, embedder, tmp_
     rm_cfg = json.loads((Path(store.live_version("sim", "reward").path) / "reward_config.json").read_text())
     assert rm_cfg["backbone"] == "ensemble" and rm_cfg["members"] == 2
     assert rm_cfg["member"]["emb_features"] == ["s", "sc", "words"]
+    rated = store.recent_requests("sim", limit=100)
+    assert rated and all(r.options["variety"] is True and len(r.options["angles"]) == len(r.suggestions)
+                         for r in rated)
+    n_held = len(load_prompts()[1])
+    assert seen.count(False) == 2 * n_held and seen.count(True) == len(rated)
     assert "reward/rm_uncertainty" in store.get_version(res.policy_versions[0]).metrics
 
 

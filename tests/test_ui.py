@@ -30,7 +30,7 @@ def _split(out):
 def _suggest_continue(services, draft="The lighthouse keeper opened the door and", doc_id=None, **kw):
     s = {**SAMPLING, **kw}
     return _last(ui.suggest_continue(services, "default", draft, doc_id, s["k"], s["temperature"], s["top_p"],
-                                     s["max_new_tokens"], s["seed"]))
+                                     s["max_new_tokens"], s["seed"], s.get("variety", False)))
 
 
 def test_build_ui_builds_with_fixed_candidate_rows(tiny_services):
@@ -40,7 +40,8 @@ def test_build_ui_builds_with_fixed_candidate_rows(tiny_services):
     for i in range(MAX_K):
         for name in ("cand", "cand-text", "cand-up", "cand-down", "cand-best", "cand-stars", "cand-accept", "cand-edit"):
             assert f"{name}-{i}" in ids
-    for name in ("draft", "suggest-continue", "suggest-restyle", "suggest-inspire", "undo", "profile", "k", "seed"):
+    for name in ("draft", "suggest-continue", "suggest-restyle", "suggest-inspire", "undo", "profile", "k", "seed",
+                 "variety"):
         assert name in ids
     kw = ui.launch_kwargs()
     assert kw["css_paths"] and kw["css_paths"][0].exists()
@@ -104,6 +105,13 @@ def test_parse_ranking_rules():
                        ("1 5", "no suggestion 5"), ("0 1", "no suggestion 0"), ("1 2 1", "only once")]:
         with pytest.raises(gr.Error, match=match):
             ui.parse_ranking(bad, 4)
+
+
+def test_varied_angles_checkbox_reaches_the_request(tiny_services):
+    _, last = _suggest_continue(tiny_services, k=2, variety=True)
+    items = _split(last)[4]["items"]
+    req = tiny_services.store.get_request(tiny_services.store.get_suggestion(items[0]["id"]).request_id)
+    assert req.options["variety"] is True and len(req.options["angles"]) == 2
 
 
 def test_ranking_from_the_ui_becomes_every_implied_pair(tiny_services):
