@@ -39,6 +39,8 @@ written with ``ANGLES[i % len(ANGLES)]`` added to the instruction, the first as 
 candidates of a small model tend to say the same thing the same way; a person's ratings can only
 teach the reward model about what differs between the candidates shown, so these span the axes
 writers most often steer along (detail, length, tone, surprise)."""
+ANGLE_NAMES: dict[str, str] = dict(zip(ANGLES, ("as asked", "sensory detail", "brevity", "warm tone", "surprise")))
+"""A short name per angle, for the UI."""
 ANGLE_MODES = ("continue", "inspire")
 """Modes that take an angle. Restyle does not: the person already named the style."""
 SYSTEM = "You are a skilled writing assistant. Reply with the requested text only, no preamble."

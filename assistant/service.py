@@ -188,7 +188,6 @@ class Services:
         )
         if req.variety:
             stored_opts["angles"] = list(result.angles)  # aligned with the suggestions' idx
-
         rec = self.store.record_request(
             profile_id=req.profile,
             mode=req.mode,

@@ -44,6 +44,7 @@ import gradio as gr
 from storage.store import NotFound, StoreError
 
 from .config import BUILTIN_STYLES, INSPIRE_KINDS, MAX_K, MAX_NEW_TOKENS
+from .prompts import ANGLE_NAMES
 from .service import InputError, Services, SuggestRequest, SuggestResponse
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,7 @@ def run_suggest(services: Services, req: SuggestRequest, source: str) -> Iterato
         for ev in stream:
             if isinstance(ev, SuggestResponse):
                 items = [{"id": s["id"], "text": s["text"]} for s in ev.suggestions]
+                angles = [ANGLE_NAMES.get(s.get("angle", ""), s.get("angle", "")) for s in ev.suggestions]
                 cands = {
                     **pending,
                     "request_id": ev.request_id,
@@ -246,6 +248,8 @@ def run_suggest(services: Services, req: SuggestRequest, source: str) -> Iterato
                     f"policy {pv} · model `{services.model_name or '?'}` · request #{ev.request_id} · "
                     f"{ev.seconds:.1f} s"
                 )
+                if req.variety and any(s.get("angle") for s in ev.suggestions):
+                    info += " · angles: " + ", ".join(f"{i + 1} {a}" for i, a in enumerate(angles))
                 if not items:
                     gr.Warning("The model produced no usable suggestion; try again or raise max new tokens.")
                 material = format_material(ev.material) if req.mode == "inspire" else gr.skip()

@@ -23,7 +23,12 @@ rater's hidden, noiseless utility instead, in minutes rather than the hour of a 
      (how often the base model writes nothing the rater likes).
 
     PYTHONPATH=. python benchmarks/simulated_rm.py [--raters concise,vivid,upbeat,keywords]
-        [--variants default,words] [--seeds 3] [--threads 1]
+        [--variants default,words] [--train-pools plain,variety] [--seeds 3] [--threads 1]
+
+``--train-pools plain,variety`` also records the train prompts' candidates with varied angles
+(``GenerationSettings.variety``) and rates those instead, side by side with the plain pool; the
+held-out pool is always plain (it is what RL's rollouts look like), so the rows say whether
+rating varied candidates teaches the reward model more about the policy's own samples.
 
 Measured here: see the README ("Simulated raters").
 """
@@ -60,8 +65,9 @@ def prompt_of(request) -> dict:
     return {"mode": request.mode, "text": request.text, "keywords": (request.options or {}).get("keywords") or []}
 
 
-def build_pool(store, threads: int | None, train_reps: int, heldout_reps: int) -> None:
-    """Record the base model's suggestions for every prompt under profiles pool-train / pool-heldout."""
+def build_pool(store, threads: int | None, train_reps: int, heldout_reps: int, variety: bool = False) -> None:
+    """Record the base model's suggestions for every prompt under profiles pool-train / pool-heldout
+    (and, with variety, the train prompts' varied-angle candidates under pool-train-variety)."""
     import types
 
     from assistant.cli import build_services
@@ -70,9 +76,12 @@ def build_pool(store, threads: int | None, train_reps: int, heldout_reps: int) -
     args = types.SimpleNamespace(model=None, device="cpu", dtype="auto", threads=threads, profile="pool-train")
     services = build_services(args, store=store)
     train, held = load_prompts()
-    cfg = SimConfig()
+    pools = [("pool-train", train, train_reps, False), ("pool-heldout", held, heldout_reps, False)]
+    if variety:
+        pools.append(("pool-train-variety", train, train_reps, True))
     rng = random.Random(0)
-    for profile, prompts, reps in (("pool-train", train, train_reps), ("pool-heldout", held, heldout_reps)):
+    for profile, prompts, reps, varied in pools:
+        cfg = SimConfig(variety=varied)
         have = len(store.recent_requests(profile, limit=100000))
         todo = [p for _ in range(reps) for p in prompts][have:]
         t0 = time.perf_counter()
@@ -138,6 +147,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--raters", default="concise,vivid,upbeat,keywords")
     ap.add_argument("--variants", default="default,words", help="comma-separated from: " + " ".join(VARIANTS))
+    ap.add_argument("--train-pools", default="plain", help="comma-separated from: plain variety (default %(default)s)")
     ap.add_argument("--seeds", type=int, default=3, help="rater seeds per cell (default %(default)s)")
     ap.add_argument("--budget", type=int, default=150)
     ap.add_argument("--train-reps", type=int, default=2, help="pool requests per train prompt (default %(default)s)")
@@ -149,6 +159,9 @@ def main() -> None:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         ap.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    train_pools = [t for t in a.train_pools.split(",") if t]
+    if not train_pools or set(train_pools) - {"plain", "variety"}:
+        ap.error(f"--train-pools takes plain and/or variety, got {a.train_pools!r}")
 
     import torch
 
@@ -162,25 +175,27 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     Path(a.cache_dir).mkdir(parents=True, exist_ok=True)
     store = Store(Path(a.cache_dir) / "simulated_rm.db")
-    build_pool(store, a.threads, a.train_reps, a.heldout_reps)
-    train_pool = pool(store, "pool-train")
+    build_pool(store, a.threads, a.train_reps, a.heldout_reps, variety="variety" in train_pools)
+    train_pool_of = {t: pool(store, "pool-train" if t == "plain" else "pool-train-variety") for t in train_pools}
+    train_pool = train_pool_of[train_pools[0]]
     held = [r for rs in pool(store, "pool-heldout").values() for r in rs]
     embedder = load_embedder(ModelSettings(device="cpu"))
     print(f"# simulated raters' reward models: {a.budget} ratings, {sum(map(len, train_pool.values()))} pool "
           f"requests of {len(train_pool)} train prompts, {len(held)} held-out requests, seeds 0..{a.seeds - 1}\n")
     print("(mean ± std over the seeds; base u=0: share of the held-out base suggestions the rater gives utility 0)\n")
-    print("| rater | variant | true acc | noisy acc (simulate's) | BoN-4 win vs base | oracle win | base u=0 | pairs |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| rater | variant | train pool | true acc | noisy acc (simulate's) | BoN-4 win vs base | oracle win | base u=0 "
+          "| pairs |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in a.raters.split(","):
         judge = make_rater(name, seed=1000)
         us = np.concatenate([judge.utilities([s.text for s in r.suggestions], prompt_of(r)) for r in held])
         oracle = float(np.mean(us < 1) + 0.5 * np.mean(us >= 1))
         zero = float(np.mean(us <= 0))
-        for v in variants:
+        for v, tp in itertools.product(variants, train_pools):
             cells = []
             for seed in range(a.seeds):
                 profile = f"{name}-s{seed}-{time.time_ns()}"
-                rate(store, make_rater(name, seed=seed), seed, train_pool, a.budget, profile)
+                rate(store, make_rater(name, seed=seed), seed, train_pool_of[tp], a.budget, profile)
                 cfg = RewardTrainConfig(seed=seed, shuffled_control=False, **VARIANTS[v])
                 model, m = train_from_store(store, profile, embedder, cfg)
                 cells.append({**measure(model, judge, held), "noisy": m.get("rm/accuracy", float("nan"))})
@@ -189,7 +204,7 @@ def main() -> None:
                 x = np.array([c[key] for c in cells], float)
                 return f"{np.nanmean(x):.3f} ± {np.nanstd(x):.3f}"
 
-            print(f"| {name} | {v} | {ms('true_acc')} | {ms('noisy')} | {ms('bon')} | {oracle:.3f} | {zero:.2f} | "
+            print(f"| {name} | {v} | {tp} | {ms('true_acc')} | {ms('noisy')} | {ms('bon')} | {oracle:.3f} | {zero:.2f} | "
                   f"{cells[0]['true_pairs']} |", flush=True)
 
 

@@ -109,7 +109,8 @@ def test_parse_ranking_rules():
 
 def test_varied_angles_checkbox_reaches_the_request(tiny_services):
     _, last = _suggest_continue(tiny_services, k=2, variety=True)
-    items = _split(last)[4]["items"]
+    items, info = _split(last)[4]["items"], _split(last)[5]
+    assert "angles: 1 " in info  # which angle each numbered candidate was written from
     req = tiny_services.store.get_request(tiny_services.store.get_suggestion(items[0]["id"]).request_id)
     assert req.options["variety"] is True and len(req.options["angles"]) == 2
 
