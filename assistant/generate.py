@@ -255,12 +255,9 @@ class Generator:
             input_ids = enc["input_ids"].repeat(n, 1)
             attention = enc["attention_mask"].repeat(n, 1)
         else:
-            side = tok.padding_side
-            tok.padding_side = "left"  # generation appends on the right
-            try:
-                enc = tok(prompt_texts, return_tensors="pt", add_special_tokens=False, padding=True).to(self.device)
-            finally:
-                tok.padding_side = side
+            # left padding: generation appends on the right (per call: the tokenizer is shared)
+            enc = tok(prompt_texts, return_tensors="pt", add_special_tokens=False, padding=True,
+                      padding_side="left").to(self.device)
             input_ids, attention = enc["input_ids"], enc["attention_mask"]
         prompt_len = input_ids.shape[1]
         stops = StoppingCriteriaList()
