@@ -106,9 +106,12 @@ def test_variety_writes_each_candidate_from_its_angle_in_one_padded_batch(tiny_l
     p = build_prompt("continue", text)
     # a strong repetition penalty keeps the random model from writing only dots, so rows differ
     greedy = dict(temperature=0.0, max_new_tokens=10, repetition_penalty=5.0)
-    tok.padding_side = "right"  # the generator pads on the left whatever the tokenizer's default
-    res = g.suggest(p, text, GenerationSettings(k=4, variety=True, **greedy))
-    assert tok.padding_side == "right"
+    side, tok.padding_side = tok.padding_side, "right"  # the generator pads on the left whatever the default
+    try:
+        res = g.suggest(p, text, GenerationSettings(k=4, variety=True, **greedy))
+        assert tok.padding_side == "right"
+    finally:
+        tok.padding_side = side  # the tokenizer is shared by the whole session (conftest)
     assert res.rounds == 1 and len(res.raw) == 4
     for i, raw in enumerate(res.raw):
         alone = g.suggest(with_angle(p, ANGLES[i]), text, GenerationSettings(k=1, **greedy))
