@@ -246,19 +246,14 @@ class Generator:
         self, prompt_texts: list[str], mode: str, gen: GenerationSettings,
         on_tokens: Callable[[list[str]], None] | None,
     ) -> tuple[list[str], list[bool]]:
-        """One sampled continuation per row of prompt_texts (one batch, left-padded when the
-        rows differ)."""
+        """One sampled continuation per row of prompt_texts, in one batch (rows of different
+        lengths are left-padded)."""
         tok = self.tokenizer
         n = len(prompt_texts)
-        if len(set(prompt_texts)) == 1:
-            enc = tok(prompt_texts[0], return_tensors="pt", add_special_tokens=False).to(self.device)
-            input_ids = enc["input_ids"].repeat(n, 1)
-            attention = enc["attention_mask"].repeat(n, 1)
-        else:
-            # left padding: generation appends on the right (per call: the tokenizer is shared)
-            enc = tok(prompt_texts, return_tensors="pt", add_special_tokens=False, padding=True,
-                      padding_side="left").to(self.device)
-            input_ids, attention = enc["input_ids"], enc["attention_mask"]
+        # left padding: generation appends on the right (set per call: the tokenizer is shared)
+        enc = tok(prompt_texts, return_tensors="pt", add_special_tokens=False, padding=True,
+                  padding_side="left").to(self.device)
+        input_ids, attention = enc["input_ids"], enc["attention_mask"]
         prompt_len = input_ids.shape[1]
         stops = StoppingCriteriaList()
         if mode == "continue":

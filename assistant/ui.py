@@ -233,7 +233,6 @@ def run_suggest(services: Services, req: SuggestRequest, source: str) -> Iterato
         for ev in stream:
             if isinstance(ev, SuggestResponse):
                 items = [{"id": s["id"], "text": s["text"]} for s in ev.suggestions]
-                angles = [ANGLE_NAMES.get(s.get("angle", ""), s.get("angle", "")) for s in ev.suggestions]
                 cands = {
                     **pending,
                     "request_id": ev.request_id,
@@ -248,8 +247,10 @@ def run_suggest(services: Services, req: SuggestRequest, source: str) -> Iterato
                     f"policy {pv} · model `{services.model_name or '?'}` · request #{ev.request_id} · "
                     f"{ev.seconds:.1f} s"
                 )
-                if req.variety and any(s.get("angle") for s in ev.suggestions):
-                    info += " · angles: " + ", ".join(f"{i + 1} {a}" for i, a in enumerate(angles))
+                if any(s.get("angle") for s in ev.suggestions):
+                    info += " · angles: " + ", ".join(
+                        f"{i + 1} {ANGLE_NAMES.get(s.get('angle', ''), s.get('angle', ''))}"
+                        for i, s in enumerate(ev.suggestions))
                 if not items:
                     gr.Warning("The model produced no usable suggestion; try again or raise max new tokens.")
                 material = format_material(ev.material) if req.mode == "inspire" else gr.skip()
