@@ -13,16 +13,16 @@ import logging
 import sys
 
 COMMAND_MODULES = [
-    "assistant.cli",  # serve, suggest, status, styles, library
-    "reward.cli_reward",  # feedback import/export, rm train/score
-    "reward.cli_rl",  # rl train, simulate
-    "reward.cli_learn",  # learn, versions, export
-    "reward.cli_eval",  # eval, eval compare-rewards, eval sweep
+    "assistant.app.cli.common",  # serve, suggest, status, styles, library
+    "assistant.app.cli.reward",  # feedback import/export, rm train/score
+    "assistant.app.cli.rl",  # rl train, simulate
+    "assistant.app.cli.learn",  # learn, versions, export
+    "assistant.app.cli.eval",  # eval, eval compare-rewards, eval sweep
 ]
 
 
 def common_flags() -> argparse.ArgumentParser:
-    from assistant.config import default_data_dir
+    from assistant.lm.config import default_data_dir
 
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("common")

@@ -104,7 +104,7 @@ def publish_fresh_policy(services, data_dir: str) -> None:
     generator hot-swaps it: after the first learning round every suggestion runs through it."""
     import copy
 
-    from reward.policy import Policy
+    from reward.rl.policy import Policy
     from storage.artifacts import save_version
 
     gen = services.generator
@@ -114,7 +114,7 @@ def publish_fresh_policy(services, data_dir: str) -> None:
 
 
 def warm(k: int, max_new_tokens: int, reps: int, threads: int | None) -> list[dict]:
-    from assistant.cli import build_services
+    from assistant.app.cli.common import build_services
 
     with tempfile.TemporaryDirectory() as d:
         args = argparse.Namespace(model=None, data_dir=d, profile="default", device="auto", dtype="auto",
@@ -129,7 +129,7 @@ def warm(k: int, max_new_tokens: int, reps: int, threads: int | None) -> list[di
 
 
 def measure_modes(services, k: int, max_new_tokens: int, reps: int, policy: str) -> list[dict]:
-    from assistant.service import SuggestRequest
+    from assistant.app.services import SuggestRequest
 
     services.suggest(SuggestRequest(**TEXTS["continue"], k=1, max_new_tokens=8))  # warm-up (and hot-swap)
     rows = []

@@ -42,7 +42,7 @@ DRAFTS = [
 
 def seed_feedback(services, n: int) -> None:
     """Stored requests with ratings (long, complete replies preferred), so the learner has work."""
-    from assistant.prompts import build_prompt, render
+    from assistant.lm.prompts import build_prompt, render
 
     store, tok = services.store, services.generator.tokenizer
     for i in range(n):
@@ -58,7 +58,7 @@ def seed_feedback(services, n: int) -> None:
 
 
 def measure(services, reps: int, k: int, max_new_tokens: int, offset: int = 0) -> list[float]:
-    from assistant.service import SuggestRequest
+    from assistant.app.services import SuggestRequest
 
     out = []
     for i in range(offset, offset + reps):
@@ -81,7 +81,7 @@ def run_with_learner(services, args, data_dir: Path, capped: bool):
     load. Returns (idle, learning, learning with yield, learner phases seen)."""
     import signal
 
-    from reward.learner import LearnerSupervisor
+    from reward.loop.learner import LearnerSupervisor
 
     extra = ["--train-now", "--min-new-feedback", "1", "--rl-steps", "50", "--rl-max-new-tokens", "32",
              "--poll-s", "0.5", "--threads", "1" if capped else str(os.cpu_count() or 2),
@@ -130,7 +130,7 @@ def main() -> int:
     ap.add_argument("--uncapped", action="store_true", help="also measure with an uncapped learner")
     args = ap.parse_args()
 
-    from assistant.cli import build_services
+    from assistant.app.cli.common import build_services
 
     with tempfile.TemporaryDirectory(prefix="inkloop-bench-") as d:
         data_dir = Path(d)

@@ -193,8 +193,15 @@ def cross_validate(data, cfg, embedder, store, k: int = 5, seed: int = 0, n_boot
     (accuracy - length floor) over the pooled out-of-fold pairs."""
     from dataclasses import replace
 
-    from reward.train import _index_items, grouped_folds, length_floor, pair_accuracy, paired_bootstrap_ci, spearman
     from reward.feedback import RewardData
+    from reward.train import (
+        _index_items,
+        grouped_folds,
+        length_floor,
+        pair_accuracy,
+        paired_bootstrap_ci,
+        spearman,
+    )
 
     cfg = replace(cfg, shuffled_control=False)
     correct, longer, clusters, fold_acc, fold_sp, secs = [], [], [], [], [], []
@@ -252,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from assistant.config import ModelSettings
-    from assistant.models import load_embedder
+    from assistant.lm.config import ModelSettings
+    from assistant.lm.models import load_embedder
     from reward.feedback import RewardData
     from reward.train import RewardTrainConfig, split_by_group, train_reward_model
     from storage.store import Store

@@ -50,15 +50,15 @@ def peak_rss_mb() -> float:
 def load(args):
     import torch
 
-    from assistant.config import ModelSettings
-    from assistant.models import load_lm
+    from assistant.lm.config import ModelSettings
+    from assistant.lm.models import load_lm
 
     torch.set_num_threads(args.threads)
     return load_lm(ModelSettings(model_path=args.model, device="cpu", dtype=args.dtype))
 
 
 def rendered_prompts(lm, n: int) -> list[tuple[str, str, str]]:
-    from assistant.prompts import build_prompt, render
+    from assistant.lm.prompts import build_prompt, render
 
     out = []
     for mode, text, opts in (PROMPTS * ((n + len(PROMPTS) - 1) // len(PROMPTS)))[:n]:
@@ -76,9 +76,9 @@ def reward_values(texts) -> list[float]:
 def run_ours(args) -> dict:
     import numpy as np
 
-    from assistant.config import LoraSettings
+    from assistant.lm.config import LoraSettings
     from reward.functions import RolloutPrompt
-    from reward.policy import Policy, RLConfig, rl_step
+    from reward.rl.policy import Policy, RLConfig, rl_step
 
     lm = load(args)
     prompts = [RolloutPrompt(p, mode, source_text=text) for mode, text, p in rendered_prompts(lm, args.prompts)]
@@ -111,8 +111,8 @@ def run_trl(args) -> dict:
     except Exception as e:  # noqa: BLE001 - reported, not hidden
         return {"side": "trl RLOO", "error": f"cannot import TRL: {type(e).__name__}: {e}"}
 
-    from assistant.config import LoraSettings
-    from reward.policy import peft_lora_config
+    from assistant.lm.config import LoraSettings
+    from reward.rl.policy import peft_lora_config
 
     lm = load(args)
     data = Dataset.from_list([{"prompt": p} for _, _, p in rendered_prompts(lm, args.prompts)] * (args.steps + 2))

@@ -70,8 +70,8 @@ def build_pool(store, threads: int | None, train_reps: int, heldout_reps: int, v
     (and, with variety, the train prompts' varied-angle candidates under pool-train-variety)."""
     import types
 
-    from assistant.cli import build_services
-    from reward.evaluate import SimConfig, load_prompts, suggest_request
+    from assistant.app.cli.common import build_services
+    from reward.loop.simulate import SimConfig, load_prompts, suggest_request
 
     args = types.SimpleNamespace(model=None, device="cpu", dtype="auto", threads=threads, profile="pool-train")
     services = build_services(args, store=store)
@@ -103,7 +103,7 @@ def pool(store, profile: str) -> dict[str, list]:
 
 def rate(store, rater, seed: int, train_pool: dict[str, list], budget: int, profile: str) -> None:
     """Copy pool requests into `profile` in simulate's order and rate them as simulate does."""
-    from reward.evaluate import interleave_modes, rate_suggestions
+    from reward.loop.simulate import interleave_modes, rate_suggestions
 
     rng = random.Random(seed)
     keys = list(train_pool)
@@ -165,9 +165,9 @@ def main() -> None:
 
     import torch
 
-    from assistant.config import ModelSettings
-    from assistant.models import load_embedder
-    from reward.evaluate import make_rater
+    from assistant.lm.config import ModelSettings
+    from assistant.lm.models import load_embedder
+    from reward.loop.simulate import make_rater
     from reward.train import RewardTrainConfig, train_from_store
     from storage.store import Store
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from assistant.prompts import _tail
+from assistant.lm.prompts import _tail
 
 STAR_MARGIN_PER_STEP = 0.25
 """BT margin (in reward units) per star of difference: 5 vs 1 stars -> margin 1.0."""

@@ -34,7 +34,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from .quality import ngrams, repetition_rate, words
+from reward.eval.quality import ngrams, repetition_rate, words
 
 TERMS = ("rm", "length", "repetition", "distinct", "keywords", "style", "fluency", "tone")
 
@@ -75,9 +75,8 @@ class RolloutPrompt:
     @classmethod
     def from_request(cls, request: Any) -> "RolloutPrompt":
         """From a stored `storage.store.Request` (its rendered prompt, mode, text and options)."""
-        from assistant.prompts import STYLE_INSTRUCTIONS
-
-        from .feedback import context_of
+        from assistant.lm.prompts import STYLE_INSTRUCTIONS
+        from reward.feedback import context_of
 
         opts = request.options or {}
         kws = opts.get("keywords") or []

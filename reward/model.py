@@ -215,7 +215,7 @@ def context_head_for_embedding(context: str) -> str:
 
 # ----------------------------------------------------------------------------- embedding cache
 def _embedder_name(embedder: Any) -> str:
-    from assistant.models import embedder_name
+    from assistant.lm.models import embedder_name
 
     return embedder_name(embedder)
 

@@ -28,9 +28,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .feedback import PointwiseTarget, PreferencePair, RewardData, build_training_data
-from .losses import bradley_terry_loss, pointwise_loss
-from .model import EnsembleRewardModel, LMRewardConfig, LMRewardModel, RewardModel, RewardModelConfig
+from reward.feedback import (
+    PointwiseTarget,
+    PreferencePair,
+    RewardData,
+    build_training_data,
+)
+from reward.losses import bradley_terry_loss, pointwise_loss
+from reward.model import (
+    EnsembleRewardModel,
+    LMRewardConfig,
+    LMRewardModel,
+    RewardModel,
+    RewardModelConfig,
+)
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +282,7 @@ def _fit_embedder_head(data: RewardData, cfg: RewardTrainConfig, embedder: Any, 
     _seed_all(cfg.seed)
     name = None
     if embedder is not None:
-        from assistant.models import embedder_name
+        from assistant.lm.models import embedder_name
 
         name = embedder_name(embedder)
     emb_dim = _embedding_dim(embedder)
@@ -371,7 +382,7 @@ def _prefit_stats_linear(x: torch.Tensor, pair_t: torch.Tensor, margin: torch.Te
 
 
 def _fit_lm(data: RewardData, cfg: RewardTrainConfig, lm: Any) -> LMRewardModel:
-    from assistant.models import autocast_context
+    from assistant.lm.models import autocast_context
 
     _seed_all(cfg.seed)
     model, tok = (lm.model, lm.tokenizer) if hasattr(lm, "model") and hasattr(lm, "tokenizer") else lm
@@ -499,7 +510,7 @@ def train_reward_model(train: RewardData, cfg: RewardTrainConfig, embedder: Any 
     t0 = time.perf_counter()
     cache = None
     if cfg.backbone == "embedder":
-        from .model import EmbeddingCache
+        from reward.model import EmbeddingCache
 
         cache = EmbeddingCache(embedder, store)
     model = _fit(train, cfg, embedder, store, lm, cache)

@@ -23,7 +23,7 @@ def store(tmp_path):
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from assistant.tiny import build_tiny_tokenizer
+    from assistant.lm.tiny import build_tiny_tokenizer
 
     return build_tiny_tokenizer()
 
@@ -31,7 +31,7 @@ def tiny_tokenizer():
 @pytest.fixture
 def tiny_lm(tiny_tokenizer):
     """(model, tokenizer): a fresh 2-layer Llama, hidden 32, random weights."""
-    from assistant.tiny import build_tiny_lm
+    from assistant.lm.tiny import build_tiny_lm
 
     return build_tiny_lm(seed=0, tokenizer=tiny_tokenizer)
 
@@ -39,7 +39,7 @@ def tiny_lm(tiny_tokenizer):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny model saved as a Hugging Face directory (for --model PATH)."""
-    from assistant.tiny import save_tiny_lm
+    from assistant.lm.tiny import save_tiny_lm
 
     return save_tiny_lm(tmp_path_factory.mktemp("tiny-lm"))
 
@@ -47,8 +47,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def embedder():
     """The real bundled MiniLM embedder (22M parameters; loads in about a second)."""
-    from assistant.config import ModelSettings
-    from assistant.models import load_embedder
+    from assistant.lm.config import ModelSettings
+    from assistant.lm.models import load_embedder
 
     return load_embedder(ModelSettings(device="cpu"))
 
@@ -56,17 +56,17 @@ def embedder():
 @pytest.fixture(scope="session")
 def real_lm():
     """The real bundled SmolLM2-135M-Instruct (converted once, then cached)."""
-    from assistant.config import ModelSettings
-    from assistant.models import load_lm
+    from assistant.lm.config import ModelSettings
+    from assistant.lm.models import load_lm
 
     return load_lm(ModelSettings(device="cpu"))
 
 
 @pytest.fixture
 def tiny_services(tiny_lm, store, embedder):
-    from assistant.generate import Generator
-    from assistant.library import Library
-    from assistant.service import Services
+    from assistant.app.services import Services
+    from assistant.lm.generate import Generator
+    from assistant.lm.library import Library
 
     model, tok = tiny_lm
     gen = Generator(model, tok, version_source=None)

@@ -10,8 +10,8 @@ import pytest
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
 
-from assistant.api import MAX_BODY_BYTES, build_api
-from assistant.config import MAX_K, MAX_TEXT_CHARS
+from assistant.app.api.routes import MAX_BODY_BYTES, build_api
+from assistant.lm.config import MAX_K, MAX_TEXT_CHARS
 
 API = "/api/v1"
 FAST = {"max_new_tokens": 12, "seed": 1}
@@ -59,7 +59,7 @@ def test_suggest_records_request_and_suggestions(client, tiny_services, body):
 
 
 def test_suggest_with_variety_names_each_candidates_angle(client, tiny_services):
-    from assistant.prompts import ANGLES
+    from assistant.lm.prompts import ANGLES
 
     out = _suggest(client, mode="inspire", keywords="fog, lamp", k=4, variety=True)
     angles = [s.get("angle") for s in out["suggestions"]]

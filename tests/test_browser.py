@@ -45,7 +45,7 @@ def server(tiny_services, monkeypatch):
     """(base_url, services): uvicorn serving FastAPI + the mounted UI in a background thread."""
     import uvicorn
 
-    from assistant.cli import build_app
+    from assistant.app.cli.common import build_app
 
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     app = build_app(tiny_services)  # what `inkloop serve` runs: REST API + the UI mounted at "/"

@@ -177,7 +177,7 @@ def test_serve_answers_the_api_and_reports_startup(tiny_model_dir, tmp_path):
                 ui_status = r.status
         except urllib.error.HTTPError as e:
             ui_status = e.code
-        assert ui_status == (200 if (ROOT / "assistant" / "ui.py").exists() else 404)
+        assert ui_status == (200 if (ROOT / "assistant" / "app" / "ui").exists() else 404)
     finally:
         proc.terminate()
         try:

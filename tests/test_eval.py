@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from reward import cli_eval as E
-from reward import report as R
+from assistant.app.cli import eval as E
+from reward.eval import report as R
 
 
 # ----------------------------------------------------------------------------- prompts and params
@@ -110,12 +110,12 @@ def test_prompts_split_and_spread():
 def _publish_perturbed_policy(model_dir: Path, data_dir: Path) -> int:
     """A real policy version of the tiny model whose LoRA B weights are non-zero."""
     import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from assistant.models import prepare_tokenizer
-    from reward.policy import Policy
+    from assistant.lm.models import prepare_tokenizer
+    from reward.rl.policy import Policy
     from storage.artifacts import save_version
     from storage.store import Store
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
     tok = AutoTokenizer.from_pretrained(str(model_dir))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from assistant.export import (
+from assistant.app.export import (
     ExportError,
     export,
     export_to_exports_dir,
@@ -33,8 +33,8 @@ def _feedback(store, n=3):
 def test_merged_export_matches_live_policy(store, tmp_path, tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from assistant.cli import policy_source
-    from assistant.generate import Generator
+    from assistant.app.cli.common import policy_source
+    from assistant.lm.generate import Generator
 
     _feedback(store)
     v = save_version(store, tmp_path, kind="policy", profile_id="default", writer=lora_policy_writer(tiny_model_dir, 3),
@@ -153,11 +153,11 @@ def test_export_through_the_api_stays_in_exports_dir(store, tmp_path, tiny_model
     from fastapi.testclient import TestClient
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from assistant.api import build_api
-    from assistant.cli import policy_source
-    from assistant.generate import Generator
-    from assistant.service import Services
-    from reward.cli_learn import api_routers
+    from assistant.app.api.routes import build_api
+    from assistant.app.cli.common import policy_source
+    from assistant.app.cli.learn import api_routers
+    from assistant.app.services import Services
+    from assistant.lm.generate import Generator
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))

@@ -124,7 +124,7 @@ def test_context_of_carries_mode_style_keywords_and_text():
 @pytest.mark.parametrize("kind,kw", [("thumb", {"value": 1}), ("stars", {"value": 4}), ("best", {}),
                                      ("accept", {"value": 1}), ("edit", {"edited_text": "Better words."})])
 def test_feedback_through_services_becomes_training_data(tiny_services, kind, kw):
-    from assistant.service import SuggestRequest
+    from assistant.app.services import SuggestRequest
     from reward.feedback import build_training_data as btd
 
     resp = tiny_services.suggest(SuggestRequest(mode="continue", text="The rain fell.", k=3, seed=1,
@@ -151,7 +151,7 @@ def test_feedback_through_services_becomes_training_data(tiny_services, kind, kw
 
 
 def test_rank_through_services(tiny_services):
-    from assistant.service import SuggestRequest
+    from assistant.app.services import SuggestRequest
 
     resp = tiny_services.suggest(SuggestRequest(mode="continue", text="The rain fell.", k=3, seed=2,
                                                 max_new_tokens=8))

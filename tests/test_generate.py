@@ -5,9 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from assistant.config import GenerationSettings
-from assistant.generate import ADAPTER_SUBDIR, Generator, clean_candidate, cut_at_boundary, dedupe, strip_echo
-from assistant.prompts import build_prompt, render
+from assistant.lm.config import GenerationSettings
+from assistant.lm.generate import (
+    ADAPTER_SUBDIR,
+    Generator,
+    clean_candidate,
+    cut_at_boundary,
+    dedupe,
+    strip_echo,
+)
+from assistant.lm.prompts import build_prompt, render
 
 
 # ----------------------------------------------------------------------------- pure text rules
@@ -98,7 +105,7 @@ def test_generator_refuses_invalid_settings(tiny_lm):
 def test_variety_writes_each_candidate_from_its_angle_in_one_padded_batch(tiny_lm):
     """Greedy, so each row is deterministic: row i of the left-padded batch must equal a
     generation from ANGLES[i]'s prompt alone (padding must not change what a row writes)."""
-    from assistant.prompts import ANGLES, with_angle
+    from assistant.lm.prompts import ANGLES, with_angle
 
     model, tok = tiny_lm
     g = Generator(model, tok)
@@ -129,7 +136,7 @@ def test_variety_writes_each_candidate_from_its_angle_in_one_padded_batch(tiny_l
 
 
 def test_services_record_the_angles_with_the_request(tiny_services):
-    from assistant.service import SuggestRequest
+    from assistant.app.services import SuggestRequest
 
     resp = tiny_services.suggest(SuggestRequest(mode="inspire", keywords="fog, lamp", k=3, max_new_tokens=10,
                                                 seed=1, variety=True))
@@ -161,7 +168,7 @@ def test_generator_hot_swaps_the_live_adapter(tiny_lm, tmp_path):
     """A published LoRA version changes the output; going back to None restores the base model."""
     from peft import LoraConfig, get_peft_model
 
-    from assistant.tiny import build_tiny_lm
+    from assistant.lm.tiny import build_tiny_lm
 
     donor, _ = build_tiny_lm(seed=0)
     peft_model = get_peft_model(donor, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))

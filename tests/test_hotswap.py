@@ -18,8 +18,8 @@ def lora_policy_writer(model_dir: Path, seed: int, scale: float = 0.5):
     def write(d: Path) -> None:
         from transformers import AutoModelForCausalLM
 
-        from assistant.config import LoraSettings
-        from reward.policy import Policy
+        from assistant.lm.config import LoraSettings
+        from reward.rl.policy import Policy
 
         base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
         pol = Policy.from_base(base, None, LoraSettings(r=4, alpha=8))
@@ -43,10 +43,10 @@ def _logits(gen, ids: torch.Tensor) -> torch.Tensor:
 def services_on_dir(store, tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from assistant.cli import policy_source
-    from assistant.generate import Generator
-    from assistant.models import prepare_tokenizer
-    from assistant.service import Services
+    from assistant.app.cli.common import policy_source
+    from assistant.app.services import Services
+    from assistant.lm.generate import Generator
+    from assistant.lm.models import prepare_tokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
@@ -56,7 +56,7 @@ def services_on_dir(store, tiny_model_dir):
 
 
 def test_publish_hot_swaps_and_rollback_restores_logits(store, tmp_path, tiny_model_dir, services_on_dir):
-    from assistant.service import SuggestRequest
+    from assistant.app.services import SuggestRequest
 
     svc = services_on_dir
     gen = svc.generator

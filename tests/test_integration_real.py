@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from assistant.generate import Generator, dedupe
-from assistant.library import Library
-from assistant.service import Services, SuggestRequest
+from assistant.app.services import Services, SuggestRequest
+from assistant.lm.generate import Generator, dedupe
+from assistant.lm.library import Library
 
 pytestmark = pytest.mark.integration
 

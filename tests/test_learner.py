@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 import re
 import time
+from pathlib import Path
 
 import numpy as np
-import torch
-from pathlib import Path
 import pytest
+import torch
 
-from reward.learner import (
+from reward.loop.learner import (
     GuardFiring,
     LearnerConfig,
     NonFiniteWatch,
@@ -121,9 +121,9 @@ def api(tmp_path, tiny_model_dir, embedder):
 
     from fastapi.testclient import TestClient
 
-    from assistant.api import build_api
-    from assistant.cli import build_services, load_models
-    from reward.cli_learn import api_routers
+    from assistant.app.api.routes import build_api
+    from assistant.app.cli.common import build_services, load_models
+    from assistant.app.cli.learn import api_routers
 
     args = argparse.Namespace(model=str(tiny_model_dir), data_dir=str(tmp_path), profile="default",
                               device="cpu", dtype="float32", threads=1)
@@ -163,7 +163,7 @@ def _tiny_base(tiny_model_dir):
     """(base model, tokenizer) of the tiny test LM, loaded like the learner loads the real one."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from assistant.models import prepare_tokenizer
+    from assistant.lm.models import prepare_tokenizer
 
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
@@ -239,8 +239,8 @@ def test_nan_reward_is_caught_by_the_guard(store, tmp_path, tiny_model_dir, embe
     import copy
 
     from reward.functions import RewardFunction
-    from reward.learner import Learner
-    from reward.policy import RLConfig
+    from reward.loop.learner import Learner
+    from reward.rl.policy import RLConfig
 
     base, tok = _tiny_base(tiny_model_dir)
     _rate_pairs(store, lambda i: (f"long reply number {i} goes on", f"short {i}"))
@@ -269,7 +269,7 @@ def test_nan_reward_is_caught_by_the_guard(store, tmp_path, tiny_model_dir, embe
 def test_feedback_without_prompts_is_consumed_once(store, tmp_path, embedder):
     # e.g. an imported ratings file without prompts: the reward model trains, RL has nothing to
     # evaluate on; the next poll must wait for new feedback, not retrain and republish in a loop
-    from reward.learner import Learner
+    from reward.loop.learner import Learner
 
     for i, t in enumerate(TEXTS):
         req = store.record_request(profile_id="default", mode="imported", text="", options={}, prompt="",
@@ -288,7 +288,7 @@ def test_feedback_without_prompts_is_consumed_once(store, tmp_path, embedder):
 
 
 def test_commands_pause_resume_train_now(store, tmp_path):
-    from reward.learner import Learner
+    from reward.loop.learner import Learner
 
     learner = Learner(store, tmp_path, "default", lambda: (_ for _ in ()).throw(AssertionError("no model needed")),
                       None, LearnerConfig(min_new_feedback=100))
@@ -307,9 +307,8 @@ def test_commands_pause_resume_train_now(store, tmp_path):
 def test_learning_tab_data_and_build(store, tmp_path, tiny_lm):
     import gradio as gr
 
-    from assistant.generate import Generator
-    from assistant.service import Services
-    from assistant.ui_learning import (
+    from assistant.app.services import Services
+    from assistant.app.ui.learning import (
         TABS,
         do_learner_command,
         do_rollback,
@@ -320,6 +319,7 @@ def test_learning_tab_data_and_build(store, tmp_path, tiny_lm):
         rollback_choices,
         versions_frame,
     )
+    from assistant.lm.generate import Generator
     from storage.artifacts import save_version
 
     model, tok = tiny_lm
@@ -363,7 +363,7 @@ def test_learning_tab_data_and_build(store, tmp_path, tiny_lm):
     assert sum(isinstance(b, gr.LinePlot) for b in demo.blocks.values()) == 4
 
     # and inside the app's own UI, through the extension hook `inkloop serve` uses
-    from assistant.ui import build_ui
+    from assistant.app.ui.writer import build_ui
 
     svc.extra_tabs = list(TABS)
     app_ids = {getattr(b, "elem_id", None) for b in build_ui(svc).blocks.values()}
@@ -373,7 +373,7 @@ def test_learning_tab_data_and_build(store, tmp_path, tiny_lm):
 def test_supervisor_restarts_a_crashed_learner(store, tmp_path):
     import sys
 
-    from reward.learner import LearnerSupervisor
+    from reward.loop.learner import LearnerSupervisor
 
     marker = tmp_path / "runs"
     code = f"import pathlib; p = pathlib.Path({str(marker)!r}); p.write_text(p.read_text() + 'x' if p.exists() else 'x'); raise SystemExit(3)"
@@ -396,10 +396,10 @@ def test_short_learn_cycle_on_the_real_model(store, tmp_path, real_lm, embedder)
     version that a Generator on the real model hot-swaps in."""
     import copy
 
-    from assistant.generate import Generator
-    from assistant.prompts import build_prompt, render
-    from reward.learner import Learner
-    from reward.policy import RLConfig
+    from assistant.lm.generate import Generator
+    from assistant.lm.prompts import build_prompt, render
+    from reward.loop.learner import Learner
+    from reward.rl.policy import RLConfig
 
     drafts = [
         "The rain had not stopped for three days, and the river was rising.",
@@ -456,8 +456,8 @@ def test_crash_between_write_and_rename_in_a_cycle_leaves_no_partial_version(sto
                                                                            embedder, monkeypatch):
     import copy
 
-    from reward.learner import Learner
-    from reward.policy import RLConfig
+    from reward.loop.learner import Learner
+    from reward.rl.policy import RLConfig
     from storage import artifacts
     from storage.artifacts import versions_root
 
@@ -506,11 +506,11 @@ def test_evaluate_policies_kl_and_agreement(tmp_path, tiny_model_dir):
     step KL 0 while the KL to the base is not; a real (length) reward is computed per sample."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from assistant.models import prepare_tokenizer
+    from assistant.lm.models import prepare_tokenizer
     from reward.functions import RewardConfig, RewardFunction, RolloutPrompt
-    from reward.learner import evaluate_policies
-    from storage.store import Store
+    from reward.loop.learner import evaluate_policies
     from storage.artifacts import save_version
+    from storage.store import Store
     from tests.test_hotswap import lora_policy_writer
 
     st = Store(tmp_path / "db.sqlite")
@@ -544,7 +544,7 @@ def test_evaluate_policies_kl_and_agreement(tmp_path, tiny_model_dir):
 def test_supervisor_freezes_the_learner_while_the_app_generates(store):
     import sys
 
-    from reward.learner import LearnerSupervisor
+    from reward.loop.learner import LearnerSupervisor
 
     def state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from assistant.library import MAX_SNIPPET_CHARS, Library, embed_texts, rank_by_similarity
+from assistant.lm.library import (
+    MAX_SNIPPET_CHARS,
+    Library,
+    embed_texts,
+    rank_by_similarity,
+)
 
 
 def test_rank_by_similarity_by_hand():

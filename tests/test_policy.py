@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from assistant.tiny import build_tiny_lm
+from assistant.lm.tiny import build_tiny_lm
 from reward.functions import RolloutPrompt
-from reward.policy import VALUE_HEAD_FILE, Policy, RLConfig, rl_step, train_policy
+from reward.rl.policy import VALUE_HEAD_FILE, Policy, RLConfig, rl_step, train_policy
 
 torch.set_num_threads(1)
 
@@ -216,7 +216,7 @@ def test_real_smollm2_bf16_update(real_lm):
     KL starts at 0, one a2c step is finite and moves only the adapter; the base is restored after."""
     import copy
 
-    from assistant.prompts import build_prompt, render
+    from assistant.lm.prompts import build_prompt, render
 
     model = copy.deepcopy(real_lm.model)
     tok = real_lm.tokenizer

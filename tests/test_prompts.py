@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from assistant.prompts import (
+from assistant.lm.prompts import (
     CONTINUE_REQUEST,
     INSPIRE_INSTRUCTIONS,
     STYLE_INSTRUCTIONS,
@@ -104,7 +104,7 @@ def test_render_uses_the_chat_template_or_the_plain_prompt(tiny_tokenizer):
 
 
 def test_with_angle_adds_to_the_instruction_of_continue_and_inspire_only():
-    from assistant.prompts import ANGLES, with_angle
+    from assistant.lm.prompts import ANGLES, with_angle
 
     angle = ANGLES[1]
     c = build_prompt("continue", "The rain had not stopped.")

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from reward import quality as q
+from reward.eval import quality as q
 
 
 def test_words_and_ngrams():

@@ -50,7 +50,7 @@ def test_alignment_stats_by_hand():
 def test_alignment_features_in_the_model(embedder, store):
     """The model computes the two stats from cached MiniLM sentence embeddings: a summary that
     restates the post covers it better than an unrelated one of the same length."""
-    from reward.model import RewardModel, RewardModelConfig, STAT_NAMES
+    from reward.model import STAT_NAMES, RewardModel, RewardModelConfig
 
     model = RewardModel(RewardModelConfig(stats=STAT_NAMES + ALIGN_STAT_NAMES, emb_features=("s", "sc")),
                         embedder, store)

@@ -188,7 +188,11 @@ def test_save_load_identical_and_cache_reused(embedder, store, tmp_path):
 
 
 def test_train_from_store_and_live_version(embedder, store, tmp_path):
-    from reward.train import load_live_reward_model, save_reward_version, train_from_store
+    from reward.train import (
+        load_live_reward_model,
+        save_reward_version,
+        train_from_store,
+    )
 
     assert load_live_reward_model(store, "default", embedder) is None
     data = separable_data(12)
@@ -208,7 +212,7 @@ def test_train_from_store_and_live_version(embedder, store, tmp_path):
 
 # ----------------------------------------------------------------------------- LM backbone (tiny model)
 def test_lm_backbone_learns_and_round_trips(tiny_lm, tiny_tokenizer, tmp_path):
-    from assistant.tiny import build_tiny_lm
+    from assistant.lm.tiny import build_tiny_lm
     from reward.model import RewardModel
 
     good = ["Happy, bright, wonderful, joyful.", "Sunny, warm and cheerful.", "Glad, bright and warm."]
@@ -254,7 +258,7 @@ def test_relation_stats_by_hand():
 
 
 def test_extra_stats_train_save_load(embedder, store, tmp_path):
-    from reward.model import RewardModel, STAT_NAMES
+    from reward.model import STAT_NAMES, RewardModel
 
     stats = STAT_NAMES + ("coverage", "bigram_overlap", "cos_context_head")
     data = separable_data(16)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from reward.evaluate import (
+from reward.loop.simulate import (
     RATERS,
     SimConfig,
     concise_utility,
@@ -62,12 +62,12 @@ def test_prompts_file_and_interleaving():
 def tiny_loop(tok, store, embedder):
     """(services, policy) for simulate on two copies of the tiny model: the generator hot-swaps the
     live policy of profile "sim", the learner's Policy trains on its own copy."""
-    from assistant.cli import policy_source
-    from assistant.generate import Generator
-    from assistant.library import Library
-    from assistant.service import Services
-    from assistant.tiny import build_tiny_lm
-    from reward.policy import Policy
+    from assistant.app.cli.common import policy_source
+    from assistant.app.services import Services
+    from assistant.lm.generate import Generator
+    from assistant.lm.library import Library
+    from assistant.lm.tiny import build_tiny_lm
+    from reward.rl.policy import Policy
 
     gen_model, _ = build_tiny_lm(seed=0, tokenizer=tok)
     learner_model, _ = build_tiny_lm(seed=0, tokenizer=tok)
@@ -141,8 +141,8 @@ def test_utility_reward_by_hand_and_oracle_simulate(tiny_tokenizer, store, embed
     import json
     from pathlib import Path
 
-    from reward.evaluate import UtilityReward
     from reward.functions import RolloutPrompt
+    from reward.loop.simulate import UtilityReward
 
     rater = make_rater("keywords", seed=0)
     state = rater.rng.bit_generator.state

@@ -7,9 +7,9 @@ import json
 import gradio as gr
 import pytest
 
-from assistant import ui
-from assistant.config import MAX_K
-from assistant.service import SuggestRequest, validate_request
+from assistant.app.services import SuggestRequest, validate_request
+from assistant.app.ui import writer as ui
+from assistant.lm.config import MAX_K
 
 SAMPLING = dict(k=3, temperature=1.0, top_p=0.95, max_new_tokens=12, seed=7)
 

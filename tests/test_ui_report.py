@@ -9,8 +9,8 @@ from pathlib import Path
 import gradio as gr
 from gradio.utils import is_allowed_file
 
-from assistant import ui_learning as L
-from reward import report as R
+from assistant.app.ui import learning as L
+from reward.eval import report as R
 
 RUNS = [
     {"name": "a", "config": {"lr": 1e-5}, "metrics": {"eval/win_rate": 0.4, "eval/kl": 0.01, "eval/reward": 0.1,
@@ -66,7 +66,7 @@ def test_open_latest_report_uses_the_services_data_dir_and_tab_has_the_section(t
     head, summary, gallery = L.open_latest_report(tiny_services)
     assert folder.name in head and summary.startswith("# Sweep") and len(gallery) == len(list(folder.glob("*.png")))
 
-    from assistant.ui import build_ui
+    from assistant.app.ui.writer import build_ui
 
     tiny_services.extra_tabs = list(L.TABS)
     blocks = build_ui(tiny_services).blocks.values()

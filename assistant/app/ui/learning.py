@@ -22,11 +22,10 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from assistant.app.export import ExportError, base_model_path, export_to_exports_dir
+from assistant.app.services import Services
 from storage import artifacts
 from storage.store import StoreError
-
-from .export import ExportError, base_model_path, export_to_exports_dir
-from .service import Services
 
 PLOTS = (
     ("rm/accuracy", "reward", "Reward-model accuracy (held-out pairs)"),
@@ -141,7 +140,7 @@ def do_rollback(services: Services, profile: str | None, target: int | None) -> 
 
 
 def do_learner_command(services: Services, profile: str | None, action: str) -> str:
-    from reward.learner import send_command
+    from reward.loop.learner import send_command
 
     send_command(services.store, _profile(services, profile), action)
     return {"pause": "Paused: no new cycles will start.", "resume": "Resumed.",
@@ -239,7 +238,7 @@ def served_plots(report_path: str | Path, plots: list[str]) -> list[str]:
 def report_view(data_dir: str | Path) -> tuple[str, str, list[tuple[str, str]]]:
     """(header Markdown, summary Markdown, gallery items [(png path, caption)]) of the newest report
     under data_dir/reports; with no report, a message saying how to make one, "" and []."""
-    from reward.report import latest_report, reports_root
+    from reward.eval.report import latest_report, reports_root
 
     try:
         rep = latest_report(data_dir)

@@ -41,15 +41,19 @@ from typing import Any, Iterator
 
 import gradio as gr
 
+from assistant.app.services import InputError, Services, SuggestRequest, SuggestResponse
+from assistant.lm.config import (
+    ASSETS,
+    BUILTIN_STYLES,
+    INSPIRE_KINDS,
+    MAX_K,
+    MAX_NEW_TOKENS,
+)
+from assistant.lm.prompts import ANGLE_NAMES
 from storage.store import NotFound, StoreError
-
-from .config import BUILTIN_STYLES, INSPIRE_KINDS, MAX_K, MAX_NEW_TOKENS
-from .prompts import ANGLE_NAMES
-from .service import InputError, Services, SuggestRequest, SuggestResponse
 
 log = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 CSS_PATH = ASSETS / "style.css"
 SAMPLE_STYLE = "sample"
 """Style value meaning "imitate the sample text" (as the service accepts it)."""

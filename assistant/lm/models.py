@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from .config import ModelSettings
+from assistant.lm.config import ModelSettings
 
 log = logging.getLogger(__name__)
 

@@ -27,15 +27,21 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import INSPIRE_KINDS, MAX_K, MODES, GenerationSettings, ModelSettings
+from assistant.lm.config import (
+    INSPIRE_KINDS,
+    MAX_K,
+    MODES,
+    GenerationSettings,
+    ModelSettings,
+)
 
 _IMPORT_T0 = time.time()
 
 SERVE_HOOK_MODULES = [
-    "reward.cli_learn",
-    "reward.cli_reward",
-    "reward.cli_rl",
-    "reward.cli_eval",
+    "assistant.app.cli.learn",
+    "assistant.app.cli.reward",
+    "assistant.app.cli.rl",
+    "assistant.app.cli.eval",
 ]
 """Modules that may define `serve` hooks (see the module docstring)."""
 
@@ -75,7 +81,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from storage.store import StoreError
 
     types: list[type[BaseException]] = [StoreError]
-    for mod, name in (("assistant.service", "InputError"), ("assistant.models", "ModelLoadError")):
+    for mod, name in (("assistant.app.services", "InputError"), ("assistant.lm.models", "ModelLoadError")):
         if mod in sys.modules:
             types.append(getattr(sys.modules[mod], name))
     return tuple(types)
@@ -103,7 +109,7 @@ def model_settings(args: argparse.Namespace) -> ModelSettings:
 
 
 def data_dir(args: argparse.Namespace) -> Path:
-    from .config import default_data_dir
+    from assistant.lm.config import default_data_dir
 
     return Path(getattr(args, "data_dir", None) or default_data_dir()).expanduser()
 
@@ -117,12 +123,12 @@ def open_store(args: argparse.Namespace):
 
 def load_models(args: argparse.Namespace, with_embedder: bool = True, progress: Callable[[str], None] | None = say):
     """(LoadedLM, embedder or None). Raises ModelLoadError with an actionable message."""
-    from .models import load_embedder, load_lm
+    from assistant.lm.models import load_embedder, load_lm
 
     settings = model_settings(args)
     if settings.model_path is not None:
         # refuse hub ids and missing folders before spending any time
-        from .models import resolve_model_path
+        from assistant.lm.models import resolve_model_path
 
         resolve_model_path(settings)
     lm = load_lm(settings, progress=progress)
@@ -149,10 +155,10 @@ def policy_source(store, profile: str) -> Callable[[], tuple[int, str] | None]:
 
 def build_services(args: argparse.Namespace, store=None, lm=None, embedder=None, with_embedder: bool = True):
     """Compose Store + Generator (hot-swapping the live policy) + Library + Services."""
-    from .generate import Generator
-    from .library import Library
-    from .models import embedder_name
-    from .service import Services
+    from assistant.app.services import Services
+    from assistant.lm.generate import Generator
+    from assistant.lm.library import Library
+    from assistant.lm.models import embedder_name
 
     store = store if store is not None else open_store(args)
     if lm is None:
@@ -190,14 +196,14 @@ def extra_api_routers(services) -> list:
 
 def build_app(services, with_ui: bool = True):
     """FastAPI app with the REST API (and extra routers) and, when available, the Gradio UI at '/'."""
-    from .api import build_api
+    from assistant.app.api.routes import build_api
 
     app = build_api(services, extra_routers=extra_api_routers(services))
     if with_ui:
         try:
-            from .ui import mount_ui
+            from assistant.app.ui.writer import mount_ui
         except ModuleNotFoundError as e:
-            if e.name != "assistant.ui":
+            if e.name != "assistant.app.ui.writer":
                 raise
             say("assistant/ui.py is not there: serving the REST API only")
             return app
@@ -241,7 +247,7 @@ def _run_server(server, args: argparse.Namespace) -> None:
 
 
 def _suggest_request(args: argparse.Namespace):
-    from .service import SuggestRequest
+    from assistant.app.services import SuggestRequest
 
     return SuggestRequest(
         mode=args.mode,
@@ -262,7 +268,7 @@ def _suggest_request(args: argparse.Namespace):
 
 @command
 def cmd_suggest(args: argparse.Namespace) -> int:
-    from .service import validate_request
+    from assistant.app.services import validate_request
 
     if args.text == "-":
         args.text = sys.stdin.read()
@@ -323,9 +329,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 @command
 def cmd_rate(args: argparse.Namespace) -> int:
+    from assistant.lm.config import MAX_TEXT_CHARS
     from storage.store import StoreError
-
-    from .config import MAX_TEXT_CHARS
 
     ranking = None
     if args.ranking:

@@ -35,11 +35,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .quality import win_rate, words
+from assistant.lm.config import ASSETS
+from reward.eval.quality import win_rate, words
 
 log = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 PROMPTS_FILE = ASSETS / "prompts.json"
 
 
@@ -180,7 +180,7 @@ class UtilityReward:
         self.rater = rater
 
     def __call__(self, prompts: Sequence[Any], texts: Sequence[str]):
-        from .functions import RewardOutput
+        from reward.functions import RewardOutput
 
         u = np.asarray([self.rater.utility(t, {"mode": p.mode, "text": p.source_text, "keywords": list(p.keywords)})
                         for p, t in zip(prompts, texts)], np.float32)
@@ -232,7 +232,7 @@ def rate_suggestions(rater: Rater, prompt: dict[str, Any], ids: Sequence[int], t
 
 
 def suggest_request(p: dict[str, Any], cfg: "SimConfig", profile: str, seed: int | None):
-    from assistant.service import SuggestRequest
+    from assistant.app.services import SuggestRequest
 
     return SuggestRequest(
         mode=p["mode"], text=p.get("text", ""), style=p.get("style"), sample=p.get("sample"),
@@ -349,8 +349,8 @@ def measure_kl(policy, prompts: Sequence[Any], k: int, max_new_tokens: int, temp
     """(mean per-sequence KL, mean per-token KL) of the policy to its reference, k1 on its own samples."""
     import torch
 
-    from . import losses as L
-    from .policy import RLConfig, _policy_eval, _reference_logprobs, rollout
+    from reward import losses as L
+    from reward.rl.policy import RLConfig, _policy_eval, _reference_logprobs, rollout
 
     cfg = RLConfig(k=k, max_new_tokens=max_new_tokens, temperature=temperature, minibatch_size=8)
     seq, tok = [], []
@@ -381,9 +381,9 @@ def simulate(
     services: assistant.service.Services whose generator hot-swaps the live policy of `profile`
     (assistant.cli.policy_source); policy: a reward.policy.Policy on its own copy of the base
     model (the learner's weights); embedder: the reward model's sentence embedder."""
-    from .functions import RewardConfig, RewardFunction, RolloutPrompt
-    from .policy import RLConfig, train_policy
-    from .train import RewardTrainConfig, save_reward_version, train_from_store
+    from reward.functions import RewardConfig, RewardFunction, RolloutPrompt
+    from reward.rl.policy import RLConfig, train_policy
+    from reward.train import RewardTrainConfig, save_reward_version, train_from_store
 
     if cfg.rl_after > cfg.budget:
         raise ValueError(f"rl_after ({cfg.rl_after}) must not exceed the budget ({cfg.budget}): there would be no RL")
@@ -397,7 +397,7 @@ def simulate(
     }
 
     # 0. the base model's suggestions on the held-out prompts (generated, not recorded or rated)
-    from assistant.service import SuggestRequest  # noqa: F401 - documents the request type
+    from assistant.app.services import SuggestRequest  # noqa: F401 - documents the request type
 
     def heldout_texts(tag: str) -> list[list[str]]:
         out = []
@@ -503,7 +503,7 @@ def simulate(
     held_rp = []
     for j, p in enumerate(held):
         prompt, _o, _m = services._prepare(suggest_request(p, cfg, profile, seed=None))
-        from assistant.prompts import render
+        from assistant.lm.prompts import render
 
         held_rp.append(RolloutPrompt(render(prompt, policy.tokenizer), p["mode"], source_text=p.get("text", "")))
     kl_seq, kl_tok = measure_kl(policy, held_rp, 2, cfg.max_new_tokens, cfg.temperature)

@@ -19,13 +19,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from assistant.cli import command, data_dir, model_settings, open_store, say
-
-from .cli_rl import feature_blocks, positive_int
+from assistant.app.cli.common import command, data_dir, model_settings, open_store, say
+from assistant.app.cli.rl import feature_blocks, positive_int
 
 
 def _load_embedder(args: argparse.Namespace):
-    from assistant.models import load_embedder
+    from assistant.lm.models import load_embedder
 
     return load_embedder(model_settings(args))
 
@@ -78,7 +77,7 @@ def cmd_feedback_export(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- rm train / score
 def _lm_pair(args: argparse.Namespace):
-    from assistant.models import load_lm
+    from assistant.lm.models import load_lm
 
     lm = load_lm(model_settings(args), progress=say)
     return lm.model, lm.tokenizer
@@ -86,9 +85,8 @@ def _lm_pair(args: argparse.Namespace):
 
 @command
 def cmd_rm_train(args: argparse.Namespace) -> int:
+    from reward.train import RewardTrainConfig, save_reward_version, train_from_store
     from storage.datasets import DatasetError, load_reward_data
-
-    from .train import RewardTrainConfig, save_reward_version, train_from_store
 
     _set_threads(args)
     try:
@@ -133,7 +131,7 @@ def cmd_rm_train(args: argparse.Namespace) -> int:
 
 @command
 def cmd_rm_score(args: argparse.Namespace) -> int:
-    from .train import load_live_reward_model
+    from reward.train import load_live_reward_model
 
     _set_threads(args)
     store = open_store(args)

@@ -10,6 +10,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+"""The repository's assets/ folder: prompt sets, style samples, examples."""
+
 MODES = ("continue", "restyle", "inspire")
 INSPIRE_KINDS = ("ideas", "openings", "outline")
 BUILTIN_STYLES = ("formal", "casual", "concise", "vivid", "poetic")

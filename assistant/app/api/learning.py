@@ -21,12 +21,16 @@ from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from assistant.app.api.routes import API_PREFIX
+from assistant.app.export import (
+    ExportError,
+    export_to_exports_dir,
+    export_zip_path,
+    list_exports,
+)
+from assistant.app.services import InputError, Services
 from storage import artifacts
 from storage.store import as_dict
-
-from .api import API_PREFIX
-from .export import ExportError, export_to_exports_dir, export_zip_path, list_exports
-from .service import InputError, Services
 
 
 class _In(BaseModel):
@@ -62,7 +66,7 @@ def _version_out(v, live_id: int | None) -> dict[str, Any]:
 
 def learning_router(services: Services, data_dir: str | Path, base_model_path: str | None = None) -> APIRouter:
     """Routes over the store (and the exports folder of `data_dir`)."""
-    from reward.learner import send_command
+    from reward.loop.learner import send_command
 
     r = APIRouter(prefix=API_PREFIX, tags=["learning"])
     store = services.store

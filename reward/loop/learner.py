@@ -183,7 +183,7 @@ def guard_length_hacking(
 
 def win_rate(new: Sequence[float], old: Sequence[float]) -> float:
     """Share of paired samples where new beats old (ties count half); 0.5 when there are none."""
-    from .train import pair_accuracy
+    from reward.train import pair_accuracy
 
     return pair_accuracy(new, old) if len(new) else 0.5
 
@@ -195,7 +195,7 @@ class NonFiniteWatch:
         self.fn, self.seen = fn, False
 
     def __call__(self, prompts: Any, texts: Any, extras: Any = None) -> Any:
-        from .policy import accepts_extras
+        from reward.rl.policy import accepts_extras
 
         out = self.fn(prompts, texts, extras=extras) if extras is not None and accepts_extras(self.fn) \
             else self.fn(prompts, texts)
@@ -268,7 +268,7 @@ def evaluate_policies(
     log-probs on the first one's samples give its step KL."""
     from peft import PeftModel
 
-    from assistant.generate import clean_candidate
+    from assistant.lm.generate import clean_candidate
 
     device = device or next(model.parameters()).device
     names = {vid: f"v{vid}" for vid, d in adapters.items() if d is not None}
@@ -434,12 +434,17 @@ class Learner:
 
     # ------------------------------------------------------------------ pieces
     def _default_reward_fn(self, rm: Any) -> Callable[..., Any]:
-        from .functions import RewardFunction, embed_with
+        from reward.functions import RewardFunction, embed_with
 
         return RewardFunction(rm=rm, embed=embed_with(self.embedder) if self.embedder is not None else None)
 
     def _reward_model(self, cycle: int):
-        from .train import RewardTrainConfig, load_live_reward_model, save_reward_version, train_from_store
+        from reward.train import (
+            RewardTrainConfig,
+            load_live_reward_model,
+            save_reward_version,
+            train_from_store,
+        )
 
         live = self.store.live_version(self.profile, "reward")
         if live is not None and cycle % max(1, self.cfg.rm_every) != 0:
@@ -464,9 +469,9 @@ class Learner:
 
     def _heldout(self) -> tuple[list[Any], list[tuple[str, str, str]]]:
         """Held-out prompts (RolloutPrompt) and preference pairs (prompt_text, chosen, rejected)."""
-        from .feedback import build_training_data
-        from .functions import RolloutPrompt
-        from .train import split_by_group
+        from reward.feedback import build_training_data
+        from reward.functions import RolloutPrompt
+        from reward.train import split_by_group
 
         groups = self.store.requests_with_feedback(self.profile)
         data = build_training_data(groups)
@@ -489,7 +494,7 @@ class Learner:
 
     def _evaluate(self, versions: dict[int, ModelVersion | None], reward_fn, prompts, pairs,
                   only: set[int] | None = None, kl_to: dict[int, int] | None = None) -> dict[int, PolicyEval]:
-        from assistant.generate import ADAPTER_SUBDIR
+        from assistant.lm.generate import ADAPTER_SUBDIR
 
         model, tok = self.lm_factory()
         adapters = {vid: (str(Path(v.path) / ADAPTER_SUBDIR) if v is not None else None) for vid, v in versions.items()}
@@ -498,7 +503,7 @@ class Learner:
     def _rl(self, reward_fn, parent: ModelVersion | None, steps: int, lr_scale: float, progress: Callable[[float], None]):
         train_policy = self._train_policy
         if train_policy is None:
-            from .policy import train_policy  # noqa: PLC0415 (H4's module; imported when needed)
+            from reward.rl.policy import train_policy  # noqa: PLC0415 (H4's module; imported when needed)
         rl_cfg = self._rl_config(lr_scale)
         model, tok = self.lm_factory()
         kwargs: dict[str, Any] = dict(steps=steps, publish=False, parent=parent)
@@ -510,7 +515,7 @@ class Learner:
     def _rl_config(self, lr_scale: float = 1.0):
         cfg = self.rl_config
         if cfg is None:
-            from .policy import RLConfig
+            from reward.rl.policy import RLConfig
 
             cfg = RLConfig()
         names = {f.name for f in dataclasses.fields(cfg)} if dataclasses.is_dataclass(cfg) else set()

@@ -18,11 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from assistant.cli import say as _say
-
-from . import quality as Q
-
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+from assistant.app.cli.common import say as _say
+from assistant.lm.config import ASSETS
+from reward.eval import quality as Q
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -138,7 +136,7 @@ class Samples:
 def sample_version(generator, prompts: Sequence[EvalPrompt], gen, version: tuple[int, str] | None,
                    progress: Callable[[str], None] | None = None) -> Samples:
     """Generate K candidates per prompt with the given policy version ((id, dir); None = base)."""
-    from assistant.prompts import build_prompt
+    from assistant.lm.prompts import build_prompt
 
     generator.version_source = lambda: version
     generator.refresh_policy()
@@ -158,7 +156,7 @@ def rollout_prompts(prompts: Sequence[EvalPrompt], s: Samples) -> list:
     """reward.functions.RolloutPrompt for every candidate of `s` (what the reward terms need)."""
     from types import SimpleNamespace
 
-    from .functions import RolloutPrompt
+    from reward.functions import RolloutPrompt
 
     out = []
     for ep, ctx, g in zip(prompts, s.contexts, s.groups):
@@ -255,7 +253,7 @@ def reward_judge(reward_fn) -> Judge:
 
 # ----------------------------------------------------------------------------- command plumbing
 def _generation(args) -> Any:
-    from assistant.config import GenerationSettings
+    from assistant.lm.config import GenerationSettings
 
     return GenerationSettings(k=args.k, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               seed=args.seed)
@@ -273,7 +271,7 @@ def _version_arg(store, profile: str, v: int) -> tuple[int, str] | None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from assistant.cli import fail, open_store
+    from assistant.app.cli.common import fail, open_store
 
     if args.version is None:
         return fail("eval needs --version V (0 = the base model), or a sub-command: compare-rewards, sweep")
@@ -291,10 +289,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval_version_command(args, store, prompts: list[EvalPrompt], gen) -> int:
-    from assistant.cli import data_dir, fail, load_models
-    from assistant.generate import Generator
-
-    from .report import write_report
+    from assistant.app.cli.common import data_dir, fail, load_models
+    from assistant.lm.generate import Generator
+    from reward.eval.report import write_report
 
     try:
         version = _version_arg(store, args.profile, args.version)
@@ -332,8 +329,8 @@ def _scoring(args, store, lm, embedder, generator) -> tuple[Any, Judge | None, l
     """The reward function (default RewardConfig; the profile's live reward model when there is
     one) and the judge for the win-rate: a simulated rater when --rater is given, else the
     composed reward."""
-    from .functions import RewardConfig, RewardFunction, embed_with
-    from .train import load_live_reward_model
+    from reward.functions import RewardConfig, RewardFunction, embed_with
+    from reward.train import load_live_reward_model
 
     notes: list[str] = []
     rm = load_live_reward_model(store, args.profile, embedder, lm) if embedder is not None else None
@@ -353,7 +350,7 @@ def _scoring(args, store, lm, embedder, generator) -> tuple[Any, Judge | None, l
 # ----------------------------------------------------------------------------- compare-rewards and sweep
 def reward_designs() -> dict[str, Any]:
     """The reward configurations compare-rewards runs, by name (same weights in every mode)."""
-    from .functions import RewardConfig
+    from reward.functions import RewardConfig
 
     return {
         "rm-only": RewardConfig.only(rm=1.0),
@@ -407,7 +404,7 @@ def sweep_grid(params: dict[str, list[Any]], random_n: int | None = None, seed: 
 
 # ----------------------------------------------------------------------------- argparse
 def _eval_flags(p: argparse.ArgumentParser) -> None:
-    from assistant.config import GenerationSettings, MAX_K
+    from assistant.lm.config import MAX_K, GenerationSettings
 
     g = GenerationSettings()
     p.add_argument("--prompts", default=None, metavar="FILE",
@@ -423,7 +420,7 @@ def _eval_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _cycle_flags(p: argparse.ArgumentParser) -> None:
-    from .evaluate import RATERS, SimConfig
+    from reward.loop.simulate import RATERS, SimConfig
 
     d = SimConfig()
     p.add_argument("--rater", required=True, choices=RATERS, help="the simulated rater in the person's place")
@@ -477,13 +474,13 @@ def register(sub, parent) -> None:
 
 
 def _wrap(fn):
-    from assistant.cli import command
+    from assistant.app.cli.common import command
 
     def run(args):
         try:
             return command(fn)(args)
         except ValueError as e:
-            from assistant.cli import fail
+            from assistant.app.cli.common import fail
 
             return fail(str(e))
 
@@ -523,13 +520,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- running the cycles
 def _lora(rank: int | None):
-    from assistant.config import LoraSettings
+    from assistant.lm.config import LoraSettings
 
     return LoraSettings() if rank is None else LoraSettings(r=int(rank), alpha=2 * int(rank))
 
 
 def _sim_config(args, overrides: dict[str, Any], reward_cfg):
-    from .evaluate import SimConfig
+    from reward.loop.simulate import SimConfig
 
     return SimConfig(
         budget=args.budget, algo=overrides.get("algo", args.algo), k=int(overrides.get("k", max(2, args.k))),
@@ -555,7 +552,7 @@ def rater_utility(rater, prompts: Sequence[EvalPrompt], s: Samples) -> float:
 
 def rater_judge(name: str, embedder=None, seed: int = 0) -> Judge:
     """A judge from a simulated rater (reward.evaluate.make_rater): its noisy pairwise preference."""
-    from .evaluate import make_rater
+    from reward.loop.simulate import make_rater
 
     rater = make_rater(name, seed=seed)
 
@@ -594,26 +591,25 @@ def run_cycles(args: argparse.Namespace, kind: str, title: str, settings: list[d
     prompts against the base, and write the report."""
     import gc
 
-    from assistant.cli import data_dir, load_models, policy_source
-    from assistant.config import GenerationSettings
-    from assistant.generate import Generator
-    from assistant.library import Library
-    from assistant.models import embedder_name
-    from assistant.service import Services
+    from assistant.app.cli.common import data_dir, load_models, policy_source
+    from assistant.app.services import Services
+    from assistant.lm.config import GenerationSettings
+    from assistant.lm.generate import Generator
+    from assistant.lm.library import Library
+    from assistant.lm.models import embedder_name
+    from reward.eval.report import write_report
+    from reward.functions import RewardConfig, RewardFunction, embed_with
+    from reward.loop.simulate import fresh_copy, make_rater, simulate
+    from reward.rl.policy import Policy
+    from reward.train import load_live_reward_model
     from storage.store import Store
-
-    from .evaluate import fresh_copy, make_rater, simulate
-    from .functions import RewardConfig, RewardFunction, embed_with
-    from .policy import Policy
-    from .report import write_report
-    from .train import load_live_reward_model
 
     prompts = spread(load_prompts(args.prompts), args.limit)
     gen = _generation(args)
     gen.validate()
     for st in settings:  # fail on bad settings before any model loads
         cfg = _sim_config(args, st["overrides"], st["reward_cfg"])
-        from .policy import RLConfig
+        from reward.rl.policy import RLConfig
 
         RLConfig(algo=cfg.algo, k=cfg.k, lr=cfg.lr, kl_coef=cfg.kl_coef).validate()
         if cfg.budget < 1:
@@ -684,7 +680,7 @@ def run_cycles(args: argparse.Namespace, kind: str, title: str, settings: list[d
             gc.collect()
 
     run_rows = rows[1:]
-    from .report import best_run
+    from reward.eval.report import best_run
 
     best = best_run(run_rows, "eval/win_rate", tiebreak="eval/rater_utility")
     settings_md = {"model": lm.name, "rater": f"{args.rater} ({rater.description})", "budget (ratings per run)": args.budget,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def _rl_config(args):
-    from .policy import RLConfig
+    from reward.rl.policy import RLConfig
 
     return RLConfig(
         algo=args.algo, k=args.k, prompts_per_step=args.prompts, max_new_tokens=args.max_new_tokens,
@@ -23,7 +23,7 @@ def _rl_config(args):
 
 
 def cmd_rl_train(args: argparse.Namespace) -> int:
-    from assistant.cli import command, fail, open_store
+    from assistant.app.cli.common import command, fail, open_store
 
     cfg = _rl_config(args)
     try:
@@ -38,12 +38,11 @@ def cmd_rl_train(args: argparse.Namespace) -> int:
 
 
 def _rl_train(args: argparse.Namespace, store, cfg) -> int:
-    from assistant.cli import data_dir, fail, load_models, say
-    from assistant.config import LoraSettings
-
-    from .functions import RewardConfig, RewardFunction, embed_with
-    from .policy import train_policy
-    from .train import load_live_reward_model
+    from assistant.app.cli.common import data_dir, fail, load_models, say
+    from assistant.lm.config import LoraSettings
+    from reward.functions import RewardConfig, RewardFunction, embed_with
+    from reward.rl.policy import train_policy
+    from reward.train import load_live_reward_model
 
     profile = args.profile
     if not store.recent_requests(profile, limit=1):
@@ -77,16 +76,15 @@ def _rl_train(args: argparse.Namespace, store, cfg) -> int:
 def run_simulation(args, algo: str, lm, embedder, base_state, ddir: Path, last: bool = False):
     """One simulate run on its own data dir, with a fresh copy of the base model for the generator
     and another for the learner (the last run takes the base itself, saving a copy's memory)."""
-    from assistant.cli import policy_source, say
-    from assistant.config import GenerationSettings, LoraSettings
-    from assistant.generate import Generator
-    from assistant.library import Library
-    from assistant.models import embedder_name
-    from assistant.service import Services
+    from assistant.app.cli.common import policy_source, say
+    from assistant.app.services import Services
+    from assistant.lm.config import GenerationSettings, LoraSettings
+    from assistant.lm.generate import Generator
+    from assistant.lm.library import Library
+    from assistant.lm.models import embedder_name
+    from reward.loop.simulate import SimConfig, fresh_copy, make_rater, simulate
+    from reward.rl.policy import Policy
     from storage.store import Store
-
-    from .evaluate import SimConfig, fresh_copy, make_rater, simulate
-    from .policy import Policy
 
     store = Store(ddir / "inkloop.db")
     profile = args.profile
@@ -112,13 +110,13 @@ def run_simulation(args, algo: str, lm, embedder, base_state, ddir: Path, last: 
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from assistant.cli import command
+    from assistant.app.cli.common import command
 
     return command(_simulate)(args)
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from assistant.cli import data_dir, load_models, say
+    from assistant.app.cli.common import data_dir, load_models, say
 
     lm, embedder = load_models(args, with_embedder=True)
     base_state = lm.model  # kept clean: every run works on deep copies
@@ -172,7 +170,7 @@ def positive_int(text: str) -> int:
 
 def feature_blocks(spec: str) -> tuple[str, ...]:
     """argparse type for --rm-features / --features."""
-    from .model import parse_feature_blocks
+    from reward.model import parse_feature_blocks
 
     try:
         return parse_feature_blocks(spec)
@@ -181,7 +179,7 @@ def feature_blocks(spec: str) -> tuple[str, ...]:
 
 
 def register(sub, parent) -> None:
-    from assistant.cli import command
+    from assistant.app.cli.common import command
 
     rl = sub.add_parser("rl", help="reinforcement learning on the LoRA policy")
     rl_sub = rl.add_subparsers(dest="rl_command", metavar="SUBCOMMAND")
@@ -194,7 +192,7 @@ def register(sub, parent) -> None:
     tr.set_defaults(func=command(cmd_rl_train))
     rl.set_defaults(func=lambda a: (rl.print_help(), 2)[1])
 
-    from .evaluate import RATERS, SimConfig
+    from reward.loop.simulate import RATERS, SimConfig
 
     sim = sub.add_parser("simulate", parents=[parent],
                          help="the human-in-the-loop cycle with a simulated rater (win-rate vs base)")

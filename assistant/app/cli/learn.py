@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- serve integration
 def api_routers(services) -> list:
-    from assistant.api_learning import learning_router
-    from assistant.export import ExportError, base_model_path
+    from assistant.app.api.learning import learning_router
+    from assistant.app.export import ExportError, base_model_path
 
     try:
         base = base_model_path(services.generator.base_model)
@@ -40,13 +40,13 @@ def api_routers(services) -> list:
 def attach_learning(services, args: argparse.Namespace):
     """For `inkloop serve`: add the Learning and Export tabs, and start the learner in its own
     process (unless --no-learner). Returns the LearnerSupervisor (or None); stop() it on exit."""
-    from assistant.ui_learning import TABS
+    from assistant.app.ui.learning import TABS
 
     services.extra_tabs = [*(getattr(services, "extra_tabs", None) or []), *TABS]
     if getattr(args, "no_learner", False):
         return None
-    from assistant.cli import data_dir
-    from reward.learner import LearnerSupervisor
+    from assistant.app.cli.common import data_dir
+    from reward.loop.learner import LearnerSupervisor
 
     extra = ["--threads", str(getattr(args, "learner_threads", 1) or 1)]
     if getattr(args, "device", None):
@@ -74,7 +74,7 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
 
 # ----------------------------------------------------------------------------- commands
 def _learner_config(args: argparse.Namespace):
-    from reward.learner import LearnerConfig
+    from reward.loop.learner import LearnerConfig
 
     cfg = LearnerConfig()
     for name in ("min_new_feedback", "rl_steps", "algo", "max_kl", "keep_versions", "poll_s", "nice",
@@ -101,8 +101,8 @@ def build_learner(args: argparse.Namespace, store, cfg):
     """Load the base LM once (copies are handed out per RL run / evaluation) and the embedder."""
     import copy
 
-    from assistant.cli import data_dir, load_models
-    from reward.learner import Learner
+    from assistant.app.cli.common import data_dir, load_models
+    from reward.loop.learner import Learner
 
     lm, emb = load_models(args, with_embedder=True, progress=lambda m: log.info(m))
     base = lm.model
@@ -115,9 +115,9 @@ def build_learner(args: argparse.Namespace, store, cfg):
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
-    from assistant.cli import fail, open_store
-    from assistant.models import ModelLoadError
-    from reward.learner import apply_resource_limits, watch_parent
+    from assistant.app.cli.common import fail, open_store
+    from assistant.lm.models import ModelLoadError
+    from reward.loop.learner import apply_resource_limits, watch_parent
     from storage.artifacts import collect_garbage
 
     cfg = _learner_config(args)
@@ -156,8 +156,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
 
 def cmd_learner(args: argparse.Namespace) -> int:
-    from assistant.cli import open_store
-    from reward.learner import send_command
+    from assistant.app.cli.common import open_store
+    from reward.loop.learner import send_command
 
     store = open_store(args)
     try:
@@ -171,7 +171,7 @@ def cmd_learner(args: argparse.Namespace) -> int:
 def cmd_versions(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from assistant.cli import fail, open_store
+    from assistant.app.cli.common import fail, open_store
     from storage import artifacts
     from storage.store import StoreError
 
@@ -219,9 +219,9 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from assistant.cli import fail, model_settings, open_store
-    from assistant.export import ExportError, export
-    from assistant.models import ModelLoadError, resolve_model_path
+    from assistant.app.cli.common import fail, model_settings, open_store
+    from assistant.app.export import ExportError, export
+    from assistant.lm.models import ModelLoadError, resolve_model_path
     from storage.store import StoreError
 
     store = open_store(args)

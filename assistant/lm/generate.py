@@ -20,9 +20,9 @@ from typing import Callable, Iterator
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from .config import GenerationSettings
-from .models import contiguous_lm_head_input
-from .prompts import ANGLE_MODES, ANGLES, Prompt, render, with_angle
+from assistant.lm.config import GenerationSettings
+from assistant.lm.models import contiguous_lm_head_input
+from assistant.lm.prompts import ANGLE_MODES, ANGLES, Prompt, render, with_angle
 
 log = logging.getLogger(__name__)
 

@@ -43,12 +43,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from assistant.config import LoraSettings
-from assistant.generate import ADAPTER_SUBDIR, clean_candidate
-from assistant.models import autocast_context, contiguous_lm_head_input
-
-from . import losses as L
-from .functions import RewardOutput, RolloutPrompt
+from assistant.lm.config import LoraSettings
+from assistant.lm.generate import ADAPTER_SUBDIR, clean_candidate
+from assistant.lm.models import autocast_context, contiguous_lm_head_input
+from reward import losses as L
+from reward.functions import RewardOutput, RolloutPrompt
 
 log = logging.getLogger(__name__)
 
@@ -668,7 +667,7 @@ def rl_step(policy: Policy, prompts: Sequence[RolloutPrompt], reward_fn: RewardF
 # ----------------------------------------------------------------------------- prompts from the store
 def prompts_from_store(store, profile_id: str, limit: int = 64) -> list[RolloutPrompt]:
     """RolloutPrompts from the person's most recent requests (all modes) that stored a prompt."""
-    from assistant.config import MODES
+    from assistant.lm.config import MODES
 
     out = []
     for req in store.recent_requests(profile_id, limit=limit):

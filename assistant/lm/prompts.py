@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import BUILTIN_STYLES, INSPIRE_KINDS, MODES
+from assistant.lm.config import BUILTIN_STYLES, INSPIRE_KINDS, MODES
 
 STYLE_INSTRUCTIONS: dict[str, str] = {
     "formal": "Rewrite the passage in a formal, polished register: precise words, no slang, no contractions.",

@@ -12,9 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
-from storage.store import NotFound, Store, StoreError
-
-from .config import (
+from assistant.lm.config import (
     BUILTIN_STYLES,
     INSPIRE_KINDS,
     MAX_K,
@@ -24,9 +22,10 @@ from .config import (
     MODES,
     GenerationSettings,
 )
-from .generate import Generator
-from .library import Library
-from .prompts import build_prompt
+from assistant.lm.generate import Generator
+from assistant.lm.library import Library
+from assistant.lm.prompts import build_prompt
+from storage.store import NotFound, Store, StoreError
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,9 @@ from typing import Any
 
 import torch
 
+from assistant.lm.generate import ADAPTER_SUBDIR
 from storage.artifacts import exports_root
 from storage.store import ModelVersion, Store
-
-from .generate import ADAPTER_SUBDIR
 
 EXPORT_KINDS = ("merged", "adapter", "reward", "feedback")
 VALUE_HEAD_FILE = "value_head.safetensors"

@@ -22,11 +22,18 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from assistant.app.services import InputError, Services, SuggestRequest, SuggestResponse
+from assistant.lm.config import (
+    BUILTIN_STYLES,
+    INSPIRE_KINDS,
+    MAX_K,
+    MAX_NEW_TOKENS,
+    MAX_SAMPLE_CHARS,
+    MAX_TEXT_CHARS,
+    MODES,
+)
+from assistant.lm.library import MAX_SNIPPET_CHARS
 from storage.store import FEEDBACK_KINDS, NotFound, StoreError, as_dict
-
-from .config import BUILTIN_STYLES, INSPIRE_KINDS, MAX_K, MAX_NEW_TOKENS, MAX_SAMPLE_CHARS, MAX_TEXT_CHARS, MODES
-from .library import MAX_SNIPPET_CHARS
-from .service import InputError, Services, SuggestRequest, SuggestResponse
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +254,7 @@ def api_router(services: Services) -> APIRouter:
 
     @r.get("/styles", response_model=StylesOut, summary="Built-in and defined styles")
     def list_styles(profile: str | None = Query(None, min_length=1, max_length=64)) -> dict[str, Any]:
-        from .prompts import STYLE_INSTRUCTIONS
+        from assistant.lm.prompts import STYLE_INSTRUCTIONS
 
         builtin = [{"name": n, "description": STYLE_INSTRUCTIONS[n], "builtin": True} for n in BUILTIN_STYLES]
         custom = services.store.styles(profile or services.default_profile)
