@@ -78,7 +78,9 @@ def run_ours(args) -> dict:
 
     from assistant.lm.config import LoraSettings
     from reward.functions import RolloutPrompt
-    from reward.rl.policy import Policy, RLConfig, rl_step
+    from reward.rl.config import RLConfig
+    from reward.rl.policy import Policy
+    from reward.rl.step import TrainerState, rl_step
 
     lm = load(args)
     prompts = [RolloutPrompt(p, mode, source_text=text) for mode, text, p in rendered_prompts(lm, args.prompts)]
@@ -90,11 +92,12 @@ def run_ours(args) -> dict:
     def fn(ps, texts, extras=None):
         return np.asarray(reward_values(texts), np.float32)
 
-    rl_step(policy, prompts, fn, cfg)  # warm-up
+    state = TrainerState()
+    rl_step(policy, state, prompts, fn, cfg)  # warm-up
     t0 = time.perf_counter()
     toks = 0.0
     for _ in range(args.steps):
-        m = rl_step(policy, prompts, fn, cfg)
+        m = rl_step(policy, state, prompts, fn, cfg)
         toks += m["rl/response_tokens"]
     dt = time.perf_counter() - t0
     eps = args.steps * args.prompts * args.k

@@ -156,12 +156,16 @@ def clipped_surrogate_loss(
     clipped = -adv * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
     loss = masked_mean(torch.maximum(unclipped, clipped), mask)
     with torch.no_grad():
-        stats = {
-            "clipfrac": masked_mean((clipped > unclipped).to(logp.dtype), mask),
-            "approx_kl": masked_mean(torch.expm1(log_ratio) - log_ratio, mask),
-            "ratio": masked_mean(ratio, mask),
-        }
+        stats = {"clipfrac": masked_mean((clipped > unclipped).to(logp.dtype), mask), **ratio_stats(log_ratio, mask)}
     return loss, stats
+
+
+@torch.no_grad()
+def ratio_stats(log_ratio: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Diagnostics of the importance ratio r = pi / pi_old from log r: approx_kl, the k3 estimate of
+    KL(pi_old || pi) = mean(r - 1 - log r), and the mean ratio."""
+    return {"approx_kl": masked_mean(torch.expm1(log_ratio) - log_ratio, mask),
+            "ratio": masked_mean(torch.exp(log_ratio), mask)}
 
 
 def clipped_value_loss(

@@ -240,7 +240,7 @@ def test_nan_reward_is_caught_by_the_guard(store, tmp_path, tiny_model_dir, embe
 
     from reward.functions import RewardFunction
     from reward.loop.learner import Learner
-    from reward.rl.policy import RLConfig
+    from reward.rl.config import RLConfig
 
     base, tok = _tiny_base(tiny_model_dir)
     _rate_pairs(store, lambda i: (f"long reply number {i} goes on", f"short {i}"))
@@ -399,7 +399,7 @@ def test_short_learn_cycle_on_the_real_model(store, tmp_path, real_lm, embedder)
     from assistant.lm.generate import Generator
     from assistant.lm.prompts import build_prompt, render
     from reward.loop.learner import Learner
-    from reward.rl.policy import RLConfig
+    from reward.rl.config import RLConfig
 
     drafts = [
         "The rain had not stopped for three days, and the river was rising.",
@@ -457,7 +457,7 @@ def test_crash_between_write_and_rename_in_a_cycle_leaves_no_partial_version(sto
     import copy
 
     from reward.loop.learner import Learner
-    from reward.rl.policy import RLConfig
+    from reward.rl.config import RLConfig
     from storage import artifacts
     from storage.artifacts import versions_root
 

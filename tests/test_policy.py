@@ -8,7 +8,10 @@ import torch
 
 from assistant.lm.tiny import build_tiny_lm
 from reward.functions import RolloutPrompt
-from reward.rl.policy import VALUE_HEAD_FILE, Policy, RLConfig, rl_step, train_policy
+from reward.rl.config import RLConfig
+from reward.rl.policy import VALUE_HEAD_FILE, Policy
+from reward.rl.step import TrainerState, rl_step
+from reward.rl.train import train_policy
 
 torch.set_num_threads(1)
 
@@ -53,11 +56,12 @@ def test_only_lora_and_value_head_change(tiny_lm):
     model, tok = tiny_lm
     base_before = {k: v.clone() for k, v in model.state_dict().items()}
     pol = Policy.from_base(model, tok)
+    st = TrainerState()
     lora_before = {n: p.detach().clone() for n, p in pol.model.named_parameters() if p.requires_grad}
     head_before = pol.value_head.weight.detach().clone()
     assert lora_before and all("lora_" in n for n in lora_before)
     for _ in range(2):
-        m = rl_step(pol, _prompts(tok), lambda ps, ts: np.random.default_rng(0).normal(size=len(ts)), _cfg("ppo", k=4))
+        m = rl_step(pol, st, _prompts(tok), lambda ps, ts: np.random.default_rng(0).normal(size=len(ts)), _cfg("ppo", k=4))
     assert m["rl/skipped"] == 0
     # base weights: bit-identical
     for name, p in pol.model.get_base_model().named_parameters():
@@ -74,7 +78,8 @@ def test_only_lora_and_value_head_change(tiny_lm):
 def test_kl_is_zero_before_first_update(tiny_lm):
     model, tok = tiny_lm
     pol = Policy.from_base(model, tok)
-    m = rl_step(pol, _prompts(tok), lambda ps, ts: np.ones(len(ts)), _cfg("a2c", k=2))
+    st = TrainerState()
+    m = rl_step(pol, st, _prompts(tok), lambda ps, ts: np.ones(len(ts)), _cfg("a2c", k=2))
     assert m["rl/kl"] == 0.0  # the fresh adapter (B = 0) is the reference
     assert m["rl/ratio"] == pytest.approx(1.0)
 
@@ -84,6 +89,7 @@ def test_favoured_token_probability_rises(tiny_tokenizer, algo):
     tok = tiny_tokenizer
     model = _peaky_tiny(tok)
     pol = Policy.from_base(model, tok)
+    st = TrainerState()
     prompts = _prompts(tok)
     enc = tok([p.prompt_text for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.no_grad():
@@ -95,7 +101,7 @@ def test_favoured_token_probability_rises(tiny_tokenizer, algo):
 
     before = _first_token_prob(pol, prompts, target)
     for _ in range(6):
-        rl_step(pol, prompts, favour, _cfg(algo))
+        rl_step(pol, st, prompts, favour, _cfg(algo))
     after = _first_token_prob(pol, prompts, target)
     assert after > 3 * before, (before, after)
 
@@ -104,8 +110,9 @@ def test_save_load_identical_logits_and_values(tiny_tokenizer, tmp_path):
     tok = tiny_tokenizer
     model, _ = build_tiny_lm(seed=0, tokenizer=tok)
     pol = Policy.from_base(model, tok)
+    st = TrainerState()
     prompts = _prompts(tok)
-    rl_step(pol, prompts, length_reward, _cfg("ppo", k=4))
+    rl_step(pol, st, prompts, length_reward, _cfg("ppo", k=4))
     pol.save(tmp_path / "v")
     assert (tmp_path / "v" / "adapter" / "adapter_config.json").exists()
     assert (tmp_path / "v" / VALUE_HEAD_FILE).exists()
@@ -130,9 +137,10 @@ def test_shared_prefix_forward_matches_full_forward(tiny_tokenizer):
     logits, values and LoRA/value-head gradients as running every prompt+response in full."""
     tok = tiny_tokenizer
     pol = Policy.from_base(_peaky_tiny(tok), tok)
+    st = TrainerState()
     prompts = _prompts(tok, 3)  # three prompts of different lengths: left padding differs per group
-    rl_step(pol, prompts, length_reward, _cfg("ppo", k=4, prompts_per_step=3))  # non-zero LoRA B
-    ro = pol.last_rollout
+    rl_step(pol, st, prompts, length_reward, _cfg("ppo", k=4, prompts_per_step=3))  # non-zero LoRA B
+    ro = st.last_rollout
     ids, am, m = ro.input_ids.clone(), ro.attention_mask.clone(), ro.mask.clone()
     for row, n in ((0, 3), (5, 5)):  # responses that ended early: padding after the EOS, as rollout() leaves it
         ids[row, -n:] = tok.pad_token_id
@@ -161,6 +169,7 @@ def test_load_refuses_missing_value_head(tiny_tokenizer, tmp_path):
     tok = tiny_tokenizer
     model, _ = build_tiny_lm(seed=0, tokenizer=tok)
     pol = Policy.from_base(model, tok)
+    st = TrainerState()
     pol.save(tmp_path / "v")
     (tmp_path / "v" / VALUE_HEAD_FILE).unlink()
     fresh, _ = build_tiny_lm(seed=0, tokenizer=tok)
@@ -171,8 +180,9 @@ def test_load_refuses_missing_value_head(tiny_tokenizer, tmp_path):
 def test_non_finite_reward_skips_update(tiny_lm):
     model, tok = tiny_lm
     pol = Policy.from_base(model, tok)
+    st = TrainerState()
     before = [p.detach().clone() for p in pol.trainable_parameters()]
-    m = rl_step(pol, _prompts(tok), lambda ps, ts: np.full(len(ts), np.nan), _cfg("ppo", k=2))
+    m = rl_step(pol, st, _prompts(tok), lambda ps, ts: np.full(len(ts), np.nan), _cfg("ppo", k=2))
     assert m["rl/skipped"] == 1 and m["rl/skip_reason"] == "non-finite reward"
     assert all(torch.equal(a, b) for a, b in zip(before, pol.trainable_parameters()))
 
@@ -182,8 +192,9 @@ def test_bf16_base_keeps_fp32_adapter(tiny_tokenizer):
     model, _ = build_tiny_lm(seed=0, tokenizer=tok)
     model.to(torch.bfloat16)
     pol = Policy.from_base(model, tok)
+    st = TrainerState()
     assert {p.dtype for p in pol.trainable_parameters()} == {torch.float32}
-    m = rl_step(pol, _prompts(tok), length_reward, _cfg("a2c", k=2))
+    m = rl_step(pol, st, _prompts(tok), length_reward, _cfg("a2c", k=2))
     assert m["rl/skipped"] == 0 and np.isfinite(m["rl/value_loss"])
     assert {p.dtype for p in pol.trainable_parameters()} == {torch.float32}
 
@@ -221,11 +232,12 @@ def test_real_smollm2_bf16_update(real_lm):
     model = copy.deepcopy(real_lm.model)
     tok = real_lm.tokenizer
     pol = Policy.from_base(model, tok)
+    st = TrainerState()
     assert {p.dtype for p in pol.trainable_parameters()} == {torch.float32}
     p = RolloutPrompt(render(build_prompt("continue", "The rain had not stopped for three days."), tok), "continue",
                       source_text="The rain had not stopped for three days.")
     cfg = RLConfig(algo="a2c", k=2, prompts_per_step=1, max_new_tokens=6, seed=0)
-    m = rl_step(pol, [p], length_reward, cfg)
+    m = rl_step(pol, st, [p], length_reward, cfg)
     assert m["rl/kl"] == 0.0 and m["rl/skipped"] == 0 and np.isfinite(m["rl/value_loss"])
-    m2 = rl_step(pol, [p], length_reward, cfg)
+    m2 = rl_step(pol, st, [p], length_reward, cfg)
     assert np.isfinite(m2["rl/kl"]) and m2["rl/skipped"] == 0

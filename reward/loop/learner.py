@@ -195,7 +195,7 @@ class NonFiniteWatch:
         self.fn, self.seen = fn, False
 
     def __call__(self, prompts: Any, texts: Any, extras: Any = None) -> Any:
-        from reward.rl.policy import accepts_extras
+        from reward.rl.step import accepts_extras
 
         out = self.fn(prompts, texts, extras=extras) if extras is not None and accepts_extras(self.fn) \
             else self.fn(prompts, texts)
@@ -503,7 +503,7 @@ class Learner:
     def _rl(self, reward_fn, parent: ModelVersion | None, steps: int, lr_scale: float, progress: Callable[[float], None]):
         train_policy = self._train_policy
         if train_policy is None:
-            from reward.rl.policy import train_policy  # noqa: PLC0415 (H4's module; imported when needed)
+            from reward.rl.train import train_policy  # noqa: PLC0415 (H4's module; imported when needed)
         rl_cfg = self._rl_config(lr_scale)
         model, tok = self.lm_factory()
         kwargs: dict[str, Any] = dict(steps=steps, publish=False, parent=parent)
@@ -515,7 +515,7 @@ class Learner:
     def _rl_config(self, lr_scale: float = 1.0):
         cfg = self.rl_config
         if cfg is None:
-            from reward.rl.policy import RLConfig
+            from reward.rl.config import RLConfig
 
             cfg = RLConfig()
         names = {f.name for f in dataclasses.fields(cfg)} if dataclasses.is_dataclass(cfg) else set()

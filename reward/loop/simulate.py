@@ -350,7 +350,8 @@ def measure_kl(policy, prompts: Sequence[Any], k: int, max_new_tokens: int, temp
     import torch
 
     from reward import losses as L
-    from reward.rl.policy import RLConfig, _policy_eval, _reference_logprobs, rollout
+    from reward.rl.config import RLConfig
+    from reward.rl.rollout import _policy_eval, _reference_logprobs, rollout
 
     cfg = RLConfig(k=k, max_new_tokens=max_new_tokens, temperature=temperature, minibatch_size=8)
     seq, tok = [], []
@@ -382,7 +383,8 @@ def simulate(
     (assistant.cli.policy_source); policy: a reward.policy.Policy on its own copy of the base
     model (the learner's weights); embedder: the reward model's sentence embedder."""
     from reward.functions import RewardConfig, RewardFunction, RolloutPrompt
-    from reward.rl.policy import RLConfig, train_policy
+    from reward.rl.config import RLConfig
+    from reward.rl.train import train_policy
     from reward.train import RewardTrainConfig, save_reward_version, train_from_store
 
     if cfg.rl_after > cfg.budget:

@@ -609,7 +609,7 @@ def run_cycles(args: argparse.Namespace, kind: str, title: str, settings: list[d
     gen.validate()
     for st in settings:  # fail on bad settings before any model loads
         cfg = _sim_config(args, st["overrides"], st["reward_cfg"])
-        from reward.rl.policy import RLConfig
+        from reward.rl.config import RLConfig
 
         RLConfig(algo=cfg.algo, k=cfg.k, lr=cfg.lr, kl_coef=cfg.kl_coef).validate()
         if cfg.budget < 1:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def _rl_config(args):
-    from reward.rl.policy import RLConfig
+    from reward.rl.config import RLConfig
 
     return RLConfig(
         algo=args.algo, k=args.k, prompts_per_step=args.prompts, max_new_tokens=args.max_new_tokens,
@@ -41,7 +41,7 @@ def _rl_train(args: argparse.Namespace, store, cfg) -> int:
     from assistant.app.cli.common import data_dir, fail, load_models, say
     from assistant.lm.config import LoraSettings
     from reward.functions import RewardConfig, RewardFunction, embed_with
-    from reward.rl.policy import train_policy
+    from reward.rl.train import train_policy
     from reward.train import load_live_reward_model
 
     profile = args.profile

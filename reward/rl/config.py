@@ -1,0 +1,88 @@
+"""RLConfig: everything one RL update needs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+ALGOS = ("reinforce", "a2c", "ppo")
+
+# ----------------------------------------------------------------------------- configuration
+@dataclass
+class RLConfig:
+    """Everything one RL update needs. Defaults are sized for a 2-core CPU and SmolLM2-135M."""
+
+    algo: str = "ppo"
+    """reinforce | a2c | ppo."""
+    k: int = 4
+    """Samples per prompt (the leave-one-out baseline needs k >= 2)."""
+    prompts_per_step: int = 4
+    """Prompts per update; the batch is prompts_per_step * k episodes."""
+    max_new_tokens: int = 32
+    """Response length limit in tokens."""
+    temperature: float = 0.8
+    """Sampling temperature (the UI's default); log-probs are taken at the same temperature."""
+    top_p: float = 1.0
+    """Nucleus mass for rollouts; 1.0 keeps the update exactly on-policy."""
+    lr: float = 5e-4
+    """AdamW learning rate of the LoRA weights."""
+    value_lr: float = 1e-3
+    """AdamW learning rate of the value head."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    gamma: float = 1.0
+    """Discount per token."""
+    lam: float = 0.95
+    """GAE lambda (a2c, ppo)."""
+    baseline: str = "loo"
+    """REINFORCE baseline: "loo" (leave-one-out over the k samples) or "moving_average"."""
+    baseline_momentum: float = 0.9
+    """Momentum of the moving-average baseline."""
+    kl_coef: float = 0.05
+    """beta: weight of the per-token KL penalty against the reference (initial value if adaptive)."""
+    kl_estimator: str = "k1"
+    """Per-token KL estimator in the shaped reward: "k1" (log p - log p_ref) or "k3"."""
+    adaptive_kl: bool = False
+    """Adapt beta towards target_kl (Ziegler et al. 2019) instead of keeping it fixed."""
+    target_kl: float = 2.0
+    """Target KL per sequence (sum over tokens) for the adaptive controller."""
+    kl_horizon: float = 200.0
+    """Horizon (in episodes) of the adaptive controller."""
+    ppo_epochs: int = 4
+    """Passes over each batch (ppo)."""
+    minibatch_size: int = 8
+    """Episodes per minibatch (ppo steps; reinforce/a2c accumulate gradients over minibatches)."""
+    clip: float = 0.2
+    """PPO ratio clip epsilon."""
+    value_clip: float | None = 0.2
+    """PPO value clip (None disables)."""
+    vf_coef: float = 0.5
+    """Weight of the value loss (a2c, ppo)."""
+    ent_coef: float = 0.0
+    """Entropy bonus weight."""
+    whiten_advantages: bool = True
+    """Whiten advantages over the batch (a2c, ppo; REINFORCE keeps the raw scale)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping."""
+    clean_texts: bool = True
+    """Score the cleaned suggestion (as a person would see it) rather than the raw decode."""
+    autocast: bool = True
+    """bf16 autocast where the hardware supports it."""
+    seed: int | None = None
+    """Seed for sampling and prompt choice (None: fresh randomness)."""
+    recent_requests: int = 64
+    """train_policy draws rollout prompts from this many of the person's most recent requests."""
+
+    def validate(self) -> None:
+        if self.algo not in ALGOS:
+            raise ValueError(f"unknown algo {self.algo!r}; use one of {', '.join(ALGOS)}")
+        if self.baseline not in ("loo", "moving_average"):
+            raise ValueError("baseline must be 'loo' or 'moving_average'")
+        if self.algo == "reinforce" and self.baseline == "loo" and self.k < 2:
+            raise ValueError("the leave-one-out baseline needs k >= 2")
+        if self.kl_estimator not in ("k1", "k3"):
+            raise ValueError("kl_estimator must be k1 or k3")
+        if self.k < 1 or self.prompts_per_step < 1 or self.max_new_tokens < 1:
+            raise ValueError("k, prompts_per_step and max_new_tokens must be >= 1")

@@ -1,0 +1,130 @@
+"""train_policy: several RL updates on the person's recent requests, written as a policy version."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from torch import nn
+
+from assistant.lm.config import LoraSettings
+from assistant.lm.generate import ADAPTER_SUBDIR
+from reward.functions import RolloutPrompt
+from reward.rl.config import RLConfig
+from reward.rl.policy import Policy
+from reward.rl.step import RewardFn, TrainerState, rl_step
+
+log = logging.getLogger(__name__)
+
+# ----------------------------------------------------------------------------- prompts from the store
+def prompts_from_store(store, profile_id: str, limit: int = 64) -> list[RolloutPrompt]:
+    """RolloutPrompts from the person's most recent requests (all modes) that stored a prompt."""
+    from assistant.lm.config import MODES
+
+    out = []
+    for req in store.recent_requests(profile_id, limit=limit):
+        if req.mode in MODES and (req.prompt or "").strip():
+            out.append(RolloutPrompt.from_request(req))
+    return out
+
+def sample_prompts(pool: Sequence[RolloutPrompt], n: int, rng: random.Random) -> list[RolloutPrompt]:
+    """n prompts cycling through the modes present in the pool (so every mode is trained on),
+    a random request within each mode."""
+    if not pool:
+        raise ValueError("no requests to learn from yet: ask for some suggestions first")
+    by_mode: dict[str, list[RolloutPrompt]] = {}
+    for p in pool:
+        by_mode.setdefault(p.mode, []).append(p)
+    modes = list(by_mode)
+    rng.shuffle(modes)
+    return [rng.choice(by_mode[modes[i % len(modes)]]) for i in range(n)]
+
+def _mean_metrics(history: list[dict[str, float]]) -> dict[str, float]:
+    keys = {k for h in history for k, v in h.items() if isinstance(v, (int, float))}
+    out = {}
+    for k in sorted(keys):
+        vals = [float(h[k]) for h in history if isinstance(h.get(k), (int, float)) and math.isfinite(float(h[k]))]
+        if vals:
+            out[k] = sum(vals) / len(vals)
+    return out
+
+def train_policy(
+    store,
+    data_dir: str | Path,
+    profile_id: str,
+    lm_model: nn.Module | None,
+    tokenizer,
+    reward_fn: RewardFn,
+    cfg: RLConfig,
+    steps: int,
+    publish: bool = False,
+    parent=None,
+    *,
+    policy: Policy | None = None,
+    state: TrainerState | None = None,
+    prompts: Sequence[RolloutPrompt] | None = None,
+    lora_cfg: LoraSettings | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    extra_config: dict[str, Any] | None = None,
+):
+    """Run `steps` RL updates and write a new policy version. Returns (ModelVersion, metrics).
+
+    The policy to train is, in order: `policy` (an in-memory Policy; pass its TrainerState as
+    `state` to continue with its optimizer and KL coefficient), else the version `parent` (a ModelVersion or id) loaded onto `lm_model`, else the
+    profile's live policy, else a fresh LoRA on `lm_model`. `lm_model` must be a clean base model
+    (peft injects the adapter into it). Rollout prompts come from the person's recent requests
+    unless `prompts` is given. Per-step metrics are logged in the store under the new version
+    (steps 1..n; step 0 is the summary that add_version logs);
+    metrics.json holds their means over the steps plus the last step's reward and KL. To keep
+    training the same weights in memory across calls (the learner), build the Policy once and
+    pass it as `policy=`."""
+    from storage.artifacts import save_version
+    from storage.store import ModelVersion
+
+    cfg.validate()
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    parent_id = parent.id if isinstance(parent, ModelVersion) else parent
+    if policy is None:
+        if lm_model is None:
+            raise ValueError("train_policy needs lm_model or policy")
+        src = store.get_version(int(parent_id)) if parent_id is not None else store.live_version(profile_id, "policy")
+        if src is not None and Path(src.path, ADAPTER_SUBDIR).exists():
+            policy = Policy.load(lm_model, tokenizer, src.path, lora_cfg)
+            parent_id = src.id
+        else:
+            policy = Policy.from_base(lm_model, tokenizer, lora_cfg)
+    pool = list(prompts) if prompts is not None else prompts_from_store(store, profile_id, cfg.recent_requests)
+    state = state if state is not None else TrainerState()
+    rng = random.Random(cfg.seed)
+    history = []
+    for i in range(steps):
+        m = rl_step(policy, state, sample_prompts(pool, cfg.prompts_per_step, rng), reward_fn, cfg)
+        history.append(m)
+        if on_step is not None:
+            on_step(i, m)
+    metrics = _mean_metrics(history)
+    metrics["rl/steps"] = float(steps)
+    metrics["rl/final_reward"] = float(history[-1].get("rl/reward", float("nan")))
+    metrics["rl/final_kl"] = float(history[-1].get("rl/kl", float("nan")))
+    metrics["rl/skipped_updates"] = float(sum(1 for h in history if h.get("rl/skipped")))
+    reward_cfg = getattr(reward_fn, "cfg", None)
+    config = {
+        "rl": asdict(cfg),
+        "lora": asdict(policy.lora),
+        "kl_coef_now": state.kl_coef,
+        "reward": asdict(reward_cfg) if reward_cfg is not None and hasattr(reward_cfg, "__dataclass_fields__") else None,
+        **(extra_config or {}),
+    }
+    version = save_version(
+        store, data_dir, kind="policy", profile_id=profile_id, writer=policy.save,
+        metrics=metrics, config=config, parent_id=parent_id, publish=publish,
+    )
+    # step 0 of the version's series is its summary (store.add_version); updates are steps 1..n
+    for i, h in enumerate(history):
+        store.log_metrics(version.id, {k: v for k, v in h.items() if isinstance(v, (int, float))}, step=i + 1)
+    return version, metrics
