@@ -81,7 +81,7 @@ def run_with_learner(services, args, data_dir: Path, capped: bool):
     load. Returns (idle, learning, learning with yield, learner phases seen)."""
     import signal
 
-    from reward.loop.learner import LearnerSupervisor
+    from assistant.app.supervisor import LearnerSupervisor
 
     extra = ["--train-now", "--min-new-feedback", "1", "--rl-steps", "50", "--rl-max-new-tokens", "32",
              "--poll-s", "0.5", "--threads", "1" if capped else str(os.cpu_count() or 2),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from assistant.lm.adapters import ADAPTER_SUBDIR
 from assistant.lm.config import GenerationSettings
 from assistant.lm.generate import (
-    ADAPTER_SUBDIR,
     Generator,
     clean_candidate,
     cut_at_boundary,

@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-from reward.loop.learner import (
+from reward.loop.config import LearnerConfig
+from reward.loop.evaluation import paired_win_rate
+from reward.loop.guards import (
     GuardFiring,
-    LearnerConfig,
     NonFiniteWatch,
     guard_kl,
     guard_length_hacking,
     guard_nonfinite,
     guard_reward_hacking,
     pearson,
-    send_command,
-    win_rate,
 )
+from reward.loop.learner import send_command
 
 
 # ----------------------------------------------------------------------------- pure guards
@@ -37,8 +37,8 @@ def test_pearson_by_hand():
 
 
 def test_win_rate_counts_ties_half():
-    assert win_rate([1.0, 2.0, 3.0, 0.0], [0.0, 2.0, 4.0, -1.0]) == pytest.approx((2 + 0.5) / 4)
-    assert win_rate([], []) == 0.5
+    assert paired_win_rate([1.0, 2.0, 3.0, 0.0], [0.0, 2.0, 4.0, -1.0]) == pytest.approx((2 + 0.5) / 4)
+    assert paired_win_rate([], []) == 0.5
 
 
 def test_guard_nonfinite():
@@ -373,7 +373,7 @@ def test_learning_tab_data_and_build(store, tmp_path, tiny_lm):
 def test_supervisor_restarts_a_crashed_learner(store, tmp_path):
     import sys
 
-    from reward.loop.learner import LearnerSupervisor
+    from assistant.app.supervisor import LearnerSupervisor
 
     marker = tmp_path / "runs"
     code = f"import pathlib; p = pathlib.Path({str(marker)!r}); p.write_text(p.read_text() + 'x' if p.exists() else 'x'); raise SystemExit(3)"
@@ -508,7 +508,7 @@ def test_evaluate_policies_kl_and_agreement(tmp_path, tiny_model_dir):
 
     from assistant.lm.models import prepare_tokenizer
     from reward.functions import RewardConfig, RewardFunction, RolloutPrompt
-    from reward.loop.learner import evaluate_policies
+    from reward.loop.evaluation import evaluate_policies
     from storage.artifacts import save_version
     from storage.store import Store
     from tests.test_hotswap import lora_policy_writer
@@ -544,7 +544,7 @@ def test_evaluate_policies_kl_and_agreement(tmp_path, tiny_model_dir):
 def test_supervisor_freezes_the_learner_while_the_app_generates(store):
     import sys
 
-    from reward.loop.learner import LearnerSupervisor
+    from assistant.app.supervisor import LearnerSupervisor
 
     def state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -169,7 +169,6 @@ def test_load_refuses_missing_value_head(tiny_tokenizer, tmp_path):
     tok = tiny_tokenizer
     model, _ = build_tiny_lm(seed=0, tokenizer=tok)
     pol = Policy.from_base(model, tok)
-    st = TrainerState()
     pol.save(tmp_path / "v")
     (tmp_path / "v" / VALUE_HEAD_FILE).unlink()
     fresh, _ = build_tiny_lm(seed=0, tokenizer=tok)

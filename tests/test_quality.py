@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from assistant.lm.logprobs import kl_to_reference
 from reward.eval import quality as q
 
 
@@ -133,9 +134,9 @@ def test_kl_and_reference_perplexity(tiny_lm):
     model, tok = tiny_lm
     ctx, sample = ["Write a passage of prose."], ["She opened the door and the wind rushed in."]
     base_ppl = q.perplexity(model, tok, sample, ctx)
-    assert q.kl_to_reference(model, tok, ctx, sample)["kl"] == pytest.approx(0.0, abs=1e-7)
+    assert kl_to_reference(model, tok, ctx, sample)["kl"] == pytest.approx(0.0, abs=1e-7)
     pm = _peft(model)
-    kl = q.kl_to_reference(pm, tok, ctx, sample)
+    kl = kl_to_reference(pm, tok, ctx, sample)
     assert kl["kl"] > 1e-4 and kl["tokens"] == len(tok(sample[0], add_special_tokens=False)["input_ids"])
     # perplexity under the reference = adapter disabled = the base model's perplexity
     assert q.perplexity(pm, tok, sample, ctx) == pytest.approx(base_ppl, rel=1e-5)

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from assistant.lm.generate import ADAPTER_SUBDIR
+from assistant.lm.adapters import ADAPTER_SUBDIR
 from storage.artifacts import exports_root
 from storage.store import ModelVersion, Store
 

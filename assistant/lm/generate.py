@@ -20,14 +20,14 @@ from typing import Callable, Iterator
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from assistant.lm import adapters
+from assistant.lm.adapters import adapter_dir
 from assistant.lm.config import GenerationSettings
-from assistant.lm.models import contiguous_lm_head_input
+from assistant.lm.models import autocast_context, contiguous_lm_head_input
 from assistant.lm.prompts import ANGLE_MODES, ANGLES, Prompt, render, with_angle
 
 log = logging.getLogger(__name__)
 
-ADAPTER_SUBDIR = "adapter"
-"""A policy version directory keeps its peft adapter here (see storage.artifacts)."""
 
 _SENTENCE_END = re.compile(r"""[.!?…]['")\]”’]*(?=\s|$)""")
 _PREAMBLE = re.compile(
@@ -161,6 +161,87 @@ class ParagraphStop(StoppingCriteria):
         return done
 
 
+# ----------------------------------------------------------------------------- THE generation function
+def eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:
+    """The one stop rule's token ids: the tokenizer's EOS, the model's generation-config EOS, and
+    the tokenizer's other special tokens (a chat model that writes `<|im_start|>` has left the
+    reply). Generation stops at the first of them and the reply is cut there."""
+    ids = set(getattr(tokenizer, "all_special_ids", None) or [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gc_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(gc_eos, int):
+        ids.add(gc_eos)
+    elif gc_eos:
+        ids.update(int(x) for x in gc_eos)
+    return sorted(ids)
+
+
+@dataclass
+class Sampled:
+    """One reply per prompt row from one batched call, as tokens (for RL) and as text (for people)."""
+
+    prompt_ids: torch.Tensor
+    """(B, P) the left-padded prompts."""
+    prompt_mask: torch.Tensor
+    """(B, P) 1 on real prompt tokens."""
+    tokens: torch.Tensor
+    """(B, T) the replies; after a row's stop token, padding."""
+    mask: torch.Tensor
+    """(B, T) 1 on reply tokens up to and including the stop token."""
+    texts: list[str]
+    """Each reply decoded without its stop token (raw: no cleaning)."""
+    finished: list[bool]
+    """Whether each reply ended with a stop token (rather than at the length limit)."""
+
+
+def sample(
+    model: torch.nn.Module, tokenizer, prompt_texts: list[str], gen: GenerationSettings, *,
+    paragraph_stop: bool = False, on_tokens: Callable[[list[str]], None] | None = None, autocast: bool = False,
+) -> Sampled:
+    """THE generation function: one sampled reply per prompt text, all rows in one batch.
+
+    The Generator (suggestions), the RL rollout, the learner's evaluation and the simulation all
+    call it, so they share one rule for padding (left, set per call: the tokenizer is shared between
+    threads), for stopping (`eos_ids`; with `paragraph_stop`, also a paragraph break after
+    gen.min_new_tokens tokens) and for cutting replies. Sampling follows `gen` (temperature 0 =
+    greedy; top_p with top_k off; repetition_penalty); every reply has at least one token."""
+    enc = tokenizer(prompt_texts, return_tensors="pt", add_special_tokens=False, padding=True,
+                    padding_side="left")
+    device = next(model.parameters()).device
+    input_ids, attention = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    prompt_len = input_ids.shape[1]
+    stop_ids = eos_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    stops = StoppingCriteriaList()
+    if paragraph_stop:
+        stops.append(ParagraphStop(tokenizer, prompt_len, min_tokens=max(4, gen.min_new_tokens)))
+    greedy = float(gen.temperature) <= 0.0
+    kwargs = dict(
+        input_ids=input_ids, attention_mask=attention, max_new_tokens=int(gen.max_new_tokens), min_new_tokens=1,
+        do_sample=not greedy, repetition_penalty=float(gen.repetition_penalty), pad_token_id=pad,
+        eos_token_id=stop_ids, stopping_criteria=stops,
+    )
+    if not greedy:
+        kwargs.update(temperature=float(gen.temperature), top_p=float(gen.top_p), top_k=0)
+    if on_tokens is not None:
+        kwargs["streamer"] = BatchStreamer(tokenizer, len(prompt_texts), on_tokens)
+    with torch.inference_mode(), autocast_context(device, autocast):
+        out = model.generate(**kwargs)
+    resp = out[:, prompt_len:]
+    is_stop = torch.isin(resp, torch.tensor(stop_ids, device=resp.device))
+    after_stop = (is_stop.long().cumsum(1) - is_stop.long()) > 0
+    mask = (~after_stop).long()
+    resp = torch.where(mask.bool(), resp, torch.full_like(resp, pad))
+    texts, finished = [], []
+    for row, m, s in zip(resp.tolist(), mask.tolist(), is_stop.tolist()):
+        n = sum(m)
+        ended = any(s[:n])
+        texts.append(tokenizer.decode(row[: n - 1] if ended else row[:n], skip_special_tokens=True))
+        finished.append(ended)
+    return Sampled(input_ids, attention, resp, mask, texts, finished)
+
+
 # ----------------------------------------------------------------------------- generator
 @dataclass
 class SuggestResult:
@@ -216,29 +297,18 @@ class Generator:
             vid, vdir = live
             if vid == self.policy_version:
                 return vid
-            self._load_adapter(vid, Path(vdir) / ADAPTER_SUBDIR)
+            self._load_adapter(vid, adapter_dir(vdir))
             return self.policy_version
 
     def _load_adapter(self, vid: int, adapter_dir: Path) -> None:
-        from peft import PeftModel
-
-        name = f"v{vid}"
         t0 = time.perf_counter()
-        if self.model is self.base_model:
-            self.model = PeftModel.from_pretrained(self.base_model, str(adapter_dir), adapter_name=name)
-        else:
-            self.model.load_adapter(str(adapter_dir), adapter_name=name)
-            self.model.set_adapter(name)
-            for old in [a for a in list(self.model.peft_config) if a != name]:
-                self.model.delete_adapter(old)
-        self.model.eval()
+        self.model = adapters.swap(self.model, adapter_dir, f"v{vid}")
         self.policy_version = vid
         log.info("hot-swapped policy version %s in %.2f s", vid, time.perf_counter() - t0)
 
     def _unload_adapters(self) -> None:
         if self.model is not self.base_model:
-            self.base_model = self.model.unload()
-            self.model = self.base_model
+            self.base_model = self.model = adapters.detach(self.model)
         self.policy_version = 0
 
     # ------------------------------------------------------------------ generation
@@ -246,45 +316,10 @@ class Generator:
         self, prompt_texts: list[str], mode: str, gen: GenerationSettings,
         on_tokens: Callable[[list[str]], None] | None,
     ) -> tuple[list[str], list[bool]]:
-        """One sampled continuation per row of prompt_texts, in one batch (rows of different
-        lengths are left-padded)."""
-        tok = self.tokenizer
-        n = len(prompt_texts)
-        # left padding: generation appends on the right (set per call: the tokenizer is shared)
-        enc = tok(prompt_texts, return_tensors="pt", add_special_tokens=False, padding=True,
-                  padding_side="left").to(self.device)
-        input_ids, attention = enc["input_ids"], enc["attention_mask"]
-        prompt_len = input_ids.shape[1]
-        stops = StoppingCriteriaList()
-        if mode == "continue":
-            stops.append(ParagraphStop(tok, prompt_len, min_tokens=max(4, gen.min_new_tokens)))
-        greedy = float(gen.temperature) <= 0.0
-        kwargs = dict(
-            input_ids=input_ids,
-            attention_mask=attention,
-            max_new_tokens=int(gen.max_new_tokens),
-            do_sample=not greedy,
-            repetition_penalty=float(gen.repetition_penalty),
-            pad_token_id=tok.pad_token_id,
-            stopping_criteria=stops,
-        )
-        if not greedy:
-            kwargs.update(temperature=float(gen.temperature), top_p=float(gen.top_p), top_k=0)
-        if on_tokens is not None:
-            kwargs["streamer"] = BatchStreamer(tok, n, on_tokens)
-        with torch.inference_mode():
-            out = self.model.generate(**kwargs)
-        new = out[:, prompt_len:]
-        eos = set(tok.all_special_ids) if hasattr(tok, "all_special_ids") else {tok.eos_token_id}
-        texts, finished = [], []
-        for row in new.tolist():
-            ended = any(t in eos for t in row)
-            if ended:
-                first = next(i for i, t in enumerate(row) if t in eos)
-                row = row[:first]
-            texts.append(tok.decode(row, skip_special_tokens=True))
-            finished.append(ended)
-        return texts, finished
+        """One sampled continuation per row of prompt_texts, in one batch (the one `sample`)."""
+        out = sample(self.model, self.tokenizer, prompt_texts, gen, paragraph_stop=mode == "continue",
+                     on_tokens=on_tokens)
+        return out.texts, out.finished
 
     def suggest(
         self, prompt: Prompt, source_text: str, gen: GenerationSettings,

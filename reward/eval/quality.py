@@ -17,6 +17,8 @@ from collections import Counter
 from contextlib import nullcontext
 from typing import Callable, Sequence
 
+from assistant.lm.logprobs import reference, text_logprobs
+
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 
 
@@ -156,48 +158,6 @@ def pairwise_outcomes(a_scores: Sequence[float], b_scores: Sequence[float], eps:
 
 
 # ----------------------------------------------------------------------------- model-based metrics
-def reference_context(model):
-    """Context in which `model` behaves as the reference: peft's disable_adapter() when the model
-    has adapters, else nothing."""
-    if hasattr(model, "disable_adapter") and getattr(model, "peft_config", None):
-        return model.disable_adapter()
-    return nullcontext()
-
-
-def _encode_pair(tokenizer, context: str, text: str) -> tuple[list[int], int]:
-    """Token ids of context + text (encoded separately so the boundary is exact), and the index of
-    the first text token."""
-    ctx = tokenizer(context, add_special_tokens=False)["input_ids"] if context else []
-    if not ctx:  # unconditional: start from BOS (or EOS) so the first word is scored too
-        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        ctx = [start] if start is not None else []
-    txt = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return ctx + txt, len(ctx)
-
-
-def token_logprobs(model, tokenizer, contexts: Sequence[str], texts: Sequence[str]) -> list:
-    """Per-text tensors of log-probabilities (float32, shape [T, V]) of the distributions that
-    predict each token of text i given contexts[i] + the text so far, plus its token ids.
-
-    Returns a list of (logprobs [T, V], target ids [T]) pairs; one forward pass per text (eval sets
-    are small and this keeps positions exact without padding)."""
-    import torch
-
-    device = next(model.parameters()).device
-    out = []
-    for ctx, text in zip(contexts, texts):
-        ids, start = _encode_pair(tokenizer, ctx, text)
-        if len(ids) - start < 1 or start < 1:
-            out.append((torch.zeros(0, 1), torch.zeros(0, dtype=torch.long)))
-            continue
-        x = torch.tensor([ids], device=device)
-        with torch.inference_mode():
-            logits = model(input_ids=x).logits[0].float()
-        lp = torch.log_softmax(logits[start - 1 : len(ids) - 1], dim=-1)
-        out.append((lp.cpu(), x[0, start:].cpu()))
-    return out
-
-
 def perplexity(model, tokenizer, texts: Sequence[str], contexts: Sequence[str] | None = None,
                use_reference: bool = True) -> float:
     """Perplexity exp(total NLL / total tokens) of `texts` (optionally each conditioned on
@@ -208,51 +168,10 @@ def perplexity(model, tokenizer, texts: Sequence[str], contexts: Sequence[str] |
     contexts = list(contexts) if contexts is not None else [""] * len(texts)
     if len(contexts) != len(texts):
         raise ValueError("contexts and texts must pair up")
-    was_training = model.training
-    model.eval()
-    nll, n = 0.0, 0
-    with reference_context(model) if use_reference else nullcontext():
-        for lp, tgt in token_logprobs(model, tokenizer, contexts, texts):
-            if len(tgt):
-                nll += -float(lp.gather(1, tgt[:, None]).sum())
-                n += len(tgt)
-    model.train(was_training)
+    with reference(model) if use_reference else nullcontext():
+        lps = text_logprobs(model, tokenizer, contexts, texts)
+    nll, n = -sum(float(lp.sum()) for lp in lps), sum(len(lp) for lp in lps)
     return math.exp(nll / n) if n else float("nan")
-
-
-def kl_to_reference(model, tokenizer, contexts: Sequence[str], samples: Sequence[str],
-                    reference: object | None = None) -> dict[str, float]:
-    """Mean per-token KL(policy || reference) on the policy's own samples.
-
-    For every token position of samples[i] (conditioned on contexts[i]) the exact KL between the
-    two next-token distributions, sum_v p(v) (log p(v) - log q(v)), is averaged over all tokens
-    ("kl"); "kl_k1" is the sampled-token estimate log p(x) - log q(x) used in RLHF reward shaping.
-    The reference is `reference` if given, else `model` with its peft adapter disabled (a model
-    without adapters is its own reference: KL 0). Both at temperature 1."""
-    import torch
-
-    contexts = list(contexts)
-    if len(contexts) != len(samples):
-        raise ValueError("contexts and samples must pair up")
-    was_training = model.training
-    model.eval()
-    pol = token_logprobs(model, tokenizer, contexts, samples)
-    if reference is not None:
-        ref = token_logprobs(reference, tokenizer, contexts, samples)
-    else:
-        with reference_context(model):
-            ref = token_logprobs(model, tokenizer, contexts, samples)
-    model.train(was_training)
-    kl_sum, k1_sum, n = 0.0, 0.0, 0
-    for (lp, tgt), (lq, _) in zip(pol, ref):
-        if not len(tgt):
-            continue
-        kl_sum += float((lp.exp() * (lp - lq)).sum())
-        k1_sum += float((lp.gather(1, tgt[:, None]) - lq.gather(1, tgt[:, None])).sum())
-        n += len(tgt)
-    if not n:
-        return {"kl": 0.0, "kl_k1": 0.0, "tokens": 0}
-    return {"kl": max(0.0, kl_sum / n), "kl_k1": k1_sum / n, "tokens": n}
 
 
 # ----------------------------------------------------------------------------- summaries

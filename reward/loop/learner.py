@@ -18,8 +18,7 @@ phase/progress/message/metrics/heartbeat live in ``learner_state`` so the UI can
 survive restarts. Commands (pause / resume / train_now) arrive through ``Store.take_learner_command``.
 
 The learner runs in its own process (`inkloop learn`), started and restarted by `inkloop serve`
-through `LearnerSupervisor`, with a low priority and one torch thread so the UI stays responsive.
-"""
+through `LearnerSupervisor`, with a low priority and one torch thread so the UI stays responsive."""
 
 from __future__ import annotations
 
@@ -28,333 +27,39 @@ import inspect
 import logging
 import math
 import os
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
-import numpy as np
 import torch
 
+from assistant.lm.adapters import adapter_dir
+from reward.loop.config import LearnerConfig
+from reward.loop.evaluation import PolicyEval, evaluate_policies, paired_win_rate
+from reward.loop.guards import (
+    GuardFiring,
+    NonFiniteWatch,
+    guard_kl,
+    guard_length_hacking,
+    guard_nonfinite,
+    guard_reward_hacking,
+    pearson,
+)
 from storage import artifacts
 from storage.store import ModelVersion, Store
 
 log = logging.getLogger(__name__)
 
 COMMANDS = ("pause", "resume", "train_now")
+
 PHASES = ("idle", "waiting", "reward", "recheck", "rl", "evaluate", "publish", "paused", "error", "stopped")
-
-
-# ----------------------------------------------------------------------------- configuration
-@dataclass
-class LearnerConfig:
-    """When and how the background learner trains, evaluates and publishes."""
-
-    min_new_feedback: int = 8
-    """Feedback rows that must arrive since the last cycle before a new cycle starts (train_now skips this)."""
-    rm_every: int = 1
-    """Retrain the reward model every N cycles (the live reward model is reused in between)."""
-    rl_steps: int = 4
-    """RL updates per cycle."""
-    algo: str = "ppo"
-    """RL algorithm passed to reward.policy.RLConfig (when it has an `algo` field)."""
-    max_kl: float = 4.0
-    """Guard: a candidate whose KL to the version it was trained from (KL of this cycle's step,
-    summed over a reply's tokens, averaged over held-out replies) exceeds this is shrunk (fewer
-    steps, lower lr) or discarded. The KL to the base model is reported as eval/kl."""
-    kl_retries: int = 1
-    """How many times a KL violation is retried with half the steps and half the learning rate."""
-    reward_gain_eps: float = 0.0
-    """Reward-hacking guard: the reward counts as rising when candidate - live exceeds this."""
-    agreement_drop: float = 0.1
-    """Reward-hacking guard: agreement with held-out feedback counts as falling when it drops by more."""
-    max_length_corr: float = 0.9
-    """Reward-hacking guard: |corr(learned reward, length in words)| over held-out samples above this,
-    together with a rising reward, means the gain is explained by length."""
-    min_length_corr_samples: int = 6
-    """Fewer held-out samples than this skip the length-correlation guard (too noisy)."""
-    min_win_rate: float = 0.0
-    """Publish only when the candidate beats the live version on at least this share of held-out samples."""
-    recheck_live: bool = True
-    """Re-evaluate the live version against its parent each cycle and roll back if it looks hacked."""
-    eval_prompts: int = 8
-    """Held-out prompts used to compare versions."""
-    eval_samples: int = 2
-    """Samples per held-out prompt and version."""
-    eval_max_new_tokens: int = 24
-    """Tokens per held-out sample."""
-    eval_pairs: int = 32
-    """At most this many held-out preference pairs for the agreement metric."""
-    heldout_frac: float = 0.2
-    """Share of requests (groups) held out for the agreement metric."""
-    keep_versions: int = 5
-    """Policy versions whose directories are kept (older ones are pruned; the live one always stays)."""
-    poll_s: float = 5.0
-    """Seconds between checks for new feedback."""
-    threads: int = 1
-    """torch threads in the learner process (leave the other cores to the app)."""
-    nice: int = 10
-    """Niceness added to the learner process (lower CPU priority than the app)."""
-    seed: int = 0
-    """Seed for the held-out split and the evaluation samples."""
-    rl_overrides: dict[str, Any] = field(default_factory=dict)
-    """Fields set on reward.policy.RLConfig (e.g. {"lr": 1e-5, "max_new_tokens": 16})."""
-
-
-# ----------------------------------------------------------------------------- guards (pure)
-@dataclass
-class GuardFiring:
-    guard: str
-    """nonfinite | kl | reward_hacking | length_hacking"""
-    action: str
-    """discard | shrink | rollback"""
-    reason: str
-    data: dict[str, float] = field(default_factory=dict)
-
-
-def pearson(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson correlation; 0 when either side has no variance or there are fewer than 2 points."""
-    a, b = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    if len(a) < 2 or len(a) != len(b):
-        return 0.0
-    a, b = a - a.mean(), b - b.mean()
-    den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-    return 0.0 if den == 0.0 else float((a * b).sum() / den)
-
-
-def guard_nonfinite(metrics: dict[str, Any], saw_nonfinite_reward: bool = False) -> GuardFiring | None:
-    """Any NaN/inf metric (loss, reward, KL...) or reward seen during the update discards it."""
-    bad = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)) and not math.isfinite(float(v)))
-    if saw_nonfinite_reward:
-        bad = ["reward (during rollouts)", *bad]
-    if not bad:
-        return None
-    return GuardFiring("nonfinite", "discard", f"non-finite values in {', '.join(bad)}: update discarded")
-
-
-def guard_kl(kl: float, max_kl: float, retries_left: int) -> GuardFiring | None:
-    """KL above the limit: shrink (retry smaller) while retries are left, else discard."""
-    if not math.isfinite(kl):
-        return GuardFiring("kl", "discard", f"KL is {kl}: update discarded", {"kl": kl})
-    if kl <= max_kl:
-        return None
-    action = "shrink" if retries_left > 0 else "discard"
-    what = "retrying with fewer steps and a lower learning rate" if action == "shrink" else "update discarded"
-    return GuardFiring("kl", action, f"KL {kl:.3f} above the limit {max_kl:.3f}: {what}",
-                       {"kl": kl, "max_kl": max_kl})
-
-
-def guard_reward_hacking(
-    reward_new: float, reward_old: float, agreement_new: float, agreement_old: float,
-    gain_eps: float, agreement_drop: float, action: str = "discard",
-) -> GuardFiring | None:
-    """Reward rising while agreement with held-out feedback falls."""
-    gain, drop = reward_new - reward_old, agreement_old - agreement_new
-    if gain > gain_eps and drop > agreement_drop:
-        return GuardFiring(
-            "reward_hacking", action,
-            f"reward rose by {gain:.3f} while agreement with held-out feedback fell by {drop:.3f} "
-            f"({agreement_old:.2f} -> {agreement_new:.2f})",
-            {"reward_gain": gain, "agreement_drop": drop},
-        )
-    return None
-
-
-def guard_length_hacking(
-    rm_scores: Sequence[float], lengths: Sequence[float], reward_gain: float, cfg: LearnerConfig,
-    action: str = "discard",
-) -> GuardFiring | None:
-    """The learned reward is explained mostly by length (|corr| above the limit) while the reward rises."""
-    if len(rm_scores) < cfg.min_length_corr_samples or reward_gain <= cfg.reward_gain_eps:
-        return None
-    r = pearson(rm_scores, lengths)
-    if abs(r) > cfg.max_length_corr:
-        return GuardFiring(
-            "length_hacking", action,
-            f"learned reward is explained by length (corr {r:+.2f}, limit {cfg.max_length_corr:.2f}) "
-            f"while the reward rose by {reward_gain:.3f}",
-            {"length_corr": r, "reward_gain": reward_gain},
-        )
-    return None
-
-
-def win_rate(new: Sequence[float], old: Sequence[float]) -> float:
-    """Share of paired samples where new beats old (ties count half); 0.5 when there are none."""
-    from reward.train import pair_accuracy
-
-    return pair_accuracy(new, old) if len(new) else 0.5
-
-
-class NonFiniteWatch:
-    """Wraps a reward function; remembers whether it ever returned NaN/inf (the guard reads it)."""
-
-    def __init__(self, fn: Callable[..., Any]):
-        self.fn, self.seen = fn, False
-
-    def __call__(self, prompts: Any, texts: Any, extras: Any = None) -> Any:
-        from reward.rl.step import accepts_extras
-
-        out = self.fn(prompts, texts, extras=extras) if extras is not None and accepts_extras(self.fn) \
-            else self.fn(prompts, texts)
-        total = getattr(out, "total", out)
-        if not np.all(np.isfinite(np.asarray(total, np.float64))):
-            self.seen = True
-        return out
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.fn, name)
-
-
-# ----------------------------------------------------------------------------- evaluation
-@dataclass
-class PolicyEval:
-    """How one policy version does on the held-out prompts and feedback of this cycle."""
-
-    version_id: int
-    rewards: list[float]
-    rm_scores: list[float]
-    lengths: list[float]
-    kl: float
-    """KL to the base model on this policy's own held-out samples (k1 estimate, summed per reply)."""
-    agreement: float
-    texts: list[str] = field(default_factory=list)
-    step_kl: float | None = None
-    """KL to the `kl_to` version (the one it was trained from), when asked for."""
-
-    @property
-    def reward(self) -> float:
-        return float(np.mean(self.rewards)) if self.rewards else 0.0
-
-
-def _token_logprobs(model, tokenizer, prompts: Sequence[str], texts: Sequence[str], device, batch: int = 8) -> list[float]:
-    """Sum of log p(text tokens | prompt) per (prompt, text)."""
-    out: list[float] = []
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for i in range(0, len(texts), batch):
-        rows, spans = [], []
-        for p, t in zip(prompts[i:i + batch], texts[i:i + batch]):
-            pi = tokenizer(p, add_special_tokens=False)["input_ids"]
-            ti = tokenizer(t, add_special_tokens=False)["input_ids"][:256] or [pad]
-            rows.append(pi + ti)
-            spans.append((len(pi), len(pi) + len(ti)))
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        att = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, r in enumerate(rows):  # right padding: positions stay as in an unpadded pass
-            ids[j, : len(r)] = torch.tensor(r)
-            att[j, : len(r)] = 1
-        with torch.no_grad():
-            logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
-        for j, (a, b) in enumerate(spans):
-            out.append(float(logp[j, a - 1 : b - 1].sum()))
-    return out
-
-
-def evaluate_policies(
-    model, tokenizer, adapters: dict[int, str | None], prompts: Sequence[Any], pairs: Sequence[tuple[str, str, str]],
-    reward_fn: Callable[..., Any], cfg: LearnerConfig, device=None,
-    only: set[int] | None = None, kl_to: dict[int, int] | None = None,
-) -> dict[int, PolicyEval]:
-    """Evaluate several policy versions on the same held-out prompts and pairs.
-
-    model: a fresh base model (it gets wrapped in a PeftModel here). adapters: version id ->
-    adapter dir (None = the base model, id 0). prompts: RolloutPrompt. pairs: (prompt_text,
-    chosen, rejected) from held-out feedback. Reference for KL and agreement = the base model.
-    only: evaluate just these ids (the others are loaded as KL targets). kl_to: id -> id whose
-    log-probs on the first one's samples give its step KL."""
-    from peft import PeftModel
-
-    from assistant.lm.generate import clean_candidate
-
-    device = device or next(model.parameters()).device
-    names = {vid: f"v{vid}" for vid, d in adapters.items() if d is not None}
-    peft_model = None
-    for vid, d in adapters.items():
-        if d is None:
-            continue
-        if peft_model is None:
-            peft_model = PeftModel.from_pretrained(model, str(d), adapter_name=names[vid])
-        else:
-            peft_model.load_adapter(str(d), adapter_name=names[vid])
-    runner = peft_model if peft_model is not None else model
-    runner.eval()
-
-    def use(vid: int):
-        if vid == 0 or adapters.get(vid) is None:
-            return runner.disable_adapter() if peft_model is not None else _nullcontext()
-        runner.set_adapter(names[vid])
-        return _nullcontext()
-
-    rep_prompts = [p for p in prompts for _ in range(cfg.eval_samples)]
-    prompt_texts = [p.prompt_text for p in rep_prompts]
-    pair_prompts = [p for p, _, _ in pairs]
-    with use(0):
-        ref_pair_c = _token_logprobs(runner, tokenizer, pair_prompts, [c for _, c, _ in pairs], device)
-        ref_pair_r = _token_logprobs(runner, tokenizer, pair_prompts, [r for _, _, r in pairs], device)
-
-    results: dict[int, PolicyEval] = {}
-    for vid in adapters:
-        if only is not None and vid not in only:
-            continue
-        texts: list[str] = []
-        with use(vid):
-            tokenizer.padding_side = "left"
-            enc = tokenizer([p.prompt_text for p in prompts], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(device)
-            torch.manual_seed(cfg.seed)
-            with torch.no_grad():
-                out = runner.generate(
-                    **enc, max_new_tokens=cfg.eval_max_new_tokens, do_sample=True, temperature=0.8, top_p=0.95,
-                    top_k=0, num_return_sequences=cfg.eval_samples, pad_token_id=tokenizer.pad_token_id,
-                )
-            new = out[:, enc["input_ids"].shape[1]:]
-            for row, p in zip(new.tolist(), rep_prompts):
-                eos = set(getattr(tokenizer, "all_special_ids", [tokenizer.eos_token_id]))
-                finished = any(t in eos for t in row)
-                raw = tokenizer.decode(row, skip_special_tokens=True)
-                texts.append(clean_candidate(raw, p.mode, p.source_text, finished) or raw.strip() or ".")
-            pol_samples = _token_logprobs(runner, tokenizer, prompt_texts, texts, device)
-            pol_c = _token_logprobs(runner, tokenizer, pair_prompts, [c for _, c, _ in pairs], device)
-            pol_r = _token_logprobs(runner, tokenizer, pair_prompts, [r for _, _, r in pairs], device)
-        with use(0):
-            ref_samples = _token_logprobs(runner, tokenizer, prompt_texts, texts, device)
-        step_kl = None
-        if kl_to and vid in kl_to:
-            with use(kl_to[vid]):
-                prev_samples = _token_logprobs(runner, tokenizer, prompt_texts, texts, device)
-            step_kl = float(np.mean(np.asarray(pol_samples) - np.asarray(prev_samples))) if texts else 0.0
-        rout = reward_fn(rep_prompts, texts)
-        total = np.asarray(getattr(rout, "total", rout), np.float64)
-        rm = np.asarray(getattr(rout, "terms", {}).get("rm", total), np.float64)
-        margins = [(pc - rc) - (pr - rr) for pc, rc, pr, rr in zip(pol_c, ref_pair_c, pol_r, ref_pair_r)]
-        agreement = win_rate(margins, [0.0] * len(margins)) if margins else 0.5
-        kl = float(np.mean(np.asarray(pol_samples) - np.asarray(ref_samples))) if texts else 0.0
-        results[vid] = PolicyEval(
-            version_id=vid, rewards=total.tolist(), rm_scores=rm.tolist(),
-            lengths=[float(len(t.split())) for t in texts], kl=kl, agreement=agreement, texts=texts,
-            step_kl=step_kl,
-        )
-    if peft_model is not None:
-        peft_model.unload()
-    return results
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
 
 # ----------------------------------------------------------------------------- the learner
 LMFactory = Callable[[], tuple[torch.nn.Module, Any]]
-"""Returns a fresh (base model, tokenizer); RL and evaluation each wrap their own copy."""
 
+"""Returns a fresh (base model, tokenizer); RL and evaluation each wrap their own copy."""
 
 @dataclass
 class CycleResult:
@@ -364,7 +69,6 @@ class CycleResult:
     version_id: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     guards: list[GuardFiring] = field(default_factory=list)
-
 
 class Learner:
     """Watches a profile's feedback and turns it into new policy versions (see the module docstring).
@@ -494,11 +198,9 @@ class Learner:
 
     def _evaluate(self, versions: dict[int, ModelVersion | None], reward_fn, prompts, pairs,
                   only: set[int] | None = None, kl_to: dict[int, int] | None = None) -> dict[int, PolicyEval]:
-        from assistant.lm.generate import ADAPTER_SUBDIR
-
         model, tok = self.lm_factory()
-        adapters = {vid: (str(Path(v.path) / ADAPTER_SUBDIR) if v is not None else None) for vid, v in versions.items()}
-        return evaluate_policies(model, tok, adapters, prompts, pairs, reward_fn, self.cfg, only=only, kl_to=kl_to)
+        dirs = {vid: (str(adapter_dir(v.path)) if v is not None else None) for vid, v in versions.items()}
+        return evaluate_policies(model, tok, dirs, prompts, pairs, reward_fn, self.cfg, only=only, kl_to=kl_to)
 
     def _rl(self, reward_fn, parent: ModelVersion | None, steps: int, lr_scale: float, progress: Callable[[float], None]):
         train_policy = self._train_policy
@@ -611,7 +313,7 @@ class Learner:
         eval_metrics = {
             "eval/reward": ce.reward, "eval/reward_live": live_eval.reward,
             "eval/reward_gain": ce.reward - live_eval.reward,
-            "eval/win_rate": win_rate(ce.rewards, live_eval.rewards),
+            "eval/win_rate": paired_win_rate(ce.rewards, live_eval.rewards),
             "eval/kl": ce.kl, "eval/step_kl": float(ce.step_kl or 0.0), "eval/agreement": ce.agreement, "eval/agreement_live": live_eval.agreement,
             "eval/length_corr": pearson(ce.rm_scores, ce.lengths), "eval/n_prompts": float(len(prompts)),
             "eval/n_pairs": float(len(pairs)),
@@ -719,7 +421,6 @@ class Learner:
         ph = st.get("phase") or "idle"
         return "idle" if ph == "paused" else ph
 
-
 # ----------------------------------------------------------------------------- process control
 def apply_resource_limits(cfg: LearnerConfig) -> None:
     """Lower this process's priority and cap torch's threads (call before any heavy work)."""
@@ -742,7 +443,6 @@ def apply_resource_limits(cfg: LearnerConfig) -> None:
     except RuntimeError:
         pass  # already set (parallel work has started)
 
-
 def send_command(store: Store, profile_id: str, action: str) -> dict[str, Any]:
     """Queue pause / resume / train_now for the learner process (it polls every second).
     pause/resume also flip the stored flag at once so the UI reflects it immediately."""
@@ -754,181 +454,7 @@ def send_command(store: Store, profile_id: str, action: str) -> dict[str, Any]:
     store.set_learner_state(profile_id, **fields)
     return store.learner_state(profile_id) or {}
 
-
-PARENT_ENV = "INKLOOP_LEARNER_PARENT"
 """Set by LearnerSupervisor: the server's pid. The learner stops when that process is gone."""
-
-
-def watch_parent(on_gone: Callable[[], None], interval_s: float = 2.0) -> threading.Thread | None:
-    """When started by a server (PARENT_ENV set), call `on_gone` once the server has died, so a
-    killed server never leaves an orphan learner behind."""
-    want = os.environ.get(PARENT_ENV)
-    if not want:
-        return None
-
-    def loop() -> None:
-        while True:
-            if os.getppid() != int(want):
-                log.warning("the server (pid %s) is gone: stopping the learner", want)
-                on_gone()
-                return
-            time.sleep(interval_s)
-
-    t = threading.Thread(target=loop, name="inkloop-parent-watch", daemon=True)
-    t.start()
-    return t
-
-
-class LearnerSupervisor:
-    """Runs `inkloop learn` as a child process beside the server and restarts it with backoff if it
-    dies, so a learner crash (or a kill) never takes the UI down. `yielding(fn)` wraps the app's
-    generation so the learner is frozen (SIGSTOP/SIGCONT) while a person waits for suggestions."""
-
-    def __init__(self, argv: list[str], store: Store | None = None, profile_id: str = "default",
-                 min_backoff_s: float = 2.0, max_backoff_s: float = 120.0, log_path: str | Path | None = None):
-        self.argv, self.store, self.profile = argv, store, profile_id
-        self.min_backoff_s, self.max_backoff_s = min_backoff_s, max_backoff_s
-        self.log_path = Path(log_path) if log_path else None
-        self.proc: subprocess.Popen | None = None
-        self.restarts = 0
-        self.max_freeze_s = 20.0
-        """The longest the learner stays frozen for one generation (checked every 5 s). Kept below
-        the store's 30 s busy timeout: a learner frozen inside a (millisecond) write transaction
-        then never makes another writer fail."""
-        self._freeze_lock = threading.Lock()
-        self._frozen = 0
-        self._frozen_pid: int | None = None
-        self._frozen_at = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @staticmethod
-    def learn_argv(data_dir: str | Path, model: str | None, profile: str, extra: Sequence[str] = ()) -> list[str]:
-        """The command line of `inkloop learn` for this interpreter and checkout."""
-        import app
-
-        root = str(Path(app.__file__).resolve().parent)
-        argv = [sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r}); import app; sys.exit(app.main())",
-                "learn", "--data-dir", str(data_dir), "--profile", profile]
-        if model:
-            argv += ["--model", str(model)]
-        return argv + list(extra)
-
-    def _spawn(self) -> subprocess.Popen:
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-               PARENT_ENV: str(os.getpid())}
-        try:
-            return subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-        finally:
-            if out is not subprocess.DEVNULL:
-                out.close()
-
-    # ------------------------------------------------------------------ yielding the CPU to the app
-    def freeze(self) -> None:
-        """Suspend the learner (SIGSTOP) while the app generates; nested calls are counted.
-        Safe for the database: the app's reads never wait on a writer (WAL) and the learner is
-        resumed before the app writes the request."""
-        import signal
-
-        with self._freeze_lock:
-            self._frozen += 1
-            p = self.proc
-            if self._frozen == 1 and p is not None and p.poll() is None:
-                try:
-                    os.kill(p.pid, signal.SIGSTOP)
-                    self._frozen_pid = p.pid
-                    self._frozen_at = time.monotonic()
-                except OSError:
-                    self._frozen_pid = None
-
-    def thaw(self) -> None:
-        with self._freeze_lock:
-            self._frozen = max(0, self._frozen - 1)
-            if self._frozen == 0:
-                self._resume_locked()
-
-    def _resume_locked(self) -> None:
-        """SIGCONT the frozen learner, if any (the caller holds _freeze_lock)."""
-        import signal
-
-        if self._frozen_pid is not None:
-            try:
-                os.kill(self._frozen_pid, signal.SIGCONT)
-            except OSError:
-                pass
-            self._frozen_pid = None
-
-    def yielding(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """Wrap `fn` (e.g. Generator.suggest) so the learner is frozen while it runs."""
-        import functools
-
-        @functools.wraps(fn)
-        def run(*args: Any, **kwargs: Any) -> Any:
-            self.freeze()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.thaw()
-
-        return run
-
-    def _unfreeze_if_stuck(self) -> None:
-        """A generation that never ends must not starve the learner forever."""
-        with self._freeze_lock:
-            if self._frozen_pid is not None and time.monotonic() - self._frozen_at > self.max_freeze_s:
-                log.warning("learner frozen for over %.0f s: letting it run", self.max_freeze_s)
-                self._resume_locked()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._watch, name="inkloop-learner-supervisor", daemon=True)
-        self._thread.start()
-
-    def _watch(self) -> None:
-        backoff = self.min_backoff_s
-        while True:
-            with self._freeze_lock:  # stop() sets _stop under this lock: it never misses a new child
-                if self._stop.is_set():
-                    break
-                self.proc = self._spawn()
-            started = time.monotonic()
-            while True:
-                try:
-                    rc = self.proc.wait(timeout=5.0)
-                    break
-                except subprocess.TimeoutExpired:
-                    self._unfreeze_if_stuck()
-            if self._stop.is_set():
-                break
-            ran = time.monotonic() - started
-            backoff = self.min_backoff_s if ran > 300 else min(self.max_backoff_s, backoff * 2 if self.restarts else backoff)
-            self.restarts += 1
-            msg = f"learner process exited with code {rc} after {ran:.0f} s; restarting in {backoff:.0f} s"
-            log.warning(msg)
-            if self.store is not None:
-                try:
-                    self.store.add_event("learner", msg, self.profile, data={"returncode": rc})
-                    self.store.set_learner_state(self.profile, phase="error", message=msg, error=f"exit code {rc}")
-                except Exception:  # noqa: BLE001 - supervision must go on
-                    log.exception("could not record the learner exit")
-            self._stop.wait(backoff)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        with self._freeze_lock:
-            self._stop.set()
-            self._frozen = 1
-            p = self.proc
-        self.thaw()  # a frozen process cannot act on SIGTERM
-        if p is not None and p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-        if self._thread is not None:
-            self._thread.join(timeout)
-
 
 def config_dict(cfg: LearnerConfig) -> dict[str, Any]:
     return asdict(cfg)

@@ -9,8 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from assistant.lm import adapters
+from assistant.lm.adapters import ADAPTER_SUBDIR
 from assistant.lm.config import LoraSettings
-from assistant.lm.generate import ADAPTER_SUBDIR
+from assistant.lm.logprobs import token_logprobs
 from assistant.lm.models import autocast_context, contiguous_lm_head_input
 
 log = logging.getLogger(__name__)
@@ -89,19 +91,16 @@ class Policy:
     @classmethod
     def load(cls, base_model: nn.Module, tokenizer, directory: str | Path, lora_cfg: LoraSettings | None = None) -> "Policy":
         """A trainable Policy from a version directory (adapter/ + value_head.safetensors)."""
-        from peft import PeftModel
         from safetensors.torch import load_file
 
         directory = Path(directory)
-        if not (directory / ADAPTER_SUBDIR / "adapter_config.json").exists():
-            raise FileNotFoundError(f"{directory} holds no {ADAPTER_SUBDIR}/adapter_config.json")
         if not (directory / VALUE_HEAD_FILE).exists():
             raise FileNotFoundError(f"{directory} holds no {VALUE_HEAD_FILE}: the critic would be random")
         if _has_lora(base_model):
             raise ValueError("this model already carries LoRA layers; pass a clean base model")
         for p in base_model.parameters():
             p.requires_grad_(False)
-        pm = PeftModel.from_pretrained(base_model, str(directory / ADAPTER_SUBDIR), is_trainable=True)
+        pm = adapters.attach(base_model, adapters.adapter_dir(directory), "default", trainable=True)
         state = load_file(str(directory / VALUE_HEAD_FILE))
         head = nn.Linear(state["weight"].shape[1], 1)
         head.load_state_dict(state)
@@ -201,6 +200,3 @@ class Policy:
             logits, _ = self.forward(input_ids, attention_mask, n_resp, temperature, autocast)
         return token_logprobs(logits, input_ids[:, -n_resp:])
 
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[token] at every position: (B, T, V), (B, T) -> (B, T)."""
-    return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)

@@ -32,18 +32,18 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from dataclasses import dataclass
-
 import torch
 
+from assistant.lm.logprobs import token_logprobs
 from reward import losses as L
 from reward.functions import RewardOutput, RolloutPrompt
 from reward.rl.config import RLConfig
-from reward.rl.policy import Policy, token_logprobs
-from reward.rl.rollout import _policy_eval, _reference_logprobs, rollout
+from reward.rl.policy import Policy
+from reward.rl.rollout import Rollout, _policy_eval, _reference_logprobs, rollout
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from typing import Any, Callable, Sequence
 
 from torch import nn
 
+from assistant.lm.adapters import ADAPTER_SUBDIR
 from assistant.lm.config import LoraSettings
-from assistant.lm.generate import ADAPTER_SUBDIR
 from reward.functions import RolloutPrompt
 from reward.rl.config import RLConfig
 from reward.rl.policy import Policy

@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 
 from assistant.app.cli.common import say as _say
 from assistant.lm.config import ASSETS
+from assistant.lm.logprobs import kl_to_reference, reference, text_logprobs
 from reward.eval import quality as Q
 
 
@@ -171,9 +172,9 @@ def fluency_fn(generator) -> Callable:
 
     def fluency(prompts, texts) -> np.ndarray:
         ctx = [p.prompt_text for p in prompts]
-        with Q.reference_context(generator.model):
-            lps = Q.token_logprobs(generator.model, generator.tokenizer, ctx, texts)
-        return np.asarray([float(lp.gather(1, t[:, None]).mean()) if len(t) else 0.0 for lp, t in lps], np.float32)
+        with reference(generator.model):
+            lps = text_logprobs(generator.model, generator.tokenizer, ctx, texts)
+        return np.asarray([float(lp.mean()) if len(lp) else 0.0 for lp in lps], np.float32)
 
     return fluency
 
@@ -186,7 +187,7 @@ def sample_metrics(generator, prompts: Sequence[EvalPrompt], s: Samples, reward_
     model, tok = generator.model, generator.tokenizer
     with generator.lock:
         m["eval/perplexity"] = Q.perplexity(model, tok, txt, ctx, use_reference=True)
-        kl = Q.kl_to_reference(model, tok, ctx, txt)
+        kl = kl_to_reference(model, tok, ctx, txt)
         m["eval/kl"], m["eval/kl_k1"] = kl["kl"], kl["kl_k1"]
         m["eval/length_tokens"] = Q.mean_length(txt, tok)
         if reward_fn is not None and txt:

@@ -46,7 +46,7 @@ def attach_learning(services, args: argparse.Namespace):
     if getattr(args, "no_learner", False):
         return None
     from assistant.app.cli.common import data_dir
-    from reward.loop.learner import LearnerSupervisor
+    from assistant.app.supervisor import LearnerSupervisor
 
     extra = ["--threads", str(getattr(args, "learner_threads", 1) or 1)]
     if getattr(args, "device", None):
@@ -74,7 +74,7 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
 
 # ----------------------------------------------------------------------------- commands
 def _learner_config(args: argparse.Namespace):
-    from reward.loop.learner import LearnerConfig
+    from reward.loop.config import LearnerConfig
 
     cfg = LearnerConfig()
     for name in ("min_new_feedback", "rl_steps", "algo", "max_kl", "keep_versions", "poll_s", "nice",
@@ -116,8 +116,9 @@ def build_learner(args: argparse.Namespace, store, cfg):
 
 def cmd_learn(args: argparse.Namespace) -> int:
     from assistant.app.cli.common import fail, open_store
+    from assistant.app.supervisor import watch_parent
     from assistant.lm.models import ModelLoadError
-    from reward.loop.learner import apply_resource_limits, watch_parent
+    from reward.loop.learner import apply_resource_limits
     from storage.artifacts import collect_garbage
 
     cfg = _learner_config(args)

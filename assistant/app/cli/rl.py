@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 

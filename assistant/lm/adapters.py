@@ -1,0 +1,59 @@
+"""LoRA adapters on a base model: the one loader, used to serve, evaluate and train.
+
+A policy version directory keeps its peft adapter in ``adapter/`` (ADAPTER_SUBDIR). Every adapter
+of a base model shares one LoraConfig, so they swap in place; the reference model is the same
+model with the adapter disabled (assistant.lm.logprobs.reference).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+ADAPTER_SUBDIR = "adapter"
+"""A policy version directory keeps its peft adapter here (see storage.artifacts)."""
+
+
+def adapter_dir(version_dir: str | Path) -> Path:
+    """The adapter folder of a policy version directory."""
+    return Path(version_dir) / ADAPTER_SUBDIR
+
+
+def has_adapters(model: torch.nn.Module) -> bool:
+    """Whether `model` is a peft model carrying at least one adapter."""
+    return bool(getattr(model, "peft_config", None))
+
+
+def attach(model: torch.nn.Module, directory: str | Path, name: str, *, trainable: bool = False,
+           active: bool = True) -> torch.nn.Module:
+    """Load the adapter in `directory` onto `model` under `name`; returns the peft model (the same
+    object when `model` already is one). With `active`, it becomes the adapter in use."""
+    from peft import PeftModel
+
+    directory = Path(directory)
+    if not (directory / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{directory} holds no adapter_config.json")
+    if has_adapters(model):
+        model.load_adapter(str(directory), adapter_name=name, is_trainable=trainable)
+        if active:
+            model.set_adapter(name)
+        return model
+    return PeftModel.from_pretrained(model, str(directory), adapter_name=name, is_trainable=trainable)
+
+
+def swap(model: torch.nn.Module, directory: str | Path, name: str) -> torch.nn.Module:
+    """Serve the adapter in `directory` (as `name`) and drop every other adapter: the hot swap."""
+    model = attach(model, directory, name)
+    for old in [a for a in list(model.peft_config) if a != name]:
+        model.delete_adapter(old)
+    model.eval()
+    return model
+
+
+def detach(model: torch.nn.Module) -> torch.nn.Module:
+    """The base model with every adapter removed (its weights untouched)."""
+    return model.unload() if has_adapters(model) else model

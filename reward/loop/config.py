@@ -1,0 +1,64 @@
+"""LearnerConfig: when and how the background learner trains, evaluates and publishes."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# ----------------------------------------------------------------------------- configuration
+@dataclass
+class LearnerConfig:
+    """When and how the background learner trains, evaluates and publishes."""
+
+    min_new_feedback: int = 8
+    """Feedback rows that must arrive since the last cycle before a new cycle starts (train_now skips this)."""
+    rm_every: int = 1
+    """Retrain the reward model every N cycles (the live reward model is reused in between)."""
+    rl_steps: int = 4
+    """RL updates per cycle."""
+    algo: str = "ppo"
+    """RL algorithm passed to reward.policy.RLConfig (when it has an `algo` field)."""
+    max_kl: float = 4.0
+    """Guard: a candidate whose KL to the version it was trained from (KL of this cycle's step,
+    summed over a reply's tokens, averaged over held-out replies) exceeds this is shrunk (fewer
+    steps, lower lr) or discarded. The KL to the base model is reported as eval/kl."""
+    kl_retries: int = 1
+    """How many times a KL violation is retried with half the steps and half the learning rate."""
+    reward_gain_eps: float = 0.0
+    """Reward-hacking guard: the reward counts as rising when candidate - live exceeds this."""
+    agreement_drop: float = 0.1
+    """Reward-hacking guard: agreement with held-out feedback counts as falling when it drops by more."""
+    max_length_corr: float = 0.9
+    """Reward-hacking guard: |corr(learned reward, length in words)| over held-out samples above this,
+    together with a rising reward, means the gain is explained by length."""
+    min_length_corr_samples: int = 6
+    """Fewer held-out samples than this skip the length-correlation guard (too noisy)."""
+    min_win_rate: float = 0.0
+    """Publish only when the candidate beats the live version on at least this share of held-out samples."""
+    recheck_live: bool = True
+    """Re-evaluate the live version against its parent each cycle and roll back if it looks hacked."""
+    eval_prompts: int = 8
+    """Held-out prompts used to compare versions."""
+    eval_samples: int = 2
+    """Samples per held-out prompt and version."""
+    eval_max_new_tokens: int = 24
+    """Tokens per held-out sample."""
+    eval_pairs: int = 32
+    """At most this many held-out preference pairs for the agreement metric."""
+    heldout_frac: float = 0.2
+    """Share of requests (groups) held out for the agreement metric."""
+    keep_versions: int = 5
+    """Policy versions whose directories are kept (older ones are pruned; the live one always stays)."""
+    poll_s: float = 5.0
+    """Seconds between checks for new feedback."""
+    threads: int = 1
+    """torch threads in the learner process (leave the other cores to the app)."""
+    nice: int = 10
+    """Niceness added to the learner process (lower CPU priority than the app)."""
+    seed: int = 0
+    """Seed for the held-out split and the evaluation samples."""
+    rl_overrides: dict[str, Any] = field(default_factory=dict)
+    """Fields set on reward.policy.RLConfig (e.g. {"lr": 1e-5, "max_new_tokens": 16})."""

@@ -1,0 +1,104 @@
+"""The learner's guards (pure): each looks at a cycle's figures and says whether to retry, discard or roll back."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from reward.loop.config import LearnerConfig
+
+log = logging.getLogger(__name__)
+
+# ----------------------------------------------------------------------------- guards (pure)
+@dataclass
+class GuardFiring:
+    guard: str
+    """nonfinite | kl | reward_hacking | length_hacking"""
+    action: str
+    """discard | shrink | rollback"""
+    reason: str
+    data: dict[str, float] = field(default_factory=dict)
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson correlation; 0 when either side has no variance or there are fewer than 2 points."""
+    a, b = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if len(a) < 2 or len(a) != len(b):
+        return 0.0
+    a, b = a - a.mean(), b - b.mean()
+    den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+    return 0.0 if den == 0.0 else float((a * b).sum() / den)
+
+def guard_nonfinite(metrics: dict[str, Any], saw_nonfinite_reward: bool = False) -> GuardFiring | None:
+    """Any NaN/inf metric (loss, reward, KL...) or reward seen during the update discards it."""
+    bad = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)) and not math.isfinite(float(v)))
+    if saw_nonfinite_reward:
+        bad = ["reward (during rollouts)", *bad]
+    if not bad:
+        return None
+    return GuardFiring("nonfinite", "discard", f"non-finite values in {', '.join(bad)}: update discarded")
+
+def guard_kl(kl: float, max_kl: float, retries_left: int) -> GuardFiring | None:
+    """KL above the limit: shrink (retry smaller) while retries are left, else discard."""
+    if not math.isfinite(kl):
+        return GuardFiring("kl", "discard", f"KL is {kl}: update discarded", {"kl": kl})
+    if kl <= max_kl:
+        return None
+    action = "shrink" if retries_left > 0 else "discard"
+    what = "retrying with fewer steps and a lower learning rate" if action == "shrink" else "update discarded"
+    return GuardFiring("kl", action, f"KL {kl:.3f} above the limit {max_kl:.3f}: {what}",
+                       {"kl": kl, "max_kl": max_kl})
+
+def guard_reward_hacking(
+    reward_new: float, reward_old: float, agreement_new: float, agreement_old: float,
+    gain_eps: float, agreement_drop: float, action: str = "discard",
+) -> GuardFiring | None:
+    """Reward rising while agreement with held-out feedback falls."""
+    gain, drop = reward_new - reward_old, agreement_old - agreement_new
+    if gain > gain_eps and drop > agreement_drop:
+        return GuardFiring(
+            "reward_hacking", action,
+            f"reward rose by {gain:.3f} while agreement with held-out feedback fell by {drop:.3f} "
+            f"({agreement_old:.2f} -> {agreement_new:.2f})",
+            {"reward_gain": gain, "agreement_drop": drop},
+        )
+    return None
+
+def guard_length_hacking(
+    rm_scores: Sequence[float], lengths: Sequence[float], reward_gain: float, cfg: LearnerConfig,
+    action: str = "discard",
+) -> GuardFiring | None:
+    """The learned reward is explained mostly by length (|corr| above the limit) while the reward rises."""
+    if len(rm_scores) < cfg.min_length_corr_samples or reward_gain <= cfg.reward_gain_eps:
+        return None
+    r = pearson(rm_scores, lengths)
+    if abs(r) > cfg.max_length_corr:
+        return GuardFiring(
+            "length_hacking", action,
+            f"learned reward is explained by length (corr {r:+.2f}, limit {cfg.max_length_corr:.2f}) "
+            f"while the reward rose by {reward_gain:.3f}",
+            {"length_corr": r, "reward_gain": reward_gain},
+        )
+    return None
+
+class NonFiniteWatch:
+    """Wraps a reward function; remembers whether it ever returned NaN/inf (the guard reads it)."""
+
+    def __init__(self, fn: Callable[..., Any]):
+        self.fn, self.seen = fn, False
+
+    def __call__(self, prompts: Any, texts: Any, extras: Any = None) -> Any:
+        from reward.rl.step import accepts_extras
+
+        out = self.fn(prompts, texts, extras=extras) if extras is not None and accepts_extras(self.fn) \
+            else self.fn(prompts, texts)
+        total = getattr(out, "total", out)
+        if not np.all(np.isfinite(np.asarray(total, np.float64))):
+            self.seen = True
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fn, name)
