@@ -1,8 +1,8 @@
 """inkloop entry point: `inkloop <command>` (console script) or `python app.py` (= `inkloop serve`).
 
-Each area registers its own sub-commands (see `COMMAND_MODULES`); every command gets the common
-flags --data-dir, --model, --profile, --device, --dtype. Models load inside commands, never at
-import time.
+Each area registers its own sub-commands (see `COMMAND_MODULES`); every command takes the common
+flags --data-dir, --model, --profile, --device, --dtype, --threads, before or after its name.
+Models load inside commands, never at import time.
 """
 
 from __future__ import annotations
@@ -21,26 +21,33 @@ COMMAND_MODULES = [
 ]
 
 
-def common_flags() -> argparse.ArgumentParser:
+def add_common_flags(p: argparse.ArgumentParser, given_only: bool) -> None:
+    """The flags every command takes, defined once. The top-level parser holds their defaults; a
+    sub-command's copy (given_only) sets a value only when the flag is written after it, so
+    `inkloop --data-dir D eval` and `inkloop eval --data-dir D` mean the same."""
     from assistant.lm.config import default_data_dir
 
-    p = argparse.ArgumentParser(add_help=False)
+    def d(value):
+        return argparse.SUPPRESS if given_only else value
+
     g = p.add_argument_group("common")
-    g.add_argument("--data-dir", default=str(default_data_dir()), help="database, versions, exports (default %(default)s)")
-    g.add_argument("--model", default=None, metavar="PATH",
+    g.add_argument("--data-dir", default=d(str(default_data_dir())),
+                   help=f"database, versions, exports (default {default_data_dir()})")
+    g.add_argument("--model", default=d(None), metavar="PATH",
                    help="local Hugging Face causal-LM directory (default: bundled SmolLM2-135M-Instruct)")
-    g.add_argument("--profile", default="default", help="profile whose data and policy to use (default %(default)s)")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default %(default)s")
-    g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"], help="default %(default)s")
-    g.add_argument("--threads", type=int, default=None, help="torch threads for this process")
-    g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return p
+    g.add_argument("--profile", default=d("default"), help="profile whose data and policy to use (default default)")
+    g.add_argument("--device", default=d("auto"), choices=["auto", "cpu", "cuda"], help="default auto")
+    g.add_argument("--dtype", default=d("auto"), choices=["auto", "bfloat16", "float16", "float32"], help="default auto")
+    g.add_argument("--threads", type=int, default=d(None), help="torch threads for this process")
+    g.add_argument("-v", "--verbose", action="store_true", default=d(False), help="debug logging")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inkloop", description="A writing assistant that learns from your ratings.")
+    add_common_flags(parser, given_only=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    parent = common_flags()
+    parent = argparse.ArgumentParser(add_help=False)
+    add_common_flags(parent, given_only=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub, parent)
     return parser

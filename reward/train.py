@@ -41,6 +41,7 @@ from reward.model import (
     LMRewardModel,
     RewardModel,
     RewardModelConfig,
+    parse_feature_blocks,
 )
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,17 @@ class RewardTrainConfig:
     """Tokens per (context, text) for the LM backbone."""
     lm_lora_r: int = 8
     """LoRA rank for the LM backbone."""
+
+    def validate(self) -> None:
+        """ValueError naming the field for a setting no training can use."""
+        if self.backbone not in ("embedder", "lm"):
+            raise ValueError(f"backbone must be embedder or lm, got {self.backbone!r}")
+        parse_feature_blocks(",".join(self.emb_features))
+        for name in ("epochs", "ensemble", "hidden", "batch_size", "lm_epochs", "lm_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.eval_frac < 1.0:
+            raise ValueError(f"eval_frac must be in [0, 1), got {self.eval_frac}")
 
 
 # ----------------------------------------------------------------------------- metrics (the losses live in reward.losses)

@@ -154,7 +154,7 @@ def give_feedback(client, n_requests: int = 6) -> int:
     return n
 
 
-LEARN_FLAGS = ["--threads", "1", "--nice", "0", "--rl-steps", "1", "--rl-k", "2", "--prompts-per-step", "2",
+LEARN_FLAGS = ["--threads", "1", "--nice", "0", "--rl-steps", "1", "--rl-k", "2", "--rl-prompts-per-step", "2",
                "--rl-max-new-tokens", "8", "--eval-prompts", "3", "--eval-max-new-tokens", "8",
                "--agreement-drop", "1.0", "--max-length-corr", "1.01", "--max-kl", "1000"]
 
@@ -252,9 +252,9 @@ def test_nan_reward_is_caught_by_the_guard(store, tmp_path, tiny_model_dir, embe
             return out
 
     cfg = LearnerConfig(min_new_feedback=1, rl_steps=1, eval_prompts=2, eval_max_new_tokens=6, threads=1, nice=0)
+    cfg.rl = RLConfig(k=2, prompts_per_step=2, max_new_tokens=6, seed=0)
     learner = Learner(store, tmp_path, "default", lambda: (copy.deepcopy(base), tok), embedder, cfg,
-                      reward_fn_factory=lambda rm: NaNReward(rm=rm),
-                      rl_config=RLConfig(k=2, prompts_per_step=2, max_new_tokens=6, seed=0))
+                      reward_fn_factory=lambda rm: NaNReward(rm=rm))
     res = learner.run_once()
     assert res.outcome == "discarded", res
     assert any(g.guard == "nonfinite" for g in res.guards) or "non-finite" in res.reason
@@ -430,9 +430,9 @@ def test_short_learn_cycle_on_the_real_model(store, tmp_path, real_lm, embedder)
 
     base = real_lm.model
     cfg = LearnerConfig(min_new_feedback=10, rl_steps=1, eval_prompts=2, eval_samples=1, eval_max_new_tokens=16,
-                        agreement_drop=1.0, max_length_corr=1.01, max_kl=1e6, threads=1, nice=0)
-    learner = Learner(store, tmp_path, "default", lambda: (copy.deepcopy(base), real_lm.tokenizer), embedder, cfg,
-                      rl_config=RLConfig(algo="reinforce", k=2, prompts_per_step=2, max_new_tokens=16, seed=0))
+                        agreement_drop=1.0, max_length_corr=1.01, max_kl=1e6, threads=1, nice=0,
+                        rl=RLConfig(algo="reinforce", k=2, prompts_per_step=2, max_new_tokens=16, seed=0))
+    learner = Learner(store, tmp_path, "default", lambda: (copy.deepcopy(base), real_lm.tokenizer), embedder, cfg)
     t0 = time.perf_counter()
     res = learner.run_once()
     seconds = time.perf_counter() - t0
@@ -474,8 +474,8 @@ def test_crash_between_write_and_rename_in_a_cycle_leaves_no_partial_version(sto
     monkeypatch.setattr(artifacts.os, "rename", rename)
     cfg = LearnerConfig(min_new_feedback=1, rl_steps=1, eval_prompts=2, eval_samples=1, eval_max_new_tokens=6,
                         agreement_drop=1.0, max_length_corr=1.01, max_kl=1e6, threads=1, nice=0)
-    learner = Learner(store, tmp_path, "default", lambda: (copy.deepcopy(base), tok), embedder, cfg,
-                      rl_config=RLConfig(algo="reinforce", k=2, prompts_per_step=2, max_new_tokens=6, seed=0))
+    cfg.rl = RLConfig(algo="reinforce", k=2, prompts_per_step=2, max_new_tokens=6, seed=0)
+    learner = Learner(store, tmp_path, "default", lambda: (copy.deepcopy(base), tok), embedder, cfg)
     res = learner.run_once()
     assert res.outcome == "error" and "injected crash" in res.reason
     assert store.versions("default", "policy") == [] and store.live_version("default", "policy") is None

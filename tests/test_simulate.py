@@ -4,18 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from reward.loop.simulate import (
+from reward.eval.prompts import load_prompts
+from reward.eval.raters import (
     RATERS,
-    SimConfig,
     concise_utility,
-    interleave_modes,
     keyword_utility_factory,
-    load_prompts,
     make_rater,
-    simulate,
     upbeat_utility,
     vivid_utility,
 )
+from reward.loop.simulate import SimConfig, interleave_modes, simulate
 
 torch.set_num_threads(1)
 
@@ -51,112 +49,87 @@ def test_rater_noise_and_judgement():
 def test_prompts_file_and_interleaving():
     import random
 
-    train, held = load_prompts()
-    assert {p["mode"] for p in train} == {"continue", "restyle", "inspire"}
-    assert not {p["id"] for p in train} & {p["id"] for p in held}
+    train, held = load_prompts(split="train"), load_prompts(split="heldout")
+    assert {p.mode for p in train} == {"continue", "restyle", "inspire"}
+    assert not {p.id for p in train} & {p.id for p in held} and all(p.id for p in train + held)
     order = interleave_modes(train, random.Random(0))
-    assert sorted(p["id"] for p in order) == sorted(p["id"] for p in train)
-    assert len({p["mode"] for p in order[:3]}) == 3
+    assert sorted(p.id for p in order) == sorted(p.id for p in train)
+    assert len({p.mode for p in order[:3]}) == 3
+    kw = next(p for p in train if p.mode == "inspire")
+    assert kw.fields()["keywords"] and kw.fields()["mode"] == "inspire"
 
 
-def tiny_loop(tok, store, embedder):
-    """(services, policy) for simulate on two copies of the tiny model: the generator hot-swaps the
-    live policy of profile "sim", the learner's Policy trains on its own copy."""
+def tiny_loop(tok, store, embedder, tmp_path, cfg: SimConfig, profile: str = "sim"):
+    """(assistant, learner) on two copies of the tiny model, as `inkloop simulate` composes them:
+    the app's generator hot-swaps the live policy of `profile`; the learner trains fresh copies."""
+    import copy
+
     from assistant.app.cli.common import policy_source
     from assistant.app.services import Services
+    from assistant.app.simulation import ServicesAssistant
     from assistant.lm.generate import Generator
     from assistant.lm.library import Library
     from assistant.lm.tiny import build_tiny_lm
-    from reward.rl.policy import Policy
+    from reward.loop.learner import Learner
 
     gen_model, _ = build_tiny_lm(seed=0, tokenizer=tok)
-    learner_model, _ = build_tiny_lm(seed=0, tokenizer=tok)
-    services = Services(store, Generator(gen_model, tok, version_source=policy_source(store, "sim")),
-                        Library(store, embedder), model_name="tiny", default_profile="sim")
-    return services, Policy.from_base(learner_model, tok)
+    base, _ = build_tiny_lm(seed=0, tokenizer=tok)
+    services = Services(store, Generator(gen_model, tok, version_source=policy_source(store, profile)),
+                        Library(store, embedder), model_name="tiny", default_profile=profile)
+    learner = Learner(store, tmp_path, profile, lambda: (copy.deepcopy(base), tok), embedder, cfg.learner)
+    return services, ServicesAssistant(services, profile, cfg.max_new_tokens, cfg.temperature), learner
 
 
-def test_simulate_end_to_end_on_tiny_model(tiny_tokenizer, store, embedder, tmp_path):
-    services, policy = tiny_loop(tiny_tokenizer, store, embedder)
-    cfg = SimConfig(budget=8, k=2, max_new_tokens=8, rm_every=4, rl_steps=1, prompts_per_step=2,
-                    heldout_samples=1, rm_epochs=3, target_kl=0.5)
-    res = simulate(services, policy, embedder, make_rater("concise"), cfg, tmp_path, profile="sim")
+def small_sim(**kw) -> SimConfig:
+    from reward.loop.config import LearnerConfig
+    from reward.rl.config import RLConfig
+    from reward.train import RewardTrainConfig
+
+    learner = LearnerConfig(min_new_feedback=5, rl_steps=1, eval_prompts=2, eval_samples=1, eval_max_new_tokens=6,
+                            max_kl=1e9, rl=RLConfig(k=2, prompts_per_step=2, max_new_tokens=6, seed=0),
+                            rm=RewardTrainConfig(epochs=3, shuffled_control=False), **kw.pop("learner", {}))
+    return SimConfig(budget=8, k=2, max_new_tokens=8, heldout_samples=1, learner=learner, **kw)
+
+
+def test_simulate_runs_the_learner_cycle_end_to_end(tiny_tokenizer, store, embedder, tmp_path):
+    """The rated requests and ratings go through the app's path; every learner cycle is the shipped
+    Learner.run_once with its guards on; published versions are swapped into the generator."""
+    cfg = small_sim()
+    services, person, learner = tiny_loop(tiny_tokenizer, store, embedder, tmp_path, cfg)
+    res = simulate(person, learner, make_rater("concise"), cfg)
     assert res.ratings == 8
-    assert res.rounds == 2 and len(res.policy_versions) == 2
-    # ratings went through the feedback path, marked simulated
     fb = store.feedback("sim")
     assert {f.source for f in fb} == {"simulated"} and sum(f.kind == "stars" for f in fb) == 8
-    # the reward model was retrained and the policy published; the generator swapped it in
+    # two cycles: one when 5 feedback rows had arrived (2 stars + best, twice = 6), one at the end
+    assert [c["ratings"] for c in res.cycles] == [4, 8]
+    assert all(c["outcome"] in ("published", "discarded") for c in res.cycles)
+    # the learner's own events record what each cycle did, and its reward model is live
     assert store.live_version("sim", "reward") is not None
-    assert services.generator.policy_version == res.policy_versions[-1]
-    assert store.live_version("sim", "policy").id == res.policy_versions[-1]
-    assert 0.0 <= res.ci_low <= res.win_rate <= res.ci_high <= 1.0 and res.n_pairs == 10
-    assert len(res.curves["rl/reward"]) == 2 and len(res.curves["sim/stars"]) >= 4
-    assert np.isfinite(res.kl)
-    # --target-kl: the RL config of every version adapts beta; the coefficient carries across rounds
-    import json
-    from pathlib import Path
-
-    rl_cfgs = [json.loads((Path(store.get_version(v).path) / "config.json").read_text())
-               for v in res.policy_versions]
-    assert all(c["rl"]["adaptive_kl"] and c["rl"]["target_kl"] == 0.5 for c in rl_cfgs)
-    assert all(c["rl"]["kl_horizon"] == cfg.kl_horizon for c in rl_cfgs)
-    betas = [c["kl_coef_now"] for c in rl_cfgs]
-    assert betas[0] != cfg.kl_coef and betas[1] != betas[0]
+    assert len(store.events("sim", kind="publish")) == len(res.policy_versions)
+    live = store.live_version("sim", "policy")
+    if res.policy_versions:
+        assert live.id == res.policy_versions[-1] and services.generator.policy_version == live.id
+        assert res.kl == pytest.approx(live.metrics["eval/kl"])
+    # held-out pairs: one per held-out prompt, decided or tied, never recorded as requests
+    n_held = len(load_prompts(split="heldout"))
+    assert res.wins + res.ties + res.losses == res.n_pairs == n_held
+    assert res.win_rate == pytest.approx((res.wins + res.ties / 2) / n_held)
+    assert len(store.recent_requests("sim", limit=100)) == len(res.curves["sim/stars"])
+    assert len(res.curves["rm/accuracy"]) == len(res.cycles)
 
 
-def test_simulate_rl_after_and_rm_features(tiny_tokenizer, store, embedder, tmp_path):
-    """rl_after: rounds before it retrain the reward model but leave the policy alone;
-    rm_features and rm_ensemble reach the reward model that simulate trains, and the RL reward
-    logs the ensemble's disagreement."""
-    import json
-    from pathlib import Path
-
-    services, policy = tiny_loop(tiny_tokenizer, store, embedder)
-    cfg = SimConfig(budget=8, k=2, max_new_tokens=8, rm_every=4, rl_steps=1, prompts_per_step=2,
-                    heldout_samples=1, rm_epochs=3, rl_after=8, rm_features=("s", "sc", "words"), rm_ensemble=2,
-                    variety=True)
-    # variety reaches the suggestions the rater is shown, never the held-out comparison
-    seen: list[bool] = []
-    suggest = services.generator.suggest
-    services.generator.suggest = lambda prompt, src, gen, **kw: seen.append(gen.variety) or suggest(prompt, src, gen, **kw)
-    with pytest.raises(ValueError, match="rl_after"):
-        simulate(services, policy, embedder, make_rater("keywords"), SimConfig(budget=8, rl_after=8 + 1), tmp_path)
-    res = simulate(services, policy, embedder, make_rater("keywords"), cfg, tmp_path, profile="sim")
-    assert res.rounds == 2 and len(res.policy_versions) == 1  # round 1 (4 ratings) had no RL
-    assert len(store.versions("sim", "reward")) == 2 and len(res.curves["rl/reward"]) == 1
-    rm_cfg = json.loads((Path(store.live_version("sim", "reward").path) / "reward_config.json").read_text())
-    assert rm_cfg["backbone"] == "ensemble" and rm_cfg["members"] == 2
-    assert rm_cfg["member"]["emb_features"] == ["s", "sc", "words"]
+def test_simulate_guard_discards_what_the_product_would(tiny_tokenizer, store, embedder, tmp_path):
+    """With a KL bound no update can meet, the learner's KL guard fires in the simulation exactly as
+    in the product: every candidate is shrunk, retried, discarded; nothing is published."""
+    cfg = small_sim(learner={"kl_retries": 1}, variety=True)
+    cfg.learner.max_kl = -1.0
+    cfg.learner.rl.lr = 0.5  # large steps: the candidate surely moves away from its parent
+    services, person, learner = tiny_loop(tiny_tokenizer, store, embedder, tmp_path, cfg)
+    res = simulate(person, learner, make_rater("keywords"), cfg)
+    assert res.cycles and all(c["outcome"] == "discarded" and c["guards"] == ["kl", "kl"] for c in res.cycles)
+    assert res.policy_versions == [] and store.live_version("sim", "policy") is None
+    assert services.generator.policy_version == 0
+    # variety reached the rated requests, never the held-out comparison (not recorded at all)
     rated = store.recent_requests("sim", limit=100)
     assert rated and all(r.options["variety"] is True and len(r.options["angles"]) == len(r.suggestions)
                          for r in rated)
-    n_held = len(load_prompts()[1])
-    assert seen.count(False) == 2 * n_held and seen.count(True) == len(rated)
-    assert "reward/rm_uncertainty" in store.get_version(res.policy_versions[0]).metrics
-
-
-def test_utility_reward_by_hand_and_oracle_simulate(tiny_tokenizer, store, embedder, tmp_path):
-    """--oracle-reward: RL reads the rater's utility (1 + 4u), never its noise, and the run says so."""
-    import json
-    from pathlib import Path
-
-    from reward.functions import RolloutPrompt
-    from reward.loop.simulate import UtilityReward
-
-    rater = make_rater("keywords", seed=0)
-    state = rater.rng.bit_generator.state
-    ps = [RolloutPrompt("p", "inspire", keywords=["fog"]), RolloutPrompt("p", "continue")]
-    out = UtilityReward(rater)(ps, ["The fog came home.", "The fog came in."])
-    # inspire: "fog" (its own keyword) and "home" -> u 1 -> 5; continue: no keyword of the rater -> 1
-    assert out.total.tolist() == [5.0, 1.0] and out.terms["utility"].tolist() == [1.0, 0.0]
-    assert rater.rng.bit_generator.state == state  # the rater's noise is untouched
-
-    services, policy = tiny_loop(tiny_tokenizer, store, embedder)
-    cfg = SimConfig(budget=4, k=2, max_new_tokens=8, rm_every=4, rl_steps=1, prompts_per_step=2,
-                    heldout_samples=1, rm_epochs=3, oracle_reward=True)
-    res = simulate(services, policy, embedder, rater, cfg, tmp_path, profile="oracle")
-    v = store.get_version(res.policy_versions[0])
-    assert json.loads((Path(v.path) / "config.json").read_text())["oracle_reward"] is True
-    assert "reward/utility" in v.metrics and "reward/rm" not in v.metrics
-    assert "oracle reward" in res.summary()

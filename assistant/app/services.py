@@ -206,11 +206,18 @@ class Services:
             seconds=round(time.perf_counter() - t0, 3),
         )
 
+    def _generate(self, req: SuggestRequest):
+        prompt, options, material = self._prepare(req)
+        return self.generator.suggest(prompt, req.text or "", req.generation(self.generation_defaults)), options, material
+
     def suggest(self, req: SuggestRequest) -> SuggestResponse:
         t0 = time.perf_counter()
-        prompt, options, material = self._prepare(req)
-        result = self.generator.suggest(prompt, req.text or "", req.generation(self.generation_defaults))
+        result, options, material = self._generate(req)
         return self._record(req, options, result, material, t0)
+
+    def preview(self, req: SuggestRequest):
+        """Suggestions for `req` from the live policy, recording nothing (held-out evaluation)."""
+        return self._generate(req)[0]
 
     def suggest_stream(self, req: SuggestRequest) -> Iterator[list[str] | SuggestResponse]:
         """Yield partial candidate lists while generating, then the recorded SuggestResponse."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+
+from reward.rl.config import RLConfig
+from reward.train import RewardTrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -19,8 +21,6 @@ class LearnerConfig:
     """Retrain the reward model every N cycles (the live reward model is reused in between)."""
     rl_steps: int = 4
     """RL updates per cycle."""
-    algo: str = "ppo"
-    """RL algorithm passed to reward.policy.RLConfig (when it has an `algo` field)."""
     max_kl: float = 4.0
     """Guard: a candidate whose KL to the version it was trained from (KL of this cycle's step,
     summed over a reply's tokens, averaged over held-out replies) exceeds this is shrunk (fewer
@@ -60,5 +60,7 @@ class LearnerConfig:
     """Niceness added to the learner process (lower CPU priority than the app)."""
     seed: int = 0
     """Seed for the held-out split and the evaluation samples."""
-    rl_overrides: dict[str, Any] = field(default_factory=dict)
-    """Fields set on reward.policy.RLConfig (e.g. {"lr": 1e-5, "max_new_tokens": 16})."""
+    rl: RLConfig = field(default_factory=RLConfig)
+    """The RL update each cycle runs (algorithm, sizes, learning rate, KL)."""
+    rm: RewardTrainConfig = field(default_factory=lambda: RewardTrainConfig(shuffled_control=False))
+    """How each cycle retrains the reward model (its seed is this config's seed)."""

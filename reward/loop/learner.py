@@ -23,7 +23,6 @@ through `LearnerSupervisor`, with a low priority and one torch thread so the UI 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import math
 import os
@@ -47,6 +46,7 @@ from reward.loop.guards import (
     guard_reward_hacking,
     pearson,
 )
+from reward.rl.train import train_policy
 from storage import artifacts
 from storage.store import ModelVersion, Store
 
@@ -75,7 +75,7 @@ class Learner:
 
     lm_factory: fresh (model, tokenizer) of the base LM. embedder: for the reward model and the
     style term. reward_fn_factory(rm) -> reward function (default: reward.functions.RewardFunction
-    with the default weights). train_policy: reward.policy.train_policy (injectable for tests)."""
+    with the default weights)."""
 
     def __init__(
         self,
@@ -85,18 +85,12 @@ class Learner:
         lm_factory: LMFactory,
         embedder: Any,
         cfg: LearnerConfig | None = None,
-        rm_cfg: Any = None,
         reward_fn_factory: Callable[[Any], Callable[..., Any]] | None = None,
-        train_policy: Callable[..., Any] | None = None,
-        rl_config: Any = None,
     ):
         self.store, self.data_dir, self.profile = store, Path(data_dir), profile_id
         self.lm_factory, self.embedder = lm_factory, embedder
         self.cfg = cfg or LearnerConfig()
-        self.rm_cfg = rm_cfg
         self.reward_fn_factory = reward_fn_factory or self._default_reward_fn
-        self._train_policy = train_policy
-        self.rl_config = rl_config
         self.force = False
         self._stop = threading.Event()
         st = store.learner_state(profile_id) or {}
@@ -144,7 +138,6 @@ class Learner:
 
     def _reward_model(self, cycle: int):
         from reward.train import (
-            RewardTrainConfig,
             load_live_reward_model,
             save_reward_version,
             train_from_store,
@@ -155,7 +148,7 @@ class Learner:
             rm = load_live_reward_model(self.store, self.profile, self.embedder)
             if rm is not None:
                 return rm, {}
-        cfg = self.rm_cfg or RewardTrainConfig(shuffled_control=False, seed=self.cfg.seed)
+        cfg = dataclasses.replace(self.cfg.rm, seed=self.cfg.seed)
         rm, metrics = train_from_store(self.store, self.profile, self.embedder, cfg)
         # undefined statistics (e.g. rm/spearman without pointwise data) are NaN by design: the
         # guard looks at the losses only
@@ -203,32 +196,14 @@ class Learner:
         return evaluate_policies(model, tok, dirs, prompts, pairs, reward_fn, self.cfg, only=only, kl_to=kl_to)
 
     def _rl(self, reward_fn, parent: ModelVersion | None, steps: int, lr_scale: float, progress: Callable[[float], None]):
-        train_policy = self._train_policy
-        if train_policy is None:
-            from reward.rl.train import train_policy  # noqa: PLC0415 (H4's module; imported when needed)
-        rl_cfg = self._rl_config(lr_scale)
         model, tok = self.lm_factory()
-        kwargs: dict[str, Any] = dict(steps=steps, publish=False, parent=parent)
-        params = inspect.signature(train_policy).parameters
-        if "on_step" in params:
-            kwargs["on_step"] = lambda i, _m: progress((i + 1) / steps)
-        return train_policy(self.store, self.data_dir, self.profile, model, tok, reward_fn, rl_cfg, **kwargs)
+        return train_policy(self.store, self.data_dir, self.profile, model, tok, reward_fn, self._rl_config(lr_scale),
+                            steps, publish=False, parent=parent, on_step=lambda i, _m: progress((i + 1) / steps))
 
     def _rl_config(self, lr_scale: float = 1.0):
-        cfg = self.rl_config
-        if cfg is None:
-            from reward.rl.config import RLConfig
-
-            cfg = RLConfig()
-        names = {f.name for f in dataclasses.fields(cfg)} if dataclasses.is_dataclass(cfg) else set()
-        changes = {k: v for k, v in self.cfg.rl_overrides.items() if k in names}
-        if "algo" in names and "algo" not in changes and self.rl_config is None:
-            changes["algo"] = self.cfg.algo
-        if lr_scale != 1.0:
-            for lr_name in ("lr", "learning_rate"):
-                if lr_name in names:
-                    changes[lr_name] = float(changes.get(lr_name, getattr(cfg, lr_name))) * lr_scale
-        return dataclasses.replace(cfg, **changes) if changes else cfg
+        """cfg.rl, with the learning rate scaled down when the KL guard retries smaller."""
+        rl = self.cfg.rl
+        return dataclasses.replace(rl, lr=rl.lr * lr_scale) if lr_scale != 1.0 else rl
 
     # ------------------------------------------------------------------ one cycle
     def run_cycle(self) -> CycleResult:

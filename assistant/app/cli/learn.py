@@ -20,7 +20,8 @@ import os
 import signal
 import sys
 import threading
-from typing import Any
+
+from assistant.app.cli.flags import add_learner_flags, learner_config
 
 log = logging.getLogger(__name__)
 
@@ -73,30 +74,6 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
 
 
 # ----------------------------------------------------------------------------- commands
-def _learner_config(args: argparse.Namespace):
-    from reward.loop.config import LearnerConfig
-
-    cfg = LearnerConfig()
-    for name in ("min_new_feedback", "rl_steps", "algo", "max_kl", "keep_versions", "poll_s", "nice",
-                 "eval_prompts", "eval_max_new_tokens", "min_win_rate", "rm_every", "agreement_drop",
-                 "max_length_corr", "seed"):
-        v = getattr(args, name, None)
-        if v is not None:
-            setattr(cfg, name, v)
-    cfg.threads = args.threads or cfg.threads
-    rl: dict[str, Any] = {}
-    if args.rl_max_new_tokens is not None:
-        rl["max_new_tokens"] = args.rl_max_new_tokens
-    if args.rl_k is not None:
-        rl["k"] = args.rl_k
-    if args.prompts_per_step is not None:
-        rl["prompts_per_step"] = args.prompts_per_step
-    if args.lr is not None:
-        rl["lr"] = args.lr
-    cfg.rl_overrides = rl
-    return cfg
-
-
 def build_learner(args: argparse.Namespace, store, cfg):
     """Load the base LM once (copies are handed out per RL run / evaluation) and the embedder."""
     import copy
@@ -121,7 +98,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from reward.loop.learner import apply_resource_limits
     from storage.artifacts import collect_garbage
 
-    cfg = _learner_config(args)
+    try:
+        cfg = learner_config(args)
+    except ValueError as e:
+        return fail(str(e))
     apply_resource_limits(cfg)
     store = open_store(args)
     try:
@@ -252,26 +232,7 @@ def register(sub, parent) -> None:
     p.add_argument("--once", action="store_true", help="check once (and run one cycle if due), then exit")
     p.add_argument("--train-now", action="store_true", help="run a cycle whatever the amount of new feedback")
     p.add_argument("--json", action="store_true", help="with --once: print the cycle's result as JSON")
-    p.add_argument("--min-new-feedback", type=int, default=None, help="new feedback rows that trigger a cycle (default 8)")
-    p.add_argument("--rm-every", type=int, default=None, help="retrain the reward model every N cycles (default 1)")
-    p.add_argument("--rl-steps", type=int, default=None, help="RL updates per cycle (default 4)")
-    p.add_argument("--algo", choices=["reinforce", "a2c", "ppo"], default=None, help="RL algorithm (default ppo)")
-    p.add_argument("--lr", type=float, default=None, help="RL learning rate")
-    p.add_argument("--rl-k", type=int, default=None, help="samples per prompt in RL")
-    p.add_argument("--prompts-per-step", type=int, default=None, help="prompts per RL update")
-    p.add_argument("--rl-max-new-tokens", type=int, default=None, help="tokens per RL rollout")
-    p.add_argument("--max-kl", type=float, default=None, help="KL guard limit (default 4.0)")
-    p.add_argument("--min-win-rate", type=float, default=None, help="publish only above this win-rate (default 0)")
-    p.add_argument("--agreement-drop", type=float, default=None,
-                   help="hacking guard: agreement with held-out feedback may fall by at most this (default 0.1)")
-    p.add_argument("--max-length-corr", type=float, default=None,
-                   help="hacking guard: |corr(learned reward, length)| limit (default 0.9)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the held-out split and evaluation samples")
-    p.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts per evaluation (default 8)")
-    p.add_argument("--eval-max-new-tokens", type=int, default=None, help="tokens per evaluation sample (default 24)")
-    p.add_argument("--keep-versions", type=int, default=None, help="policy versions kept on disk (default 5)")
-    p.add_argument("--poll-s", type=float, default=None, help="seconds between checks (default 5)")
-    p.add_argument("--nice", type=int, default=None, help="niceness added to this process (default 10)")
+    add_learner_flags(p)
     p.set_defaults(func=cmd_learn)
 
     p = sub.add_parser("learner", parents=[parent], help="pause, resume or trigger the running learner")

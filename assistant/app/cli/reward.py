@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
-from assistant.app.cli.common import command, data_dir, model_settings, open_store, say
-from assistant.app.cli.rl import feature_blocks, positive_int
+from assistant.app.cli.common import command, data_dir, fail, model_settings, open_store, say
+from assistant.app.cli.flags import add_flags, from_args
+from reward.train import RewardTrainConfig
 
 
 def _load_embedder(args: argparse.Namespace):
@@ -95,15 +95,11 @@ def cmd_rm_train(args: argparse.Namespace) -> int:
     except (DatasetError, FileNotFoundError) as e:
         print(f"inkloop: error: {e}", file=sys.stderr)
         return 2
-    cfg = RewardTrainConfig(eval_frac=args.eval_frac, seed=args.seed, backbone=args.rm_backbone)
-    if args.features is not None:
-        cfg = replace(cfg, emb_features=args.features)
-    if args.ensemble is not None:
-        cfg = replace(cfg, ensemble=args.ensemble)
-    if args.epochs is not None:
-        cfg = replace(cfg, epochs=args.epochs, lm_epochs=args.epochs)
-    if args.no_control:
-        cfg = replace(cfg, shuffled_control=False)
+    cfg = from_args(RewardTrainConfig, args)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        return fail(str(e))
     store = open_store(args)
     try:
         embedder = _load_embedder(args) if cfg.backbone == "embedder" else None
@@ -186,17 +182,7 @@ def register(sub, parent) -> None:
                    help="JSONL file(s) to train on besides the store's feedback (repeatable)")
     p.add_argument("--eval", action="append", default=[], metavar="FILE",
                    help="held-out JSONL file(s) to evaluate on (default: a held-out split by request/prompt)")
-    p.add_argument("--eval-frac", type=float, default=0.2, help="fraction of groups held out (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
-    p.add_argument("--rm-backbone", default="embedder", choices=["embedder", "lm"],
-                   help="embedder: MiniLM features + small head (default); lm: base LM + LoRA + scalar head (GPU)")
-    p.add_argument("--features", type=feature_blocks, default=None, metavar="BLOCKS",
-                   help="embedder backbone's feature blocks, comma-separated from s, c, sc, absdiff, sch, words "
-                        "(default s,sc; words adds the hashed vocabulary block)")
-    p.add_argument("--ensemble", type=positive_int, default=None, metavar="M",
-                   help="embedder backbone: a bootstrap ensemble of M heads (RL then penalises their disagreement)")
-    p.add_argument("--no-control", action="store_true", help="skip the shuffled-label control run")
+    add_flags(p, RewardTrainConfig, choices={"backbone": ("embedder", "lm")})
     p.add_argument("--candidate", action="store_true", help="record the version as a candidate, not live")
     p.add_argument("--json", action="store_true", help="print {version, metrics} as JSON")
     p.set_defaults(func=cmd_rm_train)
