@@ -77,8 +77,8 @@ TRAINING parts (TL;DR 885 pairs, floor there 0.711; 3 fold seeds where stated); 
 - dropping the suggestion block (``emb_features=("sc",)``): TL;DR 0.733 / 0.736 / 0.731, the only
   consistent TL;DR gain (+0.02), but hh 0.590 (-0.016) and LAMP 0.592 (-0.044, Spearman 0.18 vs
   0.26): the same trade-off as the stats-only heads above, so not a default.
-Nothing won, so the default is unchanged; alignment stats and stats_prefit are opt-in config names
-(retraining on 1,000 cached items with the alignment stats on: 2.3 s). For the record only (after
+Nothing won, so the default is unchanged, and the alignment stats and stats_prefit were removed from
+the product (2026-12-01; they live in git history before that date). For the record only (after
 that decision, not used for it), whole-set CV (+acc - floor [95% CI]): alignment TL;DR -0.006
 [-0.038, +0.025], hh +0.059, LAMP +0.106; warm TL;DR -0.009 [-0.044, +0.027]; sc-only TL;DR +0.019
 [-0.004, +0.046], hh +0.048, LAMP +0.080. TL;DR's labellers agree with each other only ~0.73 of the
@@ -197,7 +197,6 @@ def cross_validate(data, cfg, embedder, store, k: int = 5, seed: int = 0, n_boot
     from reward.train import (
         _index_items,
         grouped_folds,
-        length_floor,
         pair_accuracy,
         paired_bootstrap_ci,
         spearman,
@@ -294,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cv = {}
     if args.folds:
-        from reward.model import EmbeddingCache
+        from reward.features import EmbeddingCache
 
         cache = EmbeddingCache(embedder, store)
         for name, data in sets.items():

@@ -7,12 +7,11 @@ Two backbones share one interface (``score``, ``save``, ``load``, ``reward_mean`
   (training default: s and s*c) plus stats(c, s) and cos(s, c). Opt-in (named in the config, off by
   default): lexical relation stats (``RELATION_STAT_NAMES``: coverage of the context's content
   words, bigram overlap, ...), ``cos_context_head`` and the block ``sch`` (s times the embedding of
-  the context's *beginning*), and the sentence-level alignment stats ``ALIGN_STAT_NAMES`` (MiniLM
-  embeddings of the context's and suggestion's sentences, cached like any text). They did not beat the default on an inner cross-validation of the
+  the context's *beginning*). They did not beat the default on an inner cross-validation of the
   benchmark sets' training parts (see benchmarks/reward_real_data.py). Embeddings are cached in the
   store by ``text_hash`` and embedder name (and in memory), so retraining never re-embeds old
   text; training touches only the head.
-- ``LMRewardModel`` (``--rm-backbone lm``, for GPU users): the base causal LM with LoRA and a scalar
+- ``LMRewardModel`` (``--backbone lm``, for GPU users): the base causal LM with LoRA and a scalar
   head on the last token's hidden state. The head is saved beside the adapter
   (``adapter/`` + ``reward_head.safetensors``) so a reload gives the same rewards.
 - ``EnsembleRewardModel`` (``--ensemble M``, opt-in): M embedder heads, each trained on a bootstrap
@@ -20,15 +19,12 @@ Two backbones share one interface (``score``, ``save``, ``load``, ``reward_mean`
   subtract their disagreement. All heads live in one ``reward_head.safetensors``.
 
 Files of a saved reward model: ``reward_config.json`` (backbone, sizes, embedder name) and
-``reward_head.safetensors`` (all head weights, feature normalisation and reward mean/std).
-"""
+``reward_head.safetensors`` (all head weights, feature normalisation and reward mean/std)."""
 
 from __future__ import annotations
 
 import json
 import math
-import re
-import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,224 +34,39 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from reward.features import (
+    ALL_STAT_NAMES,
+    FEATURE_BLOCKS,
+    RELATION_STAT_NAMES,
+    STAT_NAMES,
+    TEXT_STAT_NAMES,
+    EmbeddingCache,
+    _embedder_name,
+    context_for_embedding,
+    context_head_for_embedding,
+    hashed_words,
+    relation_stats,
+    text_stats,
+)
+
 CONFIG_FILE = "reward_config.json"
+
 HEAD_FILE = "reward_head.safetensors"
+
 ADAPTER_DIR = "adapter"
-CONTEXT_EMBED_CHARS = 800
+
 """The context is embedded from its end (the part a reply answers). MiniLM reads only its first
 256 tokens, so the tail is cut short enough (~200 tokens of English) to be read to its end."""
 
-_WORD = re.compile(r"\w+", re.UNICODE)
-_SENT = re.compile(r"[.!?]+(?:\s|$)")
-_PUNCT = re.compile(r"[^\w\s]|_", re.UNICODE)
-_UPPER = re.compile(r"[A-Z]")
-_DIGIT = re.compile(r"[0-9]")
-
-STAT_NAMES = (
-    "log_chars",
-    "log_words",
-    "mean_word_len",
-    "type_token_ratio",
-    "punct_frac",
-    "upper_frac",
-    "digit_frac",
-    "log_newlines",
-    "log_sentences",
-    "mean_sentence_words",
-    "log_len_ratio",
-    "repeated_trigram_frac",
-    "question_marks",
-    "exclamations",
-    "context_overlap",
-    "novel_word_frac",
-    "cos_context",  # cosine of the suggestion and context embeddings (added in raw_features)
-)
-TEXT_STAT_NAMES = STAT_NAMES[:-1]
-RELATION_STAT_NAMES = (
-    "coverage",
-    "weighted_coverage",
-    "bigram_overlap",
-    "novel_content_frac",
-    "ends_clean",
-)
 """Optional statistics of how a suggestion relates to its context (computed only when a model's
 config names them): share of the context's distinct content words the text contains; the same
 weighted by how often each word occurs in the context; share of the text's word bigrams found in
 the context; share of the text's content words absent from the context; whether the text ends
 with sentence punctuation (1) or stops mid-sentence (0)."""
-ALIGN_STAT_NAMES = ("align_coverage", "align_faithfulness")
-"""Optional sentence-level alignment of a suggestion with its context, from MiniLM embeddings of
-their sentences (see ``alignment_stats``): coverage = mean over the context's sentences of the best
-cosine to any sentence of the suggestion; faithfulness = mean over the suggestion's sentences of
-the best cosine to any sentence of the context."""
-ALL_STAT_NAMES = STAT_NAMES + RELATION_STAT_NAMES + ("cos_context_head",) + ALIGN_STAT_NAMES
+
 """cos_context_head: cosine of the suggestion with the embedding of the context's beginning."""
-ALIGN_CONTEXT_CHARS = 3000
-"""Alignment reads the context's last 3,000 characters ..."""
-ALIGN_CONTEXT_SENTENCES = 40
-"""... and at most its last 40 sentences ..."""
-ALIGN_TEXT_SENTENCES = 8
-"""... and the suggestion's first 8 sentences."""
-_SENT_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 
-_STOP = frozenset(
-    "a an the and or but if then so of to in on at by for with from as is are was were be been being am i me my "
-    "mine we us our you your he him his she her it its they them their this that these those there here what which "
-    "who whom when where why how not no yes do does did done have has had having will would can could should may "
-    "might must just very really also too than about into over after before up down out off again all any some "
-    "more most other such only own same s t don im ive id dont didnt cant wont isnt".split()
-)
-_END = re.compile(r"[.!?)\]\"'…]\s*$")
-
-
-def relation_stats(context: str, text: str) -> np.ndarray:
-    """RELATION_STAT_NAMES, in that order (see its docstring)."""
-    words = _WORD.findall(text.lower())
-    cwords_list = _WORD.findall(context.lower())
-    cwords = set(cwords_list)
-    content = [w for w in words if w not in _STOP and not w.isdigit()]
-    ccontent = [w for w in cwords_list if w not in _STOP and not w.isdigit()]
-    cset, sset = set(ccontent), set(content)
-    coverage = len(cset & sset) / len(cset) if cset else 0.0
-    weighted = sum(w in sset for w in ccontent) / len(ccontent) if ccontent else 0.0
-    cbig = set(zip(cwords_list, cwords_list[1:]))
-    big = list(zip(words, words[1:]))
-    bigram = sum(b in cbig for b in big) / len(big) if big else 0.0
-    novel = sum(w not in cwords for w in content) / len(content) if content else 0.0
-    ends = 1.0 if _END.search(text.strip()) else 0.0
-    return np.array([coverage, weighted, bigram, novel, ends], dtype=np.float32)
-
-
-FEATURE_BLOCKS = ("s", "c", "sc", "absdiff", "sch", "words")
 """The feature blocks RewardModelConfig.emb_features may name."""
-
-
-def parse_feature_blocks(spec: str) -> tuple[str, ...]:
-    """"s,sc,words" -> ("s", "sc", "words"); ValueError naming the choices for anything else."""
-    out = tuple(x.strip() for x in spec.split(",") if x.strip())
-    bad = [x for x in out if x not in FEATURE_BLOCKS]
-    if bad or not out:
-        raise ValueError(f"unknown feature block(s) {bad or spec!r}; choose from {', '.join(FEATURE_BLOCKS)}")
-    return out
-
-
-def hashed_words(text: str, dim: int) -> np.ndarray:
-    """The ``words`` feature block: which words a text uses, as a unit-norm vector of ``dim``
-    buckets (each distinct lower-cased word adds 1 to bucket crc32(word) % dim). It lets the head
-    learn a person's taste for particular words (a vocabulary, a tone, their own keywords), which
-    one sentence embedding of the whole text blurs."""
-    v = np.zeros(dim, np.float32)
-    for w in set(_WORD.findall(text.lower())):
-        v[zlib.crc32(w.encode("utf-8")) % dim] += 1.0
-    n = float(np.linalg.norm(v))
-    return v / n if n > 0 else v
-
-
-def split_sentences(text: str, min_words: int = 3) -> list[str]:
-    """Sentences (split after . ! ? followed by space, and at line breaks) of at least ``min_words``
-    words; the whole stripped text when none qualifies (so every text has one)."""
-    out = [x.strip() for x in _SENT_SPLIT.split(text) if len(x.split()) >= min_words]
-    return out or [text.strip()]
-
-
-def alignment_sentences(context: str, text: str) -> tuple[list[str], list[str]]:
-    """The context sentences and suggestion sentences ``alignment_stats`` compares."""
-    c = split_sentences(context[-ALIGN_CONTEXT_CHARS:])[-ALIGN_CONTEXT_SENTENCES:]
-    return c, split_sentences(text)[:ALIGN_TEXT_SENTENCES]
-
-
-def alignment_stats(context_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
-    """ALIGN_STAT_NAMES from unit-norm sentence embeddings of the context (m, d) and of the
-    suggestion (n, d): [mean_i max_j cos(c_i, t_j), mean_j max_i cos(t_j, c_i)]."""
-    sim = np.asarray(context_emb, np.float32) @ np.asarray(text_emb, np.float32).T
-    return np.array([sim.max(1).mean(), sim.max(0).mean()], dtype=np.float32)
-
-
-def text_stats(context: str, text: str) -> np.ndarray:
-    """Cheap, model-free statistics of a suggestion (and its relation to the context)."""
-    n = max(len(text), 1)
-    words = _WORD.findall(text.lower())
-    cwords = set(_WORD.findall(context.lower()))
-    nw = max(len(words), 1)
-    sentences = max(len(_SENT.findall(text)), 1)
-    trigrams = list(zip(words, words[1:], words[2:]))
-    rep = 1.0 - len(set(trigrams)) / len(trigrams) if trigrams else 0.0
-    overlap = sum(w in cwords for w in words) / nw if words else 0.0
-    novel = len(set(words) - cwords) / max(len(set(words)), 1)
-    return np.array(
-        [
-            math.log1p(len(text)),
-            math.log1p(len(words)),
-            sum(map(len, words)) / nw,
-            len(set(words)) / nw,
-            len(_PUNCT.findall(text)) / n,
-            len(_UPPER.findall(text)) / n,
-            len(_DIGIT.findall(text)) / n,
-            math.log1p(text.count("\n")),
-            math.log1p(sentences),
-            len(words) / sentences,
-            math.log1p(len(text)) - math.log1p(len(context)),
-            rep,
-            min(text.count("?"), 10) / 10,
-            min(text.count("!"), 10) / 10,
-            overlap,
-            novel,
-        ],
-        dtype=np.float32,
-    )
-
-
-def context_for_embedding(context: str) -> str:
-    return context if len(context) <= CONTEXT_EMBED_CHARS else context[-CONTEXT_EMBED_CHARS:]
-
-
-def context_head_for_embedding(context: str) -> str:
-    return context if len(context) <= CONTEXT_EMBED_CHARS else context[:CONTEXT_EMBED_CHARS]
-
-
-# ----------------------------------------------------------------------------- embedding cache
-def _embedder_name(embedder: Any) -> str:
-    from assistant.lm.models import embedder_name
-
-    return embedder_name(embedder)
-
-
-class EmbeddingCache:
-    """Text -> unit-norm embedding, looked up in memory, then in the store (by text hash and
-    embedder name); only texts never seen before are embedded, and those are written back."""
-
-    def __init__(self, embedder: Any, store: Any = None, batch_size: int = 64):
-        self.embedder, self.store, self.batch_size = embedder, store, batch_size
-        self.name = _embedder_name(embedder) if embedder is not None else None
-        self.memory: dict[str, np.ndarray] = {}
-        self.n_embedded = 0
-
-    def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        from storage.store import text_hash
-
-        hashes = [text_hash(t) for t in texts]
-        missing = [h for h in dict.fromkeys(hashes) if h not in self.memory]
-        if missing and self.store is not None and self.name:
-            self.memory.update(self.store.get_embeddings(missing, self.name))
-            missing = [h for h in missing if h not in self.memory]
-        if missing:
-            if self.embedder is None:
-                raise RuntimeError("texts are not in the embedding cache and no embedder is loaded")
-            first = {}
-            for h, t in zip(hashes, texts):
-                first.setdefault(h, t)
-            todo = [first[h] for h in missing]
-            vecs = self.embedder.encode(
-                todo, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True,
-                show_progress_bar=False,
-            ).astype(np.float32)
-            new = dict(zip(missing, vecs))
-            self.n_embedded += len(new)
-            self.memory.update(new)
-            if self.store is not None and self.name:
-                self.store.put_embeddings(new, self.name)
-        return np.stack([self.memory[h] for h in hashes]) if hashes else np.zeros((0, 0), np.float32)
-
 
 # ----------------------------------------------------------------------------- embedder backbone
 @dataclass
@@ -290,7 +101,6 @@ class RewardModelConfig:
         """Width of the feature blocks (everything before the statistics)."""
         return sum(self.words_dim if f == "words" else self.emb_dim for f in self.emb_features)
 
-
 def _collect_scores(chunks: list[torch.Tensor], mean: float, std: float, normalize: bool, dim: int = 0) -> np.ndarray:
     """Concatenate batched scores along ``dim`` (1 for an ensemble's (members, N) batches);
     optionally standardise them with the training mean/std."""
@@ -298,7 +108,6 @@ def _collect_scores(chunks: list[torch.Tensor], mean: float, std: float, normali
     if normalize:
         r = (r - float(mean)) / max(float(std), 1e-6)
     return r.astype(np.float32)
-
 
 class RewardModel(nn.Module):
     """MLP (plus a linear skip) over [s, c, s*c, |s-c|, standardised stats]."""
@@ -352,8 +161,6 @@ class RewardModel(nn.Module):
         if any(n in RELATION_STAT_NAMES for n in names):
             st = np.stack([relation_stats(cx, t) for cx, t in zip(contexts, texts)]).reshape(len(texts), -1)
             cols.update(zip(RELATION_STAT_NAMES, st.T))
-        if any(n in ALIGN_STAT_NAMES for n in names):
-            cols.update(zip(ALIGN_STAT_NAMES, self._alignment(contexts, texts).T))
         if "cos_context" in names:
             cols["cos_context"] = (s * c).sum(1)
         if "cos_context_head" in names:
@@ -361,17 +168,6 @@ class RewardModel(nn.Module):
         if not names:
             return np.zeros((len(texts), 0), np.float32)
         return np.stack([cols[n] for n in names], axis=1).astype(np.float32)
-
-    def _alignment(self, contexts: Sequence[str], texts: Sequence[str]) -> np.ndarray:
-        """alignment_stats for each (context, text) (N, 2); all sentences embedded in one batch."""
-        spans, flat = [], []
-        for cx, t in zip(contexts, texts):
-            cs, ts = alignment_sentences(cx, t)
-            spans.append((len(flat), len(cs), len(ts)))
-            flat += cs + ts
-        emb = self.cache(flat) if flat else np.zeros((0, self.cfg.emb_dim), np.float32)
-        out = [alignment_stats(emb[a : a + m], emb[a + m : a + m + n]) for a, m, n in spans]
-        return np.stack(out).reshape(len(texts), 2) if out else np.zeros((0, 2), np.float32)
 
     def fit_stat_normalisation(self, feats: torch.Tensor) -> None:
         st = feats[:, self.cfg.n_emb_features :]
@@ -416,13 +212,11 @@ class RewardModel(nn.Module):
             return EnsembleRewardModel.load(directory, embedder, store)
         return _load_head(cls(_config_from_json(cfg), embedder, store), embedder, directory)
 
-
 def _config_json(cfg: RewardModelConfig) -> dict[str, Any]:
     """A head's config as reward_config.json holds it (tuples as lists)."""
     d = asdict(cfg)
     d["stats"], d["emb_features"] = list(d["stats"]), list(d["emb_features"])
     return d
-
 
 def _config_from_json(d: dict[str, Any]) -> RewardModelConfig:
     """The inverse of _config_json; older files without stats/emb_features get the defaults of their time."""
@@ -431,14 +225,12 @@ def _config_from_json(d: dict[str, Any]) -> RewardModelConfig:
     d["emb_features"] = tuple(d.get("emb_features", ("s", "c", "sc", "absdiff")))
     return RewardModelConfig(**d)
 
-
 def _save_head(model: nn.Module, config: dict[str, Any], directory: str | Path) -> None:
     """reward_config.json and every weight and buffer in reward_head.safetensors."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(directory / HEAD_FILE))
-
 
 def _load_head(model: nn.Module, embedder: Any, directory: str | Path):
     """Fill a freshly built head (or ensemble) from reward_head.safetensors, after checking that
@@ -451,7 +243,6 @@ def _load_head(model: nn.Module, embedder: Any, directory: str | Path):
     model.eval()
     return model
 
-
 # ----------------------------------------------------------------------------- bootstrap ensemble
 @dataclass
 class EnsembleRewardConfig:
@@ -462,7 +253,6 @@ class EnsembleRewardConfig:
     member: RewardModelConfig = field(default_factory=RewardModelConfig)
     """The shape every head shares (so one set of features feeds them all)."""
     backbone: str = "ensemble"
-
 
 class EnsembleRewardModel(nn.Module):
     """Several ``RewardModel`` heads on the same features, each fitted to its own bootstrap
@@ -544,8 +334,6 @@ class EnsembleRewardModel(nn.Module):
         ens_cfg = EnsembleRewardConfig(members=int(cfg["members"]), member=_config_from_json(cfg["member"]))
         return _load_head(cls(ens_cfg, embedder, store), embedder, directory)
 
-
-# ----------------------------------------------------------------------------- LM backbone
 @dataclass
 class LMRewardConfig:
     """LM-backbone reward model (saved as reward_config.json beside adapter/)."""
@@ -560,7 +348,6 @@ class LMRewardConfig:
     lora_alpha: int = 16
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     backbone: str = "lm"
-
 
 class LMRewardModel(nn.Module):
     """Base causal LM + LoRA + scalar head on the last token's final hidden state."""

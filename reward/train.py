@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from reward.features import parse_feature_blocks
 from reward.feedback import (
     PointwiseTarget,
     PreferencePair,
@@ -41,7 +42,6 @@ from reward.model import (
     LMRewardModel,
     RewardModel,
     RewardModelConfig,
-    parse_feature_blocks,
 )
 
 log = logging.getLogger(__name__)
@@ -77,14 +77,6 @@ class RewardTrainConfig:
     hundred ratings)."""
     stats: tuple[str, ...] | None = None
     """Text statistics the head sees (names from reward.model.ALL_STAT_NAMES); None: STAT_NAMES."""
-    stats_prefit: str = ""
-    """"" (off), "warm" or "frozen": first fit a linear reward on the text statistics alone, then
-    start the head's statistics weights from it ("warm") or keep them fixed at it ("frozen") while
-    the embedding head is trained."""
-    stats_prefit_steps: int = 300
-    """Full-batch AdamW steps of that statistics-only fit."""
-    stats_prefit_lr: float = 1e-2
-    stats_prefit_weight_decay: float = 0.1
     batch_size: int = 128
     """Pairs (and, separately, pointwise targets) per optimisation step."""
     use_margin: bool = True
@@ -289,8 +281,6 @@ def _embedding_dim(embedder: Any) -> int:
 
 def _fit_embedder_head(data: RewardData, cfg: RewardTrainConfig, embedder: Any, store: Any,
                        cache=None) -> RewardModel:
-    if cfg.stats_prefit not in ("", "warm", "frozen"):
-        raise ValueError(f"unknown stats_prefit {cfg.stats_prefit!r}; use '', 'warm' or 'frozen'")
     _seed_all(cfg.seed)
     name = None
     if embedder is not None:
@@ -316,16 +306,6 @@ def _fit_embedder_head(data: RewardData, cfg: RewardTrainConfig, embedder: Any, 
     tgt = torch.tensor([p.target for p in data.points], dtype=torch.float32)
     tw = torch.tensor([p.weight for p in data.points], dtype=torch.float32)
     pair_t, point_t = torch.from_numpy(pair_ix), torch.from_numpy(point_ix)
-
-    frozen = None
-    if cfg.stats_prefit and len(model.cfg.stats):
-        w, b = _prefit_stats_linear(model.normalised_stats(feats), pair_t, margin, pw, point_t, tgt, tw, cfg)
-        with torch.no_grad():
-            k = model.cfg.n_emb_features
-            model.linear.weight[0, k:] = w
-            model.linear.bias.fill_(b)
-        if cfg.stats_prefit == "frozen":
-            frozen = w.clone()
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n_p, n_q = len(pair_t), len(point_t)
@@ -360,37 +340,12 @@ def _fit_embedder_head(data: RewardData, cfg: RewardTrainConfig, embedder: Any, 
             loss.backward()
             opt.step()
             sched.step()
-            if frozen is not None:  # the prefitted statistics weights stay as they were
-                with torch.no_grad():
-                    model.linear.weight[0, model.cfg.n_emb_features :] = frozen
     model.eval()
     with torch.no_grad():
         r = model(feats)
     model.reward_mean.fill_(float(r.mean()))
     model.reward_std.fill_(float(r.std()) if len(r) > 1 else 1.0)
     return model
-
-
-def _prefit_stats_linear(x: torch.Tensor, pair_t: torch.Tensor, margin: torch.Tensor, pw: torch.Tensor,
-                         point_t: torch.Tensor, tgt: torch.Tensor, tw: torch.Tensor,
-                         cfg: RewardTrainConfig) -> tuple[torch.Tensor, float]:
-    """A linear reward over the standardised statistics alone (full batch, same BT + pointwise
-    loss): its weights start (``warm``) or fix (``frozen``) the statistics part of the head's
-    linear path, so the embedding head learns what the statistics do not already explain."""
-    w = torch.zeros(x.shape[1], requires_grad=True)
-    b = torch.zeros((), requires_grad=True)
-    opt = torch.optim.AdamW([w, b], lr=cfg.stats_prefit_lr, weight_decay=cfg.stats_prefit_weight_decay)
-    for _ in range(cfg.stats_prefit_steps):
-        r = x @ w + b
-        loss = torch.zeros(())
-        if len(pair_t):
-            loss = loss + bradley_terry_loss(r[pair_t[:, 0]], r[pair_t[:, 1]], margin, pw)
-        if len(point_t):
-            loss = loss + cfg.pointwise_weight * pointwise_loss(r[point_t], tgt, tw)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return w.detach(), float(b.detach())
 
 
 def _fit_lm(data: RewardData, cfg: RewardTrainConfig, lm: Any) -> LMRewardModel:
@@ -522,7 +477,7 @@ def train_reward_model(train: RewardData, cfg: RewardTrainConfig, embedder: Any 
     t0 = time.perf_counter()
     cache = None
     if cfg.backbone == "embedder":
-        from reward.model import EmbeddingCache
+        from reward.features import EmbeddingCache
 
         cache = EmbeddingCache(embedder, store)
     model = _fit(train, cfg, embedder, store, lm, cache)

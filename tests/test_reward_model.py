@@ -243,7 +243,7 @@ def test_lm_backbone_learns_and_round_trips(tiny_lm, tiny_tokenizer, tmp_path):
 
 
 def test_relation_stats_by_hand():
-    from reward.model import RELATION_STAT_NAMES, relation_stats
+    from reward.features import RELATION_STAT_NAMES, relation_stats
 
     ctx = "The cat sat on the mat. The cat slept."
     # content words of ctx (stop words dropped): cat, sat, mat, cat, slept -> distinct {cat, sat, mat, slept}
@@ -258,7 +258,8 @@ def test_relation_stats_by_hand():
 
 
 def test_extra_stats_train_save_load(embedder, store, tmp_path):
-    from reward.model import STAT_NAMES, RewardModel
+    from reward.features import STAT_NAMES
+    from reward.model import RewardModel
 
     stats = STAT_NAMES + ("coverage", "bigram_overlap", "cos_context_head")
     data = separable_data(16)
@@ -277,36 +278,6 @@ def test_extra_stats_train_save_load(embedder, store, tmp_path):
                                                    stats=("no_such_stat",)), embedder, store)
 
 
-def test_stats_prefit_linear_and_frozen_mode(embedder, store):
-    """The statistics-only prefit learns the sign of a statistic that decides every pair, and the
-    "frozen" mode keeps those weights exactly while the embedding head trains."""
-    from reward.train import _prefit_stats_linear
-
-    # one statistic; chosen items (even rows) have x = +1, rejected x = -1
-    x = torch.tensor([[1.0], [-1.0], [1.0], [-1.0]])
-    pair_t = torch.tensor([[0, 1], [2, 3]])
-    none = torch.zeros(0, dtype=torch.long)
-    w, b = _prefit_stats_linear(x, pair_t, torch.zeros(2), torch.ones(2), none, torch.zeros(0), torch.zeros(0),
-                                RewardTrainConfig(stats_prefit_steps=100))
-    assert w.shape == (1,) and w.item() > 0.5  # r(chosen) - r(rejected) = 2w must grow
-    data = separable_data(12)
-    cfg = RewardTrainConfig(epochs=3, eval_frac=0.0, shuffled_control=False, stats_prefit="frozen")
-    model, _ = train_reward_model(data, cfg, embedder, store)
-    items = sorted({(p.context, t) for p in data.pairs for t in (p.chosen, p.rejected)})
-    feats = model.raw_features([c for c, _ in items], [t for _, t in items])
-    k = model.cfg.n_emb_features
-    pair_ix = torch.tensor([[items.index((p.context, p.chosen)), items.index((p.context, p.rejected))]
-                            for p in data.pairs])
-    n = len(data.pairs)
-    w2, _b = _prefit_stats_linear(model.normalised_stats(feats), pair_ix, torch.zeros(n), torch.ones(n), none,
-                                  torch.zeros(0), torch.zeros(0), cfg)
-    torch.testing.assert_close(model.linear.weight[0, k:].detach(), w2)
-    with pytest.raises(ValueError, match="stats_prefit"):
-        train_reward_model(data, RewardTrainConfig(epochs=1, eval_frac=0.0, shuffled_control=False,
-                                                   stats_prefit="sometimes"), embedder, store)
-
-
-# ----------------------------------------------------------------------------- bootstrap ensemble
 def test_bootstrap_by_group_by_hand():
     from reward.train import bootstrap_by_group
 

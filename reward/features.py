@@ -1,0 +1,183 @@
+"""What the reward model sees of a (context, suggestion): cheap text statistics, hashed words, and MiniLM embeddings cached by text hash."""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from typing import Any, Sequence
+
+import numpy as np
+
+CONTEXT_EMBED_CHARS = 800
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+_SENT = re.compile(r"[.!?]+(?:\s|$)")
+
+_PUNCT = re.compile(r"[^\w\s]|_", re.UNICODE)
+
+_UPPER = re.compile(r"[A-Z]")
+
+_DIGIT = re.compile(r"[0-9]")
+
+STAT_NAMES = (
+    "log_chars",
+    "log_words",
+    "mean_word_len",
+    "type_token_ratio",
+    "punct_frac",
+    "upper_frac",
+    "digit_frac",
+    "log_newlines",
+    "log_sentences",
+    "mean_sentence_words",
+    "log_len_ratio",
+    "repeated_trigram_frac",
+    "question_marks",
+    "exclamations",
+    "context_overlap",
+    "novel_word_frac",
+    "cos_context",  # cosine of the suggestion and context embeddings (added in raw_features)
+)
+
+TEXT_STAT_NAMES = STAT_NAMES[:-1]
+
+RELATION_STAT_NAMES = (
+    "coverage",
+    "weighted_coverage",
+    "bigram_overlap",
+    "novel_content_frac",
+    "ends_clean",
+)
+
+ALL_STAT_NAMES = STAT_NAMES + RELATION_STAT_NAMES + ("cos_context_head",)
+
+_STOP = frozenset(
+    "a an the and or but if then so of to in on at by for with from as is are was were be been being am i me my "
+    "mine we us our you your he him his she her it its they them their this that these those there here what which "
+    "who whom when where why how not no yes do does did done have has had having will would can could should may "
+    "might must just very really also too than about into over after before up down out off again all any some "
+    "more most other such only own same s t don im ive id dont didnt cant wont isnt".split()
+)
+
+_END = re.compile(r"[.!?)\]\"'…]\s*$")
+
+def relation_stats(context: str, text: str) -> np.ndarray:
+    """RELATION_STAT_NAMES, in that order (see its docstring)."""
+    words = _WORD.findall(text.lower())
+    cwords_list = _WORD.findall(context.lower())
+    cwords = set(cwords_list)
+    content = [w for w in words if w not in _STOP and not w.isdigit()]
+    ccontent = [w for w in cwords_list if w not in _STOP and not w.isdigit()]
+    cset, sset = set(ccontent), set(content)
+    coverage = len(cset & sset) / len(cset) if cset else 0.0
+    weighted = sum(w in sset for w in ccontent) / len(ccontent) if ccontent else 0.0
+    cbig = set(zip(cwords_list, cwords_list[1:]))
+    big = list(zip(words, words[1:]))
+    bigram = sum(b in cbig for b in big) / len(big) if big else 0.0
+    novel = sum(w not in cwords for w in content) / len(content) if content else 0.0
+    ends = 1.0 if _END.search(text.strip()) else 0.0
+    return np.array([coverage, weighted, bigram, novel, ends], dtype=np.float32)
+
+FEATURE_BLOCKS = ("s", "c", "sc", "absdiff", "sch", "words")
+
+def parse_feature_blocks(spec: str) -> tuple[str, ...]:
+    """"s,sc,words" -> ("s", "sc", "words"); ValueError naming the choices for anything else."""
+    out = tuple(x.strip() for x in spec.split(",") if x.strip())
+    bad = [x for x in out if x not in FEATURE_BLOCKS]
+    if bad or not out:
+        raise ValueError(f"unknown feature block(s) {bad or spec!r}; choose from {', '.join(FEATURE_BLOCKS)}")
+    return out
+
+def hashed_words(text: str, dim: int) -> np.ndarray:
+    """The ``words`` feature block: which words a text uses, as a unit-norm vector of ``dim``
+    buckets (each distinct lower-cased word adds 1 to bucket crc32(word) % dim). It lets the head
+    learn a person's taste for particular words (a vocabulary, a tone, their own keywords), which
+    one sentence embedding of the whole text blurs."""
+    v = np.zeros(dim, np.float32)
+    for w in set(_WORD.findall(text.lower())):
+        v[zlib.crc32(w.encode("utf-8")) % dim] += 1.0
+    n = float(np.linalg.norm(v))
+    return v / n if n > 0 else v
+
+def text_stats(context: str, text: str) -> np.ndarray:
+    """Cheap, model-free statistics of a suggestion (and its relation to the context)."""
+    n = max(len(text), 1)
+    words = _WORD.findall(text.lower())
+    cwords = set(_WORD.findall(context.lower()))
+    nw = max(len(words), 1)
+    sentences = max(len(_SENT.findall(text)), 1)
+    trigrams = list(zip(words, words[1:], words[2:]))
+    rep = 1.0 - len(set(trigrams)) / len(trigrams) if trigrams else 0.0
+    overlap = sum(w in cwords for w in words) / nw if words else 0.0
+    novel = len(set(words) - cwords) / max(len(set(words)), 1)
+    return np.array(
+        [
+            math.log1p(len(text)),
+            math.log1p(len(words)),
+            sum(map(len, words)) / nw,
+            len(set(words)) / nw,
+            len(_PUNCT.findall(text)) / n,
+            len(_UPPER.findall(text)) / n,
+            len(_DIGIT.findall(text)) / n,
+            math.log1p(text.count("\n")),
+            math.log1p(sentences),
+            len(words) / sentences,
+            math.log1p(len(text)) - math.log1p(len(context)),
+            rep,
+            min(text.count("?"), 10) / 10,
+            min(text.count("!"), 10) / 10,
+            overlap,
+            novel,
+        ],
+        dtype=np.float32,
+    )
+
+def context_for_embedding(context: str) -> str:
+    return context if len(context) <= CONTEXT_EMBED_CHARS else context[-CONTEXT_EMBED_CHARS:]
+
+def context_head_for_embedding(context: str) -> str:
+    return context if len(context) <= CONTEXT_EMBED_CHARS else context[:CONTEXT_EMBED_CHARS]
+
+# ----------------------------------------------------------------------------- embedding cache
+def _embedder_name(embedder: Any) -> str:
+    from assistant.lm.models import embedder_name
+
+    return embedder_name(embedder)
+
+class EmbeddingCache:
+    """Text -> unit-norm embedding, looked up in memory, then in the store (by text hash and
+    embedder name); only texts never seen before are embedded, and those are written back."""
+
+    def __init__(self, embedder: Any, store: Any = None, batch_size: int = 64):
+        self.embedder, self.store, self.batch_size = embedder, store, batch_size
+        self.name = _embedder_name(embedder) if embedder is not None else None
+        self.memory: dict[str, np.ndarray] = {}
+        self.n_embedded = 0
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        from storage.store import text_hash
+
+        hashes = [text_hash(t) for t in texts]
+        missing = [h for h in dict.fromkeys(hashes) if h not in self.memory]
+        if missing and self.store is not None and self.name:
+            self.memory.update(self.store.get_embeddings(missing, self.name))
+            missing = [h for h in missing if h not in self.memory]
+        if missing:
+            if self.embedder is None:
+                raise RuntimeError("texts are not in the embedding cache and no embedder is loaded")
+            first = {}
+            for h, t in zip(hashes, texts):
+                first.setdefault(h, t)
+            todo = [first[h] for h in missing]
+            vecs = self.embedder.encode(
+                todo, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                show_progress_bar=False,
+            ).astype(np.float32)
+            new = dict(zip(missing, vecs))
+            self.n_embedded += len(new)
+            self.memory.update(new)
+            if self.store is not None and self.name:
+                self.store.put_embeddings(new, self.name)
+        return np.stack([self.memory[h] for h in hashes]) if hashes else np.zeros((0, 0), np.float32)
