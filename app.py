@@ -13,7 +13,7 @@ import logging
 import sys
 
 COMMAND_MODULES = [
-    "assistant.app.cli.common",  # serve, suggest, status, styles, library
+    "assistant.app.cli.serve",  # serve, suggest, status, rate
     "assistant.app.cli.reward",  # feedback import/export, rm train/score
     "assistant.app.cli.rl",  # rl train, simulate
     "assistant.app.cli.learn",  # learn, versions, export

@@ -121,15 +121,14 @@ def api(tmp_path, tiny_model_dir, embedder):
 
     from fastapi.testclient import TestClient
 
-    from assistant.app.api.routes import build_api
     from assistant.app.cli.common import build_services, load_models
-    from assistant.app.cli.learn import api_routers
+    from assistant.app.cli.serve import build_app
 
     args = argparse.Namespace(model=str(tiny_model_dir), data_dir=str(tmp_path), profile="default",
                               device="cpu", dtype="float32", threads=1)
     lm, _ = load_models(args, with_embedder=False, progress=None)
     services = build_services(args, lm=lm, embedder=embedder)
-    client = TestClient(build_api(services, extra_routers=api_routers(services)))
+    client = TestClient(build_app(services, with_ui=False))
     yield client, services
     services.store.close()
 
@@ -362,11 +361,10 @@ def test_learning_tab_data_and_build(store, tmp_path, tiny_lm):
     assert {"tab-learning", "tab-export", "versions-table", "rollback", "learner-train-now", "export-go"} <= ids
     assert sum(isinstance(b, gr.LinePlot) for b in demo.blocks.values()) == 4
 
-    # and inside the app's own UI, through the extension hook `inkloop serve` uses
+    # and inside the app's own UI, as `inkloop serve` builds it
     from assistant.app.ui.writer import build_ui
 
-    svc.extra_tabs = list(TABS)
-    app_ids = {getattr(b, "elem_id", None) for b in build_ui(svc).blocks.values()}
+    app_ids = {getattr(b, "elem_id", None) for b in build_ui(svc, TABS).blocks.values()}
     assert {"tab-learning", "tab-export", "learner-status", "export-file"} <= app_ids
 
 
@@ -565,13 +563,16 @@ def test_supervisor_freezes_the_learner_while_the_app_generates(store):
             seen.append(state(pid))
             return inner(depth - 1) if depth else "done"
 
-        inner = sup.yielding(generate)
+        def inner(depth: int) -> str:
+            with sup.busy():
+                return generate(depth)
+
         assert inner(1) == "done"  # nested: still frozen in the inner call
         assert seen == ["T", "T"]
         time.sleep(0.1)
         assert state(pid) in ("S", "R")  # running again afterwards
-        with pytest.raises(ZeroDivisionError):
-            sup.yielding(lambda: 1 / 0)()
+        with pytest.raises(ZeroDivisionError), sup.busy():
+            1 / 0
         time.sleep(0.1)
         assert state(pid) in ("S", "R")  # thawed even when generation fails
     finally:

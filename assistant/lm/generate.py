@@ -8,6 +8,7 @@ generation, so a request never sees half a swap. Every result says which version
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import re
@@ -15,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -274,6 +275,7 @@ class Generator:
         tokenizer,
         version_source: Callable[[], tuple[int, str] | None] | None = None,
         device: torch.device | None = None,
+        busy: Callable[[], ContextManager] | None = None,
     ):
         contiguous_lm_head_input(model)  # keeps generation fast once peft freezes the base
         self.base_model = model
@@ -283,6 +285,8 @@ class Generator:
         self.device = device or next(model.parameters()).device
         self.policy_version = 0
         self.lock = threading.RLock()
+        self.busy = busy or contextlib.nullcontext
+        """Entered around every generation (`inkloop serve`: the learner process is held off the CPU)."""
 
     # ------------------------------------------------------------------ hot swap
     def refresh_policy(self) -> int:
@@ -329,7 +333,7 @@ class Generator:
         gen.validate()
         t0 = time.perf_counter()
         self.refresh_policy()
-        with self.lock:
+        with self.busy(), self.lock:
             version = self.policy_version
             prompt_text = render(prompt, self.tokenizer)
             angles = list(ANGLES) if gen.variety and prompt.mode in ANGLE_MODES else [""]

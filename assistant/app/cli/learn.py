@@ -7,8 +7,6 @@
   or ``previous``).
 - ``inkloop export --what merged|adapter|reward|feedback [--version V] --out DIR``.
 
-Also `api_routers(services)` (the REST routes of assistant.api_learning, picked up by `serve`) and
-`attach_learning(services, args)` (the Learning/Export tabs and the learner process for `serve`).
 """
 
 from __future__ import annotations
@@ -24,53 +22,6 @@ import threading
 from assistant.app.cli.flags import add_learner_flags, learner_config
 
 log = logging.getLogger(__name__)
-
-
-# ----------------------------------------------------------------------------- serve integration
-def api_routers(services) -> list:
-    from assistant.app.api.learning import learning_router
-    from assistant.app.export import ExportError, base_model_path
-
-    try:
-        base = base_model_path(services.generator.base_model)
-    except (ExportError, AttributeError):
-        base = None
-    return [learning_router(services, services.store.path.parent, base)]
-
-
-def attach_learning(services, args: argparse.Namespace):
-    """For `inkloop serve`: add the Learning and Export tabs, and start the learner in its own
-    process (unless --no-learner). Returns the LearnerSupervisor (or None); stop() it on exit."""
-    from assistant.app.ui.learning import TABS
-
-    services.extra_tabs = [*(getattr(services, "extra_tabs", None) or []), *TABS]
-    if getattr(args, "no_learner", False):
-        return None
-    from assistant.app.cli.common import data_dir
-    from assistant.app.supervisor import LearnerSupervisor
-
-    extra = ["--threads", str(getattr(args, "learner_threads", 1) or 1)]
-    if getattr(args, "device", None):
-        extra += ["--device", args.device]
-    if getattr(args, "dtype", None):
-        extra += ["--dtype", args.dtype]
-    ddir = data_dir(args)
-    sup = LearnerSupervisor(
-        LearnerSupervisor.learn_argv(ddir, getattr(args, "model", None), args.profile, extra),
-        store=services.store, profile_id=args.profile, log_path=ddir / "learner.log",
-    )
-    sup.start()
-    if not getattr(args, "learner_no_yield", False):
-        # the person waiting for suggestions comes first: freeze the learner while generating
-        services.generator.suggest = sup.yielding(services.generator.suggest)
-    return sup
-
-
-def add_serve_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-learner", action="store_true", help="do not start the background learner process")
-    p.add_argument("--learner-threads", type=int, default=1, help="torch threads of the learner process (default 1)")
-    p.add_argument("--learner-no-yield", action="store_true",
-                   help="let the learner run while suggestions are generated (by default it is paused meanwhile)")
 
 
 # ----------------------------------------------------------------------------- commands

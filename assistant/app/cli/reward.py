@@ -18,7 +18,14 @@ import json
 import sys
 from pathlib import Path
 
-from assistant.app.cli.common import command, data_dir, fail, model_settings, open_store, say
+from assistant.app.cli.common import (
+    command,
+    data_dir,
+    fail,
+    model_settings,
+    open_store,
+    say,
+)
 from assistant.app.cli.flags import add_flags, from_args
 from reward.train import RewardTrainConfig
 

@@ -1,4 +1,4 @@
-"""The Learning and Export tabs (plugged into assistant.ui through ``services.extra_tabs``).
+"""The Learning and Export tabs (passed to assistant.app.ui.writer.build_ui by `inkloop serve`).
 
 Learning: the learner's phase and progress (polled from the store by a gr.Timer, so it survives a
 reload), pause / resume / train now, plots per version of reward-model accuracy, mean reward, KL
@@ -368,5 +368,5 @@ def build_export_tab(services: Services, ctx: Any = None) -> None:
     version.focus(lambda p: gr.update(choices=version_choices(S, p)), inputs=profile_in, outputs=[version])
 
 
-TABS = [build_learning_tab, build_export_tab]
-"""What `inkloop serve` appends to ``services.extra_tabs``."""
+TABS = (build_learning_tab, build_export_tab)
+"""The tabs `inkloop serve` passes to build_ui."""
