@@ -34,7 +34,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from reward.eval.quality import ngrams, repetition_rate, words
+from reward.text import ngrams, repetition_rate, words
 
 TERMS = ("rm", "length", "repetition", "distinct", "keywords", "style", "fluency", "tone")
 
