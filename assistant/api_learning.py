@@ -54,6 +54,7 @@ class RollbackIn(_In):
 
 def _version_out(v, live_id: int | None) -> dict[str, Any]:
     d = as_dict(v)
+    d["path"] = d.pop("rel_path")  # relative to the data directory: never expose absolute paths
     d["live"] = v.id == live_id
     d["available"] = Path(v.path).is_dir()
     d.pop("config", None)

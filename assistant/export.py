@@ -62,7 +62,7 @@ def resolve_version(store: Store, profile_id: str, kind: str, version_id: int | 
         if v.profile_id != profile_id:
             raise ExportError(f"version {v.id} belongs to another profile, not {profile_id!r}")
     if not Path(v.path).is_dir():
-        raise ExportError(f"version {v.id} was pruned or discarded: its directory {v.path} no longer exists")
+        raise ExportError(f"version {v.id} was pruned or discarded: its directory {v.rel_path} no longer exists")
     return v
 
 

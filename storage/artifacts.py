@@ -25,9 +25,10 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+from . import paths
+from .paths import VERSIONS_DIR
 from .store import ModelVersion, Store
 
-VERSIONS_DIR = "versions"
 EXPORTS_DIR = "exports"
 
 
@@ -159,7 +160,7 @@ def publish_version(store: Store, version_id: int) -> ModelVersion:
     """Make a fully written version live (its directory must exist: a row never points at nothing)."""
     v = store.get_version(version_id)
     if not Path(v.path).is_dir():
-        raise VersionError(f"version {version_id} has no directory at {v.path}; it cannot be published")
+        raise VersionError(f"version {version_id} has no directory at {v.rel_path}; it cannot be published")
     return store.set_version_status(version_id, "published")
 
 
@@ -226,15 +227,30 @@ def _rollback(store: Store, profile_id: str, target_id: int | None, kind: str) -
     return now_live
 
 
+def _named_by_rows(store: Store) -> tuple[set[Path], set[str]]:
+    """Every directory some version row names, however its path was written: the resolved
+    directories, and their ``versions/<profile>/<name>`` tails (which survive a moved data directory,
+    a relative path written from another working directory, a symlinked spelling)."""
+    dirs, tails = set(), set()
+    for v in store.versions():
+        for spelling in (v.path, v.rel_path):
+            dirs.add(paths.real(spelling if Path(spelling).is_absolute() else store.resolve_path(spelling)))
+            tail = paths.version_tail(spelling)
+            if tail is not None:
+                tails.add(tail)
+    return dirs, tails
+
+
 def collect_garbage(store: Store, data_dir: str | Path, min_age_s: float = 3600.0) -> list[str]:
     """Remove what a crash (kill -9, power loss) can leave behind: temporary ``.tmp-*`` directories
     and version directories no row refers to, once older than `min_age_s` (a younger one may be a
-    version another process is writing right now). Returns the removed paths."""
+    version another process is writing right now). A directory that any row names, under any
+    spelling of its path, is never removed. Returns the removed paths."""
     now = time.time()
     root = versions_root(data_dir)
     if not root.is_dir():
         return []
-    known = {str(Path(v.path).resolve()) for v in store.versions()}
+    named, tails = _named_by_rows(store)
     removed = []
     for profile_dir in root.iterdir():
         if not profile_dir.is_dir():
@@ -246,7 +262,9 @@ def collect_garbage(store: Store, data_dir: str | Path, min_age_s: float = 3600.
                 continue
             if young:
                 continue
-            if d.name.startswith(".tmp-") or (d.is_dir() and str(d.resolve()) not in known):
+            tail = f"{VERSIONS_DIR}/{profile_dir.name}/{d.name}"
+            orphan = d.is_dir() and paths.real(d) not in named and tail not in tails
+            if d.name.startswith(".tmp-") or orphan:
                 shutil.rmtree(d, ignore_errors=True)
                 removed.append(str(d))
     return removed

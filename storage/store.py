@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -21,7 +22,7 @@ from typing import Any, Iterable, Iterator, Sequence, TypeVar
 import numpy as np
 import sqlite_utils
 
-from . import schema
+from . import paths, schema
 
 FEEDBACK_KINDS = ("thumb", "stars", "best", "rank", "edit", "accept")
 FEEDBACK_SOURCES = ("ui", "api", "cli", "simulated", "import")
@@ -134,6 +135,9 @@ class ModelVersion:
     config: dict[str, Any] = field(metadata=_json_col({}))
     created_at: float = 0.0
     published_at: float | None = None
+    rel_path: str = field(default="", metadata={"column": False})
+    """The path as stored: relative to the data directory (what listings and messages show);
+    `path` is where the directory is now (resolved against the store's data directory)."""
 
 
 def _from_row(cls: type[T], row: dict[str, Any]) -> T:
@@ -191,7 +195,9 @@ class Store:
     """
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = Path(os.path.abspath(path))  # a later chdir must not move the database
+        self.data_dir = self.path.parent
+        """The data directory: the database's folder; version paths are stored relative to it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._all_conns: list[sqlite3.Connection] = []
@@ -252,6 +258,19 @@ class Store:
             return dict(self.db[table].get(_key(key, what)))
         except sqlite_utils.db.NotFoundError:
             raise NotFound(f"{what} {key} does not exist") from None
+
+    def resolve_path(self, stored: str | Path) -> Path:
+        """Where a stored (data-directory-relative) path is now."""
+        return paths.resolve(str(stored), self.data_dir)
+
+    def relative_path(self, path: str | Path) -> str:
+        """How a path is stored and shown: relative to the data directory when inside it."""
+        return paths.to_stored(path, self.data_dir)
+
+    def _version(self, row: dict[str, Any]) -> ModelVersion:
+        v = _from_row(ModelVersion, row)
+        v.rel_path, v.path = v.path, str(self.resolve_path(v.path))
+        return v
 
     def _insert(self, db: sqlite_utils.Database, cls: type, table: str, values: dict[str, Any]) -> int:
         return int(db[table].insert(_to_row(cls, values)).last_pk)
@@ -542,7 +561,7 @@ class Store:
             raise StoreError(f"unknown version status {status!r}")
         profile_id = self.ensure_profile(profile_id)
         now = time.time()
-        v = ModelVersion(0, profile_id, kind, str(path), status, parent_id, metrics or {}, config or {}, now,
+        v = ModelVersion(0, profile_id, kind, self.relative_path(path), status, parent_id, metrics or {}, config or {}, now,
                          now if status == "published" else None)
         with self._write() as db:
             vid = self._insert(db, ModelVersion, "model_versions", _columns(v, "id"))
@@ -551,12 +570,12 @@ class Store:
         return self.get_version(vid)
 
     def get_version(self, version_id: int) -> ModelVersion:
-        return _from_row(ModelVersion, self._get("model_versions", version_id, "version"))
+        return self._version(self._get("model_versions", version_id, "version"))
 
     def versions(self, profile_id: str | None = None, kind: str | None = None) -> list[ModelVersion]:
         where, args = _where(profile_id=profile_id, kind=kind)
         rows = self.db["model_versions"].rows_where(where, args, order_by="id desc")
-        return [_from_row(ModelVersion, dict(r)) for r in rows]
+        return [self._version(dict(r)) for r in rows]
 
     def live_version(self, profile_id: str, kind: str = "policy") -> ModelVersion | None:
         """The most recently published version of this kind, or None (the base model)."""
@@ -568,7 +587,7 @@ class Store:
                 limit=1,
             )
         )
-        return _from_row(ModelVersion, dict(rows[0])) if rows else None
+        return self._version(dict(rows[0])) if rows else None
 
     def set_version_status(self, version_id: int, status: str) -> ModelVersion:
         if status not in VERSION_STATUSES:

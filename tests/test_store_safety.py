@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from storage.store import Store
@@ -77,3 +79,138 @@ def test_requests_with_feedback_uses_a_constant_number_of_queries(store):
     assert [f.kind for f in g["feedback"]] == ["best"]
     recent, q_recent = _count_selects(store, lambda: store.recent_requests(limit=20))
     assert len(recent) == 20 and all(len(r.suggestions) == 2 for r in recent) and q_recent <= 2
+
+
+# ----------------------------------------------------------------------------- version paths (17.1)
+def _writer(payload: str):
+    def write(d):
+        (d / "adapter").mkdir()
+        (d / "adapter" / "weights.txt").write_text(payload)
+    return write
+
+
+def _age_everything(root):
+    import os
+    for d in root.rglob("*"):
+        os.utime(d, (1_000_000_000, 1_000_000_000))
+
+
+def test_moved_data_dir_keeps_its_versions_through_gc(tmp_path):
+    from pathlib import Path
+
+    from storage.artifacts import collect_garbage, save_version, versions_root
+
+    old = tmp_path / "old"
+    s = Store(old / "inkloop.db")
+    v = save_version(s, old, kind="policy", profile_id="p", writer=_writer("live"), publish=True)
+    assert v.rel_path == f"versions/p/{Path(v.path).name}"  # stored relative to the data directory
+    assert s.db["model_versions"].get(v.id)["path"] == v.rel_path
+    s.close()
+    new = tmp_path / "moved"
+    old.rename(new)
+    s = Store(new / "inkloop.db")
+    _age_everything(versions_root(new))
+    assert collect_garbage(s, new) == []
+    live = s.live_version("p")
+    assert Path(live.path) == new / live.rel_path and (Path(live.path) / "adapter" / "weights.txt").read_text() == "live"
+    s.close()
+
+
+def test_relative_data_dir_from_another_cwd_keeps_its_versions(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from storage.artifacts import collect_garbage, save_version, versions_root
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    s = Store(Path("data") / "inkloop.db")  # `--data-dir data` run from a/
+    v = save_version(s, Path("data"), kind="policy", profile_id="p", writer=_writer("x"), publish=True)
+    s.close()
+    monkeypatch.chdir(tmp_path / "b")  # the same data opened from b/ (absolute) and GC'd with a relative dir
+    s = Store(tmp_path / "a" / "data" / "inkloop.db")
+    _age_everything(versions_root(tmp_path / "a" / "data"))
+    assert collect_garbage(s, Path("../a/data")) == []
+    assert Path(s.live_version("p").path).is_dir() and s.live_version("p").id == v.id
+    s.close()
+
+
+def test_migration_rewrites_absolute_and_cwd_relative_rows(tmp_path, monkeypatch):
+    """Rows as the old code wrote them (absolute; relative to the cwd of the run; of a data dir that
+    was since moved) become relative to the data directory; nothing any row names is collected."""
+    import sqlite3
+
+    import sqlite_utils
+
+    from storage import schema
+    from storage.artifacts import collect_garbage, versions_root
+
+    data = tmp_path / "data"
+    names = ["policy-abs", "policy-cwdrel", "policy-moved", "policy-elsewhere"]
+    for n in names[:3]:
+        (data / "versions" / "p" / n).mkdir(parents=True)
+    outside = tmp_path / "outside" / "policy-elsewhere"
+    outside.mkdir(parents=True)
+    db = sqlite_utils.Database(sqlite3.connect(str(data / "inkloop.db")))
+    db["_migrations"].create({"name": str, "applied_at": float}, pk="name")
+    for name, fn in schema.MIGRATIONS[:3]:
+        fn(db)
+        db["_migrations"].insert({"name": name, "applied_at": 0.0})
+    paths = [str(data / "versions/p/policy-abs"), "data/versions/p/policy-cwdrel",
+             "/gone/old-data/versions/p/policy-moved", str(outside)]
+    for i, p in enumerate(paths, 1):
+        db["model_versions"].insert({"id": i, "profile_id": "p", "kind": "policy", "path": p, "status": "published",
+                                     "metrics": "{}", "config": "{}", "created_at": float(i), "published_at": float(i)})
+    db.conn.commit()
+    db.conn.close()
+    monkeypatch.chdir(tmp_path / "outside")  # not the cwd the relative row was written from
+    s = Store(data / "inkloop.db")
+    stored = [r["path"] for r in s.db["model_versions"].rows_where(order_by="id")]
+    assert stored == ["versions/p/policy-abs", "versions/p/policy-cwdrel", "versions/p/policy-moved", str(outside)]
+    _age_everything(versions_root(data))
+    assert collect_garbage(s, data) == []
+    assert all((data / "versions" / "p" / n).is_dir() for n in names[:3]) and outside.is_dir()
+    s.close()
+
+
+def test_gc_never_deletes_a_directory_a_row_names_however_it_was_written(tmp_path, monkeypatch):
+    from storage.artifacts import collect_garbage, versions_root
+
+    data = tmp_path / "data"
+    s = Store(data / "inkloop.db")
+    d = versions_root(data) / "p" / "policy-odd"
+    d.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    # a path written through a symlinked or dotted spelling of the data dir still names that directory
+    (tmp_path / "link").symlink_to(data)
+    s.add_version(profile_id="p", kind="policy", path="link/versions/./p/policy-odd", status="published")
+    orphan = versions_root(data) / "p" / "policy-orphan"
+    orphan.mkdir()
+    _age_everything(versions_root(data))
+    assert [Path(p).name for p in collect_garbage(s, data)] == ["policy-orphan"]
+    assert d.is_dir() and not orphan.exists()
+    s.close()
+
+
+def test_listings_and_errors_carry_relative_paths(store, tmp_path):
+    from storage.artifacts import VersionError, rollback, save_version
+    from storage.store import as_dict
+
+    v = save_version(store, tmp_path, kind="policy", profile_id="p", writer=_writer("x"))
+    assert not Path(v.rel_path).is_absolute() and as_dict(v)["rel_path"] == v.rel_path
+    assert store.resolve_path(v.rel_path) == Path(v.path)
+    import shutil
+    shutil.rmtree(v.path)
+    with pytest.raises(VersionError) as ei:
+        rollback(store, "p", v.id)
+    assert str(tmp_path) not in str(ei.value)
+
+
+def test_api_version_listing_shows_the_relative_path(store, tmp_path):
+    from assistant.api_learning import _version_out
+    from storage.artifacts import save_version
+
+    v = save_version(store, tmp_path, kind="policy", profile_id="p", writer=_writer("x"), publish=True)
+    out = _version_out(v, v.id)
+    assert out["path"] == v.rel_path and not Path(out["path"]).is_absolute() and "rel_path" not in out
+    assert out["available"] is True and out["live"] is True
