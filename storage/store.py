@@ -15,6 +15,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence, TypeVar
@@ -188,6 +189,22 @@ def _where(**conds: Any) -> tuple[str | None, list[Any]]:
     return (" and ".join(f"{k} = ?" for k in given) or None), list(given.values())
 
 
+class _Connection:
+    """One thread's SQLite connection; closed when the last reference (its thread's local) goes."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.db = sqlite_utils.Database(conn)
+        self._finalizer = weakref.finalize(self, _close_quietly, conn)
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _close_quietly(conn: sqlite3.Connection) -> None:
+    with contextlib.suppress(Exception):
+        conn.close()
+
+
 class Store:
     """Typed access to one inkloop database file.
 
@@ -200,7 +217,7 @@ class Store:
         """The data directory: the database's folder; version paths are stored relative to it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._all_conns: list[sqlite3.Connection] = []
+        self._conns: weakref.WeakSet[_Connection] = weakref.WeakSet()  # open ones, for close()
         self._lock = threading.Lock()
         db = self.db
         with db.ensure_autocommit_on():
@@ -212,24 +229,27 @@ class Store:
     # ------------------------------------------------------------------ plumbing
     @property
     def db(self) -> sqlite_utils.Database:
-        db = getattr(self._local, "db", None)
-        if db is None:
+        """This thread's connection, opened on first use. Only the thread-local holds it, so it is
+        closed when its thread ends (a thread per streamed suggestion leaks nothing); a long-lived
+        thread keeps its one connection."""
+        holder = getattr(self._local, "conn", None)
+        if holder is None:
             conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            db = sqlite_utils.Database(conn)
-            self._local.db = db
+            holder = _Connection(conn)
+            self._local.conn = holder
             with self._lock:
-                self._all_conns.append(conn)
-        return db
+                self._conns.add(holder)
+        return holder.db
 
     def close(self) -> None:
         with self._lock:
-            for conn in self._all_conns:
-                with contextlib.suppress(Exception):
-                    conn.close()
-            self._all_conns.clear()
+            holders = list(self._conns)
+            self._conns = weakref.WeakSet()
+        for h in holders:
+            h.close()
         self._local = threading.local()
 
     @contextlib.contextmanager

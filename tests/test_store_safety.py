@@ -214,3 +214,58 @@ def test_api_version_listing_shows_the_relative_path(store, tmp_path):
     out = _version_out(v, v.id)
     assert out["path"] == v.rel_path and not Path(out["path"]).is_absolute() and "rel_path" not in out
     assert out["available"] is True and out["live"] is True
+
+
+# ----------------------------------------------------------------------------- connections (17.2)
+def _open_fds() -> int:
+    import os
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_short_threads_do_not_leak_connections(store):
+    import gc
+    import threading
+
+    req = _request(store)
+    errors = []
+
+    def read():
+        try:
+            assert store.get_request(req.id).suggestions[0].text == "c0"
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    def batches(n):  # ten threads at a time, as a streamed suggestion per request would
+        for _ in range(n):
+            ts = [threading.Thread(target=read) for _ in range(10)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+        gc.collect()
+
+    batches(1)  # SQLite keeps the file descriptors of closed connections for reuse: at most the peak
+    before = _open_fds()
+    batches(50)  # 500 threads
+    assert errors == []
+    assert _open_fds() - before <= 4
+    assert len(store._conns) <= 2  # the main thread's (and at most one still being finalised)
+
+
+def test_a_long_lived_thread_keeps_one_connection(store):
+    import threading
+
+    seen = []
+
+    def work():
+        for _ in range(5):
+            store.counts()
+            seen.append(id(store.db.conn))
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert len(set(seen)) == 1
+    main = store.db.conn
+    store.counts()
+    assert store.db.conn is main
