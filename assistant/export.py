@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from storage.artifacts import exports_root
+from storage.artifacts import available, exports_root, overwrite_refusal
 from storage.store import ModelVersion, Store
 
 from .generate import ADAPTER_SUBDIR
@@ -61,8 +61,8 @@ def resolve_version(store: Store, profile_id: str, kind: str, version_id: int | 
             raise ExportError(f"version {v.id} is a {v.kind} version, not a {kind} version")
         if v.profile_id != profile_id:
             raise ExportError(f"version {v.id} belongs to another profile, not {profile_id!r}")
-    if not Path(v.path).is_dir():
-        raise ExportError(f"version {v.id} was pruned or discarded: its directory {v.rel_path} no longer exists")
+    if not available(v):
+        raise ExportError(f"version {v.id} was pruned, discarded or abandoned ({v.status}; {v.rel_path})")
     return v
 
 
@@ -71,9 +71,8 @@ def _prepare_out(out_dir: str | Path, overwrite: bool, store: Store) -> Path:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise ExportError(f"{out} exists and is not empty (use --overwrite to replace it)")
-        if store.path.resolve().is_relative_to(out.resolve()):
-            # --overwrite would delete the database (and every version) along with the folder
-            raise ExportError(f"{out} holds inkloop's data directory; choose another output folder")
+        if (refusal := overwrite_refusal(store, out)) is not None:  # the database, versions, ...
+            raise ExportError(refusal)
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out

@@ -28,7 +28,9 @@ from . import paths, schema
 FEEDBACK_KINDS = ("thumb", "stars", "best", "rank", "edit", "accept")
 FEEDBACK_SOURCES = ("ui", "api", "cli", "simulated", "import")
 VERSION_KINDS = ("policy", "reward")
-VERSION_STATUSES = ("candidate", "published", "discarded", "rolled_back")
+VERSION_STATUSES = ("candidate", "published", "discarded", "rolled_back", "deleting", "abandoned")
+"""deleting: marked for pruning, its directory maybe half-deleted; abandoned: a candidate a killed
+learner left unevaluated. Neither is ever served, restored or exported."""
 BUSY_TIMEOUT_MS = 30_000
 T = TypeVar("T")
 
@@ -597,17 +599,17 @@ class Store:
         rows = self.db["model_versions"].rows_where(where, args, order_by="id desc")
         return [self._version(dict(r)) for r in rows]
 
+    def published_versions(self, profile_id: str, kind: str = "policy", limit: int | None = None
+                           ) -> list[ModelVersion]:
+        """Published versions of a kind, the live one (most recently published) first."""
+        rows = self.db["model_versions"].rows_where(
+            "profile_id = ? and kind = ? and status = 'published'", [profile_id, kind],
+            order_by="published_at desc, id desc", limit=limit)
+        return [self._version(dict(r)) for r in rows]
+
     def live_version(self, profile_id: str, kind: str = "policy") -> ModelVersion | None:
         """The most recently published version of this kind, or None (the base model)."""
-        rows = list(
-            self.db["model_versions"].rows_where(
-                "profile_id = ? and kind = ? and status = 'published'",
-                [profile_id, kind],
-                order_by="published_at desc, id desc",
-                limit=1,
-            )
-        )
-        return self._version(dict(rows[0])) if rows else None
+        return next(iter(self.published_versions(profile_id, kind, limit=1)), None)
 
     def set_version_status(self, version_id: int, status: str) -> ModelVersion:
         if status not in VERSION_STATUSES:
