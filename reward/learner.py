@@ -505,6 +505,8 @@ class Learner:
         params = inspect.signature(train_policy).parameters
         if "on_step" in params:
             kwargs["on_step"] = lambda i, _m: progress((i + 1) / steps)
+        if "extra_config" in params:  # marks it as this learner's, for artifacts.abandon_candidates
+            kwargs["extra_config"] = dict(artifacts.LEARNER_CANDIDATE)
         return train_policy(self.store, self.data_dir, self.profile, model, tok, reward_fn, rl_cfg, **kwargs)
 
     def _rl_config(self, lr_scale: float = 1.0):

@@ -15,10 +15,8 @@ Layout of a policy version directory::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import shutil
 import time
 import uuid
@@ -26,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from . import paths
-from .paths import VERSIONS_DIR
+from .paths import VERSIONS_DIR, profile_dirname
 from .store import ModelVersion, Store
 
 EXPORTS_DIR = "exports"
@@ -77,18 +75,6 @@ def write_atomic_dir(final: Path, writer: Callable[[Path], None]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
-
-
-_SAFE_DIRNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-def profile_dirname(profile_id: str) -> str:
-    """The folder of a profile under versions/: the id itself when it is a plain name, else a
-    hash of it (a profile such as "../x" or "a/b" must neither escape versions/ nor nest a level
-    deeper, where collect_garbage would take its versions for orphans)."""
-    if _SAFE_DIRNAME.fullmatch(profile_id) and not profile_id.startswith("p-"):
-        return profile_id
-    return "p-" + hashlib.sha256(profile_id.encode("utf-8")).hexdigest()[:16]
 
 
 def new_version_dir(data_dir: str | Path, kind: str, profile_id: str) -> Path:

@@ -7,7 +7,9 @@ directory, and every row still finds its files. A path outside the data director
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from pathlib import Path
 
 VERSIONS_DIR = "versions"
@@ -61,3 +63,15 @@ def migrate_stored(stored: str, data_dir: str | Path, cwd: str | Path | None = N
     if tail is not None and (root / tail).exists():
         return tail
     return stored
+
+
+_SAFE_DIRNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def profile_dirname(profile_id: str) -> str:
+    """The folder (or file) name of a profile under versions/ or locks/: the id itself when it is
+    a plain name, else a hash of it (a profile such as "../x" or "a/b" must neither escape the
+    folder nor nest a level deeper, where collect_garbage would take its versions for orphans)."""
+    if _SAFE_DIRNAME.fullmatch(profile_id) and not profile_id.startswith("p-"):
+        return profile_id
+    return "p-" + hashlib.sha256(profile_id.encode("utf-8")).hexdigest()[:16]

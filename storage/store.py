@@ -32,6 +32,10 @@ VERSION_STATUSES = ("candidate", "published", "discarded", "rolled_back", "delet
 """deleting: marked for pruning, its directory maybe half-deleted; abandoned: a candidate a killed
 learner left unevaluated. Neither is ever served, restored or exported."""
 BUSY_TIMEOUT_MS = 30_000
+KEEP_EVENTS = 20_000
+"""Events kept per profile by `Store.trim_history` (the learner trims at start)."""
+KEEP_METRICS = 500_000
+"""Metric rows (of a profile's versions) kept by `Store.trim_history`."""
 T = TypeVar("T")
 
 
@@ -704,6 +708,32 @@ class Store:
         where, args = _where(profile_id=profile_id, kind=kind)
         rows = self.db["events"].rows_where(where, args, order_by="id desc", limit=limit)
         return [{**dict(r), "data": _loads(r["data"], {})} for r in rows]
+
+    # ------------------------------------------------------------------ bounded growth
+    def trim_history(self, profile_id: str, keep_events: int | None = None, keep_metrics: int | None = None,
+                     chunk: int = 5_000) -> dict[str, int]:
+        """Delete all but the newest `keep_events` events and `keep_metrics` metric rows (of the
+        profile's versions) of one profile (defaults KEEP_EVENTS, KEEP_METRICS), in short
+        transactions of `chunk` rows so live writes interleave. Returns how many rows of each went."""
+        keep_events = KEEP_EVENTS if keep_events is None else keep_events
+        keep_metrics = KEEP_METRICS if keep_metrics is None else keep_metrics
+        if min(keep_events, keep_metrics) < 0 or chunk < 1:
+            raise StoreError("keep_events and keep_metrics must be >= 0 and chunk >= 1")
+        old = {
+            "events": ("select id from events where profile_id = ? order by id desc limit -1 offset ?",
+                       [profile_id, int(keep_events)]),
+            "metrics": ("select m.id from metrics m join model_versions v on m.version_id = v.id "
+                        "where v.profile_id = ? order by m.id desc limit -1 offset ?", [profile_id, int(keep_metrics)]),
+        }
+        gone = {}
+        for table, (sql, args) in old.items():
+            ids = [r[0] for r in self.db.execute(sql, args).fetchall()]
+            for i in range(0, len(ids), chunk):
+                part = ids[i : i + chunk]
+                with self._write() as db:
+                    db.execute(f"delete from {table} where id in ({','.join('?' * len(part))})", part)
+            gone[table] = len(ids)
+        return gone
 
     # ------------------------------------------------------------------ grouped writes
     @contextlib.contextmanager

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.store import Store
+from storage.store import Store, StoreError
 
 
 def _request(store: Store, n: int = 3, profile: str = "default", prompt: str = "<prompt>"):
@@ -405,3 +405,115 @@ def test_export_refuses_abandoned_and_half_deleted_versions(store, tmp_path):
         with pytest.raises(ExportError):
             resolve_version(store, "p", "policy", vs[0].id)
     assert resolve_version(store, "p", "policy", None).id == vs[1].id
+
+
+# ----------------------------------------------------------------------------- one learner per profile (17.9)
+def test_a_second_learner_lock_fails_clearly_and_the_first_releases(tmp_path):
+    from storage.locks import LockHeld, learner_lock
+
+    with learner_lock(tmp_path, "alice"):
+        with pytest.raises(LockHeld, match=r"another learner .*pid \d+.* profile 'alice'"):
+            learner_lock(tmp_path, "alice").acquire()
+        with learner_lock(tmp_path, "bob"):  # each profile has its own
+            pass
+    with learner_lock(tmp_path, "alice"):  # released on exit
+        pass
+    with learner_lock(tmp_path, "../../x"):  # a profile name never escapes the data directory
+        assert [p.parent for p in tmp_path.rglob("*.lock")] == [tmp_path / "locks"] * 3
+
+
+def test_the_learner_lock_dies_with_its_holder(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from storage.locks import LockHeld, learner_lock
+
+    code = ("import sys, time; from storage.locks import learner_lock\n"
+            f"lock = learner_lock({str(tmp_path)!r}, 'p').acquire()\n"
+            "print('held', flush=True); time.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                             cwd=str(Path(__file__).resolve().parents[1]))
+    try:
+        assert child.stdout.readline().strip() == "held"
+        with pytest.raises(LockHeld, match=f"pid {child.pid}"):
+            learner_lock(tmp_path, "p").acquire()
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+        deadline = time.monotonic() + 5
+        while True:  # the kernel drops the lock with the process: no stale lock to clean up
+            try:
+                lock = learner_lock(tmp_path, "p").acquire()
+                break
+            except LockHeld:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        lock.release()
+    finally:
+        child.kill()
+        child.wait()
+
+
+# ----------------------------------------------------------------------------- bounded growth (17.10)
+def test_trim_history_keeps_the_newest_events_and_metrics_per_profile(store, tmp_path):
+    va = store.add_version(profile_id="a", kind="policy", path=tmp_path / "va")
+    vb = store.add_version(profile_id="b", kind="policy", path=tmp_path / "vb")
+    for i in range(30):
+        store.add_event("guard", f"a{i}", profile_id="a")
+        store.log_metrics(va.id, {"rl/kl": float(i)}, step=i)
+    for i in range(5):
+        store.add_event("guard", f"b{i}", profile_id="b")
+        store.log_metrics(vb.id, {"rl/kl": float(i)}, step=i)
+    assert store.trim_history("a", keep_events=10, keep_metrics=7, chunk=4) == {"events": 20, "metrics": 23}
+    assert [e["reason"] for e in store.events("a")] == [f"a{i}" for i in range(29, 19, -1)]
+    assert [m["value"] for m in store.metric_series("rl/kl", va.id)] == [float(i) for i in range(23, 30)]
+    assert len(store.events("b")) == 5 and len(store.metric_series("rl/kl", vb.id)) == 5  # other profiles untouched
+    assert store.trim_history("a", keep_events=10, keep_metrics=7) == {"events": 0, "metrics": 0}
+    with pytest.raises(StoreError):
+        store.trim_history("a", keep_events=-1)
+
+
+# ----------------------------------------------------------------------------- what the learner does at start
+def test_learn_refuses_to_start_beside_a_running_learner(tmp_path, capsys):
+    import app
+    from storage.locks import learner_lock
+
+    with learner_lock(tmp_path, "default"):
+        rc = app.main(["learn", "--data-dir", str(tmp_path), "--once"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "another learner" in err and "Traceback" not in err
+
+
+def test_learner_start_cleans_candidates_history_and_garbage(tmp_path, monkeypatch):
+    import app
+    from reward import cli_learn
+    from storage import artifacts
+    from storage.artifacts import LEARNER_CANDIDATE, save_version
+    from storage.locks import LockHeld, learner_lock
+
+    s = Store(tmp_path / "inkloop.db")
+    left = save_version(s, tmp_path, kind="policy", profile_id="default", writer=_writer("k"), config=LEARNER_CANDIDATE)
+    for i in range(3):
+        s.add_event("guard", str(i))
+    s.close()
+    seen = {}
+
+    def fake_build(args, store, cfg):  # stop before loading any model: we only check the start
+        seen["status"] = store.get_version(left.id).status
+        with pytest.raises(LockHeld):  # held while the learner runs
+            learner_lock(tmp_path, "default").acquire()
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli_learn, "build_learner", fake_build)
+    monkeypatch.setattr("storage.store.KEEP_EVENTS", 1)
+    with pytest.raises(SystemExit):
+        app.main(["learn", "--data-dir", str(tmp_path), "--once"])
+    assert seen["status"] == "abandoned" and not Path(left.path).exists()
+    s = Store(tmp_path / "inkloop.db")
+    assert len(s.events("default", "guard")) == 1
+    s.close()
+    with learner_lock(tmp_path, "default"):  # and released when the command ends
+        pass
+    assert artifacts.rollback_targets(Store(tmp_path / "inkloop.db"), "default") == []
