@@ -6,7 +6,7 @@
   the live policy. A README.md model card lists the training metrics and feedback counts.
 - ``adapter``: the peft adapter directory and the value head alone (plus metrics/config).
 - ``reward``: the reward model directory of a reward version.
-- ``feedback``: the TRL-style datasets (see storage.datasets).
+- ``feedback``: the TRL-style datasets (see storage.jsonl, reward.datasets).
 
 The CLI may write anywhere the person names; the UI and the API call `export_to_exports_dir`,
 which only writes under ``<data_dir>/exports`` (a caller never chooses the path) and zips the
@@ -201,10 +201,10 @@ def export_reward(store: Store, version: ModelVersion, out_dir: str | Path, over
 
 
 def export_feedback(store: Store, profile_id: str, out_dir: str | Path, overwrite: bool = False) -> Path:
-    """TRL-style JSONL datasets of the profile's feedback (storage.datasets): preference.jsonl
+    """TRL-style JSONL datasets of the profile's feedback (reward.datasets): preference.jsonl
     (prompt/chosen/rejected), ratings.jsonl (prompt/completion/rating), unpaired.jsonl
     (prompt/completion/label), plus a README with the counts."""
-    from storage import datasets
+    from reward import datasets
 
     out = _prepare_out(out_dir, overwrite, store)
     counts = {fmt: datasets.export_feedback(store, fmt, out / f"{fmt}.jsonl", profile_id) for fmt in datasets.FORMATS}

@@ -40,7 +40,7 @@ def _set_threads(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- feedback import / export
 @command
 def cmd_feedback_import(args: argparse.Namespace) -> int:
-    from storage.datasets import DatasetError, import_into_store, parse_file
+    from storage.jsonl import DatasetError, import_into_store, parse_file
 
     store = open_store(args)
     try:
@@ -62,7 +62,7 @@ def cmd_feedback_import(args: argparse.Namespace) -> int:
 
 @command
 def cmd_feedback_export(args: argparse.Namespace) -> int:
-    from storage.datasets import export_feedback
+    from .datasets import export_feedback
 
     store = open_store(args)
     try:
@@ -86,17 +86,22 @@ def _lm_pair(args: argparse.Namespace):
 
 @command
 def cmd_rm_train(args: argparse.Namespace) -> int:
-    from storage.datasets import DatasetError, load_reward_data
+    from storage.jsonl import DatasetError
+
+    from .datasets import PairStats, load_reward_data
 
     from .train import RewardTrainConfig, save_reward_version, train_from_store
 
     _set_threads(args)
     try:
-        extra = load_reward_data(args.from_files) if args.from_files else None
+        stats = PairStats()
+        extra = load_reward_data(args.from_files, stats=stats) if args.from_files else None
         held = load_reward_data(args.eval) if args.eval else None
     except (DatasetError, FileNotFoundError) as e:
         print(f"inkloop: error: {e}", file=sys.stderr)
         return 2
+    if args.from_files:
+        say(f"--from: {stats.describe()}")
     cfg = RewardTrainConfig(eval_frac=args.eval_frac, seed=args.seed, backbone=args.rm_backbone)
     if args.features is not None:
         cfg = replace(cfg, emb_features=args.features)

@@ -1,4 +1,7 @@
-"""Feedback in and out as TRL-style JSONL.
+"""Feedback files in and out: TRL-style JSONL, parsed and validated, imported into the store.
+
+Turning records into reward training data, and the store's feedback into rows, is reward's
+(reward.datasets).
 
 Three formats, each one JSON object per line (the files load with
 ``datasets.load_dataset("json", data_files=...)``):
@@ -27,9 +30,9 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from .store import Store, text_hash
+from .store import Store
 
 FORMATS = ("preference", "ratings", "unpaired")
 IMPORT_MODE = "imported"
@@ -228,65 +231,6 @@ def parse_file(path: str | Path, fmt: str = "auto", limit: int | None = None) ->
     return ParsedFile(str(path), fmt if fmt != "auto" else "preference", records)
 
 
-# ----------------------------------------------------------------------------- records -> reward data
-def normalise_ratings(ratings: list[float]) -> tuple[float, float]:
-    """(lo, hi) of the rating scale: [0, 1] if all ratings fit, else 1-5 stars if they fit, else
-    the file's own min and max."""
-    if all(0.0 <= r <= 1.0 for r in ratings):
-        return 0.0, 1.0
-    if all(1.0 <= r <= 5.0 for r in ratings):
-        return 1.0, 5.0
-    lo, hi = min(ratings), max(ratings)
-    return lo, hi if hi > lo else lo + 1.0
-
-
-def prompt_group(prompt: str) -> str:
-    return "prompt:" + text_hash(prompt)[:16]
-
-
-def to_reward_data(parsed: ParsedFile, source: str = ""):
-    """Records -> reward.feedback.RewardData (grouped by prompt; same semantics as the store:
-    ratings and labels give pointwise targets and within-prompt pairs)."""
-    from reward.feedback import STAR_MARGIN_PER_STEP, PointwiseTarget, PreferencePair, RewardData
-
-    source = source or Path(parsed.path).name
-    data = RewardData()
-    if parsed.format == "preference":
-        for r in parsed.records:
-            data.pairs.append(PreferencePair(r.prompt, r.chosen, r.rejected, r.margin, 1.0, prompt_group(r.prompt),
-                                             source))
-        return data
-    by_prompt: dict[str, dict[str, float]] = {}
-    if parsed.format == "ratings":
-        lo, hi = normalise_ratings([r.rating for r in parsed.records])
-        for r in parsed.records:  # the latest rating of a completion wins
-            by_prompt.setdefault(r.prompt, {})[r.completion] = (r.rating - lo) / (hi - lo)
-        step = STAR_MARGIN_PER_STEP * 4  # margin per unit of normalised rating (1 star = 0.25)
-    else:
-        for r in parsed.records:
-            by_prompt.setdefault(r.prompt, {})[r.completion] = 1.0 if r.label else 0.0
-        step = 0.0
-    for prompt, comp in by_prompt.items():
-        g = prompt_group(prompt)
-        for text, t in comp.items():
-            data.points.append(PointwiseTarget(prompt, text, t, 1.0, g, source))
-        for a, ta in comp.items():
-            for b, tb in comp.items():
-                if ta > tb:
-                    data.pairs.append(PreferencePair(prompt, a, b, step * (ta - tb), 1.0, g, source))
-    return data
-
-
-def load_reward_data(paths: Iterable[str | Path], fmt: str = "auto", limit: int | None = None):
-    """Several files -> one RewardData (each validated whole)."""
-    from reward.feedback import RewardData
-
-    data = RewardData()
-    for p in paths:
-        data = data.extend(to_reward_data(parse_file(p, fmt, limit)))
-    return data
-
-
 # ----------------------------------------------------------------------------- store import
 def _check_for_store(parsed: ParsedFile) -> None:
     if parsed.format == "ratings":
@@ -327,34 +271,7 @@ def import_into_store(store: Store, parsed: ParsedFile, profile_id: str = "defau
     return {"requests": n_req, "feedback": n_fb, "records": len(parsed.records)}
 
 
-# ----------------------------------------------------------------------------- export
-def export_rows(store: Store, fmt: str, profile_id: str | None = "default") -> list[dict[str, Any]]:
-    """The store's feedback as rows of one format (prompt = the context the reward model sees)."""
-    from reward.feedback import build_training_data, context_of
-
-    groups = store.requests_with_feedback(profile_id)
-    if fmt == "preference":
-        return [{"prompt": p.context, "chosen": p.chosen, "rejected": p.rejected, "margin": float(p.margin)}
-                for p in build_training_data(groups).pairs]
-    if fmt not in ("ratings", "unpaired"):
-        raise ValueError(f"unknown format {fmt!r}; use {', '.join(FORMATS)}")
-    kind = "stars" if fmt == "ratings" else "thumb"
-    rows = []
-    for g in groups:
-        ctx = context_of(g["request"])
-        text = {s.id: s.text for s in g["suggestions"]}
-        latest: dict[int, Any] = {}
-        for f in sorted(g["feedback"], key=lambda f: f.id):
-            if f.kind == kind:
-                latest[f.suggestion_id] = f
-        for sid, f in sorted(latest.items()):
-            if fmt == "ratings":
-                rows.append({"prompt": ctx, "completion": text[sid], "rating": int(f.value)})
-            else:
-                rows.append({"prompt": ctx, "completion": text[sid], "label": bool((f.value or 0) > 0)})
-    return rows
-
-
+# ----------------------------------------------------------------------------- writing
 def write_jsonl(rows: list[dict[str, Any]], out: str | Path) -> Path:
     """Write rows atomically (temp file, fsync, rename)."""
     out = Path(out)
@@ -371,9 +288,3 @@ def write_jsonl(rows: list[dict[str, Any]], out: str | Path) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return out
-
-
-def export_feedback(store: Store, fmt: str, out: str | Path, profile_id: str | None = "default") -> int:
-    rows = export_rows(store, fmt, profile_id)
-    write_jsonl(rows, out)
-    return len(rows)
