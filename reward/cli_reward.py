@@ -1,8 +1,9 @@
 """CLI: `inkloop feedback import|export`, `inkloop rm train|score`.
 
 - ``feedback import FILE [--format auto|preference|ratings|unpaired]``: validate the whole file,
-  then write it into the store in one transaction (source "import"); a malformed file is
-  rejected with its line numbers and nothing is written.
+  then write it into the store in short transactions of whole prompts (source "import"; live
+  ratings interleave; run again after an interruption, it writes only what is missing); a
+  malformed file is rejected with its line numbers and nothing is written.
 - ``feedback export --format preference|unpaired|ratings --out FILE``: the store's feedback as
   TRL-style JSONL (loads with ``datasets.load_dataset("json", data_files=FILE)``).
 - ``rm train [--from FILE ...] [--eval FILE] [--eval-frac 0.2] [--seed 0] [--json]

@@ -482,6 +482,13 @@ class Store:
             by_req[r["request_id"]].append(_from_row(Feedback, dict(r)))
         return [{"request": req, "suggestions": req.suggestions, "feedback": by_req[req.id]} for req in reqs]
 
+    def imported_prompts(self, profile_id: str, import_id: str) -> set[str]:
+        """Prompts of the requests a file import (`options.import_id`) already wrote for a profile."""
+        rows = self.db.execute(
+            "select text from requests where profile_id = ? and mode = 'imported' "
+            "and json_extract(options, '$.import_id') = ?", [profile_id, import_id]).fetchall()
+        return {r[0] for r in rows}
+
     def counts(self, profile_id: str | None = None) -> dict[str, int]:
         def n(table: str) -> int:
             if profile_id is None or table == "suggestions":

@@ -95,7 +95,7 @@ def test_import_export_round_trip_and_load_dataset(tmp_path, store):
     ]
     f = _write(tmp_path / "pref.jsonl", pref)
     summary = import_into_store(store, parse_file(f))
-    assert summary == {"requests": 2, "feedback": 3, "records": 3}
+    assert summary == {"requests": 2, "feedback": 3, "records": 3, "skipped": 0}
     fb = store.feedback("default")
     assert {x.source for x in fb} == {"import"} and {x.kind for x in fb} == {"rank"}
     out = tmp_path / "out.jsonl"

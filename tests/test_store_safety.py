@@ -517,3 +517,76 @@ def test_learner_start_cleans_candidates_history_and_garbage(tmp_path, monkeypat
     with learner_lock(tmp_path, "default"):  # and released when the command ends
         pass
     assert artifacts.rollback_targets(Store(tmp_path / "inkloop.db"), "default") == []
+
+
+# ----------------------------------------------------------------------------- imports interleave with live ratings (17.10)
+def _ratings_file(tmp_path, n, per_prompt=10):
+    import json
+    f = tmp_path / "big.jsonl"
+    f.write_text("".join(json.dumps({"prompt": f"p{i // per_prompt}", "completion": f"c{i}", "rating": 1 + i % 5}) + "\n"
+                         for i in range(n)))
+    return f
+
+
+def test_a_live_rating_succeeds_during_a_large_import(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from storage.jsonl import import_into_store, parse_file
+
+    importer = Store(tmp_path / "inkloop.db")
+    sid = _request(importer).suggestions[0].id
+    parsed = parse_file(_ratings_file(tmp_path, 6000))
+    monkeypatch.setattr("storage.store.BUSY_TIMEOUT_MS", 500)  # the live writer waits 0.5 s at most
+    live = Store(tmp_path / "inkloop.db")
+    done, ok, errors = threading.Event(), [], []
+
+    def rate():
+        while not done.is_set():
+            try:
+                live.add_feedback(sid, "thumb", 1, source="ui")
+                ok.append(time.monotonic())
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+            time.sleep(0.01)
+
+    t = threading.Thread(target=rate)
+    t.start()
+    t0 = time.monotonic()
+    try:
+        summary = import_into_store(importer, parsed)
+    finally:
+        t1 = time.monotonic()
+        done.set()
+        t.join()
+    assert errors == []  # one long transaction would have made them fail with "database is locked"
+    assert len([x for x in ok if t0 < x < t1]) >= 3  # they really ran while the import did
+    assert summary == {"requests": 600, "feedback": 6000, "records": 6000, "skipped": 0}
+    assert importer.counts()["feedback"] == 6000 + len(ok)
+    importer.close()
+    live.close()
+
+
+def test_an_interrupted_import_run_again_writes_only_what_is_missing(store, tmp_path, monkeypatch):
+    from storage.jsonl import import_into_store, parse_file
+
+    parsed = parse_file(_ratings_file(tmp_path, 500))
+    real = store.add_feedback
+    calls = []
+
+    def dies_at_250(*a, **kw):
+        calls.append(1)
+        if len(calls) == 250:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(store, "add_feedback", dies_at_250)
+    with pytest.raises(KeyboardInterrupt):
+        import_into_store(store, parsed, chunk=100, pause_s=0)
+    monkeypatch.undo()
+    assert 0 < store.counts()["feedback"] < 500 and store.counts()["feedback"] % 10 == 0  # whole prompts only
+    summary = import_into_store(store, parsed, chunk=100, pause_s=0)
+    assert summary["skipped"] == store.counts()["requests"] - summary["requests"] > 0
+    assert store.counts()["feedback"] == 500 and store.counts()["requests"] == 50  # nothing twice, nothing lost
+    again = import_into_store(store, parsed)
+    assert again == {"requests": 0, "feedback": 0, "records": 500, "skipped": 50}
