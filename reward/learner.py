@@ -651,7 +651,7 @@ class Learner:
             v = self.store.get_version(version_id)
         except Exception:  # noqa: BLE001 - a missing parent means "the base model"
             return None
-        return v if v.status != "discarded" and Path(v.path).is_dir() else None
+        return v if artifacts.available(v) else None  # not discarded, abandoned or half-pruned
 
     def _finish(self, res: CycleResult, upto: int) -> CycleResult:
         self.metrics = {
