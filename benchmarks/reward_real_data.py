@@ -111,7 +111,7 @@ def shared_data_dir() -> Path:
 # ----------------------------------------------------------------------------- loaders
 def load_hh(data_dir: Path, max_pairs: int, seed: int):
     from reward.feedback import PreferencePair, RewardData
-    from storage.datasets import parse_file
+    from storage.jsonl import parse_file
 
     parsed = parse_file(data_dir / "hh_rlhf_harmless" / "harmless-base_test.jsonl.gz", "preference")
     recs = parsed.records

@@ -198,7 +198,8 @@ class Learner:
     def _rl(self, reward_fn, parent: ModelVersion | None, steps: int, lr_scale: float, progress: Callable[[float], None]):
         model, tok = self.lm_factory()
         return train_policy(self.store, self.data_dir, self.profile, model, tok, reward_fn, self._rl_config(lr_scale),
-                            steps, publish=False, parent=parent, on_step=lambda i, _m: progress((i + 1) / steps))
+                            steps, publish=False, parent=parent, on_step=lambda i, _m: progress((i + 1) / steps),
+                            extra_config=dict(artifacts.LEARNER_CANDIDATE))  # for artifacts.abandon_candidates
 
     def _rl_config(self, lr_scale: float = 1.0):
         """cfg.rl, with the learning rate scaled down when the KL guard retries smaller."""
@@ -331,7 +332,7 @@ class Learner:
             v = self.store.get_version(version_id)
         except Exception:  # noqa: BLE001 - a missing parent means "the base model"
             return None
-        return v if v.status != "discarded" and Path(v.path).is_dir() else None
+        return v if artifacts.available(v) else None  # not discarded, abandoned or half-pruned
 
     def _finish(self, res: CycleResult, upto: int) -> CycleResult:
         self.metrics = {

@@ -58,8 +58,9 @@ class RollbackIn(_In):
 
 def _version_out(v, live_id: int | None) -> dict[str, Any]:
     d = as_dict(v)
+    d["path"] = d.pop("rel_path")  # relative to the data directory: never expose absolute paths
     d["live"] = v.id == live_id
-    d["available"] = Path(v.path).is_dir()
+    d["available"] = artifacts.available(v)
     d.pop("config", None)
     return d
 

@@ -94,11 +94,14 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type, *, prefix: str =
             parser.add_argument(flag, type=conv, metavar=f.name.upper(), **kw)
 
 
-def from_args(cls: type, args: argparse.Namespace, *, prefix: str = "", base: Any = None, **nested: Any):
-    """The dataclass `cls` with every field given on the command line (and `nested` fields) set."""
+def from_args(cls: type, args: argparse.Namespace, *, prefix: str = "", base: Any = None,
+              exclude: Iterable[str] = (), **nested: Any):
+    """The dataclass `cls` with every field given on the command line (and `nested` fields) set;
+    `exclude` names fields whose flag is not this dataclass's (e.g. the common --threads)."""
     obj = base if base is not None else cls()
+    skip = set(exclude) | set(nested)
     given = {f.name: getattr(args, prefix + f.name) for f in dataclasses.fields(cls)
-             if f.init and hasattr(args, prefix + f.name)}
+             if f.init and f.name not in skip and hasattr(args, prefix + f.name)}
     return dataclasses.replace(obj, **given, **nested)
 
 
@@ -122,7 +125,7 @@ def learner_config(args: argparse.Namespace):
     from reward.train import RewardTrainConfig
 
     base = LearnerConfig()
-    cfg = from_args(LearnerConfig, args, base=base,
+    cfg = from_args(LearnerConfig, args, base=base, exclude={"threads"},
                     rl=from_args(RLConfig, args, prefix="rl_", base=base.rl),
                     rm=from_args(RewardTrainConfig, args, prefix="rm_", base=base.rm))
     if getattr(args, "threads", None):

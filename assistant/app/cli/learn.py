@@ -47,7 +47,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from assistant.app.supervisor import watch_parent
     from assistant.lm.models import ModelLoadError
     from reward.loop.learner import apply_resource_limits
-    from storage.artifacts import collect_garbage
+    from storage.artifacts import abandon_candidates, collect_garbage
+    from storage.locks import LockHeld, learner_lock
 
     try:
         cfg = learner_config(args)
@@ -55,8 +56,15 @@ def cmd_learn(args: argparse.Namespace) -> int:
         return fail(str(e))
     apply_resource_limits(cfg)
     store = open_store(args)
+    lock = learner_lock(store.data_dir, args.profile)
     try:
-        collect_garbage(store, store.path.parent)
+        try:
+            lock.acquire()  # one learner per profile; the kernel frees it however this process ends
+        except LockHeld as e:
+            return fail(str(e))
+        abandon_candidates(store, args.profile)  # what a killed learner left unevaluated
+        store.trim_history(args.profile)  # bounded events and metrics
+        collect_garbage(store, store.data_dir)
         try:
             learner = build_learner(args, store, cfg)
         except ModelLoadError as e:
@@ -84,6 +92,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
         learner.run_forever()
         return 0
     finally:
+        lock.release()
         store.close()
 
 

@@ -1,8 +1,9 @@
 """CLI: `inkloop feedback import|export`, `inkloop rm train|score`.
 
 - ``feedback import FILE [--format auto|preference|ratings|unpaired]``: validate the whole file,
-  then write it into the store in one transaction (source "import"); a malformed file is
-  rejected with its line numbers and nothing is written.
+  then write it into the store in short transactions of whole prompts (source "import"; live
+  ratings interleave; run again after an interruption, it writes only what is missing); a
+  malformed file is rejected with its line numbers and nothing is written.
 - ``feedback export --format preference|unpaired|ratings --out FILE``: the store's feedback as
   TRL-style JSONL (loads with ``datasets.load_dataset("json", data_files=FILE)``).
 - ``rm train [--from FILE ...] [--eval FILE] [--eval-frac 0.2] [--seed 0] [--json]
@@ -46,7 +47,7 @@ def _set_threads(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- feedback import / export
 @command
 def cmd_feedback_import(args: argparse.Namespace) -> int:
-    from storage.datasets import DatasetError, import_into_store, parse_file
+    from storage.jsonl import DatasetError, import_into_store, parse_file
 
     store = open_store(args)
     try:
@@ -68,7 +69,7 @@ def cmd_feedback_import(args: argparse.Namespace) -> int:
 
 @command
 def cmd_feedback_export(args: argparse.Namespace) -> int:
-    from storage.datasets import export_feedback
+    from reward.datasets import export_feedback
 
     store = open_store(args)
     try:
@@ -92,16 +93,20 @@ def _lm_pair(args: argparse.Namespace):
 
 @command
 def cmd_rm_train(args: argparse.Namespace) -> int:
-    from reward.train import RewardTrainConfig, save_reward_version, train_from_store
-    from storage.datasets import DatasetError, load_reward_data
+    from reward.datasets import PairStats, load_reward_data
+    from reward.train import save_reward_version, train_from_store
+    from storage.jsonl import DatasetError
 
     _set_threads(args)
     try:
-        extra = load_reward_data(args.from_files) if args.from_files else None
+        stats = PairStats()
+        extra = load_reward_data(args.from_files, stats=stats) if args.from_files else None
         held = load_reward_data(args.eval) if args.eval else None
     except (DatasetError, FileNotFoundError) as e:
         print(f"inkloop: error: {e}", file=sys.stderr)
         return 2
+    if args.from_files:
+        say(f"--from: {stats.describe()}")
     cfg = from_args(RewardTrainConfig, args)
     try:
         cfg.validate()

@@ -261,7 +261,7 @@ def open_latest_report(services: Services) -> tuple[str, str, list[tuple[str, st
 def version_choices(services: Services, profile: str | None) -> list[tuple[str, Any]]:
     p = _profile(services, profile)
     out: list[tuple[str, Any]] = [("the live version", "live")]
-    out += [(f"version {v.id} ({v.status})", v.id) for v in services.store.versions(p, "policy") if Path(v.path).is_dir()]
+    out += [(f"version {v.id} ({v.status})", v.id) for v in services.store.versions(p, "policy") if artifacts.available(v)]
     return out
 
 
