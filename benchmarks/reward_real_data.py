@@ -260,8 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from assistant.lm.config import ModelSettings
     from assistant.lm.models import load_embedder
+    from reward.config import RewardTrainConfig
     from reward.feedback import RewardData
-    from reward.train import RewardTrainConfig, split_by_group, train_reward_model
+    from reward.train import split_by_group, train_reward_model
     from storage.store import Store
 
     data_dir = args.data or shared_data_dir()

@@ -167,8 +167,9 @@ def main() -> None:
 
     from assistant.lm.config import ModelSettings
     from assistant.lm.models import load_embedder
+    from reward.config import RewardTrainConfig
     from reward.loop.simulate import make_rater
-    from reward.train import RewardTrainConfig, train_from_store
+    from reward.train import train_from_store
     from storage.store import Store
 
     if a.threads:

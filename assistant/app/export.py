@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from assistant.lm.adapters import ADAPTER_SUBDIR
+from reward import datasets
 from storage.artifacts import available, exports_root, overwrite_refusal
 from storage.store import ModelVersion, Store
 
@@ -203,7 +204,6 @@ def export_feedback(store: Store, profile_id: str, out_dir: str | Path, overwrit
     """TRL-style JSONL datasets of the profile's feedback (reward.datasets): preference.jsonl
     (prompt/chosen/rejected), ratings.jsonl (prompt/completion/rating), unpaired.jsonl
     (prompt/completion/label), plus a README with the counts."""
-    from reward import datasets
 
     out = _prepare_out(out_dir, overwrite, store)
     counts = {fmt: datasets.export_feedback(store, fmt, out / f"{fmt}.jsonl", profile_id) for fmt in datasets.FORMATS}

@@ -35,6 +35,8 @@ from typing import Any, Callable
 import torch
 
 from assistant.lm.adapters import adapter_dir
+from reward.feedback import build_training_data
+from reward.functions import RewardFunction, RolloutPrompt, embed_with
 from reward.loop.config import LearnerConfig
 from reward.loop.evaluation import PolicyEval, evaluate_policies, paired_win_rate
 from reward.loop.guards import (
@@ -47,6 +49,12 @@ from reward.loop.guards import (
     pearson,
 )
 from reward.rl.train import train_policy
+from reward.train import (
+    load_live_reward_model,
+    save_reward_version,
+    split_by_group,
+    train_from_store,
+)
 from storage import artifacts
 from storage.store import ModelVersion, Store
 
@@ -132,16 +140,10 @@ class Learner:
 
     # ------------------------------------------------------------------ pieces
     def _default_reward_fn(self, rm: Any) -> Callable[..., Any]:
-        from reward.functions import RewardFunction, embed_with
 
         return RewardFunction(rm=rm, embed=embed_with(self.embedder) if self.embedder is not None else None)
 
     def _reward_model(self, cycle: int):
-        from reward.train import (
-            load_live_reward_model,
-            save_reward_version,
-            train_from_store,
-        )
 
         live = self.store.live_version(self.profile, "reward")
         if live is not None and cycle % max(1, self.cfg.rm_every) != 0:
@@ -166,9 +168,6 @@ class Learner:
 
     def _heldout(self) -> tuple[list[Any], list[tuple[str, str, str]]]:
         """Held-out prompts (RolloutPrompt) and preference pairs (prompt_text, chosen, rejected)."""
-        from reward.feedback import build_training_data
-        from reward.functions import RolloutPrompt
-        from reward.train import split_by_group
 
         groups = self.store.requests_with_feedback(self.profile)
         data = build_training_data(groups)

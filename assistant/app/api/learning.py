@@ -29,8 +29,9 @@ from assistant.app.export import (
     list_exports,
 )
 from assistant.app.services import InputError, Services
+from reward.loop.learner import send_command
 from storage import artifacts
-from storage.store import as_dict
+from storage.store import NotFound, as_dict
 
 
 class _In(BaseModel):
@@ -67,7 +68,6 @@ def _version_out(v, live_id: int | None) -> dict[str, Any]:
 
 def learning_router(services: Services, data_dir: str | Path, base_model_path: str | None = None) -> APIRouter:
     """Routes over the store (and the exports folder of `data_dir`)."""
-    from reward.loop.learner import send_command
 
     r = APIRouter(prefix=API_PREFIX, tags=["learning"])
     store = services.store
@@ -142,7 +142,6 @@ def learning_router(services: Services, data_dir: str | Path, base_model_path: s
         try:
             p = export_zip_path(data_dir, name)
         except ExportError as e:
-            from storage.store import NotFound
 
             raise NotFound(str(e)) from None
         return FileResponse(p, media_type="application/zip", filename=p.name)

@@ -9,17 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from assistant.app.cli.common import say as _say
 from reward.eval.prompts import EvalPrompt, load_prompts, spread
-from reward.eval.versions import (
-    Judge,
-    evaluate_version,
-    fluency_fn,
-    rater_judge,
-    reward_judge,
-)
+
+if TYPE_CHECKING:
+    from reward.eval.versions import Judge
 
 
 # ----------------------------------------------------------------------------- command plumbing
@@ -57,9 +53,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         store.close()
 
 def _eval_version_command(args, store, prompts: list[EvalPrompt], gen) -> int:
+    # the model stack loads with the command, not when the parser is built
     from assistant.app.cli.common import data_dir, fail, load_models
     from assistant.lm.generate import Generator
     from reward.eval.report import write_report
+    from reward.eval.versions import evaluate_version
 
     try:
         version = _version_arg(store, args.profile, args.version)
@@ -94,6 +92,7 @@ def _scoring(args, store, lm, embedder, generator) -> tuple[Any, Judge | None, l
     """The reward function (default RewardConfig; the profile's live reward model when there is
     one) and the judge for the win-rate: a simulated rater when --rater is given, else the
     composed reward."""
+    from reward.eval.versions import fluency_fn, rater_judge, reward_judge
     from reward.functions import RewardConfig, RewardFunction, embed_with
     from reward.train import load_live_reward_model
 

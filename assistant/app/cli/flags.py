@@ -109,9 +109,9 @@ def from_args(cls: type, args: argparse.Namespace, *, prefix: str = "", base: An
 def add_learner_flags(parser, *, exclude: Iterable[str] = ()) -> None:
     """LearnerConfig's flags, its RL update's as --rl-*, its reward model's as --rm-* (shared by
     `inkloop learn` and `inkloop simulate`, so each means the same in both)."""
+    from reward.config import RewardTrainConfig
     from reward.loop.config import LearnerConfig
     from reward.rl.config import ALGOS, RLConfig
-    from reward.train import RewardTrainConfig
 
     add_flags(parser, LearnerConfig, exclude={"threads", *exclude})
     add_flags(parser, RLConfig, prefix="rl_", choices={"algo": ALGOS})
@@ -120,9 +120,9 @@ def add_learner_flags(parser, *, exclude: Iterable[str] = ()) -> None:
 
 def learner_config(args: argparse.Namespace):
     """The LearnerConfig the flags of add_learner_flags (and --threads) describe."""
+    from reward.config import RewardTrainConfig
     from reward.loop.config import LearnerConfig
     from reward.rl.config import RLConfig
-    from reward.train import RewardTrainConfig
 
     base = LearnerConfig()
     cfg = from_args(LearnerConfig, args, base=base, exclude={"threads"},

@@ -28,7 +28,7 @@ from assistant.app.cli.common import (
     say,
 )
 from assistant.app.cli.flags import add_flags, from_args
-from reward.train import RewardTrainConfig
+from reward.config import RewardTrainConfig
 
 
 def _load_embedder(args: argparse.Namespace):

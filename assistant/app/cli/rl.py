@@ -29,21 +29,20 @@ from assistant.app.cli.flags import (
     from_args,
     learner_config,
 )
-from assistant.app.simulation import ServicesAssistant
-from assistant.lm.config import LoraSettings
-from reward.eval.raters import RATERS, make_rater
-from reward.functions import RewardConfig, RewardFunction, embed_with
-from reward.loop.learner import Learner
-from reward.loop.simulate import SimConfig, simulate
+from reward.eval.raters import RATERS
+from reward.loop.config import SimConfig
 from reward.rl.config import ALGOS, RLConfig
-from reward.rl.train import train_policy
-from reward.train import load_live_reward_model
-from storage.store import Store
 
 
 # ----------------------------------------------------------------------------- rl train
 @command
 def cmd_rl_train(args: argparse.Namespace) -> int:
+    # the model stack (torch, transformers, peft) loads with the command, not when the parser is built
+    from assistant.lm.config import LoraSettings
+    from reward.functions import RewardConfig, RewardFunction, embed_with
+    from reward.rl.train import train_policy
+    from reward.train import load_live_reward_model
+
     cfg = from_args(RLConfig, args)
     try:
         cfg.validate()
@@ -92,6 +91,13 @@ def sim_config(args: argparse.Namespace) -> SimConfig:
 
 @command
 def cmd_simulate(args: argparse.Namespace) -> int:
+    # the model stack loads with the command, not when the parser is built
+    from assistant.app.simulation import ServicesAssistant
+    from reward.eval.raters import make_rater
+    from reward.loop.learner import Learner
+    from reward.loop.simulate import simulate
+    from storage.store import Store
+
     try:
         cfg = sim_config(args)
     except ValueError as e:

@@ -12,10 +12,8 @@ import json
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from assistant.app.api.learning import learning_router
-from assistant.app.api.routes import build_api
 from assistant.app.cli.common import (
     build_services,
     command,
@@ -25,11 +23,10 @@ from assistant.app.cli.common import (
     process_age,
     say,
 )
-from assistant.app.export import ExportError, base_model_path
-from assistant.app.services import Services
-from assistant.app.supervisor import LearnerSupervisor
-from assistant.app.ui.learning import TABS as LEARNING_TABS
-from assistant.app.ui.writer import mount_ui
+
+if TYPE_CHECKING:
+    from assistant.app.services import Services
+    from assistant.app.supervisor import LearnerSupervisor
 from assistant.lm.config import (
     INSPIRE_KINDS,
     MAX_K,
@@ -41,6 +38,13 @@ from assistant.lm.config import (
 def build_app(services: Services, with_ui: bool = True):
     """What `inkloop serve` runs: the REST API (core and learning routes) and the Gradio UI at '/'
     with the Learning and Export tabs."""
+    # the web stack (fastapi, gradio) loads when an app is built, not when the parser is
+    from assistant.app.api.learning import learning_router
+    from assistant.app.api.routes import build_api
+    from assistant.app.export import ExportError, base_model_path
+    from assistant.app.ui.learning import TABS as LEARNING_TABS
+    from assistant.app.ui.writer import mount_ui
+
     try:
         base = base_model_path(services.generator.base_model)
     except (ExportError, AttributeError):
@@ -51,6 +55,8 @@ def build_app(services: Services, with_ui: bool = True):
 
 def learner_supervisor(args: argparse.Namespace, store) -> LearnerSupervisor:
     """The learner's own process for this data dir and profile, with the server's device flags."""
+    from assistant.app.supervisor import LearnerSupervisor
+
     extra = ["--threads", str(args.learner_threads)]
     for flag in ("device", "dtype"):
         if getattr(args, flag, None):

@@ -24,6 +24,8 @@ import pandas as pd
 
 from assistant.app.export import ExportError, base_model_path, export_to_exports_dir
 from assistant.app.services import Services
+from reward.eval.report import latest_report, reports_root
+from reward.loop.learner import send_command
 from storage import artifacts
 from storage.store import StoreError
 
@@ -140,7 +142,6 @@ def do_rollback(services: Services, profile: str | None, target: int | None) -> 
 
 
 def do_learner_command(services: Services, profile: str | None, action: str) -> str:
-    from reward.loop.learner import send_command
 
     send_command(services.store, _profile(services, profile), action)
     return {"pause": "Paused: no new cycles will start.", "resume": "Resumed.",
@@ -238,7 +239,6 @@ def served_plots(report_path: str | Path, plots: list[str]) -> list[str]:
 def report_view(data_dir: str | Path) -> tuple[str, str, list[tuple[str, str]]]:
     """(header Markdown, summary Markdown, gallery items [(png path, caption)]) of the newest report
     under data_dir/reports; with no report, a message saying how to make one, "" and []."""
-    from reward.eval.report import latest_report, reports_root
 
     try:
         rep = latest_report(data_dir)
