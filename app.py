@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    from assistant.app.cli.common import command
+
+    return command(args.func)(args)  # bad input: one clear line and exit code 2, never a traceback
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from assistant.app.cli.flags import FlagError
 from assistant.lm.config import (
     GenerationSettings,
     ModelSettings,
@@ -52,7 +53,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     that never touched torch (status, rate) does not import it just to name an exception."""
     from storage.store import StoreError
 
-    types: list[type[BaseException]] = [StoreError]
+    types: list[type[BaseException]] = [StoreError, FlagError]
     for mod, name in (("assistant.app.services", "InputError"), ("assistant.lm.models", "ModelLoadError")):
         if mod in sys.modules:
             types.append(getattr(sys.modules[mod], name))

@@ -133,19 +133,4 @@ def register(sub, parent) -> None:
     p.add_argument("--version", type=int, default=None, metavar="V", help="policy version id (0 = base model)")
     p.add_argument("--rater", default=None, help="judge the win-rate with this simulated rater")
     _eval_flags(p)
-    p.set_defaults(func=_wrap(cmd_eval))
-
-
-def _wrap(fn):
-    from assistant.app.cli.common import command
-
-    def run(args):
-        try:
-            return command(fn)(args)
-        except ValueError as e:
-            from assistant.app.cli.common import fail
-
-            return fail(str(e))
-
-    run.__name__ = fn.__name__
-    return run
+    p.set_defaults(func=cmd_eval)

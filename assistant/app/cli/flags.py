@@ -94,6 +94,19 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type, *, prefix: str =
             parser.add_argument(flag, type=conv, metavar=f.name.upper(), **kw)
 
 
+class FlagError(ValueError):
+    """A setting given on the command line that its config's validate() rejects (exit code 2)."""
+
+
+def validated(cfg: Any) -> Any:
+    """`cfg` after its validate(); a rejection becomes a FlagError with the same message."""
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise FlagError(str(e)) from None
+    return cfg
+
+
 def from_args(cls: type, args: argparse.Namespace, *, prefix: str = "", base: Any = None,
               exclude: Iterable[str] = (), **nested: Any):
     """The dataclass `cls` with every field given on the command line (and `nested` fields) set;
@@ -130,6 +143,6 @@ def learner_config(args: argparse.Namespace):
                     rm=from_args(RewardTrainConfig, args, prefix="rm_", base=base.rm))
     if getattr(args, "threads", None):
         cfg.threads = int(args.threads)
-    cfg.rl.validate()
-    cfg.rm.validate()
+    validated(cfg.rl)
+    validated(cfg.rm)
     return cfg

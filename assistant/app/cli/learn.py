@@ -50,10 +50,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from storage.artifacts import abandon_candidates, collect_garbage
     from storage.locks import LockHeld, learner_lock
 
-    try:
-        cfg = learner_config(args)
-    except ValueError as e:
-        return fail(str(e))
+    cfg = learner_config(args)
     apply_resource_limits(cfg)
     store = open_store(args)
     lock = learner_lock(store.data_dir, args.profile)

@@ -20,14 +20,12 @@ import sys
 from pathlib import Path
 
 from assistant.app.cli.common import (
-    command,
     data_dir,
-    fail,
     model_settings,
     open_store,
     say,
 )
-from assistant.app.cli.flags import add_flags, from_args
+from assistant.app.cli.flags import add_flags, from_args, validated
 from reward.config import RewardTrainConfig
 
 
@@ -45,7 +43,6 @@ def _set_threads(args: argparse.Namespace) -> None:
 
 
 # ----------------------------------------------------------------------------- feedback import / export
-@command
 def cmd_feedback_import(args: argparse.Namespace) -> int:
     from storage.jsonl import DatasetError, import_into_store, parse_file
 
@@ -67,7 +64,6 @@ def cmd_feedback_import(args: argparse.Namespace) -> int:
     return 0
 
 
-@command
 def cmd_feedback_export(args: argparse.Namespace) -> int:
     from reward.datasets import export_feedback
 
@@ -91,7 +87,6 @@ def _lm_pair(args: argparse.Namespace):
     return lm.model, lm.tokenizer
 
 
-@command
 def cmd_rm_train(args: argparse.Namespace) -> int:
     from reward.datasets import PairStats, load_reward_data
     from reward.train import save_reward_version, train_from_store
@@ -107,11 +102,7 @@ def cmd_rm_train(args: argparse.Namespace) -> int:
         return 2
     if args.from_files:
         say(f"--from: {stats.describe()}")
-    cfg = from_args(RewardTrainConfig, args)
-    try:
-        cfg.validate()
-    except ValueError as e:
-        return fail(str(e))
+    cfg = validated(from_args(RewardTrainConfig, args))
     store = open_store(args)
     try:
         embedder = _load_embedder(args) if cfg.backbone == "embedder" else None
@@ -137,7 +128,6 @@ def cmd_rm_train(args: argparse.Namespace) -> int:
     return 0
 
 
-@command
 def cmd_rm_score(args: argparse.Namespace) -> int:
     from reward.train import load_live_reward_model
 

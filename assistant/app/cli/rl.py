@@ -16,7 +16,6 @@ from pathlib import Path
 
 from assistant.app.cli.common import (
     build_services,
-    command,
     data_dir,
     fail,
     load_models,
@@ -28,6 +27,7 @@ from assistant.app.cli.flags import (
     add_learner_flags,
     from_args,
     learner_config,
+    validated,
 )
 from reward.eval.raters import RATERS
 from reward.loop.config import SimConfig
@@ -35,7 +35,6 @@ from reward.rl.config import ALGOS, RLConfig
 
 
 # ----------------------------------------------------------------------------- rl train
-@command
 def cmd_rl_train(args: argparse.Namespace) -> int:
     # the model stack (torch, transformers, peft) loads with the command, not when the parser is built
     from assistant.lm.config import LoraSettings
@@ -43,11 +42,7 @@ def cmd_rl_train(args: argparse.Namespace) -> int:
     from reward.rl.train import train_policy
     from reward.train import load_live_reward_model
 
-    cfg = from_args(RLConfig, args)
-    try:
-        cfg.validate()
-    except ValueError as e:
-        return fail(str(e))
+    cfg = validated(from_args(RLConfig, args))
     store = open_store(args)
     try:
         profile = args.profile
@@ -89,7 +84,6 @@ def sim_config(args: argparse.Namespace) -> SimConfig:
     return cfg
 
 
-@command
 def cmd_simulate(args: argparse.Namespace) -> int:
     # the model stack loads with the command, not when the parser is built
     from assistant.app.simulation import ServicesAssistant
@@ -98,10 +92,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from reward.loop.simulate import simulate
     from storage.store import Store
 
-    try:
-        cfg = sim_config(args)
-    except ValueError as e:
-        return fail(str(e))
+    cfg = sim_config(args)
     if cfg.budget < 1:
         return fail("--budget must be at least 1")
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="inkloop-sim-"))

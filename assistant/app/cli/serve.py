@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from assistant.app.cli.common import (
     build_services,
-    command,
     data_dir,
     fail,
     open_store,
@@ -67,7 +66,6 @@ def learner_supervisor(args: argparse.Namespace, store) -> LearnerSupervisor:
 
 
 # ----------------------------------------------------------------------------- commands
-@command
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -122,7 +120,6 @@ def _suggest_request(args: argparse.Namespace):
         variety=args.variety,
     )
 
-@command
 def cmd_suggest(args: argparse.Namespace) -> int:
     from assistant.app.services import validate_request
 
@@ -150,7 +147,6 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         store.close()
     return 0
 
-@command
 def cmd_status(args: argparse.Namespace) -> int:
     store = open_store(args)
     try:
@@ -181,7 +177,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"learner:        {learner}")
     return 0
 
-@command
 def cmd_rate(args: argparse.Namespace) -> int:
     from assistant.lm.config import MAX_TEXT_CHARS
     from storage.store import StoreError
