@@ -90,7 +90,9 @@ def test_wilson_and_win_rate():
     # ties count half: 3 wins, 1 loss, 2 ties -> (3 + 1) / 6
     r = q.win_rate(3, 1, 2)
     assert r["win_rate"] == pytest.approx(4 / 6) and r["n"] == 6
-    assert r["ci_low"] < 4 / 6 < r["ci_high"]
+    # Wilson on 4 of 6: z^2/n = 0.640267, centre = (0.666667 + 0.320133) / 1.640267 = 0.601613,
+    # half = 1.96 * sqrt(0.037037 + 0.026678) / 1.640267 = 0.301625 -> (0.29999, 0.90323)
+    assert (r["ci_low"], r["ci_high"]) == (pytest.approx(0.29999, abs=1e-4), pytest.approx(0.90323, abs=1e-4))
     assert q.win_rate(0, 0) == {"win_rate": 0.5, "ci_low": 0.0, "ci_high": 1.0, "n": 0}
     with pytest.raises(ValueError):
         q.wilson_interval(11, 10)

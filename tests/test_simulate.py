@@ -87,7 +87,7 @@ def small_sim(**kw) -> SimConfig:
     from reward.rl.config import RLConfig
 
     learner = LearnerConfig(min_new_feedback=5, rl_steps=1, eval_prompts=2, eval_samples=1, eval_max_new_tokens=6,
-                            max_kl=1e9, rl=RLConfig(k=2, prompts_per_step=2, max_new_tokens=6, seed=0),
+                            rl=RLConfig(k=2, prompts_per_step=2, max_new_tokens=6, seed=0),
                             rm=RewardTrainConfig(epochs=3, shuffled_control=False), **kw.pop("learner", {}))
     return SimConfig(budget=8, k=2, max_new_tokens=8, heldout_samples=1, learner=learner, **kw)
 

@@ -36,7 +36,6 @@ def _suggest_continue(services, draft="The lighthouse keeper opened the door and
 
 def test_build_ui_builds_with_fixed_candidate_rows(tiny_services):
     demo = writer.build_ui(tiny_services)
-    assert isinstance(demo, gr.Blocks)
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
     for i in range(MAX_K):
         for name in ("cand", "cand-text", "cand-up", "cand-down", "cand-best", "cand-stars", "cand-accept", "cand-edit"):
