@@ -158,7 +158,7 @@ LAMP_CONTEXT = "Write a literary paragraph of high quality."
 
 def load_lamp(data_dir: Path, max_points: int, seed: int):
     from reward.feedback import PointwiseTarget, RewardData
-    from storage.store import text_hash
+    from storage.records import text_hash
 
     seen: dict[str, list[float]] = {}
     for line in open(data_dir / "lamp" / "lamp-R_train.jsonl", encoding="utf-8"):

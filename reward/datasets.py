@@ -28,7 +28,8 @@ from reward.feedback import (
     context_of,
 )
 from storage.jsonl import FORMATS, ParsedFile, parse_file, write_jsonl
-from storage.store import Store, text_hash
+from storage.records import text_hash
+from storage.store import Store
 
 __all__ = ["FORMATS", "PAIRS_PER_ITEM", "PairStats", "export_feedback", "export_rows", "load_reward_data",
            "normalise_ratings", "prompt_group", "to_reward_data"]

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from assistant.lm.models import embedder_name
-from storage.store import text_hash
+from storage.records import text_hash
 
 CONTEXT_EMBED_CHARS = 800
 

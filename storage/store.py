@@ -9,190 +9,39 @@ runs in one ``BEGIN IMMEDIATE`` transaction, so a write is either all there or n
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import sqlite3
 import threading
 import time
 import weakref
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import sqlite_utils
 
-from . import paths, schema
-
-FEEDBACK_KINDS = ("thumb", "stars", "best", "rank", "edit", "accept")
-FEEDBACK_SOURCES = ("ui", "api", "cli", "simulated", "import")
-VERSION_KINDS = ("policy", "reward")
-VERSION_STATUSES = ("candidate", "published", "discarded", "rolled_back", "deleting", "abandoned")
-"""deleting: marked for pruning, its directory maybe half-deleted; abandoned: a candidate a killed
-learner left unevaluated. Neither is ever served, restored or exported."""
-BUSY_TIMEOUT_MS = 30_000
-KEEP_EVENTS = 20_000
-"""Events kept per profile by `Store.trim_history` (the learner trims at start)."""
-KEEP_METRICS = 500_000
-"""Metric rows (of a profile's versions) kept by `Store.trim_history`."""
-T = TypeVar("T")
-
-
-class StoreError(ValueError):
-    """A request the store refuses (unknown id, invalid value). Nothing was written."""
-
-
-class NotFound(StoreError):
-    """An id that does not exist."""
-
-
-def text_hash(text: str) -> str:
-    """Stable key for caching anything derived from a text (e.g. embeddings)."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _vec_to_blob(v: np.ndarray) -> bytes:
-    return np.asarray(v, dtype="<f4").tobytes()
-
-
-def _blob_to_vec(b: bytes | None) -> np.ndarray | None:
-    return None if b is None else np.frombuffer(b, dtype="<f4").copy()
-
-
-def _loads(s: str | None, default: Any) -> Any:
-    return default if s in (None, "") else json.loads(s)
-
-
-def _dumps(v: Any) -> str | None:
-    return None if v is None else json.dumps(v, sort_keys=True, default=str)
-
-
-def _json_col(default: Any) -> dict[str, Any]:
-    """A field stored as JSON text (NULL or "" reads back as `default`)."""
-    return {"decode": lambda s: _loads(s, default), "encode": _dumps}
-
-
-def _null_as(default: Any) -> dict[str, Any]:
-    """A field whose NULL (rows of older versions) reads back as `default`."""
-    return {"decode": lambda v: default if v is None else v}
-
-
-_VECTOR_COL = {"decode": lambda b: _blob_to_vec(b), "encode": lambda v: None if v is None else _vec_to_blob(v)}
-
-
-@dataclass
-class Suggestion:
-    id: int
-    request_id: int
-    idx: int
-    text: str
-    policy_version: int = field(metadata=_null_as(0))
-
-
-@dataclass
-class Request:
-    id: int
-    profile_id: str
-    mode: str
-    text: str
-    options: dict[str, Any] = field(metadata=_json_col({}))
-    prompt: str = field(metadata=_null_as(""))
-    policy_version: int = field(metadata=_null_as(0))
-    document_id: int | None = None
-    created_at: float = 0.0
-    suggestions: list[Suggestion] = field(default_factory=list, metadata={"column": False})
-
-
-@dataclass
-class Feedback:
-    id: int
-    suggestion_id: int
-    request_id: int
-    profile_id: str
-    kind: str
-    value: float | None
-    edited_text: str | None
-    ranking: list[int] | None = field(metadata=_json_col(None))
-    policy_version: int = field(metadata=_null_as(0))
-    source: str = field(metadata=_null_as("api"))
-    created_at: float = 0.0
-
-
-@dataclass
-class Snippet:
-    id: int
-    profile_id: str
-    text: str
-    source: str
-    embedder: str | None
-    embedding: np.ndarray | None = field(metadata=_VECTOR_COL)
-    created_at: float = 0.0
-
-
-@dataclass
-class ModelVersion:
-    id: int
-    profile_id: str
-    kind: str
-    path: str
-    status: str
-    parent_id: int | None
-    metrics: dict[str, float] = field(metadata=_json_col({}))
-    config: dict[str, Any] = field(metadata=_json_col({}))
-    created_at: float = 0.0
-    published_at: float | None = None
-    rel_path: str = field(default="", metadata={"column": False})
-    """The path as stored: relative to the data directory (what listings and messages show);
-    `path` is where the directory is now (resolved against the store's data directory)."""
-
-
-def _from_row(cls: type[T], row: dict[str, Any]) -> T:
-    """A table row (sqlite-utils dict) -> dataclass `cls`, each field decoded as its metadata says;
-    row columns the dataclass does not name are ignored."""
-    kw = {}
-    for f in fields(cls):
-        if f.metadata.get("column", True) and f.name in row:
-            decode = f.metadata.get("decode")
-            kw[f.name] = decode(row[f.name]) if decode else row[f.name]
-    return cls(**kw)
-
-
-def _to_row(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """Values for an insert into `cls`'s table, each encoded as its field's metadata says."""
-    enc = {f.name: f.metadata["encode"] for f in fields(cls) if "encode" in f.metadata}
-    return {k: enc[k](v) if k in enc else v for k, v in values.items()}
-
-
-MAX_ID = 2**63 - 1  # SQLite's INTEGER range; Python would raise OverflowError beyond it
-
-
-def _key(value: Any, what: str) -> int:
-    """An id as SQLite can hold it, else NotFound (an id out of range or not a number cannot exist)."""
-    try:
-        key = int(value)
-    except (TypeError, ValueError):
-        raise NotFound(f"{what} {value!r} does not exist") from None
-    if isinstance(value, bool) or not -MAX_ID - 1 <= key <= MAX_ID:
-        raise NotFound(f"{what} {value!r} does not exist")
-    return key
-
-
-def _clamp(value: int) -> int:
-    """A bound for a range query (`id > since_id`), clamped into SQLite's range."""
-    return max(-MAX_ID - 1, min(MAX_ID, int(value)))
-
-
-def _columns(obj: Any, *skip: str) -> dict[str, Any]:
-    """A dataclass's stored fields as a dict (without `skip`, e.g. the id the insert assigns)."""
-    return {f.name: getattr(obj, f.name) for f in fields(obj)
-            if f.metadata.get("column", True) and f.name not in skip}
-
-
-def _where(**conds: Any) -> tuple[str | None, list[Any]]:
-    """`a = ? and b = ?` over the conditions that are not None (None: no condition)."""
-    given = {k: v for k, v in conds.items() if v is not None}
-    return (" and ".join(f"{k} = ?" for k in given) or None), list(given.values())
+from storage import paths, schema
+from storage.learning import LearningRecords
+from storage.records import (
+    BUSY_TIMEOUT_MS,
+    FEEDBACK_KINDS,
+    FEEDBACK_SOURCES,
+    Feedback,
+    ModelVersion,
+    NotFound,
+    Request,
+    Snippet,
+    StoreError,
+    Suggestion,
+    _blob_to_vec,
+    _clamp,
+    _columns,
+    _from_row,
+    _key,
+    _to_row,
+    _vec_to_blob,
+    _where,
+)
 
 
 class _Connection:
@@ -211,7 +60,7 @@ def _close_quietly(conn: sqlite3.Connection) -> None:
         conn.close()
 
 
-class Store:
+class Store(LearningRecords):
     """Typed access to one inkloop database file.
 
     Safe to share between threads: each thread lazily opens its own connection.
@@ -575,173 +424,6 @@ class Store:
                 replace=True,
             )
 
-    # ------------------------------------------------------------------ model versions
-    def add_version(
-        self,
-        *,
-        profile_id: str,
-        kind: str,
-        path: str | Path,
-        metrics: dict[str, float] | None = None,
-        config: dict[str, Any] | None = None,
-        parent_id: int | None = None,
-        status: str = "candidate",
-    ) -> ModelVersion:
-        """Register a version whose directory is already fully written (see storage.artifacts)."""
-        if kind not in VERSION_KINDS:
-            raise StoreError(f"unknown version kind {kind!r}")
-        if status not in VERSION_STATUSES:
-            raise StoreError(f"unknown version status {status!r}")
-        profile_id = self.ensure_profile(profile_id)
-        now = time.time()
-        v = ModelVersion(0, profile_id, kind, self.relative_path(path), status, parent_id, metrics or {}, config or {}, now,
-                         now if status == "published" else None)
-        with self._write() as db:
-            vid = self._insert(db, ModelVersion, "model_versions", _columns(v, "id"))
-            if metrics:
-                self._log_metrics(db, vid, metrics, step=0)
-        return self.get_version(vid)
-
-    def get_version(self, version_id: int) -> ModelVersion:
-        return self._version(self._get("model_versions", version_id, "version"))
-
-    def versions(self, profile_id: str | None = None, kind: str | None = None) -> list[ModelVersion]:
-        where, args = _where(profile_id=profile_id, kind=kind)
-        rows = self.db["model_versions"].rows_where(where, args, order_by="id desc")
-        return [self._version(dict(r)) for r in rows]
-
-    def published_versions(self, profile_id: str, kind: str = "policy", limit: int | None = None
-                           ) -> list[ModelVersion]:
-        """Published versions of a kind, the live one (most recently published) first."""
-        rows = self.db["model_versions"].rows_where(
-            "profile_id = ? and kind = ? and status = 'published'", [profile_id, kind],
-            order_by="published_at desc, id desc", limit=limit)
-        return [self._version(dict(r)) for r in rows]
-
-    def live_version(self, profile_id: str, kind: str = "policy") -> ModelVersion | None:
-        """The most recently published version of this kind, or None (the base model)."""
-        return next(iter(self.published_versions(profile_id, kind, limit=1)), None)
-
-    def set_version_status(self, version_id: int, status: str) -> ModelVersion:
-        if status not in VERSION_STATUSES:
-            raise StoreError(f"unknown version status {status!r}")
-        version_id = self.get_version(version_id).id
-        with self._write() as db:
-            changes: dict[str, Any] = {"status": status}
-            if status == "published":
-                changes["published_at"] = time.time()
-            db["model_versions"].update(version_id, changes)
-        return self.get_version(version_id)
-
-    def update_version_metrics(self, version_id: int, metrics: dict[str, float]) -> None:
-        v = self.get_version(version_id)
-        with self._write() as db:
-            db["model_versions"].update(v.id, _to_row(ModelVersion, {"metrics": {**v.metrics, **metrics}}))
-
-    # ------------------------------------------------------------------ metrics series
-    @staticmethod
-    def _log_metrics(db: sqlite_utils.Database, version_id: int | None, metrics: dict[str, float], step: int) -> None:
-        now = time.time()
-        db["metrics"].insert_all(
-            {"version_id": version_id, "name": k, "step": int(step), "value": float(v), "created_at": now}
-            for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)
-        )
-
-    def log_metrics(self, version_id: int | None, metrics: dict[str, float], step: int = 0) -> None:
-        """Append namespaced metrics (e.g. ``rl/kl``) for a version at a step."""
-        with self._write() as db:
-            self._log_metrics(db, version_id, metrics, step)
-
-    def metric_series(self, name: str, version_id: int | None = None) -> list[dict[str, Any]]:
-        where, args = _where(name=name, version_id=None if version_id is None else _clamp(version_id))
-        return [dict(r) for r in self.db["metrics"].rows_where(where, args, order_by="id")]
-
-    # ------------------------------------------------------------------ learner state and events
-    def learner_state(self, profile_id: str = "default") -> dict[str, Any] | None:
-        try:
-            r = dict(self.db["learner_state"].get(profile_id))
-        except sqlite_utils.db.NotFoundError:
-            return None
-        r["metrics"] = _loads(r.get("metrics"), {})
-        r["paused"] = bool(r.get("paused"))
-        return r
-
-    def set_learner_state(self, profile_id: str = "default", **fields: Any) -> dict[str, Any]:
-        allowed = {"phase", "progress", "message", "metrics", "error", "paused", "command", "heartbeat"}
-        bad = set(fields) - allowed
-        if bad:
-            raise StoreError(f"unknown learner state fields {sorted(bad)}")
-        if "metrics" in fields and not isinstance(fields["metrics"], str):
-            fields["metrics"] = json.dumps(fields["metrics"], sort_keys=True, default=float)
-        if "paused" in fields:
-            fields["paused"] = int(bool(fields["paused"]))
-        with self._write() as db:
-            db["learner_state"].upsert({"profile_id": profile_id, **fields, "updated_at": time.time()}, pk="profile_id")
-        return self.learner_state(profile_id) or {}
-
-    def take_learner_command(self, profile_id: str = "default") -> str | None:
-        """Atomically read and clear the pending control command."""
-        with self._write() as db:
-            try:
-                cmd = db["learner_state"].get(profile_id)["command"]
-            except sqlite_utils.db.NotFoundError:
-                return None
-            if cmd:
-                db["learner_state"].update(profile_id, {"command": None})
-            return cmd or None
-
-    def add_event(
-        self, kind: str, reason: str, profile_id: str = "default", version_id: int | None = None,
-        data: dict[str, Any] | None = None,
-    ) -> int:
-        with self._write() as db:
-            return int(
-                db["events"]
-                .insert(
-                    {
-                        "profile_id": profile_id,
-                        "version_id": version_id,
-                        "kind": kind,
-                        "reason": reason,
-                        "data": json.dumps(data or {}, sort_keys=True, default=str),
-                        "created_at": time.time(),
-                    }
-                )
-                .last_pk
-            )
-
-    def events(self, profile_id: str | None = None, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        where, args = _where(profile_id=profile_id, kind=kind)
-        rows = self.db["events"].rows_where(where, args, order_by="id desc", limit=limit)
-        return [{**dict(r), "data": _loads(r["data"], {})} for r in rows]
-
-    # ------------------------------------------------------------------ bounded growth
-    def trim_history(self, profile_id: str, keep_events: int | None = None, keep_metrics: int | None = None,
-                     chunk: int = 5_000) -> dict[str, int]:
-        """Delete all but the newest `keep_events` events and `keep_metrics` metric rows (of the
-        profile's versions) of one profile (defaults KEEP_EVENTS, KEEP_METRICS), in short
-        transactions of `chunk` rows so live writes interleave. Returns how many rows of each went."""
-        keep_events = KEEP_EVENTS if keep_events is None else keep_events
-        keep_metrics = KEEP_METRICS if keep_metrics is None else keep_metrics
-        if min(keep_events, keep_metrics) < 0 or chunk < 1:
-            raise StoreError("keep_events and keep_metrics must be >= 0 and chunk >= 1")
-        old = {
-            "events": ("select id from events where profile_id = ? order by id desc limit -1 offset ?",
-                       [profile_id, int(keep_events)]),
-            "metrics": ("select m.id from metrics m join model_versions v on m.version_id = v.id "
-                        "where v.profile_id = ? order by m.id desc limit -1 offset ?", [profile_id, int(keep_metrics)]),
-        }
-        gone = {}
-        for table, (sql, args) in old.items():
-            ids = [r[0] for r in self.db.execute(sql, args).fetchall()]
-            for i in range(0, len(ids), chunk):
-                part = ids[i : i + chunk]
-                with self._write() as db:
-                    db.execute(f"delete from {table} where id in ({','.join('?' * len(part))})", part)
-            gone[table] = len(ids)
-        return gone
-
     # ------------------------------------------------------------------ grouped writes
     @contextlib.contextmanager
     def transaction(self) -> Iterator["Store"]:
@@ -749,9 +431,3 @@ class Store:
         e.g. a dataset import: on any error nothing of it is written."""
         with self._write():
             yield self
-
-
-def as_dict(obj: Any) -> dict[str, Any]:
-    """Dataclass -> plain dict (numpy arrays dropped) for JSON responses."""
-    d = asdict(obj)
-    return {k: v for k, v in d.items() if not isinstance(v, np.ndarray)}

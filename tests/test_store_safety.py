@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from storage.store import Store, StoreError
+from storage.records import StoreError
+from storage.store import Store
 
 
 def _request(store: Store, n: int = 3, profile: str = "default", prompt: str = "<prompt>"):
@@ -32,7 +33,7 @@ def test_a_failed_grouped_write_leaves_nothing(store):
 # ----------------------------------------------------------------------------- ids out of SQLite's range
 @pytest.mark.parametrize("bad", [2**63, 2**64 + 5, -(2**63) - 1, "12x", None])
 def test_ids_out_of_range_or_malformed_are_not_found(store, bad):
-    from storage.store import NotFound
+    from storage.records import NotFound
 
     req = _request(store)
     store.add_feedback(req.suggestions[0].id, "thumb", 1)
@@ -194,7 +195,7 @@ def test_gc_never_deletes_a_directory_a_row_names_however_it_was_written(tmp_pat
 
 def test_listings_and_errors_carry_relative_paths(store, tmp_path):
     from storage.artifacts import VersionError, rollback, save_version
-    from storage.store import as_dict
+    from storage.records import as_dict
 
     v = save_version(store, tmp_path, kind="policy", profile_id="p", writer=_writer("x"))
     assert not Path(v.rel_path).is_absolute() and as_dict(v)["rel_path"] == v.rel_path
@@ -507,7 +508,7 @@ def test_learner_start_cleans_candidates_history_and_garbage(tmp_path, monkeypat
         raise SystemExit(0)
 
     monkeypatch.setattr(cli_learn, "build_learner", fake_build)
-    monkeypatch.setattr("storage.store.KEEP_EVENTS", 1)
+    monkeypatch.setattr("storage.learning.KEEP_EVENTS", 1)
     with pytest.raises(SystemExit):
         app.main(["learn", "--data-dir", str(tmp_path), "--once"])
     assert seen["status"] == "abandoned" and not Path(left.path).exists()

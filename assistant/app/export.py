@@ -28,7 +28,8 @@ import torch
 from assistant.lm.adapters import ADAPTER_SUBDIR
 from reward import datasets
 from storage.artifacts import available, exports_root, overwrite_refusal
-from storage.store import ModelVersion, Store
+from storage.records import ModelVersion
+from storage.store import Store
 
 EXPORT_KINDS = ("merged", "adapter", "reward", "feedback")
 VALUE_HEAD_FILE = "value_head.safetensors"

@@ -25,7 +25,8 @@ from assistant.lm.config import (
 from assistant.lm.generate import Generator
 from assistant.lm.library import Library
 from assistant.lm.prompts import build_prompt
-from storage.store import NotFound, Store, StoreError
+from storage.records import NotFound, StoreError
+from storage.store import Store
 
 log = logging.getLogger(__name__)
 

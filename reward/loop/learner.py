@@ -56,7 +56,8 @@ from reward.train import (
     train_from_store,
 )
 from storage import artifacts
-from storage.store import ModelVersion, Store
+from storage.records import ModelVersion
+from storage.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from reward.rl.config import RLConfig
 from reward.rl.policy import Policy
 from reward.rl.step import RewardFn, TrainerState, rl_step
 from storage.artifacts import save_version
-from storage.store import ModelVersion
+from storage.records import ModelVersion
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from assistant.app.export import (
 from assistant.app.services import InputError, Services
 from reward.loop.learner import send_command
 from storage import artifacts
-from storage.store import NotFound, as_dict
+from storage.records import NotFound, as_dict
 
 
 class _In(BaseModel):

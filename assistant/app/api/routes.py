@@ -34,7 +34,7 @@ from assistant.lm.config import (
 )
 from assistant.lm.library import MAX_SNIPPET_CHARS
 from assistant.lm.prompts import STYLE_INSTRUCTIONS
-from storage.store import FEEDBACK_KINDS, NotFound, StoreError, as_dict
+from storage.records import FEEDBACK_KINDS, NotFound, StoreError, as_dict
 
 log = logging.getLogger(__name__)
 

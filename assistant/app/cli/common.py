@@ -51,7 +51,7 @@ def command(fn: Callable[[argparse.Namespace], int | None]) -> Callable[[argpars
 def _user_error_types() -> tuple[type[BaseException], ...]:
     """StoreError (NotFound included), InputError, ModelLoadError: looked up lazily so a command
     that never touched torch (status, rate) does not import it just to name an exception."""
-    from storage.store import StoreError
+    from storage.records import StoreError
 
     types: list[type[BaseException]] = [StoreError, FlagError]
     for mod, name in (("assistant.app.services", "InputError"), ("assistant.lm.models", "ModelLoadError")):

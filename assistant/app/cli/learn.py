@@ -111,7 +111,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
     from assistant.app.cli.common import fail, open_store
     from storage import artifacts
-    from storage.store import StoreError
+    from storage.records import StoreError
 
     store = open_store(args)
     try:
@@ -160,7 +160,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from assistant.app.cli.common import fail, model_settings, open_store
     from assistant.app.export import ExportError, export
     from assistant.lm.models import ModelLoadError, resolve_model_path
-    from storage.store import StoreError
+    from storage.records import StoreError
 
     store = open_store(args)
     try:

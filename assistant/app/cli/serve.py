@@ -179,7 +179,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_rate(args: argparse.Namespace) -> int:
     from assistant.lm.config import MAX_TEXT_CHARS
-    from storage.store import StoreError
+    from storage.records import StoreError
 
     ranking = None
     if args.ranking:

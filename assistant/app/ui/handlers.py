@@ -18,7 +18,7 @@ from assistant.lm.config import (
     MAX_K,
 )
 from assistant.lm.prompts import ANGLE_NAMES
-from storage.store import NotFound, StoreError
+from storage.records import NotFound, StoreError
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from assistant.app.services import Services
 from reward.eval.report import latest_report, reports_root
 from reward.loop.learner import send_command
 from storage import artifacts
-from storage.store import StoreError
+from storage.records import StoreError
 
 PLOTS = (
     ("rm/accuracy", "reward", "Reward-model accuracy (held-out pairs)"),
