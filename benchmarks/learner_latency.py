@@ -88,7 +88,7 @@ def run_with_learner(services, args, data_dir: Path, capped: bool):
              "--poll-s", "0.5", "--threads", "1" if capped else str(os.cpu_count() or 2),
              "--nice", "10" if capped else "0"]
     argv = LearnerSupervisor.learn_argv(data_dir, args.model, "default", extra)
-    sup = LearnerSupervisor(argv, store=services.store, log_path=data_dir / "learner.log")
+    sup = LearnerSupervisor(argv, data_dir, store=services.store, log_path=data_dir / "learner.log")
     services.store.set_learner_state("default", phase="idle", command=None)
     sup.start()
     try:

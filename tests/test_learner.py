@@ -374,7 +374,7 @@ def test_supervisor_restarts_a_crashed_learner(store, tmp_path):
 
     marker = tmp_path / "runs"
     code = f"import pathlib; p = pathlib.Path({str(marker)!r}); p.write_text(p.read_text() + 'x' if p.exists() else 'x'); raise SystemExit(3)"
-    sup = LearnerSupervisor([sys.executable, "-c", code], store=store, min_backoff_s=0.05, max_backoff_s=0.2)
+    sup = LearnerSupervisor([sys.executable, "-c", code], tmp_path, store=store, min_backoff_s=0.05, max_backoff_s=0.2)
     sup.start()
     deadline = time.time() + 30
     while time.time() < deadline and len(marker.read_text() if marker.exists() else "") < 3:
@@ -538,42 +538,75 @@ def test_evaluate_policies_kl_and_agreement(tmp_path, tiny_model_dir):
     st.close()
 
 
-def test_supervisor_freezes_the_learner_while_the_app_generates(store):
+def test_the_learner_waits_at_safe_points_while_the_app_generates(store, tmp_path):
+    """The server's hold (the Generator's busy hook in `inkloop serve`) keeps a learner process
+    waiting at its next safe point — no signal, so never inside a database transaction — and it
+    goes on as soon as the generation ends, or when the holder dies (the kernel drops the lock)."""
+    import subprocess
     import sys
 
     from assistant.app.supervisor import LearnerSupervisor
 
-    def state(pid: int) -> str:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    # a stand-in learner: every safe point is Hold.wait(), then one step of work (a counter)
+    code = ("import sys, time; sys.path.insert(0, %r)\n"
+            "from storage.locks import Hold\n"
+            "h = Hold(%r, 'default')\n"
+            "n = 0\n"
+            "while True:\n"
+            "    h.wait(); n += 1\n"
+            "    open(%r, 'w').write(str(n)); time.sleep(0.01)\n") % (str(Path(__file__).parents[1]), str(tmp_path),
+                                                                     str(tmp_path / "n"))
+    steps = tmp_path / "n"
 
-    sup = LearnerSupervisor([sys.executable, "-c", "import time\nwhile True: time.sleep(0.02)"], store=store)
+    def count() -> int:
+        try:
+            return int(steps.read_text() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def advancing(within: float = 10.0) -> bool:
+        a, end = count(), time.time() + within
+        while time.time() < end:
+            if count() > a:
+                return True
+            time.sleep(0.02)
+        return False
+
+    def stalled(seconds: float = 0.6) -> bool:
+        a = count()
+        time.sleep(seconds)
+        return count() == a
+
+    sup = LearnerSupervisor([sys.executable, "-c", code], tmp_path, store=store)
     sup.start()
     try:
         deadline = time.time() + 20
-        while (sup.proc is None or sup.proc.poll() is not None) and time.time() < deadline:
+        while count() == 0 and time.time() < deadline:
             time.sleep(0.05)
-        pid = sup.proc.pid
-        seen = []
-
-        def generate(depth: int) -> str:
-            end = time.time() + 3  # a signal is delivered asynchronously
-            while state(pid) != "T" and time.time() < end:
-                time.sleep(0.01)
-            seen.append(state(pid))
-            return inner(depth - 1) if depth else "done"
-
-        def inner(depth: int) -> str:
-            with sup.busy():
-                return generate(depth)
-
-        assert inner(1) == "done"  # nested: still frozen in the inner call
-        assert seen == ["T", "T"]
-        time.sleep(0.1)
-        assert state(pid) in ("S", "R")  # running again afterwards
+        assert advancing()
+        with sup.busy():
+            time.sleep(0.2)  # its current step ends, then it waits
+            assert stalled()
+            with sup.busy():  # nested generations share the hold
+                assert stalled(0.3)
+            assert stalled(0.3)
+        assert advancing()  # going again once the generation is over
         with pytest.raises(ZeroDivisionError), sup.busy():
             1 / 0
-        time.sleep(0.1)
-        assert state(pid) in ("S", "R")  # thawed even when generation fails
+        assert advancing()  # released even when generation fails
+        # a holder that dies (kill -9) releases the learner too
+        holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, %r)\n"
+                                   "from storage.locks import Hold\n"
+                                   "with Hold(%r, 'default').holding():\n"
+                                   "    print('held', flush=True); time.sleep(60)\n"
+                                   % (str(Path(__file__).parents[1]), str(tmp_path))],
+                                  stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "held"
+        time.sleep(0.2)
+        assert stalled()
+        holder.kill()
+        holder.wait()
+        assert advancing()
     finally:
         sup.stop()
     assert sup.proc.poll() is not None

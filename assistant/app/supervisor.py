@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import subprocess
@@ -10,8 +9,9 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
+from storage.locks import Hold
 from storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -40,23 +40,18 @@ def watch_parent(on_gone: Callable[[], None], interval_s: float = 2.0) -> thread
 class LearnerSupervisor:
     """Runs `inkloop learn` as a child process beside the server and restarts it with backoff if it
     dies, so a learner crash (or a kill) never takes the UI down. `busy()` wraps the app's
-    generation so the learner is frozen (SIGSTOP/SIGCONT) while a person waits for suggestions."""
+    generation so the learner waits at its next safe point while a person waits for suggestions."""
 
-    def __init__(self, argv: list[str], store: Store | None = None, profile_id: str = "default",
+    def __init__(self, argv: list[str], data_dir: str | Path, store: Store | None = None, profile_id: str = "default",
                  min_backoff_s: float = 2.0, max_backoff_s: float = 120.0, log_path: str | Path | None = None):
         self.argv, self.store, self.profile = argv, store, profile_id
         self.min_backoff_s, self.max_backoff_s = min_backoff_s, max_backoff_s
         self.log_path = Path(log_path) if log_path else None
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
-        self.max_freeze_s = 20.0
-        """The longest the learner stays frozen for one generation (checked every 5 s). Kept below
-        the store's 30 s busy timeout: a learner frozen inside a (millisecond) write transaction
-        then never makes another writer fail."""
-        self._freeze_lock = threading.Lock()
-        self._frozen = 0
-        self._frozen_pid: int | None = None
-        self._frozen_at = 0.0
+        self.hold = Hold(data_dir, profile_id)
+        """Held while the app generates; the learner waits on it at its safe points."""
+        self._spawn_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -83,55 +78,10 @@ class LearnerSupervisor:
                 out.close()
 
     # ------------------------------------------------------------------ yielding the CPU to the app
-    def freeze(self) -> None:
-        """Suspend the learner (SIGSTOP) while the app generates; nested calls are counted.
-        Safe for the database: the app's reads never wait on a writer (WAL) and the learner is
-        resumed before the app writes the request."""
-        import signal
-
-        with self._freeze_lock:
-            self._frozen += 1
-            p = self.proc
-            if self._frozen == 1 and p is not None and p.poll() is None:
-                try:
-                    os.kill(p.pid, signal.SIGSTOP)
-                    self._frozen_pid = p.pid
-                    self._frozen_at = time.monotonic()
-                except OSError:
-                    self._frozen_pid = None
-
-    def thaw(self) -> None:
-        with self._freeze_lock:
-            self._frozen = max(0, self._frozen - 1)
-            if self._frozen == 0:
-                self._resume_locked()
-
-    def _resume_locked(self) -> None:
-        """SIGCONT the frozen learner, if any (the caller holds _freeze_lock)."""
-        import signal
-
-        if self._frozen_pid is not None:
-            try:
-                os.kill(self._frozen_pid, signal.SIGCONT)
-            except OSError:
-                pass
-            self._frozen_pid = None
-
-    @contextlib.contextmanager
-    def busy(self) -> Iterator[None]:
-        """The learner is frozen while the block runs (the Generator's `busy` hook); nested use is counted."""
-        self.freeze()
-        try:
-            yield
-        finally:
-            self.thaw()
-
-    def _unfreeze_if_stuck(self) -> None:
-        """A generation that never ends must not starve the learner forever."""
-        with self._freeze_lock:
-            if self._frozen_pid is not None and time.monotonic() - self._frozen_at > self.max_freeze_s:
-                log.warning("learner frozen for over %.0f s: letting it run", self.max_freeze_s)
-                self._resume_locked()
+    def busy(self):
+        """The Generator's `busy` hook: while it runs the learner waits at its next safe point
+        (storage.locks.Hold; no signal ever stops it inside a database transaction)."""
+        return self.hold.holding()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._watch, name="inkloop-learner-supervisor", daemon=True)
@@ -140,7 +90,7 @@ class LearnerSupervisor:
     def _watch(self) -> None:
         backoff = self.min_backoff_s
         while True:
-            with self._freeze_lock:  # stop() sets _stop under this lock: it never misses a new child
+            with self._spawn_lock:  # stop() sets _stop under this lock: it never misses a new child
                 if self._stop.is_set():
                     break
                 self.proc = self._spawn()
@@ -150,7 +100,7 @@ class LearnerSupervisor:
                     rc = self.proc.wait(timeout=5.0)
                     break
                 except subprocess.TimeoutExpired:
-                    self._unfreeze_if_stuck()
+                    continue
             if self._stop.is_set():
                 break
             ran = time.monotonic() - started
@@ -167,11 +117,9 @@ class LearnerSupervisor:
             self._stop.wait(backoff)
 
     def stop(self, timeout: float = 10.0) -> None:
-        with self._freeze_lock:
+        with self._spawn_lock:
             self._stop.set()
-            self._frozen = 1
             p = self.proc
-        self.thaw()  # a frozen process cannot act on SIGTERM
         if p is not None and p.poll() is None:
             p.terminate()
             try:

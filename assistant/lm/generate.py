@@ -199,6 +199,7 @@ class Sampled:
 def sample(
     model: torch.nn.Module, tokenizer, prompt_texts: list[str], gen: GenerationSettings, *,
     paragraph_stop: bool = False, on_tokens: Callable[[list[str]], None] | None = None, autocast: bool = False,
+    pause: Callable[[], object] | None = None,
 ) -> Sampled:
     """THE generation function: one sampled reply per prompt text, all rows in one batch.
 
@@ -206,7 +207,9 @@ def sample(
     call it, so they share one rule for padding (left, set per call: the tokenizer is shared between
     threads), for stopping (`eos_ids`; with `paragraph_stop`, also a paragraph break after
     gen.min_new_tokens tokens) and for cutting replies. Sampling follows `gen` (temperature 0 =
-    greedy; top_p with top_k off; repetition_penalty); every reply has at least one token."""
+    greedy; top_p with top_k off; repetition_penalty); every reply has at least one token.
+    `pause`, if given, is called before every decode step (the learner's safe point to yield the
+    CPU to the app: no database transaction is ever open there)."""
     enc = tokenizer(prompt_texts, return_tensors="pt", add_special_tokens=False, padding=True,
                     padding_side="left")
     device = next(model.parameters()).device
@@ -217,6 +220,8 @@ def sample(
     stops = StoppingCriteriaList()
     if paragraph_stop:
         stops.append(ParagraphStop(tokenizer, prompt_len, min_tokens=max(4, gen.min_new_tokens)))
+    if pause is not None:
+        stops.append(PausePoint(pause))
     greedy = float(gen.temperature) <= 0.0
     kwargs = dict(
         input_ids=input_ids, attention_mask=attention, max_new_tokens=int(gen.max_new_tokens), min_new_tokens=1,
@@ -241,6 +246,17 @@ def sample(
         texts.append(tokenizer.decode(row[: n - 1] if ended else row[:n], skip_special_tokens=True))
         finished.append(ended)
     return Sampled(input_ids, attention, resp, mask, texts, finished)
+
+
+class PausePoint(StoppingCriteria):
+    """Calls `pause()` at every decode step and never stops a row (see `sample`'s `pause`)."""
+
+    def __init__(self, pause: Callable[[], object]):
+        self.pause = pause
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        self.pause()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 # ----------------------------------------------------------------------------- generator

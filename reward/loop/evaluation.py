@@ -47,7 +47,7 @@ class PolicyEval:
 def evaluate_policies(
     model, tokenizer, adapter_dirs: dict[int, str | None], prompts: Sequence[Any], pairs: Sequence[tuple[str, str, str]],
     reward_fn: Callable[..., Any], cfg: LearnerConfig, only: set[int] | None = None,
-    kl_to: dict[int, int] | None = None,
+    kl_to: dict[int, int] | None = None, pause: Callable[[], object] | None = None,
 ) -> dict[int, PolicyEval]:
     """Evaluate several policy versions on the same held-out prompts and pairs.
 
@@ -56,7 +56,8 @@ def evaluate_policies(
     chosen, rejected) from held-out feedback. Reference for KL and agreement = the base model.
     only: evaluate just these ids (the others are loaded as KL targets). kl_to: id -> id whose
     log-probs on the first one's samples give its step KL. Samples come from the one generation
-    function (assistant.lm.generate.sample), log-probs from assistant.lm.logprobs."""
+    function (assistant.lm.generate.sample, with `pause` at every decode step), log-probs from
+    assistant.lm.logprobs."""
     names = {vid: f"v{vid}" for vid, d in adapter_dirs.items() if d is not None}
     runner = model
     for vid, d in adapter_dirs.items():
@@ -86,7 +87,7 @@ def evaluate_policies(
             continue
         with use(vid):
             torch.manual_seed(cfg.seed)
-            s = sample(runner, tokenizer, prompt_texts, gen)
+            s = sample(runner, tokenizer, prompt_texts, gen, pause=pause)
             texts = [clean_candidate(raw, p.mode, p.source_text, done) or raw.strip() or "."
                      for p, raw, done in zip(rep_prompts, s.texts, s.finished)]
             pol_samples = sequence_logprobs(runner, tokenizer, prompt_texts, texts)

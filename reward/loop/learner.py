@@ -48,6 +48,7 @@ from reward.loop.guards import (
     guard_reward_hacking,
     pearson,
 )
+from reward.rl.step import TrainerState
 from reward.rl.train import train_policy
 from reward.train import (
     load_live_reward_model,
@@ -95,8 +96,13 @@ class Learner:
         embedder: Any,
         cfg: LearnerConfig | None = None,
         reward_fn_factory: Callable[[Any], Callable[..., Any]] | None = None,
+        pause: Callable[[], object] | None = None,
     ):
         self.store, self.data_dir, self.profile = store, Path(data_dir), profile_id
+        self.pause = pause
+        """Called at the cycle's safe points (decode steps, RL updates and minibatches), outside any
+        database transaction: `inkloop learn` waits there while the server generates
+        (storage.locks.Hold)."""
         self.lm_factory, self.embedder = lm_factory, embedder
         self.cfg = cfg or LearnerConfig()
         self.reward_fn_factory = reward_fn_factory or self._default_reward_fn
@@ -193,13 +199,15 @@ class Learner:
                   only: set[int] | None = None, kl_to: dict[int, int] | None = None) -> dict[int, PolicyEval]:
         model, tok = self.lm_factory()
         dirs = {vid: (str(adapter_dir(v.path)) if v is not None else None) for vid, v in versions.items()}
-        return evaluate_policies(model, tok, dirs, prompts, pairs, reward_fn, self.cfg, only=only, kl_to=kl_to)
+        return evaluate_policies(model, tok, dirs, prompts, pairs, reward_fn, self.cfg, only=only, kl_to=kl_to,
+                                 pause=self.pause)
 
     def _rl(self, reward_fn, parent: ModelVersion | None, steps: int, lr_scale: float, progress: Callable[[float], None]):
         model, tok = self.lm_factory()
         return train_policy(self.store, self.data_dir, self.profile, model, tok, reward_fn, self._rl_config(lr_scale),
                             steps, publish=False, parent=parent, on_step=lambda i, _m: progress((i + 1) / steps),
-                            extra_config=dict(artifacts.LEARNER_CANDIDATE))  # for artifacts.abandon_candidates
+                            extra_config=dict(artifacts.LEARNER_CANDIDATE),  # for artifacts.abandon_candidates
+                            state=TrainerState(pause_point=self.pause))
 
     def _rl_config(self, lr_scale: float = 1.0):
         """cfg.rl, with the learning rate scaled down when the KL guard retries smaller."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -46,14 +46,15 @@ class Rollout:
         return self.input_ids[:, -self.n_resp :]
 
 @torch.no_grad()
-def rollout(policy: Policy, prompts: Sequence[RolloutPrompt], cfg: RLConfig) -> Rollout:
+def rollout(policy: Policy, prompts: Sequence[RolloutPrompt], cfg: RLConfig,
+            pause: Callable[[], object] | None = None) -> Rollout:
     """Sample cfg.k responses per prompt from the current policy (adapter enabled), through the
     one generation function (assistant.lm.generate.sample) with the rollout's sampling settings."""
     t0 = time.perf_counter()
     eps = [p for p in prompts for _ in range(cfg.k)]
     gen = GenerationSettings(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                              repetition_penalty=1.0)
-    s = sample(policy.model, policy.tokenizer, [p.prompt_text for p in eps], gen, autocast=cfg.autocast)
+    s = sample(policy.model, policy.tokenizer, [p.prompt_text for p in eps], gen, autocast=cfg.autocast, pause=pause)
     texts = [clean_candidate(raw, p.mode, p.source_text, done) if cfg.clean_texts else raw
              for p, raw, done in zip(eps, s.texts, s.finished)]
     return Rollout(

@@ -83,6 +83,9 @@ class TrainerState:
     """Updates done so far."""
     last_rollout: Rollout | None = None
     """The latest update's rollout, for inspection (tests, diagnostics)."""
+    pause_point: Callable[[], Any] | None = None
+    """Called at the update's safe points (every decode step of the rollout, every minibatch):
+    where the learner yields the CPU to the app generating for a person (storage.locks.Hold)."""
 
 
 def _optimizer(policy: Policy, state: TrainerState, cfg: RLConfig) -> torch.optim.Optimizer:
@@ -125,7 +128,7 @@ def rl_step(policy: Policy, state: TrainerState, prompts: Sequence[RolloutPrompt
 
     # 1. rollout: sample K responses per prompt, and their reference log-probs (no grad)
     policy.model.eval()
-    ro = rollout(policy, prompts, cfg)
+    ro = rollout(policy, prompts, cfg, pause=state.pause_point)
     ref_logp = _reference_logprobs(policy, ro, cfg)
     mask = ro.mask
     B, T = mask.shape
@@ -179,6 +182,8 @@ def rl_step(policy: Policy, state: TrainerState, prompts: Sequence[RolloutPrompt
     for _epoch in range(epochs):
         order = torch.randperm(B) if epochs > 1 else torch.arange(B)
         for idx in order.split(mb_size):
+            if state.pause_point is not None:
+                state.pause_point()
             m = mask[idx]
             logits, values = policy.forward(ro.input_ids[idx], ro.attention_mask[idx], T, cfg.temperature, cfg.autocast)
             logp = token_logprobs(logits, ro.responses[idx])

@@ -31,6 +31,7 @@ def build_learner(args: argparse.Namespace, store, cfg):
 
     from assistant.app.cli.common import data_dir, load_models
     from reward.loop.learner import Learner
+    from storage.locks import Hold
 
     lm, emb = load_models(args, with_embedder=True, progress=lambda m: log.info(m))
     base = lm.model
@@ -39,7 +40,9 @@ def build_learner(args: argparse.Namespace, store, cfg):
     def lm_factory():
         return copy.deepcopy(base), lm.tokenizer
 
-    return Learner(store, data_dir(args), args.profile, lm_factory, emb, cfg)
+    # it waits at its safe points while `inkloop serve` generates for a person
+    hold = Hold(data_dir(args), args.profile)
+    return Learner(store, data_dir(args), args.profile, lm_factory, emb, cfg, pause=hold.wait)
 
 
 def cmd_learn(args: argparse.Namespace) -> int:

@@ -61,7 +61,7 @@ def learner_supervisor(args: argparse.Namespace, store) -> LearnerSupervisor:
         if getattr(args, flag, None):
             extra += [f"--{flag}", getattr(args, flag)]
     ddir = data_dir(args)
-    return LearnerSupervisor(LearnerSupervisor.learn_argv(ddir, args.model, args.profile, extra),
+    return LearnerSupervisor(LearnerSupervisor.learn_argv(ddir, args.model, args.profile, extra), ddir,
                              store=store, profile_id=args.profile, log_path=ddir / "learner.log")
 
 
