@@ -21,6 +21,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .config import GenerationSettings
+from .lm.decode import DecodeSettings, FastDecoder, Sampling, model_key
 from .models import contiguous_lm_head_input
 from .prompts import ANGLE_MODES, ANGLES, Prompt, render, with_angle
 
@@ -150,14 +151,17 @@ class ParagraphStop(StoppingCriteria):
     def __init__(self, tokenizer, prompt_len: int, min_tokens: int):
         self.tokenizer, self.prompt_len, self.min_tokens = tokenizer, prompt_len, min_tokens
 
+    def row_done(self, new_tokens: list[int]) -> bool:
+        """The rule for one row, given its new tokens so far (the fast decode path calls this)."""
+        return len(new_tokens) >= self.min_tokens and "\n\n" in self.tokenizer.decode(new_tokens[-3:])
+
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         new = input_ids[:, self.prompt_len:]
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         if new.shape[1] < self.min_tokens:
             return done
-        for i, row in enumerate(new[:, -3:].tolist()):
-            if "\n\n" in self.tokenizer.decode(row):
-                done[i] = True
+        for i, row in enumerate(new.tolist()):
+            done[i] = self.row_done(row)
         return done
 
 
@@ -202,6 +206,16 @@ class Generator:
         self.device = device or next(model.parameters()).device
         self.policy_version = 0
         self.lock = threading.RLock()
+        self.fast: FastDecoder | None = None  # the compiled decode path, once start_fast_path ran
+
+    # ------------------------------------------------------------------ fast decode path
+    def start_fast_path(self, settings: DecodeSettings | None = None) -> FastDecoder:
+        """Attach the fast decode path and compile its warm-up buckets in a background thread.
+        Until a bucket is ready, requests of that shape are served by `generate` as before."""
+        if self.fast is None:
+            self.fast = FastDecoder(settings)
+        self.fast.warm_up(model_key(self.model), self.model)
+        return self.fast
 
     # ------------------------------------------------------------------ hot swap
     def refresh_policy(self) -> int:
@@ -224,6 +238,10 @@ class Generator:
 
         name = f"v{vid}"
         t0 = time.perf_counter()
+        if self.fast is not None and self._hotswap_in_place(adapter_dir):
+            self.policy_version = vid
+            log.info("hot-swapped policy version %s in place in %.2f s", vid, time.perf_counter() - t0)
+            return
         if self.model is self.base_model:
             self.model = PeftModel.from_pretrained(self.base_model, str(adapter_dir), adapter_name=name)
         else:
@@ -234,12 +252,32 @@ class Generator:
         self.model.eval()
         self.policy_version = vid
         log.info("hot-swapped policy version %s in %.2f s", vid, time.perf_counter() - t0)
+        if self.fast is not None:  # a new adapter structure needs its own graphs: compile them in the background
+            self.fast.warm_up(model_key(self.model), self.model)
+
+    def _hotswap_in_place(self, adapter_dir: Path) -> bool:
+        """With the fast path on: copy a new version's LoRA weights into the live adapter's
+        tensors (peft.utils.hotswap) when its config is compatible, so compiled graphs stay valid.
+        The adapter keeps its name. False when it cannot (no adapter yet, or incompatible)."""
+        from peft.utils.hotswap import hotswap_adapter
+
+        if self.model is self.base_model or len(self.model.peft_config) != 1:
+            return False
+        name = next(iter(self.model.peft_config))
+        try:
+            hotswap_adapter(self.model, str(adapter_dir), adapter_name=name, torch_device=str(self.device))
+        except (ValueError, RuntimeError, KeyError) as e:  # different rank / targets / alpha
+            log.info("in-place hot swap not possible (%s): loading the adapter anew", e)
+            return False
+        return True
 
     def _unload_adapters(self) -> None:
         if self.model is not self.base_model:
             self.base_model = self.model.unload()
             self.model = self.base_model
         self.policy_version = 0
+        if self.fast is not None:
+            self.fast.warm_up(model_key(self.model), self.model)
 
     # ------------------------------------------------------------------ generation
     def _generate_raw(
@@ -270,11 +308,35 @@ class Generator:
         )
         if not greedy:
             kwargs.update(temperature=float(gen.temperature), top_p=float(gen.top_p), top_k=0)
+        new = self._fast_generate(input_ids, attention, gen, stops, on_tokens) if gen.fast_path else None
+        if new is not None:
+            return self._decode_rows(new)
         if on_tokens is not None:
             kwargs["streamer"] = BatchStreamer(tok, n, on_tokens)
         with torch.inference_mode():
             out = self.model.generate(**kwargs)
-        new = out[:, prompt_len:]
+        return self._decode_rows(out[:, prompt_len:])
+
+    def _fast_generate(self, input_ids, attention, gen: GenerationSettings, stops: StoppingCriteriaList,
+                       on_tokens: Callable[[list[str]], None] | None) -> torch.Tensor | None:
+        """The new tokens from the fast decode path, or None when it is off or not ready for this
+        shape and model state (the caller then runs generate)."""
+        if self.fast is None:
+            return None
+        tok = self.tokenizer
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        sp = Sampling.make(float(gen.temperature), float(gen.top_p), float(gen.repetition_penalty), eos_ids,
+                           tok.pad_token_id, self.device)
+        row_done = stops[0].row_done if len(stops) else None
+        relay = None
+        if on_tokens is not None:
+            relay = lambda rows: on_tokens([tok.decode(r, skip_special_tokens=True) for r in rows])  # noqa: E731
+        return self.fast.decode(model_key(self.model), self.model, input_ids, attention, int(gen.max_new_tokens),
+                                sp, row_done, relay)
+
+    def _decode_rows(self, new: torch.Tensor) -> tuple[list[str], list[bool]]:
+        tok = self.tokenizer
         eos = set(tok.all_special_ids) if hasattr(tok, "all_special_ids") else {tok.eos_token_id}
         texts, finished = [], []
         for row in new.tolist():
