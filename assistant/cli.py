@@ -212,6 +212,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     say("inkloop: loading models (the first start converts the bundled GGUF once, about 20 s)...")
     services = build_services(args)
+    if not getattr(args, "no_fast_path", False):
+        # compiles in a background thread; requests are served by generate until it is ready
+        services.generator.start_fast_path()
     # e.g. reward.cli_learn: the Learning/Export tabs and the learner's own process
     attached = [hook(services, args) for hook in serve_hooks("attach_learning")]
     try:
@@ -372,6 +375,8 @@ def register(sub, parent) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default %(default)s: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="default %(default)s")
     p.add_argument("--api-only", action="store_true", help="serve the REST API without the web UI")
+    p.add_argument("--no-fast-path", action="store_true",
+                   help="do not compile the fast decode path (every request uses transformers' generate)")
     for hook in serve_hooks("add_serve_flags"):
         hook(p)
     p.set_defaults(func=cmd_serve)

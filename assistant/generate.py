@@ -242,6 +242,8 @@ class Generator:
             self.policy_version = vid
             log.info("hot-swapped policy version %s in place in %.2f s", vid, time.perf_counter() - t0)
             return
+        if self.fast is not None:
+            self.fast.invalidate()  # the modules change under any compile in flight
         if self.model is self.base_model:
             self.model = PeftModel.from_pretrained(self.base_model, str(adapter_dir), adapter_name=name)
         else:
@@ -259,11 +261,16 @@ class Generator:
         """With the fast path on: copy a new version's LoRA weights into the live adapter's
         tensors (peft.utils.hotswap) when its config is compatible, so compiled graphs stay valid.
         The adapter keeps its name. False when it cannot (no adapter yet, or incompatible)."""
+        from peft import PeftConfig
         from peft.utils.hotswap import hotswap_adapter
 
         if self.model is self.base_model or len(self.model.peft_config) != 1:
             return False
         name = next(iter(self.model.peft_config))
+        old, new = self.model.peft_config[name], PeftConfig.from_pretrained(str(adapter_dir))
+        if (getattr(old, "r", None), set(getattr(old, "target_modules", None) or ())) != \
+                (getattr(new, "r", None), set(getattr(new, "target_modules", None) or ())):
+            return False  # other shapes: a new adapter (and new graphs, compiled in the background)
         try:
             hotswap_adapter(self.model, str(adapter_dir), adapter_name=name, torch_device=str(self.device))
         except (ValueError, RuntimeError, KeyError) as e:  # different rank / targets / alpha
@@ -272,6 +279,8 @@ class Generator:
         return True
 
     def _unload_adapters(self) -> None:
+        if self.fast is not None:
+            self.fast.invalidate()
         if self.model is not self.base_model:
             self.base_model = self.model.unload()
             self.model = self.base_model
