@@ -196,7 +196,7 @@ def main() -> int:
     compile_s = {w.rows: w.seconds for w in fd.warm_log}
     print(f"fast path compiled in {time.perf_counter() - t0:.0f} s "
           f"({', '.join(f'{r} rows: {s:.0f} s' for r, s in compile_s.items())}), mode={args.mode or 'default'}"
-          f"{', cpp_wrapper' if args.cpp_wrapper else ''}")
+          f"{', cpp_wrapper' if args.cpp_wrapper else ''}", flush=True)
 
     llm, skip = (None, "--no-llama") if args.no_llama else llama_or_reason(args.threads)
     nbytes = weight_bytes(model)
@@ -207,12 +207,12 @@ def main() -> int:
                   "fast path": lambda n: run_fast(fd, key, model, tok, ids, n)}
     if llm is not None:
         contenders["llama.cpp"] = lambda n: run_llama(llm, text, n)
-    for n in rows:  # one untimed round of each (allocations, llama.cpp's first evaluation)
-        for f in contenders.values():
-            f(n)
+    for f in contenders.values():  # one untimed call of each (allocations, llama.cpp's first evaluation)
+        f(rows[0])
     times: dict[tuple[str, int], list[float]] = {}
     floor: list[float] = []
-    for _ in range(args.reps):
+    for rep in range(args.reps):
+        print(f"round {rep + 1}/{args.reps}, load {loadavg()}", flush=True)
         t = time.perf_counter()
         run_floor(src, dst)
         floor.append(time.perf_counter() - t)
@@ -221,6 +221,7 @@ def main() -> int:
                 t = time.perf_counter()
                 f(n)
                 times.setdefault((name, n), []).append(time.perf_counter() - t)
+                print(f"  {name} {n} rows: {times[(name, n)][-1]:.2f} s", flush=True)
     fl = statistics.median(floor)
     print(f"\nload after: {loadavg()}; weights {nbytes / 1e6:.0f} MB bf16; floor = {NEW} copies of them "
           f"= {fl:.2f} s ({nbytes * NEW / fl / 1e9:.1f} GB/s read+write)\n")
