@@ -137,12 +137,15 @@ from assistant.prompts import build_prompt
 lm = load_lm(ModelSettings(device="cpu", num_threads=int(sys.argv[2])))
 g = Generator(lm.model, lm.tokenizer, device=lm.device)
 t_loaded = time.perf_counter() - t0
-fd = g.start_fast_path(DecodeSettings(warmup=((4, 384),)))
+fd = g.start_fast_path(DecodeSettings())
 p = build_prompt("continue", sys.argv[3])
 gen = GenerationSettings(k=4, max_new_tokens=64, seed=1)
 g.suggest(p, sys.argv[3], gen)
 t_first = time.perf_counter() - t0
-fd.wait_ready(model_key(g.model), 4, 384, timeout=1800)
+from assistant.prompts import render
+plen = len(lm.tokenizer(render(p, lm.tokenizer), add_special_tokens=False)["input_ids"])
+rows, length = fd.bucket(4, plen + 64)
+fd.wait_ready(model_key(g.model), rows, length, timeout=1800)
 t_ready = time.perf_counter() - t0
 t1 = time.perf_counter(); g.suggest(p, sys.argv[3], gen); t_fast = time.perf_counter() - t1
 print(json.dumps(dict(loaded=t_loaded, first=t_first, ready=t_ready, fast_request=t_fast,
@@ -167,7 +170,11 @@ def main() -> int:
     ap.add_argument("--cpp-wrapper", action="store_true", help="inductor cpp_wrapper for the fast path")
     ap.add_argument("--no-llama", action="store_true")
     ap.add_argument("--cold", action="store_true")
+    ap.add_argument("--cold-only", action="store_true", help="only the cold-start measurement")
     args = ap.parse_args()
+    if args.cold_only:
+        print_cold(cold(args.threads))
+        return 0
     rows = [int(r) for r in args.rows.split(",")]
 
     import torch
@@ -244,12 +251,15 @@ def main() -> int:
         print(line)
 
     if args.cold:
-        c = cold(args.threads)
-        print(f"\ncold start (fresh process): model loaded {c['loaded']:.1f} s; first K=4 × 64 suggestion "
+        print_cold(cold(args.threads))
+    return 0
+
+
+def print_cold(c: dict) -> None:
+    print(f"\ncold start (fresh process): model loaded {c['loaded']:.1f} s; first K=4 × 64 suggestion "
               f"(generate, compiling in the background) at {c['first']:.1f} s; fast path ready at "
               f"{c['ready']:.1f} s (compile {', '.join(f'{s:.0f}' for s in c['compile'])} s); first fast-path "
-              f"request {c['fast_request']:.2f} s")
-    return 0
+              f"request {c['fast_request']:.2f} s; load {loadavg()}")
 
 
 if __name__ == "__main__":

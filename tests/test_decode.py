@@ -314,10 +314,13 @@ def test_hot_swap_reuses_the_compiled_step(tiny_lm, tmp_path):
     assert fresh.suggest(p, "", gen).raw == v2
 
 
-def test_inductor_compiled_step_matches_generate(tiny_lm):
-    """One real inductor compilation of the tiny model (the production backend)."""
+@pytest.mark.parametrize("backend", [
+    "aot_eager",  # dynamo + AOT autograd (the in-place updates of the cache and state): seconds
+    pytest.param("inductor", marks=pytest.mark.integration),  # the production backend: 1-2 min on 2 cores
+])
+def test_compiled_step_matches_generate(tiny_lm, backend):
     model, tok = tiny_lm
-    fd = FastDecoder(DecodeSettings(warmup=((4, 256),)))
+    fd = FastDecoder(DecodeSettings(backend=backend, warmup=((4, 256),)))
     key = model_key(model)
     fd.warm_up(key, model)
     assert fd.wait_ready(key, 4, 256, timeout=300), fd.warm_log

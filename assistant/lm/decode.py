@@ -63,7 +63,7 @@ class DecodeSettings:
     rows copy row 0 and are discarded). More rows than the largest bucket fall back."""
     length_buckets: tuple[int, ...] = (256, 384, 512, 768, 1024, 1536, 2048)
     """KV-cache lengths compiled for (prompt + max_new_tokens rounded up); longer falls back."""
-    warmup: tuple[tuple[int, int], ...] = ((4, 384), (8, 384))
+    warmup: tuple[tuple[int, int], ...] = ((4, 256), (4, 384))
     """(rows, length) buckets compiled in the background right after start-up; other buckets are
     compiled the first time a request needs them (that request is served by generate)."""
     check_every: int = 4
