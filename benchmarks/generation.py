@@ -155,9 +155,10 @@ print(json.dumps(dict(loaded=t_loaded, first=t_first, ready=t_ready, fast_reques
 
 def cold(threads: int) -> dict:
     p = subprocess.run([sys.executable, "-c", COLD, str(ROOT), str(threads), DRAFT], capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(p.stderr[-3000:])
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    lines = [ln for ln in p.stdout.strip().splitlines() if ln.startswith("{")]
+    if not lines:  # (a non-zero exit after the JSON line is the known abort at interpreter exit)
+        raise RuntimeError(f"exit {p.returncode}: {p.stderr[-3000:]}")
+    return json.loads(lines[-1])
 
 
 # ----------------------------------------------------------------------------- main
