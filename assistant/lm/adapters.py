@@ -54,6 +54,29 @@ def swap(model: torch.nn.Module, directory: str | Path, name: str) -> torch.nn.M
     return model
 
 
+def swap_in_place(model: torch.nn.Module, directory: str | Path, device: str) -> bool:
+    """Copy the adapter in `directory` into the tensors of `model`'s one live adapter
+    (peft.utils.hotswap), keeping its name and modules, so graphs compiled over the model stay
+    valid. False, with nothing changed, when there is no single adapter to swap into or the new one
+    has another rank or other target modules (it must then be loaded with `swap`)."""
+    from peft import PeftConfig
+    from peft.utils.hotswap import hotswap_adapter
+
+    if not has_adapters(model) or len(model.peft_config) != 1:
+        return False
+    name = next(iter(model.peft_config))
+    old, new = model.peft_config[name], PeftConfig.from_pretrained(str(directory))
+    if (getattr(old, "r", None), set(getattr(old, "target_modules", None) or ())) != \
+            (getattr(new, "r", None), set(getattr(new, "target_modules", None) or ())):
+        return False
+    try:
+        hotswap_adapter(model, str(directory), adapter_name=name, torch_device=device)
+    except (ValueError, RuntimeError, KeyError) as e:  # e.g. another alpha
+        log.info("in-place hot swap not possible (%s): loading the adapter anew", e)
+        return False
+    return True
+
+
 def detach(model: torch.nn.Module) -> torch.nn.Module:
     """The base model with every adapter removed (its weights untouched)."""
     return model.unload() if has_adapters(model) else model

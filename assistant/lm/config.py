@@ -82,6 +82,9 @@ class GenerationSettings:
     detail, brevity, warm tone, surprise) in continue and inspire, so they differ in more than
     sampling noise and the person's ratings say which way they lean. The request's stored prompt
     stays the one as asked: that is what RL rolls the policy out on."""
+    fast_path: bool = True
+    """Use the compiled decode path (assistant.lm.decode) once it is ready for the request's
+    shape; False always uses transformers' generate (same tokens when greedy, slower)."""
 
     def validate(self) -> None:
         if not 1 <= int(self.k) <= MAX_K:

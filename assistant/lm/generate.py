@@ -24,6 +24,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from assistant.lm import adapters
 from assistant.lm.adapters import adapter_dir
 from assistant.lm.config import GenerationSettings
+from assistant.lm.decode import DecodeSettings, FastDecoder, Sampling, model_key
 from assistant.lm.models import autocast_context, contiguous_lm_head_input
 from assistant.lm.prompts import ANGLE_MODES, ANGLES, Prompt, render, with_angle
 
@@ -151,14 +152,15 @@ class ParagraphStop(StoppingCriteria):
     def __init__(self, tokenizer, prompt_len: int, min_tokens: int):
         self.tokenizer, self.prompt_len, self.min_tokens = tokenizer, prompt_len, min_tokens
 
+    def row_done(self, new_tokens: list[int]) -> bool:
+        """The rule for one row, given its new tokens so far (the fast decode path calls this)."""
+        return len(new_tokens) >= self.min_tokens and "\n\n" in self.tokenizer.decode(new_tokens[-3:])
+
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         new = input_ids[:, self.prompt_len:]
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        if new.shape[1] < self.min_tokens:
-            return done
-        for i, row in enumerate(new[:, -3:].tolist()):
-            if "\n\n" in self.tokenizer.decode(row):
-                done[i] = True
+        for i, row in enumerate(new.tolist()):
+            done[i] = self.row_done(row)
         return done
 
 
@@ -199,7 +201,7 @@ class Sampled:
 def sample(
     model: torch.nn.Module, tokenizer, prompt_texts: list[str], gen: GenerationSettings, *,
     paragraph_stop: bool = False, on_tokens: Callable[[list[str]], None] | None = None, autocast: bool = False,
-    pause: Callable[[], object] | None = None,
+    pause: Callable[[], object] | None = None, fast: FastDecoder | None = None,
 ) -> Sampled:
     """THE generation function: one sampled reply per prompt text, all rows in one batch.
 
@@ -209,7 +211,9 @@ def sample(
     gen.min_new_tokens tokens) and for cutting replies. Sampling follows `gen` (temperature 0 =
     greedy; top_p with top_k off; repetition_penalty); every reply has at least one token.
     `pause`, if given, is called before every decode step (the learner's safe point to yield the
-    CPU to the app: no database transaction is ever open there)."""
+    CPU to the app: no database transaction is ever open there). With `fast` (the Generator's
+    FastDecoder) and gen.fast_path, a shape whose compiled decode step is ready runs on it (same
+    stop rule, same cut); any other call runs transformers' generate."""
     enc = tokenizer(prompt_texts, return_tensors="pt", add_special_tokens=False, padding=True,
                     padding_side="left")
     device = next(model.parameters()).device
@@ -217,24 +221,28 @@ def sample(
     prompt_len = input_ids.shape[1]
     stop_ids = eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    stops = StoppingCriteriaList()
-    if paragraph_stop:
-        stops.append(ParagraphStop(tokenizer, prompt_len, min_tokens=max(4, gen.min_new_tokens)))
-    if pause is not None:
-        stops.append(PausePoint(pause))
-    greedy = float(gen.temperature) <= 0.0
-    kwargs = dict(
-        input_ids=input_ids, attention_mask=attention, max_new_tokens=int(gen.max_new_tokens), min_new_tokens=1,
-        do_sample=not greedy, repetition_penalty=float(gen.repetition_penalty), pad_token_id=pad,
-        eos_token_id=stop_ids, stopping_criteria=stops,
-    )
-    if not greedy:
-        kwargs.update(temperature=float(gen.temperature), top_p=float(gen.top_p), top_k=0)
-    if on_tokens is not None:
-        kwargs["streamer"] = BatchStreamer(tokenizer, len(prompt_texts), on_tokens)
-    with torch.inference_mode(), autocast_context(device, autocast):
-        out = model.generate(**kwargs)
-    resp = out[:, prompt_len:]
+    para = ParagraphStop(tokenizer, prompt_len, min_tokens=max(4, gen.min_new_tokens)) if paragraph_stop else None
+    resp = None
+    if fast is not None and gen.fast_path and pause is None:
+        sp = Sampling.make(float(gen.temperature), float(gen.top_p), float(gen.repetition_penalty), stop_ids, pad, device)
+        relay = None if on_tokens is None else (
+            lambda rows: on_tokens([tokenizer.decode(r, skip_special_tokens=True) for r in rows]))
+        resp = fast.decode(model_key(model), model, input_ids, attention, int(gen.max_new_tokens), sp,
+                           para.row_done if para is not None else None, relay)
+    if resp is None:  # transformers' generate
+        stops = StoppingCriteriaList([c for c in (para, pause and PausePoint(pause)) if c])
+        greedy = float(gen.temperature) <= 0.0
+        kwargs = dict(
+            input_ids=input_ids, attention_mask=attention, max_new_tokens=int(gen.max_new_tokens),
+            do_sample=not greedy, repetition_penalty=float(gen.repetition_penalty), pad_token_id=pad,
+            eos_token_id=stop_ids, stopping_criteria=stops,
+        )
+        if not greedy:
+            kwargs.update(temperature=float(gen.temperature), top_p=float(gen.top_p), top_k=0)
+        if on_tokens is not None:
+            kwargs["streamer"] = BatchStreamer(tokenizer, len(prompt_texts), on_tokens)
+        with torch.inference_mode(), autocast_context(device, autocast):
+            resp = model.generate(**kwargs)[:, prompt_len:]
     is_stop = torch.isin(resp, torch.tensor(stop_ids, device=resp.device))
     after_stop = (is_stop.long().cumsum(1) - is_stop.long()) > 0
     mask = (~after_stop).long()
@@ -303,6 +311,17 @@ class Generator:
         self.lock = threading.RLock()
         self.busy = busy or contextlib.nullcontext
         """Entered around every generation (`inkloop serve`: the learner process is held off the CPU)."""
+        self.fast: FastDecoder | None = None
+        """The compiled decode path, once start_fast_path ran (assistant.lm.decode)."""
+
+    # ------------------------------------------------------------------ fast decode path
+    def start_fast_path(self, settings: DecodeSettings | None = None) -> FastDecoder:
+        """Attach the fast decode path and compile its warm-up buckets in a background thread.
+        Until a bucket is ready, requests of that shape are served by `generate` as before."""
+        if self.fast is None:
+            self.fast = FastDecoder(settings)
+        self.fast.warm_up(model_key(self.model), self.model)
+        return self.fast
 
     # ------------------------------------------------------------------ hot swap
     def refresh_policy(self) -> int:
@@ -322,14 +341,26 @@ class Generator:
 
     def _load_adapter(self, vid: int, adapter_dir: Path) -> None:
         t0 = time.perf_counter()
+        if self.fast is not None and adapters.swap_in_place(self.model, adapter_dir, str(self.device)):
+            self.policy_version = vid  # same modules: the compiled graphs stay valid
+            log.info("hot-swapped policy version %s in place in %.2f s", vid, time.perf_counter() - t0)
+            return
+        if self.fast is not None:
+            self.fast.invalidate()  # the modules change under any compile in flight
         self.model = adapters.swap(self.model, adapter_dir, f"v{vid}")
         self.policy_version = vid
         log.info("hot-swapped policy version %s in %.2f s", vid, time.perf_counter() - t0)
+        if self.fast is not None:  # a new adapter structure needs its own graphs, compiled in the background
+            self.fast.warm_up(model_key(self.model), self.model)
 
     def _unload_adapters(self) -> None:
+        if self.fast is not None:
+            self.fast.invalidate()
         if self.model is not self.base_model:
             self.base_model = self.model = adapters.detach(self.model)
         self.policy_version = 0
+        if self.fast is not None:
+            self.fast.warm_up(model_key(self.model), self.model)
 
     # ------------------------------------------------------------------ generation
     def _generate_raw(
@@ -338,7 +369,7 @@ class Generator:
     ) -> tuple[list[str], list[bool]]:
         """One sampled continuation per row of prompt_texts, in one batch (the one `sample`)."""
         out = sample(self.model, self.tokenizer, prompt_texts, gen, paragraph_stop=mode == "continue",
-                     on_tokens=on_tokens)
+                     on_tokens=on_tokens, fast=self.fast)
         return out.texts, out.finished
 
     def suggest(

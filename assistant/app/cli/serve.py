@@ -74,6 +74,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sup = None if args.no_learner else learner_supervisor(args, store)
     # the person waiting for suggestions comes first: the learner is held while the app generates
     services = build_services(args, store=store, busy=sup.busy if sup and not args.learner_no_yield else None)
+    if not args.no_fast_path:
+        # compiles in a background thread; requests are served by generate until it is ready
+        services.generator.start_fast_path()
     if sup is not None:
         sup.start()
     try:
@@ -224,6 +227,8 @@ def register(sub, parent) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default %(default)s: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="default %(default)s")
     p.add_argument("--api-only", action="store_true", help="serve the REST API without the web UI")
+    p.add_argument("--no-fast-path", action="store_true",
+                   help="do not compile the fast decode path (every request uses transformers' generate)")
     p.add_argument("--no-learner", action="store_true", help="do not start the background learner process")
     p.add_argument("--learner-threads", type=int, default=1, help="torch threads of the learner process (default 1)")
     p.add_argument("--learner-no-yield", action="store_true",
