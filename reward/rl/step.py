@@ -146,7 +146,11 @@ def rl_step(policy: Policy, state: TrainerState, prompts: Sequence[RolloutPrompt
         log.warning("non-finite reward in the batch: update skipped")
         return metrics
 
-    # 3. old policy: the rollout policy's log-probs and values, before any weight moves (no grad)
+    # 3. old policy: the rollout policy's log-probs and values, before any weight moves (no grad).
+    #    (An earlier version reused the first update forward for this when the batch was a single
+    #    minibatch. At the product's defaults — 16 episodes, minibatches of 8 — that case never
+    #    arises, so the one separate pass is kept; benchmarks/rl_step.py, which sets minibatch =
+    #    batch, pays it.)
     old_logp, old_values, entropy = _policy_eval(policy, ro, cfg)
 
     # 4. shape: -beta * KL per token against the reference, the sequence score on the last token
