@@ -161,6 +161,16 @@ class ParagraphStop(StoppingCriteria):
         return done
 
 
+class StopWhen(StoppingCriteria):
+    """Stops every row once `should_stop()` is true (a deadline passed, the client left)."""
+
+    def __init__(self, should_stop: Callable[[], bool]):
+        self.should_stop = should_stop
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), bool(self.should_stop()), dtype=torch.bool, device=input_ids.device)
+
+
 # ----------------------------------------------------------------------------- THE generation function
 def eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:
     """The one stop rule's token ids: the tokenizer's EOS, the model's generation-config EOS, and
@@ -198,6 +208,7 @@ class Sampled:
 def sample(
     model: torch.nn.Module, tokenizer, prompt_texts: list[str], gen: GenerationSettings, *,
     paragraph_stop: bool = False, on_tokens: Callable[[list[str]], None] | None = None, autocast: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Sampled:
     """THE generation function: one sampled reply per prompt text, all rows in one batch.
 
@@ -205,7 +216,9 @@ def sample(
     call it, so they share one rule for padding (left, set per call: the tokenizer is shared between
     threads), for stopping (`eos_ids`; with `paragraph_stop`, also a paragraph break after
     gen.min_new_tokens tokens) and for cutting replies. Sampling follows `gen` (temperature 0 =
-    greedy; top_p with top_k off; repetition_penalty); every reply has at least one token."""
+    greedy; top_p with top_k off; repetition_penalty); every reply has at least one token.
+    `should_stop()`, asked after every token, ends all rows early (a time limit, a dropped client):
+    the replies so far come back as unfinished."""
     enc = tokenizer(prompt_texts, return_tensors="pt", add_special_tokens=False, padding=True,
                     padding_side="left")
     device = next(model.parameters()).device
@@ -216,6 +229,8 @@ def sample(
     stops = StoppingCriteriaList()
     if paragraph_stop:
         stops.append(ParagraphStop(tokenizer, prompt_len, min_tokens=max(4, gen.min_new_tokens)))
+    if should_stop is not None:
+        stops.append(StopWhen(should_stop))
     greedy = float(gen.temperature) <= 0.0
     kwargs = dict(
         input_ids=input_ids, attention_mask=attention, max_new_tokens=int(gen.max_new_tokens), min_new_tokens=1,
@@ -266,7 +281,10 @@ class Generator:
     """Produces suggestions with the live policy (base model + current LoRA adapter).
 
     `version_source()` returns ``(version_id, version_dir)`` of the live policy or ``None`` for the
-    base model; it is called before every generation (a cheap store query)."""
+    base model; it is called before every generation (a cheap store query). A live version that
+    cannot be loaded does not stop generation: the generator keeps the version it has (the last
+    one that loaded, or the base model), reports ``on_error(version_id, message)`` once, and tries
+    again only when the live version changes."""
 
     def __init__(
         self,
@@ -274,6 +292,7 @@ class Generator:
         tokenizer,
         version_source: Callable[[], tuple[int, str] | None] | None = None,
         device: torch.device | None = None,
+        on_error: Callable[[int, str], None] | None = None,
     ):
         contiguous_lm_head_input(model)  # keeps generation fast once peft freezes the base
         self.base_model = model
@@ -282,6 +301,11 @@ class Generator:
         self.version_source = version_source or (lambda: None)
         self.device = device or next(model.parameters()).device
         self.policy_version = 0
+        self.on_error = on_error
+        self.failed_version: int | None = None
+        """The live version that last failed to load (not retried until the live version changes)."""
+        self.load_error: str | None = None
+        """Why the live version is not the one loaded (None when it is)."""
         self.lock = threading.RLock()
 
     # ------------------------------------------------------------------ hot swap
@@ -290,14 +314,32 @@ class Generator:
         live = self.version_source()
         with self.lock:
             if live is None:
+                self.failed_version = self.load_error = None
                 if self.policy_version != 0:
                     log.info("no published policy: back to the base model")
                     self._unload_adapters()
                 return self.policy_version
             vid, vdir = live
             if vid == self.policy_version:
+                self.failed_version = self.load_error = None
                 return vid
-            self._load_adapter(vid, adapter_dir(vdir))
+            if vid == self.failed_version:
+                return self.policy_version
+            try:
+                self._load_adapter(vid, adapter_dir(vdir))
+                self.failed_version = self.load_error = None
+            except Exception as e:  # noqa: BLE001 - any unloadable version: keep generating
+                self._drop_adapter(f"v{vid}")
+                self.failed_version = vid
+                kept = f"version {self.policy_version}" if self.policy_version else "the base model"
+                msg = f"policy version {vid} could not be loaded ({type(e).__name__}); generating with {kept}"
+                self.load_error = msg
+                log.warning("%s: %s", msg, e)
+                if self.on_error is not None:
+                    try:
+                        self.on_error(vid, msg)
+                    except Exception:  # noqa: BLE001 - reporting must not stop generation either
+                        log.exception("on_error callback failed")
             return self.policy_version
 
     def _load_adapter(self, vid: int, adapter_dir: Path) -> None:
@@ -305,6 +347,18 @@ class Generator:
         self.model = adapters.swap(self.model, adapter_dir, f"v{vid}")
         self.policy_version = vid
         log.info("hot-swapped policy version %s in %.2f s", vid, time.perf_counter() - t0)
+
+    def _drop_adapter(self, name: str) -> None:
+        """Remove what a failed load may have left: a half-registered adapter that is not in use."""
+        try:
+            if not hasattr(self.model, "get_base_model"):  # still the plain base: undo an in-place injection
+                adapters.strip_injected(self.model)
+                if hasattr(self.model, "peft_config"):
+                    del self.model.peft_config
+            elif name in self.model.peft_config and len(self.model.peft_config) > 1:
+                self.model.delete_adapter(name)
+        except Exception:  # noqa: BLE001
+            log.exception("could not clean up adapter %s", name)
 
     def _unload_adapters(self) -> None:
         if self.model is not self.base_model:
@@ -315,17 +369,21 @@ class Generator:
     def _generate_raw(
         self, prompt_texts: list[str], mode: str, gen: GenerationSettings,
         on_tokens: Callable[[list[str]], None] | None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> tuple[list[str], list[bool]]:
         """One sampled continuation per row of prompt_texts, in one batch (the one `sample`)."""
         out = sample(self.model, self.tokenizer, prompt_texts, gen, paragraph_stop=mode == "continue",
-                     on_tokens=on_tokens)
+                     on_tokens=on_tokens, should_stop=should_stop)
         return out.texts, out.finished
 
     def suggest(
         self, prompt: Prompt, source_text: str, gen: GenerationSettings,
         on_update: Callable[[list[str]], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> SuggestResult:
-        """K distinct cleaned candidates for one prompt (tops up after dedup, up to max_rounds)."""
+        """K distinct cleaned candidates for one prompt (tops up after dedup, up to max_rounds).
+        Once `should_stop()` is true, generation ends and what was written so far is returned."""
+        stopped = should_stop or (lambda: False)
         gen.validate()
         t0 = time.perf_counter()
         self.refresh_policy()
@@ -340,7 +398,7 @@ class Generator:
             angle_of: dict[str, str] = {}  # normalised text -> the angle it was first written with
             raw_all: list[str] = []
             rounds, row = 0, 0
-            while len(kept) < gen.k and rounds < 1 + gen.max_rounds:
+            while len(kept) < gen.k and rounds < 1 + gen.max_rounds and not stopped():
                 need = gen.k - len(kept)
                 n = gen.k if rounds == 0 else max(2, need)
                 row_angles = [angles[(row + i) % len(angles)] for i in range(n)]
@@ -353,7 +411,7 @@ class Generator:
                         on_update((_prev + cleaned)[: gen.k])
 
                 raw, finished = self._generate_raw([angle_texts[a] for a in row_angles], prompt.mode, gen,
-                                                   relay if on_update else None)
+                                                   relay if on_update else None, should_stop)
                 raw_all.extend(raw)
                 cleaned = [clean_candidate(r, prompt.mode, source_text, f) for r, f in zip(raw, finished)]
                 for text, a in zip(cleaned, row_angles):
@@ -368,14 +426,23 @@ class Generator:
             on_update(list(kept))
         return result
 
-    def stream(self, prompt: Prompt, source_text: str, gen: GenerationSettings) -> Iterator[StreamEvent]:
-        """Run `suggest` in a worker thread and yield partial candidates as they are produced."""
+    def stream(
+        self, prompt: Prompt, source_text: str, gen: GenerationSettings,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Iterator[StreamEvent]:
+        """Run `suggest` in a worker thread and yield partial candidates as they are produced.
+        Closing the iterator early (the reader left) stops the generation at the next token."""
         q: queue.Queue = queue.Queue()
         box: dict[str, object] = {}
+        left = threading.Event()
+
+        def stop() -> bool:
+            return left.is_set() or (should_stop is not None and should_stop())
 
         def work() -> None:
             try:
-                box["result"] = self.suggest(prompt, source_text, gen, on_update=lambda p: q.put(list(p)))
+                box["result"] = self.suggest(prompt, source_text, gen, on_update=lambda p: q.put(list(p)),
+                                             should_stop=stop)
             except BaseException as e:  # noqa: BLE001 - surfaced to the caller below
                 box["error"] = e
             finally:
@@ -383,11 +450,14 @@ class Generator:
 
         t = threading.Thread(target=work, name="inkloop-generate", daemon=True)
         t.start()
-        while True:
-            item = q.get()
-            if item is None:
-                break
-            yield StreamEvent(item)
+        try:
+            while True:
+                item = q.get()
+                if item is None:
+                    break
+                yield StreamEvent(item)
+        finally:
+            left.set()
         t.join()
         if "error" in box:
             raise box["error"]  # type: ignore[misc]

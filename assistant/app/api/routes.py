@@ -139,6 +139,9 @@ class StatusOut(BaseModel):
     model: str = Field(description="Base model name.")
     policy_version: int = Field(description="Live (published) policy version of the profile; 0 = base model.")
     loaded_policy_version: int = Field(description="Policy version the generator has loaded right now.")
+    policy_error: str | None = Field(None, description=(
+        "Why the live version is not the loaded one (it could not be loaded; the generator kept the "
+        "last loadable version or the base model), or null."))
     counts: dict[str, int]
     feedback_by_kind: dict[str, int]
     learner: dict[str, Any] | None = Field(description="The learner's state, or null when it has never run.")

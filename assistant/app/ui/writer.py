@@ -149,6 +149,8 @@ def header_text(services: Services, profile: str | None = None) -> str:
     live_txt = f"v{live}" if live else "v0 (base model)"
     fb = sum((st.get("feedback_by_kind") or {}).values())
     extra = "" if loaded == live else f" · generator has v{loaded}, switches before the next suggestion"
+    if st.get("policy_error"):
+        extra = f" · ⚠️ {st['policy_error']}"
     return (
         f"**Model** `{services.model_name or '?'}` · **live policy** {live_txt}{extra} · "
         f"**profile** `{profile}` · {fb} ratings so far"
