@@ -18,6 +18,8 @@ from assistant.lm.config import (
     BUILTIN_STYLES,
     INSPIRE_KINDS,
     MAX_K,
+    MAX_KEYWORD_CHARS,
+    MAX_KEYWORDS,
     MAX_NEW_TOKENS,
     MAX_SAMPLE_CHARS,
     MAX_TEXT_CHARS,
@@ -100,7 +102,14 @@ def validate_request(req: SuggestRequest, custom_styles: dict[str, str] | None =
         raise InputError(f"text is {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
     if req.sample and len(req.sample) > MAX_SAMPLE_CHARS:
         raise InputError(f"sample is {len(req.sample)} characters; the limit is {MAX_SAMPLE_CHARS}")
+    if isinstance(req.keywords, str) and len(req.keywords) > MAX_KEYWORDS * (MAX_KEYWORD_CHARS + 2):
+        raise InputError(f"keywords are {len(req.keywords)} characters; at most {MAX_KEYWORDS} keywords "
+                         f"of {MAX_KEYWORD_CHARS} characters each")
     kws = _keywords(req.keywords)
+    if len(kws) > MAX_KEYWORDS:
+        raise InputError(f"{len(kws)} keywords; the limit is {MAX_KEYWORDS}")
+    if any(len(k) > MAX_KEYWORD_CHARS for k in kws):
+        raise InputError(f"a keyword is limited to {MAX_KEYWORD_CHARS} characters")
     if req.mode in ("continue", "restyle") and not text.strip():
         raise InputError(f"{req.mode} needs non-empty text")
     if req.mode == "inspire":

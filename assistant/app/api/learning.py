@@ -17,11 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path as PathParam, Query
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from assistant.app.api.routes import API_PREFIX
+from assistant.app.api.routes import API_PREFIX, MAX_ID
 from assistant.app.export import (
     ExportError,
     export_to_exports_dir,
@@ -48,7 +48,7 @@ class ExportIn(_In):
     what: Literal["merged", "adapter", "reward", "feedback"] = Field(
         description="merged: LoRA merged into the base (a plain transformers model); adapter: the peft adapter "
                     "and value head; reward: the reward model; feedback: TRL-style JSONL datasets.")
-    version: int | None = Field(None, ge=1, description="Version id (default: the live one).")
+    version: int | None = Field(None, ge=1, le=MAX_ID, description="Version id (default: the live one).")
     profile: str | None = Field(None, min_length=1, max_length=64)
 
 
@@ -94,7 +94,7 @@ def learning_router(services: Services, data_dir: str | Path, base_model_path: s
         }
 
     @r.post("/versions/{version_id}/rollback", summary="Make a version live again (0 = the base model)")
-    def rollback(version_id: int, body: RollbackIn | None = None) -> dict[str, Any]:
+    def rollback(version_id: int = PathParam(ge=0, le=MAX_ID), body: RollbackIn | None = None) -> dict[str, Any]:
         p = prof(body.profile if body else None)
         if version_id < 0:
             raise InputError("version must be 0 (the base model) or a version id")
@@ -115,7 +115,7 @@ def learning_router(services: Services, data_dir: str | Path, base_model_path: s
         return {"events": store.events(prof(profile), kind, limit)}
 
     @r.get("/metrics/{name:path}", summary="One metric's series over versions, e.g. eval/win_rate")
-    def metric(name: str, version: int | None = Query(None, ge=1)) -> dict[str, Any]:
+    def metric(name: str, version: int | None = Query(None, ge=1, le=MAX_ID)) -> dict[str, Any]:
         if len(name) > 64:
             raise InputError("metric name too long")
         return {"name": name, "points": store.metric_series(name, version)}
