@@ -194,11 +194,12 @@ def extra_api_routers(services) -> list:
     return routers
 
 
-def build_app(services, with_ui: bool = True):
-    """FastAPI app with the REST API (and extra routers) and, when available, the Gradio UI at '/'."""
+def build_app(services, with_ui: bool = True, access=None):
+    """FastAPI app with the REST API (and extra routers) and, when available, the Gradio UI at '/'.
+    `access` (AccessSettings) guards every route, the UI's included (see assistant.app.api.security)."""
     from assistant.app.api.routes import build_api
 
-    app = build_api(services, extra_routers=extra_api_routers(services))
+    app = build_api(services, extra_routers=extra_api_routers(services), access=access)
     if with_ui:
         try:
             from assistant.app.ui.writer import mount_ui
@@ -212,16 +213,45 @@ def build_app(services, with_ui: bool = True):
 
 
 # ----------------------------------------------------------------------------- commands
+def access_settings(args: argparse.Namespace):
+    """Who may use the server: loopback binds check Host/Origin; any other bind needs a token."""
+    from assistant.app.api.security import AccessSettings
+
+    token = getattr(args, "token", None) or os.environ.get("INKLOOP_TOKEN") or None
+    return AccessSettings(host=args.host, port=args.port, token=token)
+
+
+def public_urls(host: str, port: int) -> list[str]:
+    """The addresses a person can open for a server bound to `host` (all interfaces: this machine's)."""
+    import socket
+
+    if host in ("0.0.0.0", "::", ""):
+        names = {socket.gethostname()}
+        try:
+            names |= {ai[4][0] for ai in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
+        except OSError:
+            pass
+        names.discard("127.0.0.1")
+        return [f"http://{n}:{port}/" for n in sorted(names)] + [f"http://127.0.0.1:{port}/"]
+    h = f"[{host}]" if ":" in host else host
+    return [f"http://{h}:{port}/"]
+
+
 @command
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    access = access_settings(args)
+    if not access.loopback and not access.token:
+        return fail(f"--host {args.host} makes inkloop reachable from other machines: give it an access token "
+                    "(--token TOKEN or INKLOOP_TOKEN=TOKEN; e.g. `python -c 'import secrets; "
+                    "print(secrets.token_urlsafe(24))'`), or bind 127.0.0.1")
     say("inkloop: loading models (the first start converts the bundled GGUF once, about 20 s)...")
     services = build_services(args)
     # e.g. reward.cli_learn: the Learning/Export tabs and the learner's own process
     attached = [hook(services, args) for hook in serve_hooks("attach_learning")]
     try:
-        app = build_app(services, with_ui=not args.api_only)
+        app = build_app(services, with_ui=not args.api_only, access=access)
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
         _run_server(uvicorn.Server(config), args)
     finally:
@@ -238,8 +268,12 @@ def _run_server(server, args: argparse.Namespace) -> None:
         while not server.started and not server.should_exit:
             time.sleep(0.05)
         if server.started:
-            host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
-            say(f"inkloop is ready at http://{host}:{args.port}/  (API: /api/v1, OpenAPI: /openapi.json)")
+            urls = public_urls(args.host, args.port)
+            where = "on all interfaces" if args.host in ("0.0.0.0", "::", "") else f"on {args.host}"
+            say(f"inkloop is ready {where} at {' or '.join(urls)}  (API: /api/v1, OpenAPI: /openapi.json)")
+            if access_settings(args).token:
+                say("access token required: the UI asks for it once per browser; API clients send "
+                    "'Authorization: Bearer <token>'")
             say(f"startup took {process_age():.1f} s (process start -> listening)")
 
     threading.Thread(target=announce, daemon=True, name="inkloop-announce").start()
@@ -377,6 +411,8 @@ def register(sub, parent) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default %(default)s: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="default %(default)s")
     p.add_argument("--api-only", action="store_true", help="serve the REST API without the web UI")
+    p.add_argument("--token", default=None,
+                   help="access token (or INKLOOP_TOKEN); required with a --host other than loopback")
     for hook in serve_hooks("add_serve_flags"):
         hook(p)
     p.set_defaults(func=cmd_serve)
