@@ -35,9 +35,9 @@ class ServeLimits:
 class Busy(RuntimeError):
     """The generation queue (or the export slot) is full: try again after `retry_after` seconds."""
 
-    def __init__(self, message: str, retry_after: int = 5):
+    def __init__(self, message: str, retry_after: int = 5, status: int = 429):
         super().__init__(message)
-        self.retry_after = retry_after
+        self.retry_after, self.status = retry_after, status
 
 
 class Cancelled(RuntimeError):

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import pathlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, Literal, Sequence
 
@@ -174,6 +176,22 @@ def _error(status: int, message: str, detail: Any = None) -> JSONResponse:
     return JSONResponse(jsonable_encoder(body), status_code=status)
 
 
+def scrub_paths(message: str, data_dir: str | os.PathLike | None) -> str:
+    """`message` with the data directory's absolute path made relative (and the home folder as ~):
+    answers never tell a client where things are on this machine."""
+    if data_dir:
+        for root in {str(pathlib.Path(data_dir)), str(pathlib.Path(data_dir).resolve())}:
+            message = message.replace(root + os.sep, "").replace(root, "<data dir>")
+    home = str(pathlib.Path.home())
+    if len(home) > 1:
+        message = message.replace(home + os.sep, "~" + os.sep)
+    return message
+
+
+def _scrubbed(request: Request, exc: Exception) -> str:
+    return scrub_paths(str(exc), getattr(request.app.state, "data_dir", None))
+
+
 def _validation_message(errors: Sequence[dict[str, Any]]) -> str:
     parts = []
     for e in errors:
@@ -195,19 +213,19 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(InputError)
     async def _on_input(request: Request, exc: InputError):
-        return _error(400, str(exc))
+        return _error(400, _scrubbed(request, exc))
 
     @app.exception_handler(NotFound)
     async def _on_not_found(request: Request, exc: NotFound):
-        return _error(404, str(exc))
+        return _error(404, _scrubbed(request, exc))
 
     @app.exception_handler(StoreError)
     async def _on_store(request: Request, exc: StoreError):
-        return _error(400, str(exc))
+        return _error(400, _scrubbed(request, exc))
 
     @app.exception_handler(Busy)
     async def _on_busy(request: Request, exc: Busy):
-        r = _error(429, str(exc))
+        r = _error(exc.status, str(exc))
         r.headers["Retry-After"] = str(int(exc.retry_after))
         return r
 
@@ -400,6 +418,7 @@ def build_api(services: Services, extra_routers: Sequence[APIRouter] = (),
     for router in extra_routers:
         app.include_router(router)
     app.state.services = services
+    app.state.data_dir = services.store.path.parent
     return app
 
 
