@@ -214,3 +214,41 @@ def test_a_dropped_stream_stops_its_generation_and_records_nothing(tiny_services
         tiny_services.generator.lock.release()
         assert _snapshot(tiny_services) == before
         assert http.get(f"{live_server}{API}/status").status_code == 200
+
+
+def test_the_ui_says_busy_when_the_queue_is_full(tiny_services):
+    import gradio as gr
+
+    from assistant.app.services import SuggestRequest
+    from assistant.app.ui.writer import run_suggest
+
+    tiny_services.gate = GenerationGate(ServeLimits(max_waiting=0))
+    ticket = tiny_services.gate.admit()  # someone else is generating
+    before = _snapshot(tiny_services)
+    try:
+        with pytest.raises(gr.Error, match="busy"):
+            list(run_suggest(tiny_services, SuggestRequest(mode="continue", text="Hello.", k=1, max_new_tokens=4), ""))
+    finally:
+        ticket.release()
+    assert _snapshot(tiny_services) == before
+    assert list(run_suggest(tiny_services, SuggestRequest(mode="continue", text="Hello.", k=1, max_new_tokens=4), ""))
+
+
+def test_bad_input_is_answered_at_once_even_while_the_model_is_busy(client, tiny_services):
+    gen = tiny_services.generator
+    gen.lock.acquire()
+    try:
+        box = {}
+        t = threading.Thread(target=lambda: box.setdefault("r", client.post(
+            f"{API}/suggest", json={**FAST, "mode": "continue", "text": "Busy.", "k": 1})))
+        t.start()
+        time.sleep(0.3)
+        t0 = time.perf_counter()
+        r = client.post(f"{API}/suggest", json={"mode": "continue", "text": "   "})
+        assert r.status_code == 400 and time.perf_counter() - t0 < 3  # not queued behind the model
+        with client.stream("POST", f"{API}/suggest/stream", json={"mode": "restyle", "text": "x"}) as r:
+            assert r.status_code == 400
+    finally:
+        gen.lock.release()
+    t.join(30)
+    assert box["r"].status_code == 200

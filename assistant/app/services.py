@@ -228,12 +228,16 @@ class Services:
         )
 
     def _generate(self, req: SuggestRequest, on_update: Callable[[list[str]], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None):
+                  ticket: Ticket | None = None):
+        """Validate and build the prompt, then (with a ticket: once it is this request's turn, until its
+        deadline) generate."""
         prompt, options, material = self._prepare(req)
         if on_update is not None:
             on_update([])  # the input is valid: the request is accepted (it may wait for the model)
-        return self.generator.suggest(prompt, req.text or "", req.generation(self.generation_defaults),
-                                      on_update=on_update, should_stop=should_stop), options, material
+        with ticket.generating() if ticket is not None else contextlib.nullcontext():
+            result = self.generator.suggest(prompt, req.text or "", req.generation(self.generation_defaults),
+                                            on_update=on_update, should_stop=ticket.should_stop if ticket else None)
+        return result, options, material
 
     def suggest(self, req: SuggestRequest, ticket: Ticket | None = None,
                 on_update: Callable[[list[str]], None] | None = None) -> SuggestResponse:
@@ -243,8 +247,7 @@ class Services:
         t0 = time.perf_counter()
         ticket = ticket or self.gate.admit()
         try:
-            with ticket.generating():
-                result, options, material = self._generate(req, on_update, ticket.should_stop)
+            result, options, material = self._generate(req, on_update, ticket)
         finally:
             ticket.release()
         if ticket.cancelled:

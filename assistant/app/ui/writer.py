@@ -40,6 +40,7 @@ from typing import Any, Iterator
 
 import gradio as gr
 
+from assistant.app.limits import Busy
 from assistant.app.services import InputError, Services, SuggestRequest, SuggestResponse
 from assistant.lm.config import (
     ASSETS,
@@ -264,7 +265,7 @@ def run_suggest(services: Services, req: SuggestRequest, source: str) -> Iterato
                 info = f"⏳ generating {k} suggestion{'s' if k != 1 else ''}… {time.perf_counter() - t0:.1f} s"
                 yield (*_rows_updates(list(ev), k, reset=first), pending, info, gr.skip())
                 first = False
-    except InputError as e:
+    except (InputError, Busy) as e:
         raise gr.Error(str(e)) from None
     except (StoreError, ValueError) as e:
         raise gr.Error(str(e)) from None
