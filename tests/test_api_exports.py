@@ -98,3 +98,19 @@ def test_exports_are_cleaned_keeping_the_newest(tiny_services):
     assert listed == names[::-1][:3]
     left = sorted(p.name for p in root.iterdir())
     assert left == sorted([*names[-3:], *(n[:-4] for n in names[-3:])])  # zip + folder of the newest 3
+
+
+def test_a_rejected_export_removes_no_earlier_export(tiny_services):
+    """Found by benchmarks/faults.py: a failing export had already pruned older zips."""
+    _feedback(tiny_services)
+    tiny_services.limits.keep_exports = 2
+    with _client(tiny_services) as c:
+        for _ in range(2):
+            assert c.post(f"{API}/export", json={"what": "feedback"}).status_code == 200
+            time.sleep(0.02)
+        before = c.get(f"{API}/exports").json()["exports"]
+        r = c.post(f"{API}/export", json={"what": "adapter", "version": 123456})
+        assert r.status_code == 404
+        r = c.post(f"{API}/export", json={"what": "merged"})
+        assert r.status_code == 400
+        assert c.get(f"{API}/exports").json()["exports"] == before

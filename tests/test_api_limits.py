@@ -252,3 +252,11 @@ def test_bad_input_is_answered_at_once_even_while_the_model_is_busy(client, tiny
         gen.lock.release()
     t.join(30)
     assert box["r"].status_code == 200
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 5e-324, 1e-9])
+def test_a_vanishing_temperature_is_greedy_not_a_crash(client, tiny_services, temperature):
+    """Found by benchmarks/faults.py: logits / 1e-300 overflow to inf and sampling raised (500)."""
+    r = client.post(f"{API}/suggest", json={**FAST, "mode": "continue", "text": "The sea.", "k": 2,
+                                            "temperature": temperature})
+    assert r.status_code == 200, r.text

@@ -55,9 +55,10 @@ def _export_slot(root: Path) -> threading.Lock:
         return _SLOTS.setdefault(key, threading.Lock())
 
 
-def clean_exports(data_dir: str | Path, keep: int = 5) -> list[str]:
+def clean_exports(data_dir: str | Path, keep: int | None = 5) -> list[str]:
     """Remove temporary zips, export folders without their zip (an interrupted export), and all
-    but the newest `keep` exports (zip and folder). Returns the names removed."""
+    but the newest `keep` exports (zip and folder; None keeps every finished one). Returns the
+    names removed."""
     root = exports_root(data_dir)
     if not root.is_dir():
         return []
@@ -67,10 +68,11 @@ def clean_exports(data_dir: str | Path, keep: int = 5) -> list[str]:
         removed.append(tmp.name)
     zips = sorted((z for z in root.glob("*.zip") if not z.name.startswith(".")),
                   key=lambda p: p.stat().st_mtime, reverse=True)
-    for z in zips[max(0, int(keep)):]:
+    keep = len(zips) if keep is None else max(0, int(keep))
+    for z in zips[keep:]:
         z.unlink(missing_ok=True)
         removed.append(z.name)
-    kept = {z.name[:-4] for z in zips[: max(0, int(keep))]}
+    kept = {z.name[:-4] for z in zips[:keep]}
     for d in root.iterdir():
         if d.is_dir() and not d.name.startswith(".") and d.name not in kept:
             shutil.rmtree(d, ignore_errors=True)
@@ -296,9 +298,12 @@ def export_to_exports_dir(
     if not slot.acquire(blocking=False):
         raise ExportBusy("another export is running; try again when it has finished")
     try:
-        clean_exports(data_dir, keep=max(0, keep - 1))  # room for this one
-        return _export_zip(store, root, what=what, profile_id=profile_id, version_id=version_id,
-                           base_path=base_path, make_zip=make_zip)
+        clean_exports(data_dir, keep=None)  # leftovers of interrupted exports only
+        result = _export_zip(store, root, what=what, profile_id=profile_id, version_id=version_id,
+                             base_path=base_path, make_zip=make_zip)
+        if make_zip:  # only once this one exists: a failed export removes nothing
+            clean_exports(data_dir, keep=keep)
+        return result
     finally:
         slot.release()
 

@@ -22,7 +22,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from assistant.lm import adapters
 from assistant.lm.adapters import adapter_dir
-from assistant.lm.config import GenerationSettings
+from assistant.lm.config import MIN_SAMPLING_TEMPERATURE, GenerationSettings
 from assistant.lm.models import autocast_context, contiguous_lm_head_input
 from assistant.lm.prompts import ANGLE_MODES, ANGLES, Prompt, render, with_angle
 
@@ -231,7 +231,7 @@ def sample(
         stops.append(ParagraphStop(tokenizer, prompt_len, min_tokens=max(4, gen.min_new_tokens)))
     if should_stop is not None:
         stops.append(StopWhen(should_stop))
-    greedy = float(gen.temperature) <= 0.0
+    greedy = float(gen.temperature) < MIN_SAMPLING_TEMPERATURE
     kwargs = dict(
         input_ids=input_ids, attention_mask=attention, max_new_tokens=int(gen.max_new_tokens), min_new_tokens=1,
         do_sample=not greedy, repetition_penalty=float(gen.repetition_penalty), pad_token_id=pad,
@@ -418,7 +418,7 @@ class Generator:
                     angle_of.setdefault(_norm(text), a)
                 kept = dedupe(kept + cleaned)[: gen.k]
                 rounds += 1
-                if float(gen.temperature) <= 0.0:
+                if float(gen.temperature) < MIN_SAMPLING_TEMPERATURE:
                     break  # greedy cannot produce new candidates
         result = SuggestResult(kept, prompt_text, version, time.perf_counter() - t0, rounds, raw_all,
                                [angle_of.get(_norm(t), "") for t in kept])
