@@ -278,6 +278,7 @@ class LoadReport:
     server_log_locked: int = 0
     fds_max: int = 0
     rss_max_mb: float = 0.0
+    trajectory: list[tuple[float, int, float]] = field(default_factory=list)
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -312,7 +313,7 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 180) -> None:
 
 
 def load(clients: int, seconds: float, base: str, pid: int | None, data_dir: Path, seed: int = 0,
-         max_new_tokens: int = 256) -> LoadReport:
+         max_new_tokens: int = 256, retry_cap_s: float = 2.0) -> LoadReport:
     """`clients` threads of mixed calls for `seconds` against the server at `base` (pid: to watch)."""
     import httpx
 
@@ -368,6 +369,9 @@ def load(clients: int, seconds: float, base: str, pid: int | None, data_dir: Pat
                             with lock:
                                 suggestion_ids.extend(s["id"] for s in r.json()["suggestions"])
                                 acked_req.append(r.json()["request_id"])
+                        elif r.status_code == 429:  # a polite client waits as told (capped: keep the load up)
+                            time.sleep(min(float(r.headers.get("retry-after", 1)), retry_cap_s,
+                                           max(0.0, deadline - time.monotonic())))
                     elif op == "feedback":
                         with lock:
                             sid = rng.choice(suggestion_ids)
@@ -415,6 +419,7 @@ def load(clients: int, seconds: float, base: str, pid: int | None, data_dir: Pat
         rep.fds = (warm[0][1], proc_fds(pid))
         rep.rss_mb = (warm[0][2], proc_rss_mb(pid))
         rep.fds_max, rep.rss_max_mb = max(x[1] for x in samples), max(x[2] for x in samples)
+        rep.trajectory = [min(samples, key=lambda x, f=f: abs(x[0] - f * seconds)) for f in (0.2, 0.4, 0.6, 0.8, 1.0)]
     # what was acknowledged is there, exactly once
     con = sqlite3.connect(f"file:{data_dir / 'inkloop.db'}?mode=ro", uri=True, timeout=30)
     try:
@@ -502,6 +507,8 @@ def print_load(rep: LoadReport) -> None:
           f"{len(rep.errors)}")
     print(f"server file descriptors {rep.fds[0]} (after the first fifth) -> {rep.fds[1]} (end), max {rep.fds_max}; "
           f"RSS {rep.rss_mb[0]:.0f} MB -> {rep.rss_mb[1]:.0f} MB, max {rep.rss_max_mb:.0f} MB")
+    if rep.trajectory:
+        print("server over time: " + "; ".join(f"{t:.0f} s: {n} fds, {m:.0f} MB" for t, n, m in rep.trajectory))
     for x in rep.errors[:5]:
         print(f"  error: {x}")
 
