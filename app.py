@@ -13,7 +13,7 @@ import logging
 import sys
 
 COMMAND_MODULES = [
-    "assistant.app.cli.common",  # serve, suggest, status, styles, library
+    "assistant.app.cli.serve",  # serve, suggest, status, rate
     "assistant.app.cli.reward",  # feedback import/export, rm train/score
     "assistant.app.cli.rl",  # rl train, simulate
     "assistant.app.cli.learn",  # learn, versions, export
@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    from assistant.app.cli.common import command
+
+    return command(args.func)(args)  # bad input: one clear line and exit code 2, never a traceback
 
 
 if __name__ == "__main__":

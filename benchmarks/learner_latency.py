@@ -16,6 +16,7 @@ what the caps buy. The CPU load average is printed: on a shared machine the figu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -77,7 +78,7 @@ def learner_busy(store) -> str | None:
 def run_with_learner(services, args, data_dir: Path, capped: bool):
     """Start the learner; once it trains, cycle through the same request with the learner frozen
     by hand (SIGSTOP: the "idle" figure), with it running, and with it running but paused during
-    generation as `inkloop serve` does (LearnerSupervisor.yielding), so all see the same outside
+    generation as `inkloop serve` does (the Generator's busy hook, LearnerSupervisor.busy), so all see the same outside
     load. Returns (idle, learning, learning with yield, learner phases seen)."""
     import signal
 
@@ -98,7 +99,6 @@ def run_with_learner(services, args, data_dir: Path, capped: bool):
             raise RuntimeError(f"the learner never started training; see {data_dir / 'learner.log'}")
         idle, busy, yielded, phases = [], [], [], []
         gen = services.generator
-        plain_suggest = gen.suggest
         for i in range(args.reps):
             pid = sup.proc.pid
             os.kill(pid, signal.SIGSTOP)
@@ -109,11 +109,11 @@ def run_with_learner(services, args, data_dir: Path, capped: bool):
             time.sleep(0.5)  # let it get going again
             phases.append(learner_busy(services.store) or "idle")
             busy += measure(services, 1, args.k, args.max_new_tokens, offset=i)  # the same request
-            gen.suggest = sup.yielding(plain_suggest)  # what `inkloop serve` does
+            gen.busy = sup.busy  # what `inkloop serve` does
             try:
                 yielded += measure(services, 1, args.k, args.max_new_tokens, offset=i)
             finally:
-                gen.suggest = plain_suggest
+                gen.busy = contextlib.nullcontext
             time.sleep(0.5)
         return idle, busy, yielded, phases
     finally:

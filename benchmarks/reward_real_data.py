@@ -111,7 +111,7 @@ def shared_data_dir() -> Path:
 # ----------------------------------------------------------------------------- loaders
 def load_hh(data_dir: Path, max_pairs: int, seed: int):
     from reward.feedback import PreferencePair, RewardData
-    from storage.datasets import parse_file
+    from storage.jsonl import parse_file
 
     parsed = parse_file(data_dir / "hh_rlhf_harmless" / "harmless-base_test.jsonl.gz", "preference")
     recs = parsed.records
@@ -158,7 +158,7 @@ LAMP_CONTEXT = "Write a literary paragraph of high quality."
 
 def load_lamp(data_dir: Path, max_points: int, seed: int):
     from reward.feedback import PointwiseTarget, RewardData
-    from storage.store import text_hash
+    from storage.records import text_hash
 
     seen: dict[str, list[float]] = {}
     for line in open(data_dir / "lamp" / "lamp-R_train.jsonl", encoding="utf-8"):
@@ -260,8 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from assistant.lm.config import ModelSettings
     from assistant.lm.models import load_embedder
+    from reward.config import RewardTrainConfig
     from reward.feedback import RewardData
-    from reward.train import RewardTrainConfig, split_by_group, train_reward_model
+    from reward.train import split_by_group, train_reward_model
     from storage.store import Store
 
     data_dir = args.data or shared_data_dir()

@@ -71,22 +71,25 @@ def build_pool(store, threads: int | None, train_reps: int, heldout_reps: int, v
     import types
 
     from assistant.app.cli.common import build_services
-    from reward.loop.simulate import SimConfig, load_prompts, suggest_request
+    from assistant.app.simulation import ServicesAssistant
+    from reward.eval.prompts import load_prompts
+    from reward.loop.config import SimConfig
 
     args = types.SimpleNamespace(model=None, device="cpu", dtype="auto", threads=threads, profile="pool-train")
     services = build_services(args, store=store)
-    train, held = load_prompts()
+    train, held = load_prompts(split="train"), load_prompts(split="heldout")
+    cfg = SimConfig()
     pools = [("pool-train", train, train_reps, False), ("pool-heldout", held, heldout_reps, False)]
     if variety:
         pools.append(("pool-train-variety", train, train_reps, True))
     rng = random.Random(0)
     for profile, prompts, reps, varied in pools:
-        cfg = SimConfig(variety=varied)
+        person = ServicesAssistant(services, profile, cfg.max_new_tokens, cfg.temperature)
         have = len(store.recent_requests(profile, limit=100000))
         todo = [p for _ in range(reps) for p in prompts][have:]
         t0 = time.perf_counter()
         for i, p in enumerate(todo):
-            services.suggest(suggest_request(p, cfg, profile, seed=rng.randrange(1 << 30)))
+            person.suggest(p, cfg.k, seed=rng.randrange(1 << 30), variety=varied)
             print(f"  {profile}: {have + i + 1}/{have + len(todo)} requests ({time.perf_counter() - t0:.0f} s)",
                   file=sys.stderr, flush=True)
 
@@ -103,18 +106,21 @@ def pool(store, profile: str) -> dict[str, list]:
 
 def rate(store, rater, seed: int, train_pool: dict[str, list], budget: int, profile: str) -> None:
     """Copy pool requests into `profile` in simulate's order and rate them as simulate does."""
-    from reward.loop.simulate import interleave_modes, rate_suggestions
+    import types
+
+    from reward.eval.raters import rate_suggestions
+    from reward.loop.simulate import interleave_modes
 
     rng = random.Random(seed)
     keys = list(train_pool)
-    prompts = [{"mode": train_pool[k][0].mode, "key": k} for k in keys]
+    prompts = [types.SimpleNamespace(mode=train_pool[k][0].mode, key=k) for k in keys]
     used = dict.fromkeys(keys, 0)
     order: list[dict] = []
     n = 0
     while n < budget:
         if not order:
             order = interleave_modes(prompts, rng)
-        k = order.pop(0)["key"]
+        k = order.pop(0).key
         src = train_pool[k][used[k] % len(train_pool[k])]
         used[k] += 1
         req = store.record_request(profile_id=profile, mode=src.mode, text=src.text, options=src.options,
@@ -167,8 +173,9 @@ def main() -> None:
 
     from assistant.lm.config import ModelSettings
     from assistant.lm.models import load_embedder
-    from reward.loop.simulate import make_rater
-    from reward.train import RewardTrainConfig, train_from_store
+    from reward.config import RewardTrainConfig
+    from reward.eval.raters import make_rater
+    from reward.train import train_from_store
     from storage.store import Store
 
     if a.threads:

@@ -9,6 +9,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from assistant.lm.models import embedder_name
+from storage.records import text_hash
+
 CONTEXT_EMBED_CHARS = 800
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -142,7 +145,6 @@ def context_head_for_embedding(context: str) -> str:
 
 # ----------------------------------------------------------------------------- embedding cache
 def _embedder_name(embedder: Any) -> str:
-    from assistant.lm.models import embedder_name
 
     return embedder_name(embedder)
 
@@ -157,7 +159,6 @@ class EmbeddingCache:
         self.n_embedded = 0
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        from storage.store import text_hash
 
         hashes = [text_hash(t) for t in texts]
         missing = [h for h in dict.fromkeys(hashes) if h not in self.memory]

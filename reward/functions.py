@@ -34,7 +34,9 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from reward.eval.quality import ngrams, repetition_rate, words
+from assistant.lm.prompts import STYLE_INSTRUCTIONS
+from reward.feedback import context_of
+from reward.text import ngrams, repetition_rate, words
 
 TERMS = ("rm", "length", "repetition", "distinct", "keywords", "style", "fluency", "tone")
 
@@ -75,8 +77,6 @@ class RolloutPrompt:
     @classmethod
     def from_request(cls, request: Any) -> "RolloutPrompt":
         """From a stored `storage.store.Request` (its rendered prompt, mode, text and options)."""
-        from assistant.lm.prompts import STYLE_INSTRUCTIONS
-        from reward.feedback import context_of
 
         opts = request.options or {}
         kws = opts.get("keywords") or []

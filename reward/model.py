@@ -425,7 +425,7 @@ class LMRewardModel(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path, lm: Any) -> "LMRewardModel":
-        """``lm``: (model, tokenizer) or an assistant.models.LoadedLM of the same base model. The
+        """``lm``: (model, tokenizer) or an assistant.lm.models.LoadedLM of the same base model. The
         base model is wrapped in place with the saved adapter."""
         from peft import PeftModel
 

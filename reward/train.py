@@ -20,7 +20,7 @@ import math
 import random
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,7 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reward.features import parse_feature_blocks
+from assistant.lm.models import autocast_context, embedder_name
+from reward.config import RewardTrainConfig
+from reward.features import EmbeddingCache
 from reward.feedback import (
     PointwiseTarget,
     PreferencePair,
@@ -43,83 +45,11 @@ from reward.model import (
     RewardModel,
     RewardModelConfig,
 )
+from storage.artifacts import save_version
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class RewardTrainConfig:
-    """How to train (and evaluate) a reward model."""
-
-    epochs: int = 40
-    """Passes over the training pairs (embedder backbone)."""
-    lr: float = 1e-3
-    """AdamW learning rate of the head (embedder backbone)."""
-    weight_decay: float = 2.0
-    """AdamW weight decay."""
-    hidden: int = 256
-    """Hidden units of the MLP head."""
-    dropout: float = 0.2
-    """Dropout on the head's hidden layer."""
-    emb_features: tuple[str, ...] = ("s", "sc")
-    """Embedding blocks the head sees: s (suggestion), c (context), sc (s*c), absdiff (|s-c|).
-    ("s", "sc") with weight_decay 2.0 was chosen on an inner split of the benchmark sets' training
-    parts (never their held-out parts) over the full four blocks and linear-only heads. Opt-in:
-    sch, and words (the suggestion's vocabulary hashed into words_dim buckets; see
-    benchmarks/simulated_rm.py for what it adds on the simulated raters' tastes)."""
-    words_dim: int = 2048
-    """Hash buckets of the "words" feature block (when emb_features names it)."""
-    ensemble: int = 1
-    """Heads trained (embedder backbone). Above 1: a bootstrap ensemble
-    (reward.model.EnsembleRewardModel), each head fitted to its own resample, with replacement, of
-    the rated requests; the RL reward then subtracts ``RewardConfig.rm_uncertainty`` times the
-    heads' disagreement. Training costs that many times one head (under a second each for a few
-    hundred ratings)."""
-    stats: tuple[str, ...] | None = None
-    """Text statistics the head sees (names from reward.model.ALL_STAT_NAMES); None: STAT_NAMES."""
-    batch_size: int = 128
-    """Pairs (and, separately, pointwise targets) per optimisation step."""
-    use_margin: bool = True
-    """Use the pairs' margins in the BT loss (stars: 0.25 per star of difference)."""
-    pointwise_weight: float = 1.0
-    """Weight of the pointwise (BCE on sigmoid(r)) term relative to the BT term."""
-    eval_frac: float = 0.2
-    """Fraction of groups held out when no explicit eval set is given (0 = no held-out metrics)."""
-    point_pair_min_diff: float = 0.2
-    """Held-out pointwise targets in the same context form evaluation pairs when their targets
-    differ by at least this much (stars: 1 star = 0.25)."""
-    max_point_pairs: int = 20000
-    """Cap on evaluation pairs built from pointwise targets (sampled with the seed)."""
-    shuffled_control: bool = True
-    """Also train on shuffled labels and report its held-out accuracy (should be ~0.5)."""
-    seed: int = 0
-    """Seed for the split, initialisation, batching and the shuffled control."""
-    backbone: str = "embedder"
-    """"embedder" (MiniLM features + small head, default) or "lm" (base LM + LoRA + scalar head)."""
-    lm_epochs: int = 2
-    """Epochs for the LM backbone."""
-    lm_lr: float = 2e-4
-    """Learning rate for the LM backbone (LoRA and head)."""
-    lm_batch_size: int = 8
-    """Pairs per step for the LM backbone."""
-    lm_max_length: int = 512
-    """Tokens per (context, text) for the LM backbone."""
-    lm_lora_r: int = 8
-    """LoRA rank for the LM backbone."""
-
-    def validate(self) -> None:
-        """ValueError naming the field for a setting no training can use."""
-        if self.backbone not in ("embedder", "lm"):
-            raise ValueError(f"backbone must be embedder or lm, got {self.backbone!r}")
-        parse_feature_blocks(",".join(self.emb_features))
-        for name in ("epochs", "ensemble", "hidden", "batch_size", "lm_epochs", "lm_batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0.0 <= self.eval_frac < 1.0:
-            raise ValueError(f"eval_frac must be in [0, 1), got {self.eval_frac}")
-
-
-# ----------------------------------------------------------------------------- metrics (the losses live in reward.losses)
 def pair_accuracy(r_chosen: np.ndarray, r_rejected: np.ndarray) -> float:
     d = np.asarray(r_chosen, np.float64) - np.asarray(r_rejected, np.float64)
     return float(np.mean((d > 0) + 0.5 * (d == 0))) if len(d) else float("nan")
@@ -284,7 +214,6 @@ def _fit_embedder_head(data: RewardData, cfg: RewardTrainConfig, embedder: Any, 
     _seed_all(cfg.seed)
     name = None
     if embedder is not None:
-        from assistant.lm.models import embedder_name
 
         name = embedder_name(embedder)
     emb_dim = _embedding_dim(embedder)
@@ -349,7 +278,6 @@ def _fit_embedder_head(data: RewardData, cfg: RewardTrainConfig, embedder: Any, 
 
 
 def _fit_lm(data: RewardData, cfg: RewardTrainConfig, lm: Any) -> LMRewardModel:
-    from assistant.lm.models import autocast_context
 
     _seed_all(cfg.seed)
     model, tok = (lm.model, lm.tokenizer) if hasattr(lm, "model") and hasattr(lm, "tokenizer") else lm
@@ -477,7 +405,6 @@ def train_reward_model(train: RewardData, cfg: RewardTrainConfig, embedder: Any 
     t0 = time.perf_counter()
     cache = None
     if cfg.backbone == "embedder":
-        from reward.features import EmbeddingCache
 
         cache = EmbeddingCache(embedder, store)
     model = _fit(train, cfg, embedder, store, lm, cache)
@@ -521,7 +448,6 @@ def train_from_store(store: Any, profile_id: str, embedder: Any, cfg: RewardTrai
 def save_reward_version(store: Any, data_dir: str | Path, profile_id: str, model: Any, metrics: dict[str, float],
                         cfg: RewardTrainConfig, publish: bool = True):
     """Write the model into a new versioned directory (atomic) and record it (kind "reward")."""
-    from storage.artifacts import save_version
 
     parent = store.live_version(profile_id, "reward")
     config = {"train": asdict(cfg), "model": asdict(model.cfg)}

@@ -15,19 +15,18 @@ Layout of a policy version directory::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
+from . import paths
+from .paths import VERSIONS_DIR, profile_dirname
 from .store import ModelVersion, Store
 
-VERSIONS_DIR = "versions"
 EXPORTS_DIR = "exports"
 
 
@@ -78,18 +77,6 @@ def write_atomic_dir(final: Path, writer: Callable[[Path], None]) -> Path:
     return final
 
 
-_SAFE_DIRNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-def profile_dirname(profile_id: str) -> str:
-    """The folder of a profile under versions/: the id itself when it is a plain name, else a
-    hash of it (a profile such as "../x" or "a/b" must neither escape versions/ nor nest a level
-    deeper, where collect_garbage would take its versions for orphans)."""
-    if _SAFE_DIRNAME.fullmatch(profile_id) and not profile_id.startswith("p-"):
-        return profile_id
-    return "p-" + hashlib.sha256(profile_id.encode("utf-8")).hexdigest()[:16]
-
-
 def new_version_dir(data_dir: str | Path, kind: str, profile_id: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return versions_root(data_dir) / profile_dirname(profile_id) / f"{kind}-{stamp}-{uuid.uuid4().hex[:6]}"
@@ -133,21 +120,99 @@ def save_version(
         raise
 
 
-def prune_versions(store: Store, profile_id: str, kind: str, keep: int) -> list[int]:
-    """Delete the directories of all but the newest `keep` versions of a kind (the live one is
-    always kept); their rows stay, marked discarded, so history and metrics survive."""
-    live = store.live_version(profile_id, kind)
+RESTORABLE = ("published", "rolled_back", "candidate")
+"""Statuses whose directory may be served, rolled back to or exported (when it exists)."""
+LEARNER_CANDIDATE = {"created_by": "learner"}
+"""Config the learner gives its candidates, so `abandon_candidates` takes only those (a candidate
+someone made by hand, e.g. `inkloop rl` without --publish, is theirs to keep)."""
+
+
+def available(v: ModelVersion) -> bool:
+    """Whether a version may be loaded, rolled back to or exported: a restorable status (not
+    discarded, abandoned, or marked for deletion and maybe half-deleted) and its directory there."""
+    return v.status in RESTORABLE and Path(v.path).is_dir()
+
+
+def _delete_marked(store: Store, versions: list[ModelVersion], final_status: str | None = None) -> list[int]:
+    """Delete the directories of rows already marked (deleting / abandoned), then (if given) settle
+    their status. Returns the ids whose directories were there."""
     removed = []
-    kept = [v for v in store.versions(profile_id, kind) if v.status != "discarded"]
-    for v in kept[keep:]:
-        if live is not None and v.id == live.id:
-            continue
+    for v in versions:
         if Path(v.path).exists():
             shutil.rmtree(v.path, ignore_errors=True)
             removed.append(v.id)
-        if v.status != "discarded":
-            store.set_version_status(v.id, "discarded")
+        if final_status is not None:
+            store.set_version_status(v.id, final_status)
     return removed
+
+
+def prune_versions(store: Store, profile_id: str, kind: str, keep: int) -> list[int]:
+    """Delete the directories of all but the newest `keep` versions of a kind (the live one is
+    always kept); their rows stay, marked discarded, so history and metrics survive.
+
+    The live check and the mark ("deleting") happen in one write transaction, before any file is
+    deleted: a concurrent rollback either made its target live first (then it is kept) or finds it
+    marked and refuses; a kill during the deletion leaves a marked row that is never offered again
+    and that `collect_garbage` finishes."""
+    with store.transaction():
+        live = store.live_version(profile_id, kind)
+        kept = [v for v in store.versions(profile_id, kind) if v.status in RESTORABLE]
+        doomed = [v for v in kept[keep:] if live is None or v.id != live.id]
+        for v in doomed:
+            store.set_version_status(v.id, "deleting")
+    return _delete_marked(store, doomed, "discarded")
+
+
+def abandon_candidates(store: Store, profile_id: str, kind: str | None = None) -> list[int]:
+    """Mark the candidates a learner of this profile left unevaluated (it was killed mid-cycle)
+    abandoned and delete their directories; they are never offered for rollback or export. Call it
+    at learner start, holding the profile's learner lock (storage.locks), so no cycle of a live
+    learner is running. Only candidates with `LEARNER_CANDIDATE` in their config are taken.
+    Returns the ids abandoned now."""
+    with store.transaction():
+        left = [v for v in store.versions(profile_id, kind) if v.status == "candidate"
+                and all(v.config.get(k) == x for k, x in LEARNER_CANDIDATE.items())]
+        for v in left:
+            store.set_version_status(v.id, "abandoned")
+    _delete_marked(store, left)
+    return [v.id for v in left]
+
+
+def finish_deletions(store: Store) -> list[int]:
+    """Finish what a kill interrupted: directories of rows marked deleting or abandoned."""
+    marked = [v for v in store.versions() if v.status in ("deleting", "abandoned") and Path(v.path).exists()]
+    removed = _delete_marked(store, [v for v in marked if v.status == "deleting"], "discarded")
+    return removed + _delete_marked(store, [v for v in marked if v.status == "abandoned"])
+
+
+def fallback_version(store: Store, profile_id: str, kind: str = "policy",
+                     exclude: Iterable[int] = ()) -> ModelVersion | None:
+    """The newest published version whose directory is there, skipping `exclude` (versions that
+    failed to load): what the generator serves when the live version cannot load (None: the base
+    model). The live version itself comes first when it is not excluded."""
+    skip = set(exclude)
+    for v in store.published_versions(profile_id, kind):
+        if v.id not in skip and available(v):
+            return v
+    return None
+
+
+def overwrite_refusal(store: Store, out: str | Path) -> str | None:
+    """Why replacing the folder `out` (an export's --overwrite) would destroy inkloop's data, or None:
+    it holds the data directory, lies inside it other than in a folder under exports/, or holds
+    (or lies inside) a version directory."""
+    o, data = paths.real(out), paths.real(store.data_dir)
+    exports = paths.real(exports_root(data))
+    if data.is_relative_to(o):
+        return f"{out} holds inkloop's data directory; choose another output folder"
+    if o.is_relative_to(data) and not (o.is_relative_to(exports) and o != exports):
+        return (f"{out} is inside inkloop's data directory, where only a folder under "
+                f"{EXPORTS_DIR}/ may be replaced; choose another output folder")
+    for v in store.versions():
+        d = paths.real(v.path)
+        if d.is_relative_to(o) or o.is_relative_to(d):
+            return f"{out} holds model version {v.id}; choose another output folder"
+    return None
 
 
 # ----------------------------------------------------------------------------- publish, discard, rollback
@@ -158,8 +223,10 @@ class VersionError(ValueError):
 def publish_version(store: Store, version_id: int) -> ModelVersion:
     """Make a fully written version live (its directory must exist: a row never points at nothing)."""
     v = store.get_version(version_id)
+    if v.status not in RESTORABLE:
+        raise VersionError(f"version {version_id} is {v.status}; it cannot be published")
     if not Path(v.path).is_dir():
-        raise VersionError(f"version {version_id} has no directory at {v.path}; it cannot be published")
+        raise VersionError(f"version {version_id} has no directory at {v.rel_path}; it cannot be published")
     return store.set_version_status(version_id, "published")
 
 
@@ -172,13 +239,9 @@ def discard_version(store: Store, version_id: int, delete_dir: bool = True) -> M
 
 
 def rollback_targets(store: Store, profile_id: str, kind: str = "policy") -> list[ModelVersion]:
-    """Versions one can roll back to: not the live one, and their directory still exists."""
+    """Versions one can roll back to: not the live one, restorable, and their directory still exists."""
     live = store.live_version(profile_id, kind)
-    return [
-        v for v in store.versions(profile_id, kind)
-        if (live is None or v.id != live.id) and v.status in ("published", "rolled_back", "candidate")
-        and Path(v.path).is_dir()
-    ]
+    return [v for v in store.versions(profile_id, kind) if (live is None or v.id != live.id) and available(v)]
 
 
 def rollback(
@@ -202,8 +265,8 @@ def _rollback(store: Store, profile_id: str, target_id: int | None, kind: str) -
         target = store.get_version(target_id)
         if target.profile_id != profile_id or target.kind != kind:
             raise VersionError(f"version {target_id} is not a {kind} version of profile {profile_id!r}")
-        if target.status == "discarded" or not Path(target.path).is_dir():
-            raise VersionError(f"version {target_id} was discarded or pruned; it cannot be restored")
+        if not available(target):
+            raise VersionError(f"version {target_id} was discarded, abandoned or pruned; it cannot be restored")
         if live is not None and live.id == target.id:
             return live
         if live is not None:
@@ -226,15 +289,32 @@ def _rollback(store: Store, profile_id: str, target_id: int | None, kind: str) -
     return now_live
 
 
+def _named_by_rows(store: Store) -> tuple[set[Path], set[str]]:
+    """Every directory some version row names, however its path was written: the resolved
+    directories, and their ``versions/<profile>/<name>`` tails (which survive a moved data directory,
+    a relative path written from another working directory, a symlinked spelling)."""
+    dirs, tails = set(), set()
+    for v in store.versions():
+        for spelling in (v.path, v.rel_path):
+            dirs.add(paths.real(spelling if Path(spelling).is_absolute() else store.resolve_path(spelling)))
+            tail = paths.version_tail(spelling)
+            if tail is not None:
+                tails.add(tail)
+    return dirs, tails
+
+
 def collect_garbage(store: Store, data_dir: str | Path, min_age_s: float = 3600.0) -> list[str]:
     """Remove what a crash (kill -9, power loss) can leave behind: temporary ``.tmp-*`` directories
     and version directories no row refers to, once older than `min_age_s` (a younger one may be a
-    version another process is writing right now). Returns the removed paths."""
+    version another process is writing right now). A directory that any row names, under any
+    spelling of its path, is never removed as an orphan; the directories of rows marked deleting
+    or abandoned (a kill interrupted their deletion) are deleted. Returns the removed orphan paths."""
     now = time.time()
     root = versions_root(data_dir)
     if not root.is_dir():
         return []
-    known = {str(Path(v.path).resolve()) for v in store.versions()}
+    finish_deletions(store)
+    named, tails = _named_by_rows(store)
     removed = []
     for profile_dir in root.iterdir():
         if not profile_dir.is_dir():
@@ -246,7 +326,9 @@ def collect_garbage(store: Store, data_dir: str | Path, min_age_s: float = 3600.
                 continue
             if young:
                 continue
-            if d.name.startswith(".tmp-") or (d.is_dir() and str(d.resolve()) not in known):
+            tail = f"{VERSIONS_DIR}/{profile_dir.name}/{d.name}"
+            orphan = d.is_dir() and paths.real(d) not in named and tail not in tails
+            if d.name.startswith(".tmp-") or orphan:
                 shutil.rmtree(d, ignore_errors=True)
                 removed.append(str(d))
     return removed

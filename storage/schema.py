@@ -9,9 +9,12 @@ append a new one.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
 import sqlite_utils
+
+from . import paths
 
 Migration = Callable[[sqlite_utils.Database], None]
 MIGRATIONS: list[tuple[str, Migration]] = []
@@ -158,6 +161,28 @@ def m003_styles(db: sqlite_utils.Database) -> None:
         pk=("profile_id", "name"),
         if_not_exists=True,
     )
+
+
+@migration
+def m004_relative_version_paths(db: sqlite_utils.Database) -> None:
+    """Version paths relative to the data directory (the database's folder), where they name a
+    directory in it: older rows held absolute or working-directory-relative paths, which a moved
+    data directory or another working directory no longer finds (and garbage collection took for orphans)."""
+    data_dir = database_dir(db)
+    if data_dir is None:
+        return
+    for r in list(db["model_versions"].rows_where(select="id, path")):
+        new = paths.migrate_stored(r["path"] or "", data_dir)
+        if r["path"] and new != r["path"]:
+            db["model_versions"].update(r["id"], {"path": new})
+
+
+def database_dir(db: sqlite_utils.Database) -> Path | None:
+    """The folder of the database file (the data directory), None for an in-memory database."""
+    for _seq, name, file in db.execute("PRAGMA database_list").fetchall():
+        if name == "main":
+            return Path(file).parent if file else None
+    return None
 
 
 def applied(db: sqlite_utils.Database) -> list[str]:

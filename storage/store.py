@@ -9,126 +9,70 @@ runs in one ``BEGIN IMMEDIATE`` transaction, so a write is either all there or n
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
+import os
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+import weakref
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import sqlite_utils
 
-from . import schema
-
-FEEDBACK_KINDS = ("thumb", "stars", "best", "rank", "edit", "accept")
-FEEDBACK_SOURCES = ("ui", "api", "cli", "simulated", "import")
-VERSION_KINDS = ("policy", "reward")
-VERSION_STATUSES = ("candidate", "published", "discarded", "rolled_back")
-BUSY_TIMEOUT_MS = 30_000
-
-
-class StoreError(ValueError):
-    """A request the store refuses (unknown id, invalid value). Nothing was written."""
-
-
-class NotFound(StoreError):
-    """An id that does not exist."""
-
-
-@dataclass
-class Suggestion:
-    id: int
-    request_id: int
-    idx: int
-    text: str
-    policy_version: int
+from storage import paths, schema
+from storage.learning import LearningRecords
+from storage.records import (
+    BUSY_TIMEOUT_MS,
+    FEEDBACK_KINDS,
+    FEEDBACK_SOURCES,
+    Feedback,
+    ModelVersion,
+    NotFound,
+    Request,
+    Snippet,
+    StoreError,
+    Suggestion,
+    _blob_to_vec,
+    _clamp,
+    _columns,
+    _from_row,
+    _key,
+    _to_row,
+    _vec_to_blob,
+    _where,
+)
 
 
-@dataclass
-class Request:
-    id: int
-    profile_id: str
-    mode: str
-    text: str
-    options: dict[str, Any]
-    prompt: str
-    policy_version: int
-    document_id: int | None
-    created_at: float
-    suggestions: list[Suggestion] = field(default_factory=list)
+class _Connection:
+    """One thread's SQLite connection; closed when the last reference (its thread's local) goes."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.db = sqlite_utils.Database(conn)
+        self._finalizer = weakref.finalize(self, _close_quietly, conn)
+
+    def close(self) -> None:
+        self._finalizer()
 
 
-@dataclass
-class Feedback:
-    id: int
-    suggestion_id: int
-    request_id: int
-    profile_id: str
-    kind: str
-    value: float | None
-    edited_text: str | None
-    ranking: list[int] | None
-    policy_version: int
-    source: str
-    created_at: float
+def _close_quietly(conn: sqlite3.Connection) -> None:
+    with contextlib.suppress(Exception):
+        conn.close()
 
 
-@dataclass
-class Snippet:
-    id: int
-    profile_id: str
-    text: str
-    source: str
-    embedder: str | None
-    embedding: np.ndarray | None
-    created_at: float
-
-
-@dataclass
-class ModelVersion:
-    id: int
-    profile_id: str
-    kind: str
-    path: str
-    status: str
-    parent_id: int | None
-    metrics: dict[str, float]
-    config: dict[str, Any]
-    created_at: float
-    published_at: float | None
-
-
-def text_hash(text: str) -> str:
-    """Stable key for caching anything derived from a text (e.g. embeddings)."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _vec_to_blob(v: np.ndarray) -> bytes:
-    return np.asarray(v, dtype="<f4").tobytes()
-
-
-def _blob_to_vec(b: bytes | None) -> np.ndarray | None:
-    return None if b is None else np.frombuffer(b, dtype="<f4").copy()
-
-
-def _loads(s: str | None, default: Any) -> Any:
-    return default if s in (None, "") else json.loads(s)
-
-
-class Store:
+class Store(LearningRecords):
     """Typed access to one inkloop database file.
 
     Safe to share between threads: each thread lazily opens its own connection.
     """
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = Path(os.path.abspath(path))  # a later chdir must not move the database
+        self.data_dir = self.path.parent
+        """The data directory: the database's folder; version paths are stored relative to it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._all_conns: list[sqlite3.Connection] = []
+        self._conns: weakref.WeakSet[_Connection] = weakref.WeakSet()  # open ones, for close()
         self._lock = threading.Lock()
         db = self.db
         with db.ensure_autocommit_on():
@@ -140,24 +84,27 @@ class Store:
     # ------------------------------------------------------------------ plumbing
     @property
     def db(self) -> sqlite_utils.Database:
-        db = getattr(self._local, "db", None)
-        if db is None:
+        """This thread's connection, opened on first use. Only the thread-local holds it, so it is
+        closed when its thread ends (a thread per streamed suggestion leaks nothing); a long-lived
+        thread keeps its one connection."""
+        holder = getattr(self._local, "conn", None)
+        if holder is None:
             conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            db = sqlite_utils.Database(conn)
-            self._local.db = db
+            holder = _Connection(conn)
+            self._local.conn = holder
             with self._lock:
-                self._all_conns.append(conn)
-        return db
+                self._conns.add(holder)
+        return holder.db
 
     def close(self) -> None:
         with self._lock:
-            for conn in self._all_conns:
-                with contextlib.suppress(Exception):
-                    conn.close()
-            self._all_conns.clear()
+            holders = list(self._conns)
+            self._conns = weakref.WeakSet()
+        for h in holders:
+            h.close()
         self._local = threading.local()
 
     @contextlib.contextmanager
@@ -180,6 +127,29 @@ class Store:
     def schema_migrations(self) -> list[str]:
         return schema.applied(self.db)
 
+    def _get(self, table: str, key: Any, what: str) -> dict[str, Any]:
+        """One row by primary key, or NotFound (also for ids no SQLite row can have)."""
+        try:
+            return dict(self.db[table].get(_key(key, what)))
+        except sqlite_utils.db.NotFoundError:
+            raise NotFound(f"{what} {key} does not exist") from None
+
+    def resolve_path(self, stored: str | Path) -> Path:
+        """Where a stored (data-directory-relative) path is now."""
+        return paths.resolve(str(stored), self.data_dir)
+
+    def relative_path(self, path: str | Path) -> str:
+        """How a path is stored and shown: relative to the data directory when inside it."""
+        return paths.to_stored(path, self.data_dir)
+
+    def _version(self, row: dict[str, Any]) -> ModelVersion:
+        v = _from_row(ModelVersion, row)
+        v.rel_path, v.path = v.path, str(self.resolve_path(v.path))
+        return v
+
+    def _insert(self, db: sqlite_utils.Database, cls: type, table: str, values: dict[str, Any]) -> int:
+        return int(db[table].insert(_to_row(cls, values)).last_pk)
+
     # ------------------------------------------------------------------ profiles
     def ensure_profile(self, profile_id: str) -> str:
         profile_id = (profile_id or "default").strip()
@@ -201,25 +171,15 @@ class Store:
         now = time.time()
         with self._write() as db:
             if document_id is not None:
-                try:
-                    db["documents"].get(document_id)
-                except sqlite_utils.db.NotFoundError:
-                    raise NotFound(f"document {document_id} does not exist") from None
+                document_id = self._get("documents", document_id, "document")["id"]
                 db["documents"].update(document_id, {"text": text, "title": title, "updated_at": now})
                 return int(document_id)
-            return int(
-                db["documents"]
-                .insert(
-                    {"profile_id": profile_id, "title": title, "text": text, "created_at": now, "updated_at": now}
-                )
-                .last_pk
-            )
+            return int(db["documents"].insert(
+                {"profile_id": profile_id, "title": title, "text": text, "created_at": now, "updated_at": now}
+            ).last_pk)
 
     def get_document(self, document_id: int) -> dict[str, Any]:
-        try:
-            return dict(self.db["documents"].get(document_id))
-        except sqlite_utils.db.NotFoundError:
-            raise NotFound(f"document {document_id} does not exist") from None
+        return self._get("documents", document_id, "document")
 
     def latest_document(self, profile_id: str) -> dict[str, Any] | None:
         rows = list(
@@ -242,90 +202,46 @@ class Store:
     ) -> Request:
         """Record one request and its candidates atomically; returns them with their ids."""
         profile_id = self.ensure_profile(profile_id)
-        now = time.time()
+        req = Request(0, profile_id, mode, text, options, prompt, int(policy_version), document_id, time.time())
         with self._write() as db:
-            rid = int(
-                db["requests"]
-                .insert(
-                    {
-                        "profile_id": profile_id,
-                        "mode": mode,
-                        "text": text,
-                        "options": json.dumps(options, sort_keys=True),
-                        "prompt": prompt,
-                        "policy_version": int(policy_version),
-                        "document_id": document_id,
-                        "created_at": now,
-                    }
-                )
-                .last_pk
-            )
-            sugg = []
+            req.id = self._insert(db, Request, "requests", _columns(req, "id"))
             for i, s in enumerate(suggestions):
-                sid = int(
-                    db["suggestions"]
-                    .insert(
-                        {
-                            "request_id": rid,
-                            "idx": i,
-                            "text": s,
-                            "policy_version": int(policy_version),
-                            "created_at": now,
-                        }
-                    )
-                    .last_pk
-                )
-                sugg.append(Suggestion(sid, rid, i, s, int(policy_version)))
-        return Request(rid, profile_id, mode, text, options, prompt, int(policy_version), document_id, now, sugg)
-
-    def _request_from_row(self, r: dict[str, Any], with_suggestions: bool = True) -> Request:
-        req = Request(
-            id=r["id"],
-            profile_id=r["profile_id"],
-            mode=r["mode"],
-            text=r["text"],
-            options=_loads(r["options"], {}),
-            prompt=r["prompt"] or "",
-            policy_version=r["policy_version"] or 0,
-            document_id=r["document_id"],
-            created_at=r["created_at"],
-        )
-        if with_suggestions:
-            req.suggestions = self.suggestions_for(req.id)
+                sugg = Suggestion(0, req.id, i, s, req.policy_version)
+                sugg.id = self._insert(db, Suggestion, "suggestions", {**_columns(sugg, "id"),
+                                                                      "created_at": req.created_at})
+                req.suggestions.append(sugg)
         return req
 
+    def _with_suggestions(self, rows: Iterable[dict[str, Any]], where: str = "", args: Sequence[Any] = ()
+                          ) -> list[Request]:
+        """Request rows -> Requests holding their suggestions, read in one query: those of the
+        requests `where` selects (an SQL condition on request ids, e.g. a subquery), else of these rows."""
+        reqs = [_from_row(Request, dict(r)) for r in rows]
+        if not reqs:
+            return reqs
+        if not where:
+            where, args = f"request_id in ({','.join('?' * len(reqs))})", [r.id for r in reqs]
+        by_id = {r.id: r for r in reqs}
+        for s in self.db["suggestions"].rows_where(where, list(args), order_by="request_id, idx"):
+            if s["request_id"] in by_id:
+                by_id[s["request_id"]].suggestions.append(_from_row(Suggestion, dict(s)))
+        return reqs
+
     def get_request(self, request_id: int) -> Request:
-        try:
-            r = self.db["requests"].get(request_id)
-        except sqlite_utils.db.NotFoundError:
-            raise NotFound(f"request {request_id} does not exist") from None
-        return self._request_from_row(dict(r))
+        return self._with_suggestions([self._get("requests", request_id, "request")])[0]
 
     def recent_requests(self, profile_id: str | None = None, limit: int = 50, mode: str | None = None) -> list[Request]:
-        where, args = [], []
-        if profile_id is not None:
-            where.append("profile_id = ?")
-            args.append(profile_id)
-        if mode is not None:
-            where.append("mode = ?")
-            args.append(mode)
-        rows = self.db["requests"].rows_where(
-            " and ".join(where) or None, args, order_by="id desc", limit=limit
-        )
-        return [self._request_from_row(dict(r)) for r in rows]
+        where, args = _where(profile_id=profile_id, mode=mode)
+        return self._with_suggestions(self.db["requests"].rows_where(where, args, order_by="id desc", limit=limit))
 
     def suggestions_for(self, request_id: int) -> list[Suggestion]:
         return [
-            Suggestion(r["id"], r["request_id"], r["idx"], r["text"], r["policy_version"] or 0)
-            for r in self.db["suggestions"].rows_where("request_id = ?", [request_id], order_by="idx")
+            _from_row(Suggestion, dict(r))
+            for r in self.db["suggestions"].rows_where("request_id = ?", [_clamp(request_id)], order_by="idx")
         ]
 
     def get_suggestion(self, suggestion_id: int) -> Suggestion:
-        try:
-            r = self.db["suggestions"].get(suggestion_id)
-        except (sqlite_utils.db.NotFoundError, TypeError):
-            raise NotFound(f"suggestion {suggestion_id} does not exist") from None
-        return Suggestion(r["id"], r["request_id"], r["idx"], r["text"], r["policy_version"] or 0)
+        return _from_row(Suggestion, self._get("suggestions", suggestion_id, "suggestion"))
 
     # ------------------------------------------------------------------ feedback
     def add_feedback(
@@ -350,7 +266,7 @@ class Store:
             raise StoreError(f"unknown feedback kind {kind!r}; expected one of {', '.join(FEEDBACK_KINDS)}")
         if source not in FEEDBACK_SOURCES:
             raise StoreError(f"unknown source {source!r}")
-        sugg = self.get_suggestion(int(suggestion_id))
+        sugg = self.get_suggestion(suggestion_id)
         if kind == "thumb":
             if value not in (1, -1, 1.0, -1.0):
                 raise StoreError("thumb needs value +1 (up) or -1 (down)")
@@ -373,61 +289,24 @@ class Store:
             if sugg.id not in ranking:
                 raise StoreError("ranking must include suggestion_id")
         req = self.db["requests"].get(sugg.request_id)
+        fb = Feedback(0, sugg.id, sugg.request_id, req["profile_id"], kind, None if value is None else float(value),
+                      edited_text if kind == "edit" else None, list(ranking) if kind == "rank" else None,
+                      sugg.policy_version, source, time.time())
         with self._write() as db:
-            return int(
-                db["feedback"]
-                .insert(
-                    {
-                        "suggestion_id": sugg.id,
-                        "request_id": sugg.request_id,
-                        "profile_id": req["profile_id"],
-                        "kind": kind,
-                        "value": None if value is None else float(value),
-                        "edited_text": edited_text if kind == "edit" else None,
-                        "ranking": json.dumps(list(ranking)) if kind == "rank" else None,
-                        "policy_version": sugg.policy_version,
-                        "source": source,
-                        "created_at": time.time(),
-                    }
-                )
-                .last_pk
-            )
-
-    def _feedback_from_row(self, r: dict[str, Any]) -> Feedback:
-        return Feedback(
-            id=r["id"],
-            suggestion_id=r["suggestion_id"],
-            request_id=r["request_id"],
-            profile_id=r["profile_id"],
-            kind=r["kind"],
-            value=r["value"],
-            edited_text=r["edited_text"],
-            ranking=_loads(r["ranking"], None),
-            policy_version=r["policy_version"] or 0,
-            source=r["source"] or "api",
-            created_at=r["created_at"],
-        )
+            return self._insert(db, Feedback, "feedback", _columns(fb, "id"))
 
     def get_feedback(self, feedback_id: int) -> Feedback:
-        try:
-            return self._feedback_from_row(dict(self.db["feedback"].get(feedback_id)))
-        except sqlite_utils.db.NotFoundError:
-            raise NotFound(f"feedback {feedback_id} does not exist") from None
+        return _from_row(Feedback, self._get("feedback", feedback_id, "feedback"))
 
     def feedback(
         self, profile_id: str | None = None, since_id: int = 0, limit: int | None = None,
         request_id: int | None = None,
     ) -> list[Feedback]:
         """Feedback rows in id order: of one profile and/or one request, newer than since_id."""
-        where, args = ["id > ?"], [since_id]
-        if profile_id is not None:
-            where.append("profile_id = ?")
-            args.append(profile_id)
-        if request_id is not None:
-            where.append("request_id = ?")
-            args.append(request_id)
-        rows = self.db["feedback"].rows_where(" and ".join(where), args, order_by="id", limit=limit)
-        return [self._feedback_from_row(dict(r)) for r in rows]
+        where, args = _where(profile_id=profile_id, request_id=None if request_id is None else _clamp(request_id))
+        where = " and ".join(["id > ?", *([where] if where else [])])
+        rows = self.db["feedback"].rows_where(where, [_clamp(since_id), *args], order_by="id", limit=limit)
+        return [_from_row(Feedback, dict(r)) for r in rows]
 
     def last_feedback_id(self, profile_id: str | None = None) -> int:
         where = "where profile_id = ?" if profile_id else ""
@@ -438,18 +317,26 @@ class Store:
     def requests_with_feedback(self, profile_id: str | None = None, since_id: int = 0) -> list[dict[str, Any]]:
         """Everything the reward model learns from, grouped by request:
         ``{"request": Request, "suggestions": [Suggestion], "feedback": [Feedback]}`` for every
-        request that has at least one feedback row with id > since_id (all its feedback included)."""
-        fb = self.feedback(profile_id)
-        by_req: dict[int, list[Feedback]] = {}
-        for f in fb:
-            by_req.setdefault(f.request_id, []).append(f)
-        out = []
-        for rid, items in sorted(by_req.items()):
-            if max(f.id for f in items) <= since_id:
-                continue
-            req = self.get_request(rid)
-            out.append({"request": req, "suggestions": req.suggestions, "feedback": items})
-        return out
+        request that has at least one feedback row with id > since_id (all its feedback included).
+        Three queries, however many requests."""
+        prof, args = ("profile_id = ? and ", [profile_id]) if profile_id is not None else ("", [])
+        rated = (f"select request_id from feedback where {prof}request_id is not null "
+                 "group by request_id having max(id) > ?")
+        rated_args = [*args, _clamp(since_id)]
+        reqs = self._with_suggestions(
+            self.db["requests"].rows_where(f"id in ({rated})", rated_args, order_by="id"),
+            f"request_id in ({rated})", rated_args)
+        by_req: dict[int, list[Feedback]] = {r.id: [] for r in reqs}
+        for r in self.db["feedback"].rows_where(f"{prof}request_id in ({rated})", [*args, *rated_args], order_by="id"):
+            by_req[r["request_id"]].append(_from_row(Feedback, dict(r)))
+        return [{"request": req, "suggestions": req.suggestions, "feedback": by_req[req.id]} for req in reqs]
+
+    def imported_prompts(self, profile_id: str, import_id: str) -> set[str]:
+        """Prompts of the requests a file import (`options.import_id`) already wrote for a profile."""
+        rows = self.db.execute(
+            "select text from requests where profile_id = ? and mode = 'imported' "
+            "and json_extract(options, '$.import_id') = ?", [profile_id, import_id]).fetchall()
+        return {r[0] for r in rows}
 
     def counts(self, profile_id: str | None = None) -> dict[str, int]:
         def n(table: str) -> int:
@@ -479,32 +366,18 @@ class Store:
         self, profile_id: str, text: str, embedding: np.ndarray | None, embedder: str | None, source: str = "pasted"
     ) -> int:
         profile_id = self.ensure_profile(profile_id)
+        snip = Snippet(0, profile_id, text, source, embedder, embedding, time.time())
         with self._write() as db:
-            return int(
-                db["library"]
-                .insert(
-                    {
-                        "profile_id": profile_id,
-                        "text": text,
-                        "source": source,
-                        "embedding": None if embedding is None else _vec_to_blob(embedding),
-                        "embedder": embedder,
-                        "created_at": time.time(),
-                    }
-                )
-                .last_pk
-            )
+            return self._insert(db, Snippet, "library", _columns(snip, "id"))
 
     def snippets(self, profile_id: str) -> list[Snippet]:
-        return [
-            Snippet(r["id"], r["profile_id"], r["text"], r["source"], r["embedder"], _blob_to_vec(r["embedding"]),
-                    r["created_at"])
-            for r in self.db["library"].rows_where("profile_id = ?", [profile_id], order_by="id")
-        ]
+        return [_from_row(Snippet, dict(r))
+                for r in self.db["library"].rows_where("profile_id = ?", [profile_id], order_by="id")]
 
     def set_snippet_embedding(self, snippet_id: int, embedding: np.ndarray, embedder: str) -> None:
+        snippet_id = self._get("library", snippet_id, "snippet")["id"]
         with self._write() as db:
-            db["library"].update(snippet_id, {"embedding": _vec_to_blob(embedding), "embedder": embedder})
+            db["library"].update(snippet_id, _to_row(Snippet, {"embedding": embedding, "embedder": embedder}))
 
     # ------------------------------------------------------------------ person-defined styles
     def save_style(self, profile_id: str, name: str, description: str) -> None:
@@ -551,194 +424,6 @@ class Store:
                 replace=True,
             )
 
-    # ------------------------------------------------------------------ model versions
-    def _version_from_row(self, r: dict[str, Any]) -> ModelVersion:
-        return ModelVersion(
-            id=r["id"],
-            profile_id=r["profile_id"],
-            kind=r["kind"],
-            path=r["path"],
-            status=r["status"],
-            parent_id=r["parent_id"],
-            metrics=_loads(r["metrics"], {}),
-            config=_loads(r["config"], {}),
-            created_at=r["created_at"],
-            published_at=r["published_at"],
-        )
-
-    def add_version(
-        self,
-        *,
-        profile_id: str,
-        kind: str,
-        path: str | Path,
-        metrics: dict[str, float] | None = None,
-        config: dict[str, Any] | None = None,
-        parent_id: int | None = None,
-        status: str = "candidate",
-    ) -> ModelVersion:
-        """Register a version whose directory is already fully written (see storage.artifacts)."""
-        if kind not in VERSION_KINDS:
-            raise StoreError(f"unknown version kind {kind!r}")
-        if status not in VERSION_STATUSES:
-            raise StoreError(f"unknown version status {status!r}")
-        profile_id = self.ensure_profile(profile_id)
-        now = time.time()
-        with self._write() as db:
-            vid = int(
-                db["model_versions"]
-                .insert(
-                    {
-                        "profile_id": profile_id,
-                        "kind": kind,
-                        "path": str(path),
-                        "status": status,
-                        "parent_id": parent_id,
-                        "metrics": json.dumps(metrics or {}, sort_keys=True),
-                        "config": json.dumps(config or {}, sort_keys=True, default=str),
-                        "created_at": now,
-                        "published_at": now if status == "published" else None,
-                    }
-                )
-                .last_pk
-            )
-            if metrics:
-                self._log_metrics(db, vid, metrics, step=0)
-        return self.get_version(vid)
-
-    def get_version(self, version_id: int) -> ModelVersion:
-        try:
-            return self._version_from_row(dict(self.db["model_versions"].get(version_id)))
-        except sqlite_utils.db.NotFoundError:
-            raise NotFound(f"version {version_id} does not exist") from None
-
-    def versions(self, profile_id: str | None = None, kind: str | None = None) -> list[ModelVersion]:
-        where, args = [], []
-        if profile_id is not None:
-            where.append("profile_id = ?")
-            args.append(profile_id)
-        if kind is not None:
-            where.append("kind = ?")
-            args.append(kind)
-        rows = self.db["model_versions"].rows_where(" and ".join(where) or None, args, order_by="id desc")
-        return [self._version_from_row(dict(r)) for r in rows]
-
-    def live_version(self, profile_id: str, kind: str = "policy") -> ModelVersion | None:
-        """The most recently published version of this kind, or None (the base model)."""
-        rows = list(
-            self.db["model_versions"].rows_where(
-                "profile_id = ? and kind = ? and status = 'published'",
-                [profile_id, kind],
-                order_by="published_at desc, id desc",
-                limit=1,
-            )
-        )
-        return self._version_from_row(dict(rows[0])) if rows else None
-
-    def set_version_status(self, version_id: int, status: str) -> ModelVersion:
-        if status not in VERSION_STATUSES:
-            raise StoreError(f"unknown version status {status!r}")
-        self.get_version(version_id)
-        with self._write() as db:
-            fields: dict[str, Any] = {"status": status}
-            if status == "published":
-                fields["published_at"] = time.time()
-            db["model_versions"].update(version_id, fields)
-        return self.get_version(version_id)
-
-    def update_version_metrics(self, version_id: int, metrics: dict[str, float]) -> None:
-        v = self.get_version(version_id)
-        merged = {**v.metrics, **metrics}
-        with self._write() as db:
-            db["model_versions"].update(version_id, {"metrics": json.dumps(merged, sort_keys=True)})
-
-    # ------------------------------------------------------------------ metrics series
-    @staticmethod
-    def _log_metrics(db: sqlite_utils.Database, version_id: int | None, metrics: dict[str, float], step: int) -> None:
-        now = time.time()
-        db["metrics"].insert_all(
-            {"version_id": version_id, "name": k, "step": int(step), "value": float(v), "created_at": now}
-            for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)
-        )
-
-    def log_metrics(self, version_id: int | None, metrics: dict[str, float], step: int = 0) -> None:
-        """Append namespaced metrics (e.g. ``rl/kl``) for a version at a step."""
-        with self._write() as db:
-            self._log_metrics(db, version_id, metrics, step)
-
-    def metric_series(self, name: str, version_id: int | None = None) -> list[dict[str, Any]]:
-        where, args = ["name = ?"], [name]
-        if version_id is not None:
-            where.append("version_id = ?")
-            args.append(version_id)
-        return [dict(r) for r in self.db["metrics"].rows_where(" and ".join(where), args, order_by="id")]
-
-    # ------------------------------------------------------------------ learner state and events
-    def learner_state(self, profile_id: str = "default") -> dict[str, Any] | None:
-        try:
-            r = dict(self.db["learner_state"].get(profile_id))
-        except sqlite_utils.db.NotFoundError:
-            return None
-        r["metrics"] = _loads(r.get("metrics"), {})
-        r["paused"] = bool(r.get("paused"))
-        return r
-
-    def set_learner_state(self, profile_id: str = "default", **fields: Any) -> dict[str, Any]:
-        allowed = {"phase", "progress", "message", "metrics", "error", "paused", "command", "heartbeat"}
-        bad = set(fields) - allowed
-        if bad:
-            raise StoreError(f"unknown learner state fields {sorted(bad)}")
-        if "metrics" in fields and not isinstance(fields["metrics"], str):
-            fields["metrics"] = json.dumps(fields["metrics"], sort_keys=True, default=float)
-        if "paused" in fields:
-            fields["paused"] = int(bool(fields["paused"]))
-        with self._write() as db:
-            db["learner_state"].upsert({"profile_id": profile_id, **fields, "updated_at": time.time()}, pk="profile_id")
-        return self.learner_state(profile_id) or {}
-
-    def take_learner_command(self, profile_id: str = "default") -> str | None:
-        """Atomically read and clear the pending control command."""
-        with self._write() as db:
-            try:
-                cmd = db["learner_state"].get(profile_id)["command"]
-            except sqlite_utils.db.NotFoundError:
-                return None
-            if cmd:
-                db["learner_state"].update(profile_id, {"command": None})
-            return cmd or None
-
-    def add_event(
-        self, kind: str, reason: str, profile_id: str = "default", version_id: int | None = None,
-        data: dict[str, Any] | None = None,
-    ) -> int:
-        with self._write() as db:
-            return int(
-                db["events"]
-                .insert(
-                    {
-                        "profile_id": profile_id,
-                        "version_id": version_id,
-                        "kind": kind,
-                        "reason": reason,
-                        "data": json.dumps(data or {}, sort_keys=True, default=str),
-                        "created_at": time.time(),
-                    }
-                )
-                .last_pk
-            )
-
-    def events(self, profile_id: str | None = None, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        where, args = [], []
-        if profile_id is not None:
-            where.append("profile_id = ?")
-            args.append(profile_id)
-        if kind is not None:
-            where.append("kind = ?")
-            args.append(kind)
-        rows = self.db["events"].rows_where(" and ".join(where) or None, args, order_by="id desc", limit=limit)
-        return [{**dict(r), "data": _loads(r["data"], {})} for r in rows]
-
     # ------------------------------------------------------------------ grouped writes
     @contextlib.contextmanager
     def transaction(self) -> Iterator["Store"]:
@@ -746,9 +431,3 @@ class Store:
         e.g. a dataset import: on any error nothing of it is written."""
         with self._write():
             yield self
-
-
-def as_dict(obj: Any) -> dict[str, Any]:
-    """Dataclass -> plain dict (numpy arrays dropped) for JSON responses."""
-    d = asdict(obj)
-    return {k: v for k, v in d.items() if not isinstance(v, np.ndarray)}

@@ -148,7 +148,7 @@ def test_token_mode_bearer_login_page_and_cookie(seeded):
 
 
 def test_the_startup_message_names_the_real_address():
-    from assistant.app.cli.common import public_urls
+    from assistant.app.cli.serve import public_urls
 
     assert public_urls("127.0.0.1", 7860) == ["http://127.0.0.1:7860/"]
     assert public_urls("::1", 8000) == ["http://[::1]:8000/"]
@@ -157,7 +157,7 @@ def test_the_startup_message_names_the_real_address():
 
 
 def test_the_ui_is_behind_the_same_guard(tiny_services):
-    from assistant.app.cli.common import build_app
+    from assistant.app.cli.serve import build_app
 
     app = build_app(tiny_services, with_ui=True, access=AccessSettings(host="127.0.0.1", port=7860))
     with TestClient(app, base_url=LOCAL) as c:

@@ -220,7 +220,7 @@ def test_the_ui_says_busy_when_the_queue_is_full(tiny_services):
     import gradio as gr
 
     from assistant.app.services import SuggestRequest
-    from assistant.app.ui.writer import run_suggest
+    from assistant.app.ui.handlers import run_suggest
 
     tiny_services.gate = GenerationGate(ServeLimits(max_waiting=0))
     ticket = tiny_services.gate.admit()  # someone else is generating

@@ -1,6 +1,6 @@
 """A real browser against a real server: headless Debian Chromium driven by Playwright.
 
-The server is `inkloop serve`'s app (assistant.cli.build_app: the REST API with the Gradio UI
+The server is `inkloop serve`'s app (assistant.app.cli.serve.build_app: the REST API with the Gradio UI
 mounted at "/"), run by uvicorn in a thread on 127.0.0.1 and a free port, with the tiny random model. The test types a
 draft, asks for suggestions, rates one with 👍 and stars, accepts one, reloads the page, and checks
 the database (a second Store on the same file) for every row the clicks should have written.
@@ -45,7 +45,7 @@ def server(tiny_services, monkeypatch):
     """(base_url, services): uvicorn serving FastAPI + the mounted UI in a background thread."""
     import uvicorn
 
-    from assistant.app.cli.common import build_app
+    from assistant.app.cli.serve import build_app
 
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     app = build_app(tiny_services)  # what `inkloop serve` runs: REST API + the UI mounted at "/"

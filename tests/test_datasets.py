@@ -6,15 +6,17 @@ import json
 
 import pytest
 
-from storage.datasets import (
-    DatasetError,
+from reward.datasets import (
     export_feedback,
     export_rows,
-    import_into_store,
     load_reward_data,
+    to_reward_data,
+)
+from storage.jsonl import (
+    DatasetError,
+    import_into_store,
     parse_file,
     split_implicit_prompt,
-    to_reward_data,
 )
 
 
@@ -103,7 +105,7 @@ def test_import_export_round_trip_and_load_dataset(tmp_path, store):
     ]
     f = _write(tmp_path / "pref.jsonl", pref)
     summary = import_into_store(store, parse_file(f))
-    assert summary == {"requests": 2, "feedback": 3, "records": 3}
+    assert summary == {"requests": 2, "feedback": 3, "records": 3, "skipped": 0}
     fb = store.feedback("default")
     assert {x.source for x in fb} == {"import"} and {x.kind for x in fb} == {"rank"}
     out = tmp_path / "out.jsonl"
@@ -145,3 +147,33 @@ def test_files_to_reward_data(tmp_path):
                                       {"prompt": "p", "completion": "b", "label": False}])
     both = load_reward_data([f, u])
     assert len(both.points) == 5 and ("a", "b") in {(p.chosen, p.rejected) for p in both.pairs}
+
+
+def test_one_prompt_ratings_file_builds_bounded_pairs_and_says_so(tmp_path):
+    from reward.datasets import PAIRS_PER_ITEM, PairStats
+
+    n = 2000  # 2,000 paragraphs rated under one empty prompt: ~2 million pairs if every pair were built
+    f = _write(tmp_path / "one_prompt.jsonl",
+               [{"prompt": "", "completion": f"paragraph {i}", "rating": 1 + i % 5} for i in range(n)])
+    stats = PairStats()
+    d = load_reward_data([f], stats=stats)
+    assert len(d.points) == n  # every rating stays a pointwise target
+    assert stats.possible == n * (n - 1) // 2 - 5 * (400 * 399 // 2)  # pairs whose ratings differ
+    assert len(d.pairs) == stats.built <= n * PAIRS_PER_ITEM and stats.dropped > 1_500_000
+    assert all(p.margin > 0 for p in d.pairs)  # chosen is always the better-rated one
+    per_item = {}
+    for p in d.pairs:
+        for t in (p.chosen, p.rejected):
+            per_item[t] = per_item.get(t, 0) + 1
+    assert min(per_item.values()) >= 4  # every item is compared (8 drawn, ~4/5 of them differ)
+    assert "dropped" in stats.describe() and f"{stats.built:,}" in stats.describe()
+    again = load_reward_data([f])  # deterministic: the same file gives the same pairs
+    assert [(p.chosen, p.rejected) for p in again.pairs] == [(p.chosen, p.rejected) for p in d.pairs]
+
+
+def test_small_groups_keep_every_pair():
+    from reward.datasets import bounded_pairs
+
+    assert bounded_pairs("p", 4, 8) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    big = bounded_pairs("p", 100, 3)
+    assert len(big) <= 300 and all(i < j for i, j in big) and {i for pair in big for i in pair} == set(range(100))

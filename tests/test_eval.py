@@ -128,7 +128,12 @@ def test_eval_version_cli(tiny_model_dir, tmp_path, capsys):
     m, b = out["metrics"], out["base_metrics"]
     assert out["version"] == vid
     assert m["eval/kl"] > 0 and b["eval/kl"] == pytest.approx(0.0, abs=1e-6)  # perturbed LoRA vs base
-    assert 0 <= m["eval/win_ci_low"] <= m["eval/win_rate"] <= m["eval/win_ci_high"] <= 1 and m["eval/win_n"] > 0
+    # the win-rate is the judge's over the 3 prompts x 2 candidates, with its Wilson interval
+    from reward.eval.quality import wilson_interval
+
+    assert m["eval/win_n"] == 6
+    lo, hi = wilson_interval(m["eval/win_rate"] * 6, 6)
+    assert (m["eval/win_ci_low"], m["eval/win_ci_high"]) == (pytest.approx(lo), pytest.approx(hi))
     assert math.isfinite(m["eval/perplexity"]) and m["eval/perplexity"] > 1
     for key in ("eval/distinct_1", "eval/distinct_2", "eval/self_bleu", "eval/repetition", "eval/length_words",
                 "eval/reward", "eval/reward/repetition"):

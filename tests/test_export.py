@@ -153,16 +153,15 @@ def test_export_through_the_api_stays_in_exports_dir(store, tmp_path, tiny_model
     from fastapi.testclient import TestClient
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from assistant.app.api.routes import build_api
     from assistant.app.cli.common import policy_source
-    from assistant.app.cli.learn import api_routers
+    from assistant.app.cli.serve import build_app
     from assistant.app.services import Services
     from assistant.lm.generate import Generator
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     services = Services(store, Generator(model, tok, version_source=policy_source(store, "default")), None, "tiny")
-    client = TestClient(build_api(services, extra_routers=api_routers(services)))
+    client = TestClient(build_app(services, with_ui=False))
     data_dir = store.path.parent
 
     r = client.post("/api/v1/export", json={"what": "merged"})

@@ -11,7 +11,7 @@ from reward.feedback import (
     pairs_from_ranking,
     stars_to_target,
 )
-from storage.store import Feedback, Request, Suggestion
+from storage.records import Feedback, Request, Suggestion
 
 
 def _req(texts=("A", "B", "C"), rid=1, mode="continue", text="Once upon a time", options=None):

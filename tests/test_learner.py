@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -14,7 +15,6 @@ import torch
 from reward.loop.config import LearnerConfig
 from reward.loop.evaluation import paired_win_rate
 from reward.loop.guards import (
-    GuardFiring,
     NonFiniteWatch,
     guard_kl,
     guard_length_hacking,
@@ -100,7 +100,6 @@ def test_send_command_and_state(store):
     assert send_command(store, "default", "resume")["paused"] is False
     with pytest.raises(ValueError, match="unknown learner action"):
         send_command(store, "default", "explode")
-    assert isinstance(GuardFiring("kl", "discard", "x"), GuardFiring)
 
 
 # ----------------------------------------------------------------------------- cycles on the tiny model
@@ -121,15 +120,14 @@ def api(tmp_path, tiny_model_dir, embedder):
 
     from fastapi.testclient import TestClient
 
-    from assistant.app.api.routes import build_api
     from assistant.app.cli.common import build_services, load_models
-    from assistant.app.cli.learn import api_routers
+    from assistant.app.cli.serve import build_app
 
     args = argparse.Namespace(model=str(tiny_model_dir), data_dir=str(tmp_path), profile="default",
                               device="cpu", dtype="float32", threads=1)
     lm, _ = load_models(args, with_embedder=False, progress=None)
     services = build_services(args, lm=lm, embedder=embedder)
-    client = TestClient(build_api(services, extra_routers=api_routers(services)))
+    client = TestClient(build_app(services, with_ui=False))
     yield client, services
     services.store.close()
 
@@ -362,11 +360,10 @@ def test_learning_tab_data_and_build(store, tmp_path, tiny_lm):
     assert {"tab-learning", "tab-export", "versions-table", "rollback", "learner-train-now", "export-go"} <= ids
     assert sum(isinstance(b, gr.LinePlot) for b in demo.blocks.values()) == 4
 
-    # and inside the app's own UI, through the extension hook `inkloop serve` uses
+    # and inside the app's own UI, as `inkloop serve` builds it
     from assistant.app.ui.writer import build_ui
 
-    svc.extra_tabs = list(TABS)
-    app_ids = {getattr(b, "elem_id", None) for b in build_ui(svc).blocks.values()}
+    app_ids = {getattr(b, "elem_id", None) for b in build_ui(svc, TABS).blocks.values()}
     assert {"tab-learning", "tab-export", "learner-status", "export-file"} <= app_ids
 
 
@@ -565,15 +562,69 @@ def test_supervisor_freezes_the_learner_while_the_app_generates(store):
             seen.append(state(pid))
             return inner(depth - 1) if depth else "done"
 
-        inner = sup.yielding(generate)
+        def inner(depth: int) -> str:
+            with sup.busy():
+                return generate(depth)
+
         assert inner(1) == "done"  # nested: still frozen in the inner call
         assert seen == ["T", "T"]
         time.sleep(0.1)
         assert state(pid) in ("S", "R")  # running again afterwards
-        with pytest.raises(ZeroDivisionError):
-            sup.yielding(lambda: 1 / 0)()
+        with pytest.raises(ZeroDivisionError), sup.busy():
+            1 / 0
         time.sleep(0.1)
         assert state(pid) in ("S", "R")  # thawed even when generation fails
     finally:
         sup.stop()
     assert sup.proc.poll() is not None
+
+
+# ----------------------------------------------------------------------------- the guards on, end to end
+def _guarded_learner(store, tmp_path, tiny_model_dir, embedder, **cfg_kw):
+    import copy
+
+    from reward.loop.learner import Learner
+    from reward.rl.config import RLConfig
+
+    base, tok = _tiny_base(tiny_model_dir)
+    cfg = LearnerConfig(min_new_feedback=1, rl_steps=2, eval_prompts=2, eval_samples=1, eval_max_new_tokens=6,
+                        threads=1, nice=0, rl=RLConfig(algo="reinforce", k=2, prompts_per_step=2, max_new_tokens=6,
+                                                       lr=0.05, seed=0), **cfg_kw)
+    return Learner(store, tmp_path, "default", lambda: (copy.deepcopy(base), tok), embedder, cfg)
+
+
+def test_kl_guard_shrinks_and_retries_then_discards(store, tmp_path, tiny_model_dir, embedder):
+    """A KL bound no update meets: the first candidate is shrunk (half the steps, half the learning
+    rate) and retried, the retry is discarded; both are recorded as guard events, nothing is live."""
+    _rate_pairs(store, lambda i: (f"a long and complete reply {i}.", f"no {i}"))
+    learner = _guarded_learner(store, tmp_path, tiny_model_dir, embedder, max_kl=-1.0, kl_retries=1)
+    res = learner.run_once()
+    assert res.outcome == "discarded"
+    assert [(g.guard, g.action) for g in res.guards] == [("kl", "shrink"), ("kl", "discard")]
+    tried = sorted(store.versions("default", "policy"), key=lambda v: v.id)
+    assert len(tried) == 2 and all(v.status == "discarded" for v in tried)
+    first, retry = (json.loads((Path(v.path) / "config.json").read_text()) if Path(v.path).exists() else v.config
+                    for v in tried)
+    assert retry["rl"]["lr"] == pytest.approx(first["rl"]["lr"] / 2)
+    assert [v.metrics["rl/steps"] for v in tried] == [2.0, 1.0]
+    assert store.live_version("default", "policy") is None
+    assert [e["data"]["action"] for e in store.events("default", kind="guard")][::-1] == ["shrink", "discard"]
+
+
+def test_live_recheck_rolls_back_a_version_that_looks_hacked(store, tmp_path, tiny_model_dir, embedder):
+    """Cycle 1 publishes; before cycle 2 trains, the live version is re-checked against its parent
+    (the base model) with a reward-hacking rule it cannot pass, and is rolled back to the base."""
+    _rate_pairs(store, lambda i: (f"a long and complete reply {i}.", f"no {i}"))
+    learner = _guarded_learner(store, tmp_path, tiny_model_dir, embedder, max_kl=1e6)
+    first = learner.run_once()
+    assert first.outcome == "published", first
+    assert store.live_version("default", "policy").id == first.version_id
+    # from now on any reward gain with any drop in agreement counts as hacking
+    learner.cfg.reward_gain_eps, learner.cfg.agreement_drop = -1e9, -1e9
+    second = learner.run_once(force=True)
+    rollback = [g for g in second.guards if g.action == "rollback"]
+    assert rollback and rollback[0].guard == "reward_hacking" and "rolled back to the base model" in rollback[0].reason
+    live = store.live_version("default", "policy")
+    assert live is None or live.id != first.version_id  # not the hacked version any more
+    assert store.get_version(first.version_id).status == "rolled_back"
+    assert any(e["data"]["action"] == "rollback" for e in store.events("default", kind="guard"))

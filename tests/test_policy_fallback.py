@@ -54,7 +54,7 @@ def test_unloadable_first_version_falls_back_to_base_and_records_an_event(
     st = svc.status()
     assert st["policy_version"] == v1.id and st["loaded_policy_version"] == 0
     assert "could not be loaded" in (st.get("policy_error") or "")
-    from assistant.app.ui.writer import header_text
+    from assistant.app.ui.handlers import header_text
 
     assert f"policy version {v1.id} could not be loaded" in header_text(svc)  # the UI's status line says so
 
@@ -82,3 +82,33 @@ def test_unloadable_new_version_keeps_the_last_loadable_one(store, tmp_path, tin
                       writer=lora_policy_writer(tiny_model_dir, seed=3), publish=True, parent_id=v2.id)
     assert svc.suggest(_req()).policy_version == v3.id
     assert svc.status().get("policy_error") is None
+
+
+def test_at_start_an_unloadable_live_version_falls_back_to_the_newest_loadable_one(store, tmp_path, tiny_model_dir):
+    """A fresh generator (the server restarted) whose live version is broken serves the newest
+    published version that loads, not the base model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from assistant.app.cli.common import policy_source
+    from assistant.app.services import Services
+    from assistant.lm.generate import Generator
+    from assistant.lm.models import prepare_tokenizer
+
+    v1 = save_version(store, tmp_path, kind="policy", profile_id="default",
+                      writer=lora_policy_writer(tiny_model_dir, seed=1), publish=True)
+    v2 = save_version(store, tmp_path, kind="policy", profile_id="default",
+                      writer=lora_policy_writer(tiny_model_dir, seed=2), publish=True, parent_id=v1.id)
+    _corrupt(v2.path)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    prepare_tokenizer(tok)
+    box = {}
+    gen = Generator(model, tok, version_source=policy_source(store, "default", lambda: box["g"].failed_versions))
+    box["g"] = gen
+    svc = Services(store, gen, None, model_name="tiny")
+    assert svc.suggest(_req()).policy_version == v1.id
+    (ev,) = store.events("default", "policy_load_failed")
+    assert ev["version_id"] == v2.id and f"generating with version {v1.id}" in ev["reason"]
+    assert f"version {v2.id} could not be loaded" in svc.status()["policy_error"]
+    assert svc.suggest(_req()).policy_version == v1.id
+    assert len(store.events("default", "policy_load_failed")) == 1

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from reward.config import RewardTrainConfig
 from reward.feedback import PointwiseTarget, PreferencePair, RewardData
 from reward.losses import bradley_terry_loss, pointwise_loss
 from reward.train import (
-    RewardTrainConfig,
     expected_calibration_error,
     grouped_folds,
     length_floor,

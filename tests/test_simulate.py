@@ -13,7 +13,8 @@ from reward.eval.raters import (
     upbeat_utility,
     vivid_utility,
 )
-from reward.loop.simulate import SimConfig, interleave_modes, simulate
+from reward.loop.config import SimConfig
+from reward.loop.simulate import interleave_modes, simulate
 
 torch.set_num_threads(1)
 
@@ -81,12 +82,12 @@ def tiny_loop(tok, store, embedder, tmp_path, cfg: SimConfig, profile: str = "si
 
 
 def small_sim(**kw) -> SimConfig:
+    from reward.config import RewardTrainConfig
     from reward.loop.config import LearnerConfig
     from reward.rl.config import RLConfig
-    from reward.train import RewardTrainConfig
 
     learner = LearnerConfig(min_new_feedback=5, rl_steps=1, eval_prompts=2, eval_samples=1, eval_max_new_tokens=6,
-                            max_kl=1e9, rl=RLConfig(k=2, prompts_per_step=2, max_new_tokens=6, seed=0),
+                            rl=RLConfig(k=2, prompts_per_step=2, max_new_tokens=6, seed=0),
                             rm=RewardTrainConfig(epochs=3, shuffled_control=False), **kw.pop("learner", {}))
     return SimConfig(budget=8, k=2, max_new_tokens=8, heldout_samples=1, learner=learner, **kw)
 

@@ -10,7 +10,8 @@ import pytest
 import sqlite_utils
 
 from storage import schema
-from storage.store import NotFound, Store, StoreError, text_hash
+from storage.records import NotFound, StoreError, text_hash
+from storage.store import Store
 
 
 def _request(store: Store, n: int = 3, profile: str = "default", version: int = 0):

@@ -8,7 +8,8 @@ import gradio as gr
 import pytest
 
 from assistant.app.services import SuggestRequest, validate_request
-from assistant.app.ui import writer as ui
+from assistant.app.ui import handlers as ui
+from assistant.app.ui import writer
 from assistant.lm.config import MAX_K
 
 SAMPLING = dict(k=3, temperature=1.0, top_p=0.95, max_new_tokens=12, seed=7)
@@ -34,8 +35,7 @@ def _suggest_continue(services, draft="The lighthouse keeper opened the door and
 
 
 def test_build_ui_builds_with_fixed_candidate_rows(tiny_services):
-    demo = ui.build_ui(tiny_services)
-    assert isinstance(demo, gr.Blocks)
+    demo = writer.build_ui(tiny_services)
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
     for i in range(MAX_K):
         for name in ("cand", "cand-text", "cand-up", "cand-down", "cand-best", "cand-stars", "cand-accept", "cand-edit"):
@@ -43,14 +43,14 @@ def test_build_ui_builds_with_fixed_candidate_rows(tiny_services):
     for name in ("draft", "suggest-continue", "suggest-restyle", "suggest-inspire", "undo", "profile", "k", "seed",
                  "variety"):
         assert name in ids
-    kw = ui.launch_kwargs()
+    kw = writer.launch_kwargs()
     assert kw["css_paths"] and kw["css_paths"][0].exists()
 
 
-def test_extra_tabs_hook_is_called_inside_tabs(tiny_services):
+def test_extra_tabs_are_built_inside_the_main_tabs(tiny_services):
     seen = {}
 
-    def learning_tab(services):
+    def learning_tab(services, ctx):
         with gr.Tab("Learning", elem_id="tab-learning"):
             seen["md"] = gr.Markdown("learning")
         seen["services"] = services
@@ -58,8 +58,7 @@ def test_extra_tabs_hook_is_called_inside_tabs(tiny_services):
     def with_ctx(services, ctx):
         seen["ctx_profile"] = ctx.profile
 
-    tiny_services.extra_tabs = [learning_tab, with_ctx]
-    demo = ui.build_ui(tiny_services)
+    demo = writer.build_ui(tiny_services, tabs=[learning_tab, with_ctx])
     assert seen["services"] is tiny_services
     assert isinstance(seen["ctx_profile"], gr.Textbox) and seen["ctx_profile"].elem_id == "profile"
     tab = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "tab-learning")
@@ -241,7 +240,7 @@ def test_insert_into_draft_rules():
 
 
 def test_prompts_asset_is_valid_and_split():
-    doc = ui.load_json_asset("prompts.json", None)
+    doc = writer.load_json_asset("prompts.json", None)
     prompts = doc["prompts"]
     assert len(prompts) >= 36 and len({p["id"] for p in prompts}) == len(prompts)
     for mode in ("continue", "restyle", "inspire"):
@@ -250,6 +249,6 @@ def test_prompts_asset_is_valid_and_split():
     for p in prompts:
         fields = {k: v for k, v in p.items() if k not in ("id", "split", "sample_name")}
         validate_request(SuggestRequest(**fields))
-    examples = json.loads((ui.ASSETS / "examples.json").read_text())
+    examples = json.loads((writer.ASSETS / "examples.json").read_text())
     for e in examples["restyle"]:
         validate_request(SuggestRequest(mode="restyle", text=e["text"], style=e["style"]))

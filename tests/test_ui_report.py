@@ -68,8 +68,7 @@ def test_open_latest_report_uses_the_services_data_dir_and_tab_has_the_section(t
 
     from assistant.app.ui.writer import build_ui
 
-    tiny_services.extra_tabs = list(L.TABS)
-    blocks = build_ui(tiny_services).blocks.values()
+    blocks = build_ui(tiny_services, L.TABS).blocks.values()
     ids = {getattr(b, "elem_id", None) for b in blocks}
     assert {"report-open", "report-header", "report-summary", "report-plots"} <= ids
     assert any(isinstance(b, gr.Gallery) and b.elem_id == "report-plots" for b in blocks)

@@ -6,7 +6,7 @@
   the live policy. A README.md model card lists the training metrics and feedback counts.
 - ``adapter``: the peft adapter directory and the value head alone (plus metrics/config).
 - ``reward``: the reward model directory of a reward version.
-- ``feedback``: the TRL-style datasets (see storage.datasets).
+- ``feedback``: the TRL-style datasets (see storage.jsonl, reward.datasets).
 
 The CLI may write anywhere the person names; the UI and the API call `export_to_exports_dir`,
 which only writes under ``<data_dir>/exports`` (a caller never chooses the path) and zips the
@@ -29,8 +29,10 @@ from typing import Any
 import torch
 
 from assistant.lm.adapters import ADAPTER_SUBDIR
-from storage.artifacts import exports_root
-from storage.store import ModelVersion, Store
+from reward import datasets
+from storage.artifacts import available, exports_root, overwrite_refusal
+from storage.records import ModelVersion
+from storage.store import Store
 
 EXPORT_KINDS = ("merged", "adapter", "reward", "feedback")
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -103,8 +105,8 @@ def resolve_version(store: Store, profile_id: str, kind: str, version_id: int | 
             raise ExportError(f"version {v.id} is a {v.kind} version, not a {kind} version")
         if v.profile_id != profile_id:
             raise ExportError(f"version {v.id} belongs to another profile, not {profile_id!r}")
-    if not Path(v.path).is_dir():
-        raise ExportError(f"version {v.id} was pruned or discarded: its directory no longer exists")
+    if not available(v):
+        raise ExportError(f"version {v.id} was pruned, discarded or abandoned ({v.status}; {v.rel_path})")
     return v
 
 
@@ -113,9 +115,8 @@ def _prepare_out(out_dir: str | Path, overwrite: bool, store: Store) -> Path:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise ExportError(f"{out} exists and is not empty (use --overwrite to replace it)")
-        if store.path.resolve().is_relative_to(out.resolve()):
-            # --overwrite would delete the database (and every version) along with the folder
-            raise ExportError(f"{out} holds inkloop's data directory; choose another output folder")
+        if (refusal := overwrite_refusal(store, out)) is not None:  # the database, versions, ...
+            raise ExportError(refusal)
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -244,10 +245,9 @@ def export_reward(store: Store, version: ModelVersion, out_dir: str | Path, over
 
 
 def export_feedback(store: Store, profile_id: str, out_dir: str | Path, overwrite: bool = False) -> Path:
-    """TRL-style JSONL datasets of the profile's feedback (storage.datasets): preference.jsonl
+    """TRL-style JSONL datasets of the profile's feedback (reward.datasets): preference.jsonl
     (prompt/chosen/rejected), ratings.jsonl (prompt/completion/rating), unpaired.jsonl
     (prompt/completion/label), plus a README with the counts."""
-    from storage import datasets
 
     out = _prepare_out(out_dir, overwrite, store)
     counts = {fmt: datasets.export_feedback(store, fmt, out / f"{fmt}.jsonl", profile_id) for fmt in datasets.FORMATS}

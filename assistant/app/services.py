@@ -29,7 +29,8 @@ from assistant.lm.config import (
 from assistant.lm.generate import Generator
 from assistant.lm.library import Library
 from assistant.lm.prompts import build_prompt
-from storage.store import NotFound, Store, StoreError
+from storage.records import NotFound, StoreError
+from storage.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +331,9 @@ class Services:
             "model": self.model_name,
             "policy_version": live.id if live else 0,
             "loaded_policy_version": self.generator.policy_version,
-            "policy_error": getattr(self.generator, "load_error", None),
+            "policy_error": (getattr(self.generator, "load_error", None)
+                             if live is not None and live.id in getattr(self.generator, "failed_versions", ())
+                             else None),
             "profile": profile,
             "counts": self.store.counts(),
             "profile_counts": self.store.counts(profile),

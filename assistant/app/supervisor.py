@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from storage.store import Store
 
@@ -38,7 +39,7 @@ def watch_parent(on_gone: Callable[[], None], interval_s: float = 2.0) -> thread
 
 class LearnerSupervisor:
     """Runs `inkloop learn` as a child process beside the server and restarts it with backoff if it
-    dies, so a learner crash (or a kill) never takes the UI down. `yielding(fn)` wraps the app's
+    dies, so a learner crash (or a kill) never takes the UI down. `busy()` wraps the app's
     generation so the learner is frozen (SIGSTOP/SIGCONT) while a person waits for suggestions."""
 
     def __init__(self, argv: list[str], store: Store | None = None, profile_id: str = "default",
@@ -116,19 +117,14 @@ class LearnerSupervisor:
                 pass
             self._frozen_pid = None
 
-    def yielding(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """Wrap `fn` (e.g. Generator.suggest) so the learner is frozen while it runs."""
-        import functools
-
-        @functools.wraps(fn)
-        def run(*args: Any, **kwargs: Any) -> Any:
-            self.freeze()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.thaw()
-
-        return run
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """The learner is frozen while the block runs (the Generator's `busy` hook); nested use is counted."""
+        self.freeze()
+        try:
+            yield
+        finally:
+            self.thaw()
 
     def _unfreeze_if_stuck(self) -> None:
         """A generation that never ends must not starve the learner forever."""

@@ -8,6 +8,7 @@ generation, so a request never sees half a swap. Every result says which version
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import re
@@ -15,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -281,10 +282,11 @@ class Generator:
     """Produces suggestions with the live policy (base model + current LoRA adapter).
 
     `version_source()` returns ``(version_id, version_dir)`` of the live policy or ``None`` for the
-    base model; it is called before every generation (a cheap store query). A live version that
-    cannot be loaded does not stop generation: the generator keeps the version it has (the last
-    one that loaded, or the base model), reports ``on_error(version_id, message)`` once, and tries
-    again only when the live version changes."""
+    base model; it is called before every generation (a cheap store query). A version that cannot
+    be loaded does not stop generation: it is reported once (``on_error(version_id, message)``),
+    never retried, and the generator serves what the source offers next (the composition offers the
+    newest loadable published version) or keeps what it has (the last version that loaded, or the
+    base model)."""
 
     def __init__(
         self,
@@ -292,6 +294,7 @@ class Generator:
         tokenizer,
         version_source: Callable[[], tuple[int, str] | None] | None = None,
         device: torch.device | None = None,
+        busy: Callable[[], ContextManager] | None = None,
         on_error: Callable[[int, str], None] | None = None,
     ):
         contiguous_lm_head_input(model)  # keeps generation fast once peft freezes the base
@@ -302,45 +305,51 @@ class Generator:
         self.device = device or next(model.parameters()).device
         self.policy_version = 0
         self.on_error = on_error
-        self.failed_version: int | None = None
-        """The live version that last failed to load (not retried until the live version changes)."""
+        self.failed_versions: set[int] = set()
+        """Versions that failed to load (never retried: a version directory does not heal)."""
         self.load_error: str | None = None
-        """Why the live version is not the one loaded (None when it is)."""
+        """The last load failure, as reported (meaningful while the live version is a failed one)."""
         self.lock = threading.RLock()
+        self.busy = busy or contextlib.nullcontext
+        """Entered around every generation (`inkloop serve`: the learner process is held off the CPU)."""
 
     # ------------------------------------------------------------------ hot swap
     def refresh_policy(self) -> int:
-        """Swap in the newest published adapter if it changed. Returns the live version id."""
-        live = self.version_source()
+        """Swap in the newest published adapter if it changed. Returns the version now loaded.
+
+        A version that fails to load joins `failed_versions` (never retried) and is reported through
+        `on_error`; the source is then asked again (it may offer an older loadable version: see
+        assistant.app.cli.common.policy_source), else the generator keeps what it has."""
+        failures: list[tuple[int, Exception]] = []
         with self.lock:
-            if live is None:
-                self.failed_version = self.load_error = None
-                if self.policy_version != 0:
-                    log.info("no published policy: back to the base model")
-                    self._unload_adapters()
-                return self.policy_version
-            vid, vdir = live
-            if vid == self.policy_version:
-                self.failed_version = self.load_error = None
-                return vid
-            if vid == self.failed_version:
-                return self.policy_version
-            try:
-                self._load_adapter(vid, adapter_dir(vdir))
-                self.failed_version = self.load_error = None
-            except Exception as e:  # noqa: BLE001 - any unloadable version: keep generating
-                self._drop_adapter(f"v{vid}")
-                self.failed_version = vid
-                kept = f"version {self.policy_version}" if self.policy_version else "the base model"
-                msg = f"policy version {vid} could not be loaded ({type(e).__name__}); generating with {kept}"
-                self.load_error = msg
-                log.warning("%s: %s", msg, e)
-                if self.on_error is not None:
-                    try:
-                        self.on_error(vid, msg)
-                    except Exception:  # noqa: BLE001 - reporting must not stop generation either
-                        log.exception("on_error callback failed")
-            return self.policy_version
+            for _ in range(4):
+                live = self.version_source()
+                if live is None:
+                    if self.policy_version != 0:
+                        log.info("no published policy: back to the base model")
+                        self._unload_adapters()
+                    break
+                vid, vdir = live
+                if vid == self.policy_version or vid in self.failed_versions:
+                    break
+                try:
+                    self._load_adapter(vid, adapter_dir(vdir))
+                    break
+                except Exception as e:  # noqa: BLE001 - any unloadable version: keep generating
+                    self._drop_adapter(f"v{vid}")
+                    self.failed_versions.add(vid)
+                    failures.append((vid, e))
+            kept = f"version {self.policy_version}" if self.policy_version else "the base model"
+        for vid, e in failures:
+            msg = f"policy version {vid} could not be loaded ({type(e).__name__}); generating with {kept}"
+            self.load_error = msg
+            log.warning("%s: %s", msg, e)
+            if self.on_error is not None:
+                try:
+                    self.on_error(vid, msg)
+                except Exception:  # noqa: BLE001 - reporting must not stop generation either
+                    log.exception("on_error callback failed")
+        return self.policy_version
 
     def _load_adapter(self, vid: int, adapter_dir: Path) -> None:
         t0 = time.perf_counter()
@@ -387,7 +396,7 @@ class Generator:
         gen.validate()
         t0 = time.perf_counter()
         self.refresh_policy()
-        with self.lock:
+        with self.busy(), self.lock:
             version = self.policy_version
             prompt_text = render(prompt, self.tokenizer)
             angles = list(ANGLES) if gen.variety and prompt.mode in ANGLE_MODES else [""]

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from storage.store import Snippet, Store
+from storage.records import Snippet
+from storage.store import Store
 
 MAX_SNIPPET_CHARS = 5_000
 

@@ -6,57 +6,17 @@ reference on the policy's own samples). Nothing here loads a model or touches st
 
 Tokenisation for the pure metrics is `words(text)`: lower-cased runs of letters/digits (with inner
 apostrophes kept: "don't" is one word); punctuation is dropped. It is deliberately simple so that
-every value in the tests can be worked out by hand.
-"""
+every value in the tests can be worked out by hand."""
 
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from contextlib import nullcontext
 from typing import Callable, Sequence
 
 from assistant.lm.logprobs import reference, text_logprobs
-
-_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
-
-
-# ----------------------------------------------------------------------------- tokens and n-grams
-def words(text: str) -> list[str]:
-    """Lower-cased word tokens of `text` (punctuation dropped)."""
-    return _WORD.findall((text or "").lower())
-
-
-def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    """All contiguous n-grams of a token list (empty if it is shorter than n)."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
-
-
-# ----------------------------------------------------------------------------- diversity
-def distinct_n(texts: Sequence[str], n: int) -> float:
-    """Distinct-n (Li et al. 2016): unique n-grams / total n-grams, pooled across all `texts`.
-
-    1.0 means no n-gram occurs twice anywhere in the set; 0.0 is returned when there are no n-grams
-    at all (every text shorter than n words)."""
-    grams: list[tuple[str, ...]] = []
-    for t in texts:
-        grams.extend(ngrams(words(t), n))
-    return len(set(grams)) / len(grams) if grams else 0.0
-
-
-def repetition_rate(text: str, n: int = 2) -> float:
-    """Fraction of the n-grams in one text that repeat an earlier n-gram of the same text
-    (1 - unique/total; "rep-n" of Welleck et al. 2019). 0.0 for a text with no n-grams."""
-    grams = ngrams(words(text), n)
-    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
-
-
-def mean_repetition_rate(texts: Sequence[str], n: int = 2) -> float:
-    """repetition_rate averaged over texts (0.0 for no texts)."""
-    return sum(repetition_rate(t, n) for t in texts) / len(texts) if texts else 0.0
+from reward.text import distinct_n, mean_repetition_rate, ngrams, words
 
 
 def mean_length(texts: Sequence[str], tokenizer=None) -> float:
@@ -66,7 +26,6 @@ def mean_length(texts: Sequence[str], tokenizer=None) -> float:
     if tokenizer is None:
         return sum(len(words(t)) for t in texts) / len(texts)
     return sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts) / len(texts)
-
 
 # ----------------------------------------------------------------------------- BLEU
 def bleu(hypothesis: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 4) -> float:
@@ -104,7 +63,6 @@ def bleu(hypothesis: Sequence[str], references: Sequence[Sequence[str]], max_n: 
     bp = 1.0 if c >= r else math.exp(1.0 - r / c)
     return bp * math.exp(log_p)
 
-
 def self_bleu(texts: Sequence[str], max_n: int = 4) -> float:
     """Self-BLEU (Zhu et al. 2018) of one set of candidates: the mean over candidates of the BLEU
     of each against all the others as references. High = the candidates say the same thing;
@@ -114,7 +72,6 @@ def self_bleu(texts: Sequence[str], max_n: int = 4) -> float:
         return 0.0
     scores = [bleu(h, toks[:i] + toks[i + 1 :], max_n) for i, h in enumerate(toks)]
     return sum(scores) / len(scores)
-
 
 # ----------------------------------------------------------------------------- win-rate
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -132,7 +89,6 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return max(0.0, center - half), min(1.0, center + half)
 
-
 def win_rate(wins: int, losses: int, ties: int = 0, z: float = 1.96) -> dict[str, float]:
     """Win-rate of A over B from pairwise outcomes, ties counted as half a win, with a Wilson CI.
 
@@ -147,7 +103,6 @@ def win_rate(wins: int, losses: int, ties: int = 0, z: float = 1.96) -> dict[str
     lo, hi = wilson_interval(s, n, z)
     return {"win_rate": s / n, "ci_low": lo, "ci_high": hi, "n": n}
 
-
 def pairwise_outcomes(a_scores: Sequence[float], b_scores: Sequence[float], eps: float = 1e-9) -> tuple[int, int, int]:
     """(wins, losses, ties) of A over B from paired scores (|a - b| <= eps is a tie)."""
     if len(a_scores) != len(b_scores):
@@ -155,7 +110,6 @@ def pairwise_outcomes(a_scores: Sequence[float], b_scores: Sequence[float], eps:
     w = sum(1 for a, b in zip(a_scores, b_scores) if a - b > eps)
     l = sum(1 for a, b in zip(a_scores, b_scores) if b - a > eps)
     return w, l, len(a_scores) - w - l
-
 
 # ----------------------------------------------------------------------------- model-based metrics
 def perplexity(model, tokenizer, texts: Sequence[str], contexts: Sequence[str] | None = None,
@@ -173,7 +127,6 @@ def perplexity(model, tokenizer, texts: Sequence[str], contexts: Sequence[str] |
     nll, n = -sum(float(lp.sum()) for lp in lps), sum(len(lp) for lp in lps)
     return math.exp(nll / n) if n else float("nan")
 
-
 # ----------------------------------------------------------------------------- summaries
 def text_metrics(groups: Sequence[Sequence[str]]) -> dict[str, float]:
     """The pure metrics for K candidates per prompt (`groups[i]` = the candidates of prompt i):
@@ -190,11 +143,10 @@ def text_metrics(groups: Sequence[Sequence[str]]) -> dict[str, float]:
         "eval/candidates": float(len(flat)),
     }
 
-
 def mean_terms(term_scores: dict[str, Sequence[float]], prefix: str = "eval/reward/") -> dict[str, float]:
     """Mean of each reward term's per-candidate values, under namespaced names."""
     return {f"{prefix}{k}": (sum(v) / len(v) if len(v) else 0.0) for k, v in term_scores.items()}
 
-
 Scorer = Callable[[Sequence[str], Sequence[str]], dict[str, Sequence[float]]]
+
 """(prompt texts, candidate texts) -> {term name: per-candidate values}."""

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from reward.eval.quality import words
+from reward.text import words
 
 log = logging.getLogger(__name__)
 

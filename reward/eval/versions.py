@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from assistant.lm.logprobs import kl_to_reference, reference, text_logprobs
+from assistant.lm.prompts import build_prompt
 from reward.eval import quality as Q
 from reward.eval.prompts import EvalPrompt
 from reward.eval.raters import make_rater
+from reward.functions import RolloutPrompt
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -28,7 +30,6 @@ class Samples:
 def sample_version(generator, prompts: Sequence[EvalPrompt], gen, version: tuple[int, str] | None,
                    progress: Callable[[str], None] | None = None) -> Samples:
     """Generate K candidates per prompt with the given policy version ((id, dir); None = base)."""
-    from assistant.lm.prompts import build_prompt
 
     generator.version_source = lambda: version
     generator.refresh_policy()
@@ -47,7 +48,6 @@ def rollout_prompts(prompts: Sequence[EvalPrompt], s: Samples) -> list:
     """reward.functions.RolloutPrompt for every candidate of `s` (what the reward terms need)."""
     from types import SimpleNamespace
 
-    from reward.functions import RolloutPrompt
 
     out = []
     for ep, ctx, g in zip(prompts, s.contexts, s.groups):

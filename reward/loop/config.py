@@ -1,12 +1,13 @@
-"""LearnerConfig: when and how the background learner trains, evaluates and publishes."""
+"""LearnerConfig (when and how the background learner trains, evaluates and publishes) and
+SimConfig (a simulated run of that learner). Light: the CLI builds its flags from them."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 
+from reward.config import RewardTrainConfig
 from reward.rl.config import RLConfig
-from reward.train import RewardTrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,3 +65,29 @@ class LearnerConfig:
     """The RL update each cycle runs (algorithm, sizes, learning rate, KL)."""
     rm: RewardTrainConfig = field(default_factory=lambda: RewardTrainConfig(shuffled_control=False))
     """How each cycle retrains the reward model (its seed is this config's seed)."""
+
+
+@dataclass
+class SimConfig:
+    """One simulated run. The learner, RL and reward-model settings are the product's dataclasses."""
+
+    budget: int = 150
+    """Star ratings the rater gives in total (one per suggestion shown)."""
+    k: int = 4
+    """Suggestions per request (the rater stars each and picks the best)."""
+    max_new_tokens: int = 32
+    """Length limit of the suggestions shown (RL rollouts use rl.max_new_tokens)."""
+    temperature: float = 0.8
+    """Sampling temperature of the suggestions shown (the UI's default)."""
+    variety: bool = False
+    """Show candidates written from different angles (GenerationSettings.variety); the held-out
+    comparison always uses the prompt as asked."""
+    heldout_samples: int = 2
+    """Suggestions per held-out prompt from each of base and final for the pairwise judgement."""
+    prompts_path: str | None = None
+    """Prompt file with train and heldout splits (default assets/prompts.json)."""
+    seed: int = 0
+    """Seeds the prompt order and the suggestions' sampling."""
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    """The product's learner cycle: when it runs (min_new_feedback), the reward model, RL, the
+    guards and the evaluation (its own config: the learner the run is given must use it)."""

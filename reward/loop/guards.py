@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from reward.loop.config import LearnerConfig
+from reward.rl.step import accepts_extras
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,6 @@ class NonFiniteWatch:
         self.fn, self.seen = fn, False
 
     def __call__(self, prompts: Any, texts: Any, extras: Any = None) -> Any:
-        from reward.rl.step import accepts_extras
 
         out = self.fn(prompts, texts, extras=extras) if extras is not None and accepts_extras(self.fn) \
             else self.fn(prompts, texts)

@@ -35,6 +35,8 @@ from typing import Any, Callable
 import torch
 
 from assistant.lm.adapters import adapter_dir
+from reward.feedback import build_training_data
+from reward.functions import RewardFunction, RolloutPrompt, embed_with
 from reward.loop.config import LearnerConfig
 from reward.loop.evaluation import PolicyEval, evaluate_policies, paired_win_rate
 from reward.loop.guards import (
@@ -47,8 +49,15 @@ from reward.loop.guards import (
     pearson,
 )
 from reward.rl.train import train_policy
+from reward.train import (
+    load_live_reward_model,
+    save_reward_version,
+    split_by_group,
+    train_from_store,
+)
 from storage import artifacts
-from storage.store import ModelVersion, Store
+from storage.records import ModelVersion
+from storage.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -132,16 +141,10 @@ class Learner:
 
     # ------------------------------------------------------------------ pieces
     def _default_reward_fn(self, rm: Any) -> Callable[..., Any]:
-        from reward.functions import RewardFunction, embed_with
 
         return RewardFunction(rm=rm, embed=embed_with(self.embedder) if self.embedder is not None else None)
 
     def _reward_model(self, cycle: int):
-        from reward.train import (
-            load_live_reward_model,
-            save_reward_version,
-            train_from_store,
-        )
 
         live = self.store.live_version(self.profile, "reward")
         if live is not None and cycle % max(1, self.cfg.rm_every) != 0:
@@ -166,9 +169,6 @@ class Learner:
 
     def _heldout(self) -> tuple[list[Any], list[tuple[str, str, str]]]:
         """Held-out prompts (RolloutPrompt) and preference pairs (prompt_text, chosen, rejected)."""
-        from reward.feedback import build_training_data
-        from reward.functions import RolloutPrompt
-        from reward.train import split_by_group
 
         groups = self.store.requests_with_feedback(self.profile)
         data = build_training_data(groups)
@@ -198,7 +198,8 @@ class Learner:
     def _rl(self, reward_fn, parent: ModelVersion | None, steps: int, lr_scale: float, progress: Callable[[float], None]):
         model, tok = self.lm_factory()
         return train_policy(self.store, self.data_dir, self.profile, model, tok, reward_fn, self._rl_config(lr_scale),
-                            steps, publish=False, parent=parent, on_step=lambda i, _m: progress((i + 1) / steps))
+                            steps, publish=False, parent=parent, on_step=lambda i, _m: progress((i + 1) / steps),
+                            extra_config=dict(artifacts.LEARNER_CANDIDATE))  # for artifacts.abandon_candidates
 
     def _rl_config(self, lr_scale: float = 1.0):
         """cfg.rl, with the learning rate scaled down when the KL guard retries smaller."""
@@ -331,7 +332,7 @@ class Learner:
             v = self.store.get_version(version_id)
         except Exception:  # noqa: BLE001 - a missing parent means "the base model"
             return None
-        return v if v.status != "discarded" and Path(v.path).is_dir() else None
+        return v if artifacts.available(v) else None  # not discarded, abandoned or half-pruned
 
     def _finish(self, res: CycleResult, upto: int) -> CycleResult:
         self.metrics = {

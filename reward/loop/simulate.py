@@ -32,7 +32,7 @@ import numpy as np
 from reward.eval.prompts import EvalPrompt, load_prompts
 from reward.eval.quality import win_rate
 from reward.eval.raters import Rater, rate_suggestions
-from reward.loop.config import LearnerConfig
+from reward.loop.config import SimConfig
 from reward.loop.learner import Learner
 
 log = logging.getLogger(__name__)
@@ -57,33 +57,6 @@ class Assistant(Protocol):
 
     def feedback(self, suggestion_id: int, kind: str, value: Any = None, source: str = "simulated") -> Any:
         """One rating, through the path the UI takes."""
-
-
-# ----------------------------------------------------------------------------- configuration
-@dataclass
-class SimConfig:
-    """One simulated run. The learner, RL and reward-model settings are the product's dataclasses."""
-
-    budget: int = 150
-    """Star ratings the rater gives in total (one per suggestion shown)."""
-    k: int = 4
-    """Suggestions per request (the rater stars each and picks the best)."""
-    max_new_tokens: int = 32
-    """Length limit of the suggestions shown (RL rollouts use rl.max_new_tokens)."""
-    temperature: float = 0.8
-    """Sampling temperature of the suggestions shown (the UI's default)."""
-    variety: bool = False
-    """Show candidates written from different angles (GenerationSettings.variety); the held-out
-    comparison always uses the prompt as asked."""
-    heldout_samples: int = 2
-    """Suggestions per held-out prompt from each of base and final for the pairwise judgement."""
-    prompts_path: str | None = None
-    """Prompt file with train and heldout splits (default assets/prompts.json)."""
-    seed: int = 0
-    """Seeds the prompt order and the suggestions' sampling."""
-    learner: LearnerConfig = field(default_factory=LearnerConfig)
-    """The product's learner cycle: when it runs (min_new_feedback), the reward model, RL, the
-    guards and the evaluation (its own config: the learner the run is given must use it)."""
 
 
 @dataclass

@@ -20,7 +20,7 @@
 
 Only LoRA and value-head weights ever receive gradients; the base stays frozen. LoRA and value-head
 parameters are kept in float32 even when the base is bf16, and the forward runs under bf16 autocast
-where the hardware supports it (assistant.models.autocast_context).
+where the hardware supports it (assistant.lm.models.autocast_context).
 
 Rollouts sample with the UI's temperature, but with top_p = 1 and no repetition penalty by default,
 so the log-probabilities the update uses are exactly those of the sampling distribution (the

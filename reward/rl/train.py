@@ -12,18 +12,19 @@ from typing import Any, Callable, Sequence
 from torch import nn
 
 from assistant.lm.adapters import ADAPTER_SUBDIR
-from assistant.lm.config import LoraSettings
+from assistant.lm.config import MODES, LoraSettings
 from reward.functions import RolloutPrompt
 from reward.rl.config import RLConfig
 from reward.rl.policy import Policy
 from reward.rl.step import RewardFn, TrainerState, rl_step
+from storage.artifacts import save_version
+from storage.records import ModelVersion
 
 log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- prompts from the store
 def prompts_from_store(store, profile_id: str, limit: int = 64) -> list[RolloutPrompt]:
     """RolloutPrompts from the person's most recent requests (all modes) that stored a prompt."""
-    from assistant.lm.config import MODES
 
     out = []
     for req in store.recent_requests(profile_id, limit=limit):
@@ -82,8 +83,6 @@ def train_policy(
     metrics.json holds their means over the steps plus the last step's reward and KL. To keep
     training the same weights in memory across calls (the learner), build the Policy once and
     pass it as `policy=`."""
-    from storage.artifacts import save_version
-    from storage.store import ModelVersion
 
     cfg.validate()
     if steps < 1:

@@ -33,8 +33,9 @@ from assistant.app.export import (
 )
 from assistant.app.limits import Busy
 from assistant.app.services import InputError, Services
+from reward.loop.learner import send_command
 from storage import artifacts
-from storage.store import as_dict
+from storage.records import NotFound, as_dict
 
 
 class _In(BaseModel):
@@ -75,8 +76,9 @@ def shown_path(path: str | Path, data_dir: str | Path) -> str:
 
 def _version_out(v, live_id: int | None, data_dir: str | Path) -> dict[str, Any]:
     d = as_dict(v)
+    d["path"] = d.pop("rel_path")  # relative to the data directory: never expose absolute paths
     d["live"] = v.id == live_id
-    d["available"] = Path(v.path).is_dir()
+    d["available"] = artifacts.available(v)
     d["path"] = getattr(v, "rel_path", None) or shown_path(v.path, data_dir)
     d.pop("rel_path", None)
     d.pop("config", None)
@@ -85,7 +87,6 @@ def _version_out(v, live_id: int | None, data_dir: str | Path) -> dict[str, Any]
 
 def learning_router(services: Services, data_dir: str | Path, base_model_path: str | None = None) -> APIRouter:
     """Routes over the store (and the exports folder of `data_dir`)."""
-    from reward.loop.learner import send_command
 
     r = APIRouter(prefix=API_PREFIX, tags=["learning"])
     store = services.store
@@ -170,7 +171,6 @@ def learning_router(services: Services, data_dir: str | Path, base_model_path: s
         try:
             p = export_zip_path(data_dir, name)
         except ExportError as e:
-            from storage.store import NotFound
 
             raise NotFound(str(e)) from None
         return FileResponse(p, media_type="application/zip", filename=p.name)

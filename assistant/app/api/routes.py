@@ -45,7 +45,8 @@ from assistant.lm.config import (
     MODES,
 )
 from assistant.lm.library import MAX_SNIPPET_CHARS
-from storage.store import FEEDBACK_KINDS, NotFound, StoreError, as_dict
+from assistant.lm.prompts import STYLE_INSTRUCTIONS
+from storage.records import FEEDBACK_KINDS, NotFound, StoreError, as_dict
 
 log = logging.getLogger(__name__)
 
@@ -372,7 +373,6 @@ def api_router(services: Services, generation_pool: ThreadPoolExecutor | None = 
 
     @r.get("/styles", response_model=StylesOut, summary="Built-in and defined styles")
     def list_styles(profile: str | None = Query(None, min_length=1, max_length=64)) -> dict[str, Any]:
-        from assistant.lm.prompts import STYLE_INSTRUCTIONS
 
         builtin = [{"name": n, "description": STYLE_INSTRUCTIONS[n], "builtin": True} for n in BUILTIN_STYLES]
         custom = services.store.styles(profile or services.default_profile)

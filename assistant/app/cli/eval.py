@@ -9,17 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from assistant.app.cli.common import say as _say
 from reward.eval.prompts import EvalPrompt, load_prompts, spread
-from reward.eval.versions import (
-    Judge,
-    evaluate_version,
-    fluency_fn,
-    rater_judge,
-    reward_judge,
-)
+
+if TYPE_CHECKING:
+    from reward.eval.versions import Judge
 
 
 # ----------------------------------------------------------------------------- command plumbing
@@ -57,9 +53,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         store.close()
 
 def _eval_version_command(args, store, prompts: list[EvalPrompt], gen) -> int:
+    # the model stack loads with the command, not when the parser is built
     from assistant.app.cli.common import data_dir, fail, load_models
     from assistant.lm.generate import Generator
     from reward.eval.report import write_report
+    from reward.eval.versions import evaluate_version
 
     try:
         version = _version_arg(store, args.profile, args.version)
@@ -94,6 +92,7 @@ def _scoring(args, store, lm, embedder, generator) -> tuple[Any, Judge | None, l
     """The reward function (default RewardConfig; the profile's live reward model when there is
     one) and the judge for the win-rate: a simulated rater when --rater is given, else the
     composed reward."""
+    from reward.eval.versions import fluency_fn, rater_judge, reward_judge
     from reward.functions import RewardConfig, RewardFunction, embed_with
     from reward.train import load_live_reward_model
 
@@ -134,19 +133,4 @@ def register(sub, parent) -> None:
     p.add_argument("--version", type=int, default=None, metavar="V", help="policy version id (0 = base model)")
     p.add_argument("--rater", default=None, help="judge the win-rate with this simulated rater")
     _eval_flags(p)
-    p.set_defaults(func=_wrap(cmd_eval))
-
-
-def _wrap(fn):
-    from assistant.app.cli.common import command
-
-    def run(args):
-        try:
-            return command(fn)(args)
-        except ValueError as e:
-            from assistant.app.cli.common import fail
-
-            return fail(str(e))
-
-    run.__name__ = fn.__name__
-    return run
+    p.set_defaults(func=cmd_eval)

@@ -94,11 +94,27 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type, *, prefix: str =
             parser.add_argument(flag, type=conv, metavar=f.name.upper(), **kw)
 
 
-def from_args(cls: type, args: argparse.Namespace, *, prefix: str = "", base: Any = None, **nested: Any):
-    """The dataclass `cls` with every field given on the command line (and `nested` fields) set."""
+class FlagError(ValueError):
+    """A setting given on the command line that its config's validate() rejects (exit code 2)."""
+
+
+def validated(cfg: Any) -> Any:
+    """`cfg` after its validate(); a rejection becomes a FlagError with the same message."""
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise FlagError(str(e)) from None
+    return cfg
+
+
+def from_args(cls: type, args: argparse.Namespace, *, prefix: str = "", base: Any = None,
+              exclude: Iterable[str] = (), **nested: Any):
+    """The dataclass `cls` with every field given on the command line (and `nested` fields) set;
+    `exclude` names fields whose flag is not this dataclass's (e.g. the common --threads)."""
     obj = base if base is not None else cls()
+    skip = set(exclude) | set(nested)
     given = {f.name: getattr(args, prefix + f.name) for f in dataclasses.fields(cls)
-             if f.init and hasattr(args, prefix + f.name)}
+             if f.init and f.name not in skip and hasattr(args, prefix + f.name)}
     return dataclasses.replace(obj, **given, **nested)
 
 
@@ -106,9 +122,9 @@ def from_args(cls: type, args: argparse.Namespace, *, prefix: str = "", base: An
 def add_learner_flags(parser, *, exclude: Iterable[str] = ()) -> None:
     """LearnerConfig's flags, its RL update's as --rl-*, its reward model's as --rm-* (shared by
     `inkloop learn` and `inkloop simulate`, so each means the same in both)."""
+    from reward.config import RewardTrainConfig
     from reward.loop.config import LearnerConfig
     from reward.rl.config import ALGOS, RLConfig
-    from reward.train import RewardTrainConfig
 
     add_flags(parser, LearnerConfig, exclude={"threads", *exclude})
     add_flags(parser, RLConfig, prefix="rl_", choices={"algo": ALGOS})
@@ -117,16 +133,16 @@ def add_learner_flags(parser, *, exclude: Iterable[str] = ()) -> None:
 
 def learner_config(args: argparse.Namespace):
     """The LearnerConfig the flags of add_learner_flags (and --threads) describe."""
+    from reward.config import RewardTrainConfig
     from reward.loop.config import LearnerConfig
     from reward.rl.config import RLConfig
-    from reward.train import RewardTrainConfig
 
     base = LearnerConfig()
-    cfg = from_args(LearnerConfig, args, base=base,
+    cfg = from_args(LearnerConfig, args, base=base, exclude={"threads"},
                     rl=from_args(RLConfig, args, prefix="rl_", base=base.rl),
                     rm=from_args(RewardTrainConfig, args, prefix="rm_", base=base.rm))
     if getattr(args, "threads", None):
         cfg.threads = int(args.threads)
-    cfg.rl.validate()
-    cfg.rm.validate()
+    validated(cfg.rl)
+    validated(cfg.rm)
     return cfg

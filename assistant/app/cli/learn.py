@@ -7,8 +7,6 @@
   or ``previous``).
 - ``inkloop export --what merged|adapter|reward|feedback [--version V] --out DIR``.
 
-Also `api_routers(services)` (the REST routes of assistant.api_learning, picked up by `serve`) and
-`attach_learning(services, args)` (the Learning/Export tabs and the learner process for `serve`).
 """
 
 from __future__ import annotations
@@ -24,53 +22,6 @@ import threading
 from assistant.app.cli.flags import add_learner_flags, learner_config
 
 log = logging.getLogger(__name__)
-
-
-# ----------------------------------------------------------------------------- serve integration
-def api_routers(services) -> list:
-    from assistant.app.api.learning import learning_router
-    from assistant.app.export import ExportError, base_model_path
-
-    try:
-        base = base_model_path(services.generator.base_model)
-    except (ExportError, AttributeError):
-        base = None
-    return [learning_router(services, services.store.path.parent, base)]
-
-
-def attach_learning(services, args: argparse.Namespace):
-    """For `inkloop serve`: add the Learning and Export tabs, and start the learner in its own
-    process (unless --no-learner). Returns the LearnerSupervisor (or None); stop() it on exit."""
-    from assistant.app.ui.learning import TABS
-
-    services.extra_tabs = [*(getattr(services, "extra_tabs", None) or []), *TABS]
-    if getattr(args, "no_learner", False):
-        return None
-    from assistant.app.cli.common import data_dir
-    from assistant.app.supervisor import LearnerSupervisor
-
-    extra = ["--threads", str(getattr(args, "learner_threads", 1) or 1)]
-    if getattr(args, "device", None):
-        extra += ["--device", args.device]
-    if getattr(args, "dtype", None):
-        extra += ["--dtype", args.dtype]
-    ddir = data_dir(args)
-    sup = LearnerSupervisor(
-        LearnerSupervisor.learn_argv(ddir, getattr(args, "model", None), args.profile, extra),
-        store=services.store, profile_id=args.profile, log_path=ddir / "learner.log",
-    )
-    sup.start()
-    if not getattr(args, "learner_no_yield", False):
-        # the person waiting for suggestions comes first: freeze the learner while generating
-        services.generator.suggest = sup.yielding(services.generator.suggest)
-    return sup
-
-
-def add_serve_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-learner", action="store_true", help="do not start the background learner process")
-    p.add_argument("--learner-threads", type=int, default=1, help="torch threads of the learner process (default 1)")
-    p.add_argument("--learner-no-yield", action="store_true",
-                   help="let the learner run while suggestions are generated (by default it is paused meanwhile)")
 
 
 # ----------------------------------------------------------------------------- commands
@@ -96,16 +47,21 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from assistant.app.supervisor import watch_parent
     from assistant.lm.models import ModelLoadError
     from reward.loop.learner import apply_resource_limits
-    from storage.artifacts import collect_garbage
+    from storage.artifacts import abandon_candidates, collect_garbage
+    from storage.locks import LockHeld, learner_lock
 
-    try:
-        cfg = learner_config(args)
-    except ValueError as e:
-        return fail(str(e))
+    cfg = learner_config(args)
     apply_resource_limits(cfg)
     store = open_store(args)
+    lock = learner_lock(store.data_dir, args.profile)
     try:
-        collect_garbage(store, store.path.parent)
+        try:
+            lock.acquire()  # one learner per profile; the kernel frees it however this process ends
+        except LockHeld as e:
+            return fail(str(e))
+        abandon_candidates(store, args.profile)  # what a killed learner left unevaluated
+        store.trim_history(args.profile)  # bounded events and metrics
+        collect_garbage(store, store.data_dir)
         try:
             learner = build_learner(args, store, cfg)
         except ModelLoadError as e:
@@ -133,6 +89,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
         learner.run_forever()
         return 0
     finally:
+        lock.release()
         store.close()
 
 
@@ -154,7 +111,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
     from assistant.app.cli.common import fail, open_store
     from storage import artifacts
-    from storage.store import StoreError
+    from storage.records import StoreError
 
     store = open_store(args)
     try:
@@ -203,7 +160,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from assistant.app.cli.common import fail, model_settings, open_store
     from assistant.app.export import ExportError, export
     from assistant.lm.models import ModelLoadError, resolve_model_path
-    from storage.store import StoreError
+    from storage.records import StoreError
 
     store = open_store(args)
     try:

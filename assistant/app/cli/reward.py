@@ -1,8 +1,9 @@
 """CLI: `inkloop feedback import|export`, `inkloop rm train|score`.
 
 - ``feedback import FILE [--format auto|preference|ratings|unpaired]``: validate the whole file,
-  then write it into the store in one transaction (source "import"); a malformed file is
-  rejected with its line numbers and nothing is written.
+  then write it into the store in short transactions of whole prompts (source "import"; live
+  ratings interleave; run again after an interruption, it writes only what is missing); a
+  malformed file is rejected with its line numbers and nothing is written.
 - ``feedback export --format preference|unpaired|ratings --out FILE``: the store's feedback as
   TRL-style JSONL (loads with ``datasets.load_dataset("json", data_files=FILE)``).
 - ``rm train [--from FILE ...] [--eval FILE] [--eval-frac 0.2] [--seed 0] [--json]
@@ -18,9 +19,14 @@ import json
 import sys
 from pathlib import Path
 
-from assistant.app.cli.common import command, data_dir, fail, model_settings, open_store, say
-from assistant.app.cli.flags import add_flags, from_args
-from reward.train import RewardTrainConfig
+from assistant.app.cli.common import (
+    data_dir,
+    model_settings,
+    open_store,
+    say,
+)
+from assistant.app.cli.flags import add_flags, from_args, validated
+from reward.config import RewardTrainConfig
 
 
 def _load_embedder(args: argparse.Namespace):
@@ -37,9 +43,8 @@ def _set_threads(args: argparse.Namespace) -> None:
 
 
 # ----------------------------------------------------------------------------- feedback import / export
-@command
 def cmd_feedback_import(args: argparse.Namespace) -> int:
-    from storage.datasets import DatasetError, import_into_store, parse_file
+    from storage.jsonl import DatasetError, import_into_store, parse_file
 
     store = open_store(args)
     try:
@@ -59,9 +64,8 @@ def cmd_feedback_import(args: argparse.Namespace) -> int:
     return 0
 
 
-@command
 def cmd_feedback_export(args: argparse.Namespace) -> int:
-    from storage.datasets import export_feedback
+    from reward.datasets import export_feedback
 
     store = open_store(args)
     try:
@@ -83,23 +87,22 @@ def _lm_pair(args: argparse.Namespace):
     return lm.model, lm.tokenizer
 
 
-@command
 def cmd_rm_train(args: argparse.Namespace) -> int:
-    from reward.train import RewardTrainConfig, save_reward_version, train_from_store
-    from storage.datasets import DatasetError, load_reward_data
+    from reward.datasets import PairStats, load_reward_data
+    from reward.train import save_reward_version, train_from_store
+    from storage.jsonl import DatasetError
 
     _set_threads(args)
     try:
-        extra = load_reward_data(args.from_files) if args.from_files else None
+        stats = PairStats()
+        extra = load_reward_data(args.from_files, stats=stats) if args.from_files else None
         held = load_reward_data(args.eval) if args.eval else None
     except (DatasetError, FileNotFoundError) as e:
         print(f"inkloop: error: {e}", file=sys.stderr)
         return 2
-    cfg = from_args(RewardTrainConfig, args)
-    try:
-        cfg.validate()
-    except ValueError as e:
-        return fail(str(e))
+    if args.from_files:
+        say(f"--from: {stats.describe()}")
+    cfg = validated(from_args(RewardTrainConfig, args))
     store = open_store(args)
     try:
         embedder = _load_embedder(args) if cfg.backbone == "embedder" else None
@@ -125,7 +128,6 @@ def cmd_rm_train(args: argparse.Namespace) -> int:
     return 0
 
 
-@command
 def cmd_rm_score(args: argparse.Namespace) -> int:
     from reward.train import load_live_reward_model
 

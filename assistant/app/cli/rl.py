@@ -16,7 +16,6 @@ from pathlib import Path
 
 from assistant.app.cli.common import (
     build_services,
-    command,
     data_dir,
     fail,
     load_models,
@@ -28,27 +27,22 @@ from assistant.app.cli.flags import (
     add_learner_flags,
     from_args,
     learner_config,
+    validated,
 )
-from assistant.app.simulation import ServicesAssistant
-from assistant.lm.config import LoraSettings
-from reward.eval.raters import RATERS, make_rater
-from reward.functions import RewardConfig, RewardFunction, embed_with
-from reward.loop.learner import Learner
-from reward.loop.simulate import SimConfig, simulate
+from reward.eval.raters import RATERS
+from reward.loop.config import SimConfig
 from reward.rl.config import ALGOS, RLConfig
-from reward.rl.train import train_policy
-from reward.train import load_live_reward_model
-from storage.store import Store
 
 
 # ----------------------------------------------------------------------------- rl train
-@command
 def cmd_rl_train(args: argparse.Namespace) -> int:
-    cfg = from_args(RLConfig, args)
-    try:
-        cfg.validate()
-    except ValueError as e:
-        return fail(str(e))
+    # the model stack (torch, transformers, peft) loads with the command, not when the parser is built
+    from assistant.lm.config import LoraSettings
+    from reward.functions import RewardConfig, RewardFunction, embed_with
+    from reward.rl.train import train_policy
+    from reward.train import load_live_reward_model
+
+    cfg = validated(from_args(RLConfig, args))
     store = open_store(args)
     try:
         profile = args.profile
@@ -90,12 +84,15 @@ def sim_config(args: argparse.Namespace) -> SimConfig:
     return cfg
 
 
-@command
 def cmd_simulate(args: argparse.Namespace) -> int:
-    try:
-        cfg = sim_config(args)
-    except ValueError as e:
-        return fail(str(e))
+    # the model stack loads with the command, not when the parser is built
+    from assistant.app.simulation import ServicesAssistant
+    from reward.eval.raters import make_rater
+    from reward.loop.learner import Learner
+    from reward.loop.simulate import simulate
+    from storage.store import Store
+
+    cfg = sim_config(args)
     if cfg.budget < 1:
         return fail("--budget must be at least 1")
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="inkloop-sim-"))

@@ -1,4 +1,4 @@
-"""The Learning and Export tabs (plugged into assistant.ui through ``services.extra_tabs``).
+"""The Learning and Export tabs (passed to assistant.app.ui.writer.build_ui by `inkloop serve`).
 
 Learning: the learner's phase and progress (polled from the store by a gr.Timer, so it survives a
 reload), pause / resume / train now, plots per version of reward-model accuracy, mean reward, KL
@@ -24,8 +24,10 @@ import pandas as pd
 
 from assistant.app.export import ExportError, base_model_path, export_to_exports_dir
 from assistant.app.services import Services
+from reward.eval.report import latest_report, reports_root
+from reward.loop.learner import send_command
 from storage import artifacts
-from storage.store import StoreError
+from storage.records import StoreError
 
 PLOTS = (
     ("rm/accuracy", "reward", "Reward-model accuracy (held-out pairs)"),
@@ -140,7 +142,6 @@ def do_rollback(services: Services, profile: str | None, target: int | None) -> 
 
 
 def do_learner_command(services: Services, profile: str | None, action: str) -> str:
-    from reward.loop.learner import send_command
 
     send_command(services.store, _profile(services, profile), action)
     return {"pause": "Paused: no new cycles will start.", "resume": "Resumed.",
@@ -239,7 +240,6 @@ def served_plots(report_path: str | Path, plots: list[str]) -> list[str]:
 def report_view(data_dir: str | Path) -> tuple[str, str, list[tuple[str, str]]]:
     """(header Markdown, summary Markdown, gallery items [(png path, caption)]) of the newest report
     under data_dir/reports; with no report, a message saying how to make one, "" and []."""
-    from reward.eval.report import latest_report, reports_root
 
     try:
         rep = latest_report(data_dir)
@@ -262,7 +262,7 @@ def open_latest_report(services: Services) -> tuple[str, str, list[tuple[str, st
 def version_choices(services: Services, profile: str | None) -> list[tuple[str, Any]]:
     p = _profile(services, profile)
     out: list[tuple[str, Any]] = [("the live version", "live")]
-    out += [(f"version {v.id} ({v.status})", v.id) for v in services.store.versions(p, "policy") if Path(v.path).is_dir()]
+    out += [(f"version {v.id} ({v.status})", v.id) for v in services.store.versions(p, "policy") if artifacts.available(v)]
     return out
 
 
@@ -369,5 +369,5 @@ def build_export_tab(services: Services, ctx: Any = None) -> None:
     version.focus(lambda p: gr.update(choices=version_choices(S, p)), inputs=profile_in, outputs=[version])
 
 
-TABS = [build_learning_tab, build_export_tab]
-"""What `inkloop serve` appends to ``services.extra_tabs``."""
+TABS = (build_learning_tab, build_export_tab)
+"""The tabs `inkloop serve` passes to build_ui."""

@@ -1,4 +1,7 @@
-"""Feedback in and out as TRL-style JSONL.
+"""Feedback files in and out: TRL-style JSONL, parsed and validated, imported into the store.
+
+Turning records into reward training data, and the store's feedback into rows, is reward's
+(reward.datasets).
 
 Three formats, each one JSON object per line (the files load with
 ``datasets.load_dataset("json", data_files=...)``):
@@ -12,7 +15,8 @@ Three formats, each one JSON object per line (the files load with
 - **unpaired**: ``{"prompt", "completion", "label"}`` (true = good, false = bad; as for KTO).
 
 Import validates every line first and raises ``DatasetError`` listing each bad line's number;
-only a fully valid file is written, in one transaction (nothing half-imported). A store import
+only a fully valid file is written, in short transactions of whole prompts so live ratings
+interleave (an interrupted import, run again, writes only what is missing). A store import
 creates, per distinct prompt, one request (mode ``imported``) holding its distinct completions as
 suggestions, and feedback with ``source="import"``: a preference row becomes a ``rank`` of
 [chosen, rejected], a rating becomes ``stars``, an unpaired label a ``thumb``.
@@ -21,15 +25,17 @@ suggestions, and feedback with ``source="import"``: a preference row becomes a `
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import math
 import os
 import random
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from .store import Store, text_hash
+from .store import Store
 
 FORMATS = ("preference", "ratings", "unpaired")
 IMPORT_MODE = "imported"
@@ -228,65 +234,6 @@ def parse_file(path: str | Path, fmt: str = "auto", limit: int | None = None) ->
     return ParsedFile(str(path), fmt if fmt != "auto" else "preference", records)
 
 
-# ----------------------------------------------------------------------------- records -> reward data
-def normalise_ratings(ratings: list[float]) -> tuple[float, float]:
-    """(lo, hi) of the rating scale: [0, 1] if all ratings fit, else 1-5 stars if they fit, else
-    the file's own min and max."""
-    if all(0.0 <= r <= 1.0 for r in ratings):
-        return 0.0, 1.0
-    if all(1.0 <= r <= 5.0 for r in ratings):
-        return 1.0, 5.0
-    lo, hi = min(ratings), max(ratings)
-    return lo, hi if hi > lo else lo + 1.0
-
-
-def prompt_group(prompt: str) -> str:
-    return "prompt:" + text_hash(prompt)[:16]
-
-
-def to_reward_data(parsed: ParsedFile, source: str = ""):
-    """Records -> reward.feedback.RewardData (grouped by prompt; same semantics as the store:
-    ratings and labels give pointwise targets and within-prompt pairs)."""
-    from reward.feedback import STAR_MARGIN_PER_STEP, PointwiseTarget, PreferencePair, RewardData
-
-    source = source or Path(parsed.path).name
-    data = RewardData()
-    if parsed.format == "preference":
-        for r in parsed.records:
-            data.pairs.append(PreferencePair(r.prompt, r.chosen, r.rejected, r.margin, 1.0, prompt_group(r.prompt),
-                                             source))
-        return data
-    by_prompt: dict[str, dict[str, float]] = {}
-    if parsed.format == "ratings":
-        lo, hi = normalise_ratings([r.rating for r in parsed.records])
-        for r in parsed.records:  # the latest rating of a completion wins
-            by_prompt.setdefault(r.prompt, {})[r.completion] = (r.rating - lo) / (hi - lo)
-        step = STAR_MARGIN_PER_STEP * 4  # margin per unit of normalised rating (1 star = 0.25)
-    else:
-        for r in parsed.records:
-            by_prompt.setdefault(r.prompt, {})[r.completion] = 1.0 if r.label else 0.0
-        step = 0.0
-    for prompt, comp in by_prompt.items():
-        g = prompt_group(prompt)
-        for text, t in comp.items():
-            data.points.append(PointwiseTarget(prompt, text, t, 1.0, g, source))
-        for a, ta in comp.items():
-            for b, tb in comp.items():
-                if ta > tb:
-                    data.pairs.append(PreferencePair(prompt, a, b, step * (ta - tb), 1.0, g, source))
-    return data
-
-
-def load_reward_data(paths: Iterable[str | Path], fmt: str = "auto", limit: int | None = None):
-    """Several files -> one RewardData (each validated whole)."""
-    from reward.feedback import RewardData
-
-    data = RewardData()
-    for p in paths:
-        data = data.extend(to_reward_data(parse_file(p, fmt, limit)))
-    return data
-
-
 # ----------------------------------------------------------------------------- store import
 def _check_for_store(parsed: ParsedFile) -> None:
     if parsed.format == "ratings":
@@ -297,64 +244,77 @@ def _check_for_store(parsed: ParsedFile) -> None:
                                                        "use `inkloop rm train --from FILE` for other scales")])
 
 
-def import_into_store(store: Store, parsed: ParsedFile, profile_id: str = "default") -> dict[str, int]:
-    """Write a validated file into the store in one transaction (all or nothing)."""
+IMPORT_CHUNK = 250
+"""Records written per transaction by `import_into_store` (whole prompts; about 0.1 s of writing)."""
+IMPORT_PAUSE_S = 0.1
+"""Pause between two import transactions. SQLite's lock is not fair: a writer waiting on the busy
+timeout polls at most every 100 ms, so without a gap at least that long an import that commits and
+begins again at once can starve the live ratings for its whole length."""
+
+
+def import_id(parsed: ParsedFile, profile_id: str) -> str:
+    """A key for one file's content imported into one profile (its requests carry it)."""
+    h = hashlib.sha256(f"{profile_id}\0{parsed.format}\0".encode())
+    for r in parsed.records:
+        h.update(json.dumps(asdict(r) | {"line": 0}, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:32]
+
+
+def import_into_store(store: Store, parsed: ParsedFile, profile_id: str = "default",
+                      chunk: int = IMPORT_CHUNK, pause_s: float = IMPORT_PAUSE_S) -> dict[str, int]:
+    """Write a validated file into the store in short transactions of about `chunk` records, each
+    holding whole prompts (a request with all its feedback), so live ratings interleave with a
+    large import (with `pause_s` between transactions). A bad file writes nothing (it is validated whole first). An interrupted import,
+    run again, writes only the prompts that are missing: each request records the file's
+    `import_id`, and prompts already imported under it are skipped (counted in "skipped")."""
     _check_for_store(parsed)
+    if chunk < 1:
+        raise ValueError("chunk must be >= 1")
     by_prompt: dict[str, list[Any]] = {}
     for r in parsed.records:
         by_prompt.setdefault(r.prompt, []).append(r)
+    key = import_id(parsed, profile_id)
+    done = store.imported_prompts(profile_id, key)
+    todo = [(p, recs) for p, recs in by_prompt.items() if p not in done]
     n_req = n_fb = 0
-    options = {"source": "import", "file": Path(parsed.path).name, "format": parsed.format}
-    with store.transaction():
-        for prompt, recs in by_prompt.items():
-            texts: dict[str, None] = {}
-            for r in recs:
-                for t in ((r.chosen, r.rejected) if parsed.format == "preference" else (r.completion,)):
-                    texts.setdefault(t, None)
-            req = store.record_request(profile_id=profile_id, mode=IMPORT_MODE, text=prompt, options=options,
-                                       prompt=prompt, policy_version=0, suggestions=list(texts))
-            sid = {s.text: s.id for s in req.suggestions}
-            n_req += 1
-            for r in recs:
-                if parsed.format == "preference":
-                    store.add_feedback(sid[r.chosen], "rank", ranking=[sid[r.chosen], sid[r.rejected]],
-                                       source="import")
-                elif parsed.format == "ratings":
-                    store.add_feedback(sid[r.completion], "stars", value=int(r.rating), source="import")
-                else:
-                    store.add_feedback(sid[r.completion], "thumb", value=1 if r.label else -1, source="import")
-                n_fb += 1
-    return {"requests": n_req, "feedback": n_fb, "records": len(parsed.records)}
+    options = {"source": "import", "file": Path(parsed.path).name, "format": parsed.format, "import_id": key}
+    i = 0
+    while i < len(todo):
+        if i:
+            time.sleep(pause_s)  # let a waiting writer in (see IMPORT_PAUSE_S)
+        batch, size = [], 0
+        while i < len(todo) and (not batch or size + len(todo[i][1]) <= chunk):
+            batch.append(todo[i])
+            size += len(todo[i][1])
+            i += 1
+        with store.transaction():
+            for prompt, recs in batch:
+                n_fb += _import_prompt(store, parsed.format, prompt, recs, options, profile_id)
+                n_req += 1
+    return {"requests": n_req, "feedback": n_fb, "records": len(parsed.records), "skipped": len(by_prompt) - len(todo)}
 
 
-# ----------------------------------------------------------------------------- export
-def export_rows(store: Store, fmt: str, profile_id: str | None = "default") -> list[dict[str, Any]]:
-    """The store's feedback as rows of one format (prompt = the context the reward model sees)."""
-    from reward.feedback import build_training_data, context_of
-
-    groups = store.requests_with_feedback(profile_id)
-    if fmt == "preference":
-        return [{"prompt": p.context, "chosen": p.chosen, "rejected": p.rejected, "margin": float(p.margin)}
-                for p in build_training_data(groups).pairs]
-    if fmt not in ("ratings", "unpaired"):
-        raise ValueError(f"unknown format {fmt!r}; use {', '.join(FORMATS)}")
-    kind = "stars" if fmt == "ratings" else "thumb"
-    rows = []
-    for g in groups:
-        ctx = context_of(g["request"])
-        text = {s.id: s.text for s in g["suggestions"]}
-        latest: dict[int, Any] = {}
-        for f in sorted(g["feedback"], key=lambda f: f.id):
-            if f.kind == kind:
-                latest[f.suggestion_id] = f
-        for sid, f in sorted(latest.items()):
-            if fmt == "ratings":
-                rows.append({"prompt": ctx, "completion": text[sid], "rating": int(f.value)})
-            else:
-                rows.append({"prompt": ctx, "completion": text[sid], "label": bool((f.value or 0) > 0)})
-    return rows
+def _import_prompt(store: Store, fmt: str, prompt: str, recs: list[Any], options: dict[str, Any],
+                   profile_id: str) -> int:
+    """One prompt's request, its distinct completions as suggestions, and a feedback row per record."""
+    texts: dict[str, None] = {}
+    for r in recs:
+        for t in ((r.chosen, r.rejected) if fmt == "preference" else (r.completion,)):
+            texts.setdefault(t, None)
+    req = store.record_request(profile_id=profile_id, mode=IMPORT_MODE, text=prompt, options=options,
+                               prompt=prompt, policy_version=0, suggestions=list(texts))
+    sid = {s.text: s.id for s in req.suggestions}
+    for r in recs:
+        if fmt == "preference":
+            store.add_feedback(sid[r.chosen], "rank", ranking=[sid[r.chosen], sid[r.rejected]], source="import")
+        elif fmt == "ratings":
+            store.add_feedback(sid[r.completion], "stars", value=int(r.rating), source="import")
+        else:
+            store.add_feedback(sid[r.completion], "thumb", value=1 if r.label else -1, source="import")
+    return len(recs)
 
 
+# ----------------------------------------------------------------------------- writing
 def write_jsonl(rows: list[dict[str, Any]], out: str | Path) -> Path:
     """Write rows atomically (temp file, fsync, rename)."""
     out = Path(out)
@@ -371,9 +331,3 @@ def write_jsonl(rows: list[dict[str, Any]], out: str | Path) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return out
-
-
-def export_feedback(store: Store, fmt: str, out: str | Path, profile_id: str | None = "default") -> int:
-    rows = export_rows(store, fmt, profile_id)
-    write_jsonl(rows, out)
-    return len(rows)
