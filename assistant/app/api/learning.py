@@ -74,12 +74,12 @@ def shown_path(path: str | Path, data_dir: str | Path) -> str:
     return p.name
 
 
-def _version_out(v, live_id: int | None, data_dir: str | Path) -> dict[str, Any]:
+def _version_out(v, live_id: int | None, data_dir: str | Path | None = None) -> dict[str, Any]:
     d = as_dict(v)
     d["path"] = d.pop("rel_path")  # relative to the data directory: never expose absolute paths
     d["live"] = v.id == live_id
     d["available"] = artifacts.available(v)
-    d["path"] = getattr(v, "rel_path", None) or shown_path(v.path, data_dir)
+    d["path"] = getattr(v, "rel_path", None) or (shown_path(v.path, data_dir) if data_dir else Path(v.path).name)
     d.pop("rel_path", None)
     d.pop("config", None)
     return d
