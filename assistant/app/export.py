@@ -10,7 +10,9 @@
 
 The CLI may write anywhere the person names; the UI and the API call `export_to_exports_dir`,
 which only writes under ``<data_dir>/exports`` (a caller never chooses the path) and zips the
-result for download.
+result for download. There, one export runs at a time per data directory (another is refused
+with `ExportBusy`), and each export first clears what earlier ones left: temporary zips, folders
+whose zip never got written, and all but the newest `keep` exports.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,46 @@ VALUE_HEAD_FILE = "value_head.safetensors"
 
 class ExportError(ValueError):
     """An export that cannot be done (no such version, nothing live, unknown kind). Nothing written."""
+
+
+class ExportBusy(ExportError):
+    """Another export into the same exports folder is running: one at a time."""
+
+
+_SLOTS: dict[str, threading.Lock] = {}
+_SLOTS_LOCK = threading.Lock()
+
+
+def _export_slot(root: Path) -> threading.Lock:
+    """The one lock of an exports folder (per process: the server's UI and API share it)."""
+    key = str(root.resolve())
+    with _SLOTS_LOCK:
+        return _SLOTS.setdefault(key, threading.Lock())
+
+
+def clean_exports(data_dir: str | Path, keep: int | None = 5) -> list[str]:
+    """Remove temporary zips, export folders without their zip (an interrupted export), and all
+    but the newest `keep` exports (zip and folder; None keeps every finished one). Returns the
+    names removed."""
+    root = exports_root(data_dir)
+    if not root.is_dir():
+        return []
+    removed: list[str] = []
+    for tmp in root.glob(".tmp-*"):
+        tmp.unlink(missing_ok=True) if tmp.is_file() else shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp.name)
+    zips = sorted((z for z in root.glob("*.zip") if not z.name.startswith(".")),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
+    keep = len(zips) if keep is None else max(0, int(keep))
+    for z in zips[keep:]:
+        z.unlink(missing_ok=True)
+        removed.append(z.name)
+    kept = {z.name[:-4] for z in zips[:keep]}
+    for d in root.iterdir():
+        if d.is_dir() and not d.name.startswith(".") and d.name not in kept:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d.name)
+    return removed
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -143,7 +186,7 @@ def export_merged(
 
     adapter = Path(version.path) / ADAPTER_SUBDIR
     if not (adapter / "adapter_config.json").exists():
-        raise ExportError(f"version {version.id} has no peft adapter at {adapter}")
+        raise ExportError(f"version {version.id} has no peft adapter")
     out = _prepare_out(out_dir, overwrite, store)
     try:
         # merge in float32 so the merged weights equal W + BA as the live policy computes it
@@ -180,7 +223,7 @@ def export_adapter(store: Store, version: ModelVersion, out_dir: str | Path, bas
     """The peft adapter + value head (+ metrics.json, config.json) of a policy version."""
     src = Path(version.path)
     if not (src / ADAPTER_SUBDIR / "adapter_config.json").exists():
-        raise ExportError(f"version {version.id} has no peft adapter at {src / ADAPTER_SUBDIR}")
+        raise ExportError(f"version {version.id} has no peft adapter")
     out = _prepare_out(out_dir, overwrite, store)
     shutil.copytree(src / ADAPTER_SUBDIR, out / ADAPTER_SUBDIR)
     for name in (VALUE_HEAD_FILE, "metrics.json", "config.json"):
@@ -240,19 +283,36 @@ _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
 
 def export_to_exports_dir(
     store: Store, data_dir: str | Path, *, what: str, profile_id: str = "default", version_id: int | None = None,
-    base_path: str | Path | None = None, make_zip: bool = True,
+    base_path: str | Path | None = None, make_zip: bool = True, keep: int = 5,
 ) -> dict[str, Any]:
     """Export into ``<data_dir>/exports/<what>-v<id>-<time>`` (never a caller-chosen path) and zip it.
+    One at a time (`ExportBusy` while another runs); keeps the newest `keep` exports.
     Returns ``{"name", "dir", "zip", "bytes"}``."""
     if what not in EXPORT_KINDS:
         raise ExportError(f"unknown export {what!r}; use one of {', '.join(EXPORT_KINDS)}")
     if version_id is not None and int(version_id) < 0:
         raise ExportError("version must be a positive id (or omitted for the live one)")
+    root = exports_root(data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    slot = _export_slot(root)
+    if not slot.acquire(blocking=False):
+        raise ExportBusy("another export is running; try again when it has finished")
+    try:
+        clean_exports(data_dir, keep=None)  # leftovers of interrupted exports only
+        result = _export_zip(store, root, what=what, profile_id=profile_id, version_id=version_id,
+                             base_path=base_path, make_zip=make_zip)
+        if make_zip:  # only once this one exists: a failed export removes nothing
+            clean_exports(data_dir, keep=keep)
+        return result
+    finally:
+        slot.release()
+
+
+def _export_zip(store: Store, root: Path, *, what: str, profile_id: str, version_id: int | None,
+                base_path: str | Path | None, make_zip: bool) -> dict[str, Any]:
     tag = "all" if what == "feedback" else (f"v{int(version_id)}" if version_id else "live")
     name = f"{what}-{profile_id}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
     name = re.sub(r"[^A-Za-z0-9._-]", "_", name)
-    root = exports_root(data_dir)
-    root.mkdir(parents=True, exist_ok=True)
     out = root / name
     n = 1
     while out.exists() or out.with_name(out.name + ".zip").exists():

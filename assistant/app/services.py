@@ -7,15 +7,19 @@ generates, and records the request with its suggestions and the policy version t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+from assistant.app.limits import Cancelled, GenerationGate, ServeLimits, Ticket
 from assistant.lm.config import (
     BUILTIN_STYLES,
     INSPIRE_KINDS,
     MAX_K,
+    MAX_KEYWORD_CHARS,
+    MAX_KEYWORDS,
     MAX_NEW_TOKENS,
     MAX_SAMPLE_CHARS,
     MAX_TEXT_CHARS,
@@ -99,7 +103,14 @@ def validate_request(req: SuggestRequest, custom_styles: dict[str, str] | None =
         raise InputError(f"text is {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
     if req.sample and len(req.sample) > MAX_SAMPLE_CHARS:
         raise InputError(f"sample is {len(req.sample)} characters; the limit is {MAX_SAMPLE_CHARS}")
+    if isinstance(req.keywords, str) and len(req.keywords) > MAX_KEYWORDS * (MAX_KEYWORD_CHARS + 2):
+        raise InputError(f"keywords are {len(req.keywords)} characters; at most {MAX_KEYWORDS} keywords "
+                         f"of {MAX_KEYWORD_CHARS} characters each")
     kws = _keywords(req.keywords)
+    if len(kws) > MAX_KEYWORDS:
+        raise InputError(f"{len(kws)} keywords; the limit is {MAX_KEYWORDS}")
+    if any(len(k) > MAX_KEYWORD_CHARS for k in kws):
+        raise InputError(f"a keyword is limited to {MAX_KEYWORD_CHARS} characters")
     if req.mode in ("continue", "restyle") and not text.strip():
         raise InputError(f"{req.mode} needs non-empty text")
     if req.mode == "inspire":
@@ -146,11 +157,21 @@ class Services:
         model_name: str = "",
         generation: GenerationSettings | None = None,
         default_profile: str = "default",
+        limits: ServeLimits | None = None,
     ):
         self.store, self.generator, self.library = store, generator, library
         self.model_name = model_name
         self.generation_defaults = generation or GenerationSettings()
         self.default_profile = default_profile
+        self.limits = limits or ServeLimits()
+        self.gate = GenerationGate(self.limits)
+        """Every suggestion (UI, API) passes it: 1 generating + max_waiting waiting, the rest Busy."""
+        if getattr(generator, "on_error", None) is None:
+            generator.on_error = self._policy_load_failed
+
+    def _policy_load_failed(self, version_id: int, message: str) -> None:
+        """The generator could not load the live version (it keeps generating with what it has)."""
+        self.store.add_event("policy_load_failed", message, self.default_profile, version_id)
 
     # ------------------------------------------------------------------ suggestions
     def _prepare(self, req: SuggestRequest):
@@ -207,13 +228,31 @@ class Services:
             seconds=round(time.perf_counter() - t0, 3),
         )
 
-    def _generate(self, req: SuggestRequest):
+    def _generate(self, req: SuggestRequest, on_update: Callable[[list[str]], None] | None = None,
+                  ticket: Ticket | None = None):
+        """Validate and build the prompt, then (with a ticket: once it is this request's turn, until its
+        deadline) generate."""
         prompt, options, material = self._prepare(req)
-        return self.generator.suggest(prompt, req.text or "", req.generation(self.generation_defaults)), options, material
+        if on_update is not None:
+            on_update([])  # the input is valid: the request is accepted (it may wait for the model)
+        with ticket.generating() if ticket is not None else contextlib.nullcontext():
+            result = self.generator.suggest(prompt, req.text or "", req.generation(self.generation_defaults),
+                                            on_update=on_update, should_stop=ticket.should_stop if ticket else None)
+        return result, options, material
 
-    def suggest(self, req: SuggestRequest) -> SuggestResponse:
+    def suggest(self, req: SuggestRequest, ticket: Ticket | None = None,
+                on_update: Callable[[list[str]], None] | None = None) -> SuggestResponse:
+        """K recorded suggestions. Passes the generation gate (Busy when it is full) unless the caller
+        was admitted already (`ticket`); stops at the ticket's deadline, and records nothing when
+        the ticket was cancelled (the client left). `on_update` gets the partial candidates."""
         t0 = time.perf_counter()
-        result, options, material = self._generate(req)
+        ticket = ticket or self.gate.admit()
+        try:
+            result, options, material = self._generate(req, on_update, ticket)
+        finally:
+            ticket.release()
+        if ticket.cancelled:
+            raise Cancelled("the request was cancelled: nothing recorded")
         return self._record(req, options, result, material, t0)
 
     def preview(self, req: SuggestRequest):
@@ -224,11 +263,21 @@ class Services:
         """Yield partial candidate lists while generating, then the recorded SuggestResponse."""
         t0 = time.perf_counter()
         prompt, options, material = self._prepare(req)
-        for ev in self.generator.stream(prompt, req.text or "", req.generation(self.generation_defaults)):
-            if ev.done:
-                yield self._record(req, options, ev.result, material, t0)
-            else:
-                yield ev.partial
+        ticket = self.gate.admit()
+        result = None
+        try:
+            with ticket.generating():
+                events = self.generator.stream(prompt, req.text or "", req.generation(self.generation_defaults),
+                                               should_stop=ticket.should_stop)
+                with contextlib.closing(events):  # closed early (the reader left): generation stops
+                    for ev in events:
+                        if ev.done:
+                            result = ev.result
+                        else:
+                            yield ev.partial
+        finally:
+            ticket.release()
+        yield self._record(req, options, result, material, t0)
 
     # ------------------------------------------------------------------ feedback
     def feedback(
@@ -282,6 +331,9 @@ class Services:
             "model": self.model_name,
             "policy_version": live.id if live else 0,
             "loaded_policy_version": self.generator.policy_version,
+            "policy_error": (getattr(self.generator, "load_error", None)
+                             if live is not None and live.id in getattr(self.generator, "failed_versions", ())
+                             else None),
             "profile": profile,
             "counts": self.store.counts(),
             "profile_counts": self.store.counts(profile),

@@ -35,14 +35,43 @@ def attach(model: torch.nn.Module, directory: str | Path, name: str, *, trainabl
     from peft import PeftModel
 
     directory = Path(directory)
-    if not (directory / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{directory} holds no adapter_config.json")
+    check_readable(directory)  # before peft touches the model: a bad file must not half-inject it
     if has_adapters(model):
         model.load_adapter(str(directory), adapter_name=name, is_trainable=trainable)
         if active:
             model.set_adapter(name)
         return model
     return PeftModel.from_pretrained(model, str(directory), adapter_name=name, is_trainable=trainable)
+
+
+def check_readable(directory: str | Path) -> None:
+    """Raise (FileNotFoundError, ValueError, SafetensorError) unless `directory` holds a parseable
+    adapter_config.json and readable adapter weights."""
+    import json
+
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    if not (directory / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{directory.name}/ holds no adapter_config.json")
+    json.loads((directory / "adapter_config.json").read_text())
+    weights = directory / "adapter_model.safetensors"
+    if weights.is_file():
+        with safe_open(str(weights), framework="pt") as f:
+            for key in f.keys():
+                f.get_tensor(key)
+
+
+def strip_injected(model: torch.nn.Module) -> torch.nn.Module:
+    """Put back the base layers a failed ``PeftModel.from_pretrained`` left wrapped in LoRA layers."""
+    for name, module in list(model.named_modules()):
+        base = getattr(module, "base_layer", None)
+        if base is None or "lora" not in type(module).__module__:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, base)
+    return model
 
 
 def swap(model: torch.nn.Module, directory: str | Path, name: str) -> torch.nn.Module:

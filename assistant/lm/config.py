@@ -22,6 +22,10 @@ MAX_TEXT_CHARS = 20_000
 MAX_SAMPLE_CHARS = 10_000
 MAX_K = 8
 MAX_NEW_TOKENS = 512
+MIN_SAMPLING_TEMPERATURE = 1e-3
+"""Temperatures below this sample greedily (dividing logits by less overflows to inf)."""
+MAX_KEYWORDS = 32
+MAX_KEYWORD_CHARS = 64
 
 
 def default_data_dir() -> Path:

@@ -23,7 +23,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from assistant.lm import adapters
 from assistant.lm.adapters import adapter_dir
-from assistant.lm.config import GenerationSettings
+from assistant.lm.config import MIN_SAMPLING_TEMPERATURE, GenerationSettings
 from assistant.lm.decode import DecodeSettings, FastDecoder, Sampling, model_key
 from assistant.lm.models import autocast_context, contiguous_lm_head_input
 from assistant.lm.prompts import ANGLE_MODES, ANGLES, Prompt, render, with_angle
@@ -164,6 +164,16 @@ class ParagraphStop(StoppingCriteria):
         return done
 
 
+class StopWhen(StoppingCriteria):
+    """Stops every row once `should_stop()` is true (a deadline passed, the client left)."""
+
+    def __init__(self, should_stop: Callable[[], bool]):
+        self.should_stop = should_stop
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), bool(self.should_stop()), dtype=torch.bool, device=input_ids.device)
+
+
 # ----------------------------------------------------------------------------- THE generation function
 def eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:
     """The one stop rule's token ids: the tokenizer's EOS, the model's generation-config EOS, and
@@ -201,7 +211,8 @@ class Sampled:
 def sample(
     model: torch.nn.Module, tokenizer, prompt_texts: list[str], gen: GenerationSettings, *,
     paragraph_stop: bool = False, on_tokens: Callable[[list[str]], None] | None = None, autocast: bool = False,
-    pause: Callable[[], object] | None = None, fast: FastDecoder | None = None,
+    pause: Callable[[], object] | None = None, should_stop: Callable[[], bool] | None = None,
+    fast: FastDecoder | None = None,
 ) -> Sampled:
     """THE generation function: one sampled reply per prompt text, all rows in one batch.
 
@@ -211,9 +222,11 @@ def sample(
     gen.min_new_tokens tokens) and for cutting replies. Sampling follows `gen` (temperature 0 =
     greedy; top_p with top_k off; repetition_penalty); every reply has at least one token.
     `pause`, if given, is called before every decode step (the learner's safe point to yield the
-    CPU to the app: no database transaction is ever open there). With `fast` (the Generator's
-    FastDecoder) and gen.fast_path, a shape whose compiled decode step is ready runs on it (same
-    stop rule, same cut); any other call runs transformers' generate."""
+    CPU to the app: no database transaction is ever open there). `should_stop()`, asked after
+    every token, ends all rows early (a time limit, a dropped client): the replies so far come back
+    as unfinished. With `fast` (the Generator's FastDecoder) and gen.fast_path, a shape whose
+    compiled decode step is ready runs on it (same stop ids, stop rules and cut); any other call
+    runs transformers' generate."""
     enc = tokenizer(prompt_texts, return_tensors="pt", add_special_tokens=False, padding=True,
                     padding_side="left")
     device = next(model.parameters()).device
@@ -222,20 +235,25 @@ def sample(
     stop_ids = eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     para = ParagraphStop(tokenizer, prompt_len, min_tokens=max(4, gen.min_new_tokens)) if paragraph_stop else None
+    greedy = float(gen.temperature) < MIN_SAMPLING_TEMPERATURE
     resp = None
     if fast is not None and gen.fast_path and pause is None:
-        sp = Sampling.make(float(gen.temperature), float(gen.top_p), float(gen.repetition_penalty), stop_ids, pad, device)
+        sp = Sampling.make(0.0 if greedy else float(gen.temperature), float(gen.top_p), float(gen.repetition_penalty),
+                           stop_ids, pad, device)
         relay = None if on_tokens is None else (
             lambda rows: on_tokens([tokenizer.decode(r, skip_special_tokens=True) for r in rows]))
+
+        def row_done(tokens: list[int]) -> bool:
+            return (para is not None and para.row_done(tokens)) or (should_stop is not None and should_stop())
+
         resp = fast.decode(model_key(model), model, input_ids, attention, int(gen.max_new_tokens), sp,
-                           para.row_done if para is not None else None, relay)
+                           row_done if para is not None or should_stop is not None else None, relay)
     if resp is None:  # transformers' generate
-        stops = StoppingCriteriaList([c for c in (para, pause and PausePoint(pause)) if c])
-        greedy = float(gen.temperature) <= 0.0
+        hooks = (para, pause and PausePoint(pause), should_stop and StopWhen(should_stop))
         kwargs = dict(
             input_ids=input_ids, attention_mask=attention, max_new_tokens=int(gen.max_new_tokens),
             do_sample=not greedy, repetition_penalty=float(gen.repetition_penalty), pad_token_id=pad,
-            eos_token_id=stop_ids, stopping_criteria=stops,
+            eos_token_id=stop_ids, stopping_criteria=StoppingCriteriaList([h for h in hooks if h]),
         )
         if not greedy:
             kwargs.update(temperature=float(gen.temperature), top_p=float(gen.top_p), top_k=0)
@@ -291,7 +309,11 @@ class Generator:
     """Produces suggestions with the live policy (base model + current LoRA adapter).
 
     `version_source()` returns ``(version_id, version_dir)`` of the live policy or ``None`` for the
-    base model; it is called before every generation (a cheap store query)."""
+    base model; it is called before every generation (a cheap store query). A version that cannot
+    be loaded does not stop generation: it is reported once (``on_error(version_id, message)``),
+    never retried, and the generator serves what the source offers next (the composition offers the
+    newest loadable published version) or keeps what it has (the last version that loaded, or the
+    base model)."""
 
     def __init__(
         self,
@@ -300,6 +322,7 @@ class Generator:
         version_source: Callable[[], tuple[int, str] | None] | None = None,
         device: torch.device | None = None,
         busy: Callable[[], ContextManager] | None = None,
+        on_error: Callable[[int, str], None] | None = None,
     ):
         contiguous_lm_head_input(model)  # keeps generation fast once peft freezes the base
         self.base_model = model
@@ -308,6 +331,11 @@ class Generator:
         self.version_source = version_source or (lambda: None)
         self.device = device or next(model.parameters()).device
         self.policy_version = 0
+        self.on_error = on_error
+        self.failed_versions: set[int] = set()
+        """Versions that failed to load (never retried: a version directory does not heal)."""
+        self.load_error: str | None = None
+        """The last load failure, as reported (meaningful while the live version is a failed one)."""
         self.lock = threading.RLock()
         self.busy = busy or contextlib.nullcontext
         """Entered around every generation (`inkloop serve`: the learner process is held off the CPU)."""
@@ -325,19 +353,41 @@ class Generator:
 
     # ------------------------------------------------------------------ hot swap
     def refresh_policy(self) -> int:
-        """Swap in the newest published adapter if it changed. Returns the live version id."""
-        live = self.version_source()
+        """Swap in the newest published adapter if it changed. Returns the version now loaded.
+
+        A version that fails to load joins `failed_versions` (never retried) and is reported through
+        `on_error`; the source is then asked again (it may offer an older loadable version: see
+        assistant.app.cli.common.policy_source), else the generator keeps what it has."""
+        failures: list[tuple[int, Exception]] = []
         with self.lock:
-            if live is None:
-                if self.policy_version != 0:
-                    log.info("no published policy: back to the base model")
-                    self._unload_adapters()
-                return self.policy_version
-            vid, vdir = live
-            if vid == self.policy_version:
-                return vid
-            self._load_adapter(vid, adapter_dir(vdir))
-            return self.policy_version
+            for _ in range(4):
+                live = self.version_source()
+                if live is None:
+                    if self.policy_version != 0:
+                        log.info("no published policy: back to the base model")
+                        self._unload_adapters()
+                    break
+                vid, vdir = live
+                if vid == self.policy_version or vid in self.failed_versions:
+                    break
+                try:
+                    self._load_adapter(vid, adapter_dir(vdir))
+                    break
+                except Exception as e:  # noqa: BLE001 - any unloadable version: keep generating
+                    self._drop_adapter(f"v{vid}")
+                    self.failed_versions.add(vid)
+                    failures.append((vid, e))
+            kept = f"version {self.policy_version}" if self.policy_version else "the base model"
+        for vid, e in failures:
+            msg = f"policy version {vid} could not be loaded ({type(e).__name__}); generating with {kept}"
+            self.load_error = msg
+            log.warning("%s: %s", msg, e)
+            if self.on_error is not None:
+                try:
+                    self.on_error(vid, msg)
+                except Exception:  # noqa: BLE001 - reporting must not stop generation either
+                    log.exception("on_error callback failed")
+        return self.policy_version
 
     def _load_adapter(self, vid: int, adapter_dir: Path) -> None:
         t0 = time.perf_counter()
@@ -353,6 +403,18 @@ class Generator:
         if self.fast is not None:  # a new adapter structure needs its own graphs, compiled in the background
             self.fast.warm_up(model_key(self.model), self.model)
 
+    def _drop_adapter(self, name: str) -> None:
+        """Remove what a failed load may have left: a half-registered adapter that is not in use."""
+        try:
+            if not hasattr(self.model, "get_base_model"):  # still the plain base: undo an in-place injection
+                adapters.strip_injected(self.model)
+                if hasattr(self.model, "peft_config"):
+                    del self.model.peft_config
+            elif name in self.model.peft_config and len(self.model.peft_config) > 1:
+                self.model.delete_adapter(name)
+        except Exception:  # noqa: BLE001
+            log.exception("could not clean up adapter %s", name)
+
     def _unload_adapters(self) -> None:
         if self.fast is not None:
             self.fast.invalidate()
@@ -366,17 +428,21 @@ class Generator:
     def _generate_raw(
         self, prompt_texts: list[str], mode: str, gen: GenerationSettings,
         on_tokens: Callable[[list[str]], None] | None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> tuple[list[str], list[bool]]:
         """One sampled continuation per row of prompt_texts, in one batch (the one `sample`)."""
         out = sample(self.model, self.tokenizer, prompt_texts, gen, paragraph_stop=mode == "continue",
-                     on_tokens=on_tokens, fast=self.fast)
+                     on_tokens=on_tokens, should_stop=should_stop, fast=self.fast)
         return out.texts, out.finished
 
     def suggest(
         self, prompt: Prompt, source_text: str, gen: GenerationSettings,
         on_update: Callable[[list[str]], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> SuggestResult:
-        """K distinct cleaned candidates for one prompt (tops up after dedup, up to max_rounds)."""
+        """K distinct cleaned candidates for one prompt (tops up after dedup, up to max_rounds).
+        Once `should_stop()` is true, generation ends and what was written so far is returned."""
+        stopped = should_stop or (lambda: False)
         gen.validate()
         t0 = time.perf_counter()
         self.refresh_policy()
@@ -391,7 +457,7 @@ class Generator:
             angle_of: dict[str, str] = {}  # normalised text -> the angle it was first written with
             raw_all: list[str] = []
             rounds, row = 0, 0
-            while len(kept) < gen.k and rounds < 1 + gen.max_rounds:
+            while len(kept) < gen.k and rounds < 1 + gen.max_rounds and not stopped():
                 need = gen.k - len(kept)
                 n = gen.k if rounds == 0 else max(2, need)
                 row_angles = [angles[(row + i) % len(angles)] for i in range(n)]
@@ -404,14 +470,14 @@ class Generator:
                         on_update((_prev + cleaned)[: gen.k])
 
                 raw, finished = self._generate_raw([angle_texts[a] for a in row_angles], prompt.mode, gen,
-                                                   relay if on_update else None)
+                                                   relay if on_update else None, should_stop)
                 raw_all.extend(raw)
                 cleaned = [clean_candidate(r, prompt.mode, source_text, f) for r, f in zip(raw, finished)]
                 for text, a in zip(cleaned, row_angles):
                     angle_of.setdefault(_norm(text), a)
                 kept = dedupe(kept + cleaned)[: gen.k]
                 rounds += 1
-                if float(gen.temperature) <= 0.0:
+                if float(gen.temperature) < MIN_SAMPLING_TEMPERATURE:
                     break  # greedy cannot produce new candidates
         result = SuggestResult(kept, prompt_text, version, time.perf_counter() - t0, rounds, raw_all,
                                [angle_of.get(_norm(t), "") for t in kept])
@@ -419,14 +485,23 @@ class Generator:
             on_update(list(kept))
         return result
 
-    def stream(self, prompt: Prompt, source_text: str, gen: GenerationSettings) -> Iterator[StreamEvent]:
-        """Run `suggest` in a worker thread and yield partial candidates as they are produced."""
+    def stream(
+        self, prompt: Prompt, source_text: str, gen: GenerationSettings,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Iterator[StreamEvent]:
+        """Run `suggest` in a worker thread and yield partial candidates as they are produced.
+        Closing the iterator early (the reader left) stops the generation at the next token."""
         q: queue.Queue = queue.Queue()
         box: dict[str, object] = {}
+        left = threading.Event()
+
+        def stop() -> bool:
+            return left.is_set() or (should_stop is not None and should_stop())
 
         def work() -> None:
             try:
-                box["result"] = self.suggest(prompt, source_text, gen, on_update=lambda p: q.put(list(p)))
+                box["result"] = self.suggest(prompt, source_text, gen, on_update=lambda p: q.put(list(p)),
+                                             should_stop=stop)
             except BaseException as e:  # noqa: BLE001 - surfaced to the caller below
                 box["error"] = e
             finally:
@@ -434,11 +509,14 @@ class Generator:
 
         t = threading.Thread(target=work, name="inkloop-generate", daemon=True)
         t.start()
-        while True:
-            item = q.get()
-            if item is None:
-                break
-            yield StreamEvent(item)
+        try:
+            while True:
+                item = q.get()
+                if item is None:
+                    break
+                yield StreamEvent(item)
+        finally:
+            left.set()
         t.join()
         if "error" in box:
             raise box["error"]  # type: ignore[misc]

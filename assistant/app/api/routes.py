@@ -1,32 +1,44 @@
 """REST API (FastAPI), mounted beside the Gradio UI by `inkloop serve`.
 
 Every route is a thin shell over `Services`: validation errors become 4xx JSON answers of the form
-``{"error": "<what is wrong>", "detail": ...}`` and nothing is written; generation runs in
-FastAPI's threadpool (the routes are plain ``def``), so the server stays responsive while the
-model works. Other areas add their own routers with ``build_api(services, extra_routers=[...])``.
+``{"error": "<what is wrong>", "detail": ...}`` and nothing is written. Every field is bounded (ids
+to SQLite's int64, lists and strings by length), bodies by `ServeLimits.max_body_bytes` as they
+arrive. Suggestions pass the generation gate (`assistant.app.limits`: 1 generating + a few waiting,
+the rest 429 with Retry-After) and run on their own small thread pool, never on the threadpool the
+cheap routes (plain ``def``) share, so /feedback and /status keep answering while the model works;
+each generation has a time limit, and a dropped /suggest/stream stops its generation.
+Other areas add their own routers with ``build_api(services, extra_routers=[...])``.
 
 The OpenAPI schema is at ``/openapi.json`` (interactive docs at ``/docs``).
 """
 
 from __future__ import annotations
 
-import itertools
+import asyncio
 import json
 import logging
-from typing import Any, Literal, Sequence
+import os
+import pathlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated, Any, Literal, Sequence
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from assistant.app.services import InputError, Services, SuggestRequest, SuggestResponse
+from assistant.app.api.security import AccessGuard, AccessSettings, BodyLimit
+from assistant.app.limits import Busy, Cancelled, ServeLimits
+from assistant.app.services import InputError, Services, SuggestRequest
 from assistant.lm.config import (
     BUILTIN_STYLES,
     INSPIRE_KINDS,
     MAX_K,
+    MAX_KEYWORD_CHARS,
+    MAX_KEYWORDS,
     MAX_NEW_TOKENS,
     MAX_SAMPLE_CHARS,
     MAX_TEXT_CHARS,
@@ -39,8 +51,13 @@ from storage.records import FEEDBACK_KINDS, NotFound, StoreError, as_dict
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
-MAX_BODY_BYTES = 1_000_000
-"""Request bodies larger than this are refused (413) before they are parsed."""
+MAX_BODY_BYTES = ServeLimits.max_body_bytes
+"""Request bodies larger than this are refused (413), counted as they arrive."""
+MAX_ID = 2**63 - 1
+"""Ids are SQLite integers (int64): anything larger cannot name a row."""
+
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+Keyword = Annotated[str, Field(max_length=MAX_KEYWORD_CHARS)]
 
 Mode = Literal["continue", "restyle", "inspire"]
 InspireKind = Literal["ideas", "openings", "outline"]
@@ -53,7 +70,7 @@ Profile = Field(None, min_length=1, max_length=64, description="Profile id (defa
 
 # ----------------------------------------------------------------------------- schemas
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SuggestIn(_In):
@@ -67,7 +84,10 @@ class SuggestIn(_In):
         "or 'sample' to imitate `sample`."))
     sample: str | None = Field(None, max_length=MAX_SAMPLE_CHARS,
                                description="restyle: a text whose voice to imitate (style 'sample').")
-    keywords: list[str] | str | None = Field(None, description="inspire: keywords, as a list or comma-separated.")
+    keywords: Annotated[list[Keyword], Field(max_length=MAX_KEYWORDS)] | Annotated[
+        str, Field(max_length=MAX_KEYWORDS * (MAX_KEYWORD_CHARS + 2))] | None = Field(None, description=(
+            f"inspire: keywords, as a list or comma-separated; at most {MAX_KEYWORDS} of at most "
+            f"{MAX_KEYWORD_CHARS} characters each."))
     inspire_kind: InspireKind = Field("ideas", description="inspire: story ideas, opening lines, or an outline.")
     k: int = Field(3, ge=1, le=MAX_K, description=f"Number of candidates (1..{MAX_K}).")
     temperature: float = Field(0.8, ge=0.0, le=5.0, description="Sampling temperature; 0 is greedy.")
@@ -75,7 +95,7 @@ class SuggestIn(_In):
     max_new_tokens: int = Field(64, ge=1, le=MAX_NEW_TOKENS, description="Upper bound on tokens per candidate.")
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Seed for reproducible sampling.")
     profile: str | None = Profile
-    document_id: int | None = Field(None, description="The draft this request belongs to, if saved.")
+    document_id: Id | None = Field(None, description="The draft this request belongs to, if saved.")
     variety: bool = Field(False, description=(
         "continue/inspire: write the candidates from different angles (as asked, sensory detail, brevity, "
         "warm tone, surprise) rather than K samples of one prompt."))
@@ -98,13 +118,14 @@ class SuggestOut(BaseModel):
 class FeedbackIn(_In):
     """One rating of one suggestion."""
 
-    suggestion_id: int = Field(description="The suggestion rated.")
+    suggestion_id: Id = Field(description="The suggestion rated.")
     kind: FeedbackKind = Field(description=(
         "thumb (value +1/-1), stars (value 1..5), best (no value), rank (ranking: ids of one request, best "
         "first), edit (edited_text: your improved version), accept (it went into the draft)."))
-    value: float | None = Field(None, description="thumb: +1 or -1; stars: an integer 1..5; accept: optional.")
+    value: float | None = Field(None, ge=-1e6, le=1e6,
+                                description="thumb: +1 or -1; stars: an integer 1..5; accept: optional.")
     edited_text: str | None = Field(None, max_length=MAX_TEXT_CHARS, description="edit: the improved text.")
-    ranking: list[int] | None = Field(None, max_length=MAX_K, description="rank: suggestion ids, best first.")
+    ranking: list[Id] | None = Field(None, max_length=MAX_K, description="rank: suggestion ids, best first.")
 
 
 class FeedbackOut(BaseModel):
@@ -140,6 +161,9 @@ class StatusOut(BaseModel):
     model: str = Field(description="Base model name.")
     policy_version: int = Field(description="Live (published) policy version of the profile; 0 = base model.")
     loaded_policy_version: int = Field(description="Policy version the generator has loaded right now.")
+    policy_error: str | None = Field(None, description=(
+        "Why the live version is not the loaded one (it could not be loaded; the generator kept the "
+        "last loadable version or the base model), or null."))
     counts: dict[str, int]
     feedback_by_kind: dict[str, int]
     learner: dict[str, Any] | None = Field(description="The learner's state, or null when it has never run.")
@@ -151,6 +175,22 @@ def _error(status: int, message: str, detail: Any = None) -> JSONResponse:
     if detail is not None:
         body["detail"] = detail
     return JSONResponse(jsonable_encoder(body), status_code=status)
+
+
+def scrub_paths(message: str, data_dir: str | os.PathLike | None) -> str:
+    """`message` with the data directory's absolute path made relative (and the home folder as ~):
+    answers never tell a client where things are on this machine."""
+    if data_dir:
+        for root in {str(pathlib.Path(data_dir)), str(pathlib.Path(data_dir).resolve())}:
+            message = message.replace(root + os.sep, "").replace(root, "<data dir>")
+    home = str(pathlib.Path.home())
+    if len(home) > 1:
+        message = message.replace(home + os.sep, "~" + os.sep)
+    return message
+
+
+def _scrubbed(request: Request, exc: Exception) -> str:
+    return scrub_paths(str(exc), getattr(request.app.state, "data_dir", None))
 
 
 def _validation_message(errors: Sequence[dict[str, Any]]) -> str:
@@ -174,15 +214,31 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(InputError)
     async def _on_input(request: Request, exc: InputError):
-        return _error(400, str(exc))
+        return _error(400, _scrubbed(request, exc))
 
     @app.exception_handler(NotFound)
     async def _on_not_found(request: Request, exc: NotFound):
-        return _error(404, str(exc))
+        return _error(404, _scrubbed(request, exc))
 
     @app.exception_handler(StoreError)
     async def _on_store(request: Request, exc: StoreError):
-        return _error(400, str(exc))
+        return _error(400, _scrubbed(request, exc))
+
+    @app.exception_handler(Busy)
+    async def _on_busy(request: Request, exc: Busy):
+        r = _error(exc.status, str(exc))
+        r.headers["Retry-After"] = str(int(exc.retry_after))
+        return r
+
+    @app.exception_handler(Cancelled)
+    async def _on_cancelled(request: Request, exc: Cancelled):
+        return _error(409, str(exc))
+
+    @app.exception_handler(Exception)
+    async def _on_unexpected(request: Request, exc: Exception):
+        # the traceback goes to the log; the answer names no file, path or internal detail
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return _error(500, "internal server error (the server log has the details)")
 
     @app.exception_handler(StarletteHTTPException)
     async def _on_http(request: Request, exc: StarletteHTTPException):
@@ -193,39 +249,101 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 # ----------------------------------------------------------------------------- routes
-def api_router(services: Services) -> APIRouter:
-    r = APIRouter(prefix=API_PREFIX, tags=["inkloop"])
+class _CancellingStream(StreamingResponse):
+    """A StreamingResponse that calls `on_close` however it ends (done, or the client went away)."""
 
-    @r.post("/suggest", response_model=SuggestOut, summary="K candidate suggestions for a draft")
-    def suggest(body: SuggestIn) -> dict[str, Any]:
-        if body.document_id is not None:
-            services.store.get_document(body.document_id)  # 404 before any work if it does not exist
-        req = SuggestRequest(**body.model_dump(exclude={"profile"}), profile=body.profile or services.default_profile)
-        return services.suggest(req).to_dict()
+    def __init__(self, content, on_close, **kw):
+        super().__init__(content, **kw)
+        self._on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+
+
+def api_router(services: Services, generation_pool: ThreadPoolExecutor | None = None) -> APIRouter:
+    """The /api/v1 routes. Suggestions run on `generation_pool` (made here when not given)."""
+    r = APIRouter(prefix=API_PREFIX, tags=["inkloop"])
+    if generation_pool is None:
+        generation_pool = ThreadPoolExecutor(services.gate.capacity, thread_name_prefix="inkloop-generate")
+
+    def _request(body: SuggestIn) -> SuggestRequest:
+        return SuggestRequest(**body.model_dump(exclude={"profile"}), profile=body.profile or services.default_profile)
+
+    async def _check_document(body: SuggestIn) -> None:
+        if body.document_id is not None:  # 404 before any work if it does not exist
+            await run_in_threadpool(services.store.get_document, body.document_id)
+
+    @r.post("/suggest", response_model=SuggestOut, summary="K candidate suggestions for a draft",
+            responses={429: {"description": "The model is busy (queue full): retry after Retry-After seconds."}})
+    async def suggest(body: SuggestIn) -> dict[str, Any]:
+        req = _request(body)
+        await _check_document(body)
+        ticket = services.gate.admit()  # Busy -> 429 at once, before any thread is taken
+        loop = asyncio.get_running_loop()
+        try:
+            res = await loop.run_in_executor(generation_pool, services.suggest, req, ticket)
+        except asyncio.CancelledError:
+            ticket.cancel()
+            raise
+        return res.to_dict()
 
     @r.post(
         "/suggest/stream",
         summary="Like /suggest, streamed as NDJSON while the model writes",
         response_class=StreamingResponse,
         responses={200: {"content": {"application/x-ndjson": {}}, "description": (
-            'One JSON object per line: {"done": false, "partial": [texts so far]} while generating, then '
-            '{"done": true, ...the /suggest answer}. Bad input is a 4xx JSON error before streaming starts.')}},
+            'One JSON object per line: {"done": false, "partial": []} once the input is accepted, '
+            '{"done": false, "partial": [texts so far]} while generating, then {"done": true, ...the '
+            '/suggest answer}. Bad input is a 4xx JSON error before streaming starts; closing the '
+            'connection stops the generation and records nothing.')},
+            429: {"description": "The model is busy (queue full): retry after Retry-After seconds."}},
     )
-    def suggest_stream(body: SuggestIn) -> StreamingResponse:
-        if body.document_id is not None:
-            services.store.get_document(body.document_id)
-        req = SuggestRequest(**body.model_dump(exclude={"profile"}), profile=body.profile or services.default_profile)
-        events = services.suggest_stream(req)
-        first = next(events)  # validation happens here: InputError becomes a 4xx, not a broken stream
+    async def suggest_stream(body: SuggestIn) -> StreamingResponse:
+        req = _request(body)
+        await _check_document(body)
+        ticket = services.gate.admit()
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
 
-        def lines():
-            for ev in itertools.chain([first], events):
-                if isinstance(ev, SuggestResponse):
-                    yield json.dumps({"done": True, **ev.to_dict()}, ensure_ascii=False) + "\n"
+        def push(item: tuple[str, Any]) -> None:
+            loop.call_soon_threadsafe(q.put_nowait, item)
+
+        def work() -> None:
+            try:
+                push(("done", services.suggest(req, ticket, on_update=lambda p: push(("partial", list(p))))))
+            except BaseException as e:  # noqa: BLE001 - surfaced below, as a 4xx or a last line
+                push(("error", e))
+
+        loop.run_in_executor(generation_pool, work)
+        try:
+            first = await q.get()  # validation happens first: InputError becomes a 4xx, not a broken stream
+        except asyncio.CancelledError:
+            ticket.cancel()
+            raise
+        if first[0] == "error":
+            raise first[1]
+
+        async def lines():
+            item = first
+            while True:
+                kind, value = item
+                if kind == "partial":
+                    yield json.dumps({"done": False, "partial": value}, ensure_ascii=False) + "\n"
+                elif kind == "done":
+                    yield json.dumps({"done": True, **value.to_dict()}, ensure_ascii=False) + "\n"
+                    return
                 else:
-                    yield json.dumps({"done": False, "partial": ev}, ensure_ascii=False) + "\n"
+                    msg = str(value) if isinstance(value, (InputError, StoreError)) else "generation failed"
+                    if not isinstance(value, (InputError, StoreError, Cancelled)):
+                        log.error("streamed suggestion failed", exc_info=value)
+                    yield json.dumps({"done": True, "error": msg}, ensure_ascii=False) + "\n"
+                    return
+                item = await q.get()
 
-        return StreamingResponse(lines(), media_type="application/x-ndjson")
+        return _CancellingStream(lines(), ticket.cancel, media_type="application/x-ndjson")
 
     @r.post("/feedback", response_model=FeedbackOut, summary="Rate a suggestion")
     def feedback(body: FeedbackIn) -> dict[str, Any]:
@@ -269,7 +387,7 @@ def api_router(services: Services) -> APIRouter:
         return {"requests": [as_dict(q) for q in reqs]}
 
     @r.get("/requests/{request_id}", summary="One request with its suggestions and their feedback")
-    def get_request(request_id: int) -> dict[str, Any]:
+    def get_request(request_id: int = Path(ge=1, le=MAX_ID)) -> dict[str, Any]:
         req = services.store.get_request(request_id)
         fb = [as_dict(f) for f in services.store.feedback(req.profile_id, request_id=request_id)]
         return {**as_dict(req), "feedback": fb}
@@ -277,31 +395,30 @@ def api_router(services: Services) -> APIRouter:
     return r
 
 
-def build_api(services: Services, extra_routers: Sequence[APIRouter] = ()) -> FastAPI:
-    """The FastAPI app with inkloop's routes (plus any `extra_routers` other areas provide)."""
+def build_api(services: Services, extra_routers: Sequence[APIRouter] = (),
+              access: AccessSettings | None = None) -> FastAPI:
+    """The FastAPI app with inkloop's routes (plus any `extra_routers` other areas provide).
+
+    `access` (what `inkloop serve` always passes) turns on the Host/Origin checks and, with a token,
+    the bearer/cookie check for every route, the mounted UI included (assistant.app.api.security);
+    without it (tests, embedding) every caller is let in. The body limit is always on."""
     app = FastAPI(
         title="inkloop",
         version="1",
         description="A writing assistant that learns from your ratings. Errors are JSON: {\"error\": message}.",
     )
-
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None:
-            try:
-                too_big = int(length) > MAX_BODY_BYTES
-            except ValueError:
-                return _error(400, "invalid Content-Length header")
-            if too_big:
-                return _error(413, f"request body over {MAX_BODY_BYTES} bytes")
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=services.limits.max_body_bytes)
+    if access is not None:
+        app.add_middleware(AccessGuard, settings=access)  # added last = outermost: checked first
 
     install_error_handlers(app)
-    app.include_router(api_router(services))
+    pool = ThreadPoolExecutor(services.gate.capacity, thread_name_prefix="inkloop-generate")
+    app.state.generation_pool = pool
+    app.include_router(api_router(services, pool))
     for router in extra_routers:
         app.include_router(router)
     app.state.services = services
+    app.state.data_dir = services.store.path.parent
     return app
 
 

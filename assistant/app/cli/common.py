@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from assistant.app.cli.flags import FlagError
 from assistant.lm.config import (
@@ -110,11 +110,17 @@ def load_models(args: argparse.Namespace, with_embedder: bool = True, progress: 
             progress(f"Loaded the embedder in {time.perf_counter() - t0:.1f} s")
     return lm, emb
 
-def policy_source(store, profile: str) -> Callable[[], tuple[int, str] | None]:
-    """The Generator's version_source: the live published policy of `profile` as (id, dir)."""
+def policy_source(store, profile: str, failed: Callable[[], Any] = tuple) -> Callable[[], tuple[int, str] | None]:
+    """The Generator's version_source: the live published policy of `profile` as (id, dir); once the
+    live one is among `failed()` (it could not be loaded), the newest loadable published version
+    instead (None: the base model)."""
+    from storage.artifacts import fallback_version
 
     def live() -> tuple[int, str] | None:
         v = store.live_version(profile, "policy")
+        bad = set(failed())
+        if v is not None and v.id in bad:
+            v = fallback_version(store, profile, "policy", exclude=bad)
         return (v.id, v.path) if v else None
 
     return live
@@ -132,6 +138,9 @@ def build_services(args: argparse.Namespace, store=None, lm=None, embedder=None,
         lm, loaded_emb = load_models(args, with_embedder=with_embedder and embedder is None)
         embedder = embedder if embedder is not None else loaded_emb
     profile = getattr(args, "profile", "default") or "default"
-    gen = Generator(lm.model, lm.tokenizer, version_source=policy_source(store, profile), device=lm.device, busy=busy)
+    box: dict[str, Any] = {}  # the source skips what this generator could not load
+    gen = Generator(lm.model, lm.tokenizer, version_source=policy_source(store, profile, lambda: box["g"].failed_versions),
+                    device=lm.device, busy=busy)
+    box["g"] = gen
     library = Library(store, embedder, embedder_name(embedder)) if embedder is not None else None
     return Services(store, gen, library, model_name=lm.name, generation=GenerationSettings(), default_profile=profile)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -34,9 +35,10 @@ from assistant.lm.config import (
 )
 
 
-def build_app(services: Services, with_ui: bool = True):
+def build_app(services: Services, with_ui: bool = True, access=None):
     """What `inkloop serve` runs: the REST API (core and learning routes) and the Gradio UI at '/'
-    with the Learning and Export tabs."""
+    with the Learning and Export tabs. `access` (AccessSettings) guards every route, the UI's
+    included (assistant.app.api.security)."""
     # the web stack (fastapi, gradio) loads when an app is built, not when the parser is
     from assistant.app.api.learning import learning_router
     from assistant.app.api.routes import build_api
@@ -48,7 +50,8 @@ def build_app(services: Services, with_ui: bool = True):
         base = base_model_path(services.generator.base_model)
     except (ExportError, AttributeError):
         base = None
-    app = build_api(services, extra_routers=[learning_router(services, services.store.path.parent, base)])
+    app = build_api(services, extra_routers=[learning_router(services, services.store.path.parent, base)],
+                    access=access)
     return mount_ui(app, services, path="/", tabs=LEARNING_TABS) if with_ui else app
 
 
@@ -65,10 +68,39 @@ def learner_supervisor(args: argparse.Namespace, store) -> LearnerSupervisor:
                              store=store, profile_id=args.profile, log_path=ddir / "learner.log")
 
 
+def access_settings(args: argparse.Namespace):
+    """Who may use the server: loopback binds check Host/Origin; any other bind needs a token."""
+    from assistant.app.api.security import AccessSettings
+
+    token = getattr(args, "token", None) or os.environ.get("INKLOOP_TOKEN") or None
+    return AccessSettings(host=args.host, port=args.port, token=token)
+
+
+def public_urls(host: str, port: int) -> list[str]:
+    """The addresses a person can open for a server bound to `host` (all interfaces: this machine's)."""
+    import socket
+
+    if host in ("0.0.0.0", "::", ""):
+        names = {socket.gethostname()}
+        try:
+            names |= {ai[4][0] for ai in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
+        except OSError:
+            pass
+        names.discard("127.0.0.1")
+        return [f"http://{n}:{port}/" for n in sorted(names)] + [f"http://127.0.0.1:{port}/"]
+    h = f"[{host}]" if ":" in host else host
+    return [f"http://{h}:{port}/"]
+
+
 # ----------------------------------------------------------------------------- commands
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    access = access_settings(args)
+    if not access.loopback and not access.token:
+        return fail(f"--host {args.host} makes inkloop reachable from other machines: give it an access token "
+                    "(--token TOKEN or INKLOOP_TOKEN=TOKEN; e.g. `python -c 'import secrets; "
+                    "print(secrets.token_urlsafe(24))'`), or bind 127.0.0.1")
     say("inkloop: loading models (the first start converts the bundled GGUF once, about 20 s)...")
     store = open_store(args)
     sup = None if args.no_learner else learner_supervisor(args, store)
@@ -80,7 +112,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if sup is not None:
         sup.start()
     try:
-        app = build_app(services, with_ui=not args.api_only)
+        app = build_app(services, with_ui=not args.api_only, access=access)
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
         _run_server(uvicorn.Server(config), args)
     finally:
@@ -97,8 +129,12 @@ def _run_server(server, args: argparse.Namespace) -> None:
         while not server.started and not server.should_exit:
             time.sleep(0.05)
         if server.started:
-            host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
-            say(f"inkloop is ready at http://{host}:{args.port}/  (API: /api/v1, OpenAPI: /openapi.json)")
+            urls = public_urls(args.host, args.port)
+            where = "on all interfaces" if args.host in ("0.0.0.0", "::", "") else f"on {args.host}"
+            say(f"inkloop is ready {where} at {' or '.join(urls)}  (API: /api/v1, OpenAPI: /openapi.json)")
+            if access_settings(args).token:
+                say("access token required: the UI asks for it once per browser; API clients send "
+                    "'Authorization: Bearer <token>'")
             say(f"startup took {process_age():.1f} s (process start -> listening)")
 
     threading.Thread(target=announce, daemon=True, name="inkloop-announce").start()
@@ -229,6 +265,8 @@ def register(sub, parent) -> None:
     p.add_argument("--api-only", action="store_true", help="serve the REST API without the web UI")
     p.add_argument("--no-fast-path", action="store_true",
                    help="do not compile the fast decode path (every request uses transformers' generate)")
+    p.add_argument("--token", default=None,
+                   help="access token (or INKLOOP_TOKEN); required with a --host other than loopback")
     p.add_argument("--no-learner", action="store_true", help="do not start the background learner process")
     p.add_argument("--learner-threads", type=int, default=1, help="torch threads of the learner process (default 1)")
     p.add_argument("--learner-no-yield", action="store_true",

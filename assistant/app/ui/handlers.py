@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 import gradio as gr
 
+from assistant.app.limits import Busy
 from assistant.app.services import InputError, Services, SuggestRequest, SuggestResponse
 from assistant.lm.config import (
     BUILTIN_STYLES,
@@ -88,6 +89,8 @@ def header_text(services: Services, profile: str | None = None) -> str:
     live_txt = f"v{live}" if live else "v0 (base model)"
     fb = sum((st.get("feedback_by_kind") or {}).values())
     extra = "" if loaded == live else f" · generator has v{loaded}, switches before the next suggestion"
+    if st.get("policy_error"):
+        extra = f" · ⚠️ {st['policy_error']}"
     return (
         f"**Model** `{services.model_name or '?'}` · **live policy** {live_txt}{extra} · "
         f"**profile** `{profile}` · {fb} ratings so far"
@@ -194,7 +197,7 @@ def run_suggest(services: Services, req: SuggestRequest, source: str) -> Iterato
                 info = f"⏳ generating {k} suggestion{'s' if k != 1 else ''}… {time.perf_counter() - t0:.1f} s"
                 yield (*_rows_updates(list(ev), k, reset=first), pending, info, gr.skip())
                 first = False
-    except InputError as e:
+    except (InputError, Busy) as e:
         raise gr.Error(str(e)) from None
     except (StoreError, ValueError) as e:
         raise gr.Error(str(e)) from None

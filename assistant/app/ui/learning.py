@@ -155,7 +155,8 @@ def do_export(services: Services, profile: str | None, what: str, version: Any) 
     try:
         vid = int(version) if version not in (None, "", 0, "live") else None
         base = base_model_path(services.generator.base_model) if what == "merged" else None
-        res = export_to_exports_dir(services.store, data_dir, what=what, profile_id=p, version_id=vid, base_path=base)
+        res = export_to_exports_dir(services.store, data_dir, what=what, profile_id=p, version_id=vid, base_path=base,
+                                    keep=services.limits.keep_exports)
     except (ExportError, ValueError) as e:
         return f"⚠️ {e}", None
     return f"Exported **{what}** ({res['bytes'] / 1e6:.1f} MB) → `{res['name']}.zip`", res["zip"]
