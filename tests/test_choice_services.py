@@ -72,3 +72,21 @@ def test_choice_can_be_off_by_default(tiny_services, tmp_path):
     req = SuggestRequest(mode="continue", text="Snow fell.", k=2, max_new_tokens=8, seed=1)
     assert s.suggest(req).choice is None
     assert s.suggest(SuggestRequest(**{**req.__dict__, "choice": True})).choice is not None
+
+
+def test_api_takes_draw_and_choice_and_says_which_slot_explores(tiny_services, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from assistant.app.api.routes import build_api
+
+    _rate_some(tiny_services, 4)
+    v = _publish_rm(tiny_services, tmp_path)
+    body = {"mode": "continue", "text": "The kettle sang.", "k": 2, "max_new_tokens": 8, "seed": 2, "draw": 6}
+    with TestClient(build_api(tiny_services)) as c:
+        r = c.post("/api/v1/suggest", json=body).json()
+        assert r["choice"]["reward_version"] == v.id and r["choice"]["draw"] == 6
+        assert [s["exploration"] for s in r["suggestions"]] == [False, True]
+        assert all(isinstance(s["score"], float) for s in r["suggestions"])
+        off = c.post("/api/v1/suggest", json={**body, "choice": False}).json()
+        assert off["choice"] is None and off["suggestions"][0]["score"] is None
+        assert c.post("/api/v1/suggest", json={**body, "draw": 99}).status_code == 422

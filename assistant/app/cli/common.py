@@ -27,13 +27,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from assistant.app.cli.flags import add_flags, from_args
 from assistant.lm.config import (
     INSPIRE_KINDS,
+    MAX_DRAW,
     MAX_K,
     MODES,
     GenerationSettings,
     ModelSettings,
 )
+from reward.select import EXPLORE, ChoiceConfig
 
 _IMPORT_T0 = time.time()
 
@@ -167,7 +170,9 @@ def build_services(args: argparse.Namespace, store=None, lm=None, embedder=None,
     profile = getattr(args, "profile", "default") or "default"
     gen = Generator(lm.model, lm.tokenizer, version_source=policy_source(store, profile), device=lm.device)
     library = Library(store, embedder, embedder_name(embedder)) if embedder is not None else None
-    return Services(store, gen, library, model_name=lm.name, generation=GenerationSettings(), default_profile=profile)
+    choice = from_args(ChoiceConfig, args, prefix="choice_")  # the serve flags --choice-*, else the defaults
+    return Services(store, gen, library, model_name=lm.name, generation=GenerationSettings(), default_profile=profile,
+                    choice=choice, embedder=embedder)
 
 
 def serve_hooks(name: str) -> list[Callable[..., Any]]:
@@ -263,6 +268,8 @@ def _suggest_request(args: argparse.Namespace):
         seed=args.seed,
         profile=args.profile,
         variety=args.variety,
+        draw=getattr(args, "draw", None),
+        choice=getattr(args, "choice", None),
     )
 
 
@@ -278,16 +285,22 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         validate_request(req, store.styles(args.profile))  # fail fast, before loading any model
         # the embedder is only needed to find library material for inspire mode
         need_emb = args.mode == "inspire" and store.counts(args.profile)["library"] > 0
+        # ... and by the reward-guided choice, once the profile has a reward model
+        need_emb = need_emb or (req.choice is not False and store.live_version(args.profile, "reward") is not None)
         services = build_services(args, store=store, with_embedder=need_emb)
         res = services.suggest(req)
         if args.json:
             print(json.dumps(res.to_dict(), ensure_ascii=False, indent=2))
         else:
             print(f"request {res.request_id} (policy version {res.policy_version}, {res.seconds:.1f} s)")
+            if res.choice:
+                print(f"  reward-guided choice: best {len(res.suggestions)} of {res.choice['drawn']} drawn by reward "
+                      f"model v{res.choice['reward_version']}; the exploration slot is marked (explore)")
             for m in res.material:
                 print(f"  material: {m['text'][:70]}")
             for s in res.suggestions:
-                print(f"\n[{s['id']}] {s['text']}")
+                tag = "" if "score" not in s else f" (score {s['score']:+.2f}{', explore' if s['exploration'] else ''})"
+                print(f"\n[{s['id']}]{tag} {s['text']}")
             if not res.suggestions:
                 print("(the model produced no usable suggestion; try again or raise the temperature)")
     finally:
@@ -377,6 +390,7 @@ def register(sub, parent) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default %(default)s: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="default %(default)s")
     p.add_argument("--api-only", action="store_true", help="serve the REST API without the web UI")
+    add_flags(p, ChoiceConfig, prefix="choice_", choices={"explore": EXPLORE})
     for hook in serve_hooks("add_serve_flags"):
         hook(p)
     p.set_defaults(func=cmd_serve)
@@ -395,6 +409,11 @@ def register(sub, parent) -> None:
     p.add_argument("--seed", type=int, default=None, help="reproducible sampling")
     p.add_argument("--variety", action="store_true",
                    help="continue/inspire: candidates from different angles (detail, brevity, tone, surprise)")
+    p.add_argument("--draw", type=_int_in(1, MAX_DRAW), default=None, metavar="N",
+                   help="reward-guided choice: draw N candidates and show the reward model's best K "
+                        f"(1..{MAX_DRAW}; default: ChoiceConfig.draw = {ChoiceConfig.draw})")
+    p.add_argument("--choice", action=argparse.BooleanOptionalAction, default=None,
+                   help="reward-guided choice on/off (default: on once the profile has a reward model)")
     p.add_argument("--json", action="store_true", help="print JSON with request_id, policy_version and ids")
     p.set_defaults(func=cmd_suggest)
 
