@@ -56,6 +56,9 @@ VARIANTS = {
     "pairs-only": {"pointwise_weight": 0.0},
     "words+pairs-only": {"emb_features": ("s", "sc", "words"), "pointwise_weight": 0.0},
     "linear": {"hidden": 0},
+    "pw-0.25": {"pointwise_weight": 0.25},
+    "ensemble-4": {"ensemble": 4},
+    "ensemble-4+pw-0.25": {"ensemble": 4, "pointwise_weight": 0.25},
 }
 """Reward-model variants (RewardTrainConfig overrides); "default" is RewardTrainConfig()."""
 
@@ -71,11 +74,13 @@ def build_pool(store, threads: int | None, train_reps: int, heldout_reps: int, v
     import types
 
     from assistant.app.cli.common import build_services
-    from reward.loop.simulate import SimConfig, load_prompts, suggest_request
+    from assistant.app.simulation import ServicesAssistant
+    from reward.eval.prompts import load_prompts
+    from reward.loop.simulate import SimConfig
 
     args = types.SimpleNamespace(model=None, device="cpu", dtype="auto", threads=threads, profile="pool-train")
     services = build_services(args, store=store)
-    train, held = load_prompts()
+    train, held = load_prompts(split="train"), load_prompts(split="heldout")
     pools = [("pool-train", train, train_reps, False), ("pool-heldout", held, heldout_reps, False)]
     if variety:
         pools.append(("pool-train-variety", train, train_reps, True))
@@ -86,7 +91,8 @@ def build_pool(store, threads: int | None, train_reps: int, heldout_reps: int, v
         todo = [p for _ in range(reps) for p in prompts][have:]
         t0 = time.perf_counter()
         for i, p in enumerate(todo):
-            services.suggest(suggest_request(p, cfg, profile, seed=rng.randrange(1 << 30)))
+            person = ServicesAssistant(services, profile, cfg.max_new_tokens, cfg.temperature)
+            services.suggest(person.request(p, cfg.k, rng.randrange(1 << 30), varied))
             print(f"  {profile}: {have + i + 1}/{have + len(todo)} requests ({time.perf_counter() - t0:.0f} s)",
                   file=sys.stderr, flush=True)
 
@@ -103,7 +109,8 @@ def pool(store, profile: str) -> dict[str, list]:
 
 def rate(store, rater, seed: int, train_pool: dict[str, list], budget: int, profile: str) -> None:
     """Copy pool requests into `profile` in simulate's order and rate them as simulate does."""
-    from reward.loop.simulate import interleave_modes, rate_suggestions
+    from reward.eval.raters import rate_suggestions
+    from reward.loop.simulate import interleave_modes
 
     rng = random.Random(seed)
     keys = list(train_pool)
@@ -167,7 +174,7 @@ def main() -> None:
 
     from assistant.lm.config import ModelSettings
     from assistant.lm.models import load_embedder
-    from reward.loop.simulate import make_rater
+    from reward.eval.raters import make_rater
     from reward.train import RewardTrainConfig, train_from_store
     from storage.store import Store
 

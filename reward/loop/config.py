@@ -19,6 +19,9 @@ class LearnerConfig:
     """Feedback rows that must arrive since the last cycle before a new cycle starts (train_now skips this)."""
     rm_every: int = 1
     """Retrain the reward model every N cycles (the live reward model is reused in between)."""
+    train_policy: bool = True
+    """Run RL and publish policy versions each cycle; False retrains and publishes only the reward
+    model (what the reward-guided choice serves with; the policy stays the base model)."""
     rl_steps: int = 4
     """RL updates per cycle."""
     max_kl: float = 4.0
@@ -62,5 +65,7 @@ class LearnerConfig:
     """Seed for the held-out split and the evaluation samples."""
     rl: RLConfig = field(default_factory=RLConfig)
     """The RL update each cycle runs (algorithm, sizes, learning rate, KL)."""
-    rm: RewardTrainConfig = field(default_factory=lambda: RewardTrainConfig(shuffled_control=False))
-    """How each cycle retrains the reward model (its seed is this config's seed)."""
+    rm: RewardTrainConfig = field(default_factory=lambda: RewardTrainConfig(shuffled_control=False, ensemble=4))
+    """How each cycle retrains the reward model (its seed is this config's seed). A 4-head bootstrap
+    ensemble by default: the reward-guided choice needs its spread (conservative score, Thompson
+    exploration), and four heads train in a few seconds on a few hundred ratings."""
