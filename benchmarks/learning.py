@@ -207,7 +207,12 @@ def run_cell(cfg: LearningBenchConfig, rater: str, seed: int, run: str, model, t
                             choice=ChoiceConfig(draw=cfg.draw))
         learner = Learner(store, ddir, profile, lambda: (copy.deepcopy(base), tokenizer), embedder, sim.learner)
         person = ServicesAssistant(services, profile, sim.max_new_tokens, sim.temperature, draw=cfg.draw)
-        res = simulate(person, learner, make_rater(rater, seed=seed), sim, progress=progress)
+        # the base model's held-out texts depend on the seed and the prompts only: generated once per seed
+        base_file = out_dir / f"base-s{seed}-h{cfg.heldout_limit}x{cfg.heldout_samples}-t{cfg.max_new_tokens}.json"
+        base_texts = json.loads(base_file.read_text()) if base_file.exists() else None
+        res = simulate(person, learner, make_rater(rater, seed=seed), sim, progress=progress, base_heldout=base_texts)
+        if base_texts is None:
+            base_file.write_text(json.dumps(res.heldout["base"]))
     finally:
         store.close()
     from reward.eval.prompts import load_prompts

@@ -81,6 +81,9 @@ def test_learning_benchmark_core_on_the_tiny_model(tiny_tokenizer, embedder, tmp
     for c in cells:
         assert {k: len(v) for k, v in c["heldout"].items()} == {"base": 3, "final": 3, "final_policy": 3}
         assert all(len(s) == 2 for s in c["heldout"]["final"])
+    # the base held-out texts were generated once (first cell) and reused by the second
+    assert system["heldout"]["base"] == choice["heldout"]["base"]
+    assert choice["heldout"]["final_policy"] == choice["heldout"]["base"]  # no policy: the base itself
     rows = L.table_rows(L.load_cells(tmp_path), n_boot=100)
     assert [r["row"] for r in rows] == ["whole system", "policy alone", "choice alone"]
     for r in rows:

@@ -159,9 +159,12 @@ def interleave_modes(prompts: Sequence[EvalPrompt], rng: random.Random) -> list[
 
 # ----------------------------------------------------------------------------- the run
 def simulate(assistant: Assistant, learner: Learner, rater: Rater, cfg: SimConfig,
-             progress: Callable[[str], None] | None = None) -> SimResult:
+             progress: Callable[[str], None] | None = None,
+             base_heldout: list[list[str]] | None = None) -> SimResult:
     """Run the loop with `rater` in the person's place (see the module doc). `learner` is the
-    product's Learner on the same store and profile as `assistant`."""
+    product's Learner on the same store and profile as `assistant`. `base_heldout`: the base
+    model's held-out suggestions for this config's seed from an earlier run (they depend on the
+    seed and the prompts only, not on the rater), so that they are not generated again."""
     say = progress or log.info
     t0 = time.perf_counter()
     rng = random.Random(cfg.seed)
@@ -181,7 +184,7 @@ def simulate(assistant: Assistant, learner: Learner, rater: Rater, cfg: SimConfi
         return out
 
     # 0. the base model's held-out suggestions (generated, not recorded or rated)
-    base_held = heldout("base")
+    base_held = base_heldout if base_heldout is not None else heldout("base")
 
     ratings, cycles, published, order, empty_in_a_row = 0, [], [], [], 0
     earned = spent = 0.0  # the learner's CPU-seconds (learner_seconds_per_rating)
@@ -230,7 +233,8 @@ def simulate(assistant: Assistant, learner: Learner, rater: Rater, cfg: SimConfi
 
     # 4. the live policy against the base, judged by the rater on held-out prompts
     final_held = heldout("final")  # what the person is shown: with the reward-guided choice
-    policy_held = heldout("final, policy alone", choice=False)
+    # with no policy ever published the live policy is the base model: the same seeds give the same texts
+    policy_held = heldout("final, policy alone", choice=False) if published else base_held
     outcomes, examples = [], []
     for p, bs, fs in zip(held, base_held, final_held):
         outcomes += [rater.judge(f, b, p.fields()) for b, f in zip(bs, fs)]
