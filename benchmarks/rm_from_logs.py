@@ -1,0 +1,128 @@
+"""Which reward-model settings learn a simulated rater's taste best from its rating log? Cross-validated.
+
+The logs are the stores benchmarks/learning.py leaves under ``--cells`` (one per rater, run and
+seed: 150 ratings of the rater through the app, stars for every candidate and a best pick). For
+each log: a grouped 5-fold cross-validation over its requests (a request never straddles a fold);
+each variant (RewardTrainConfig overrides) trains on four folds with ``reward.feedback`` exactly as
+the learner does, and is measured on the fifth against the rater's hidden, noiseless utility:
+
+- ``true acc``: share of within-request pairs of different utility, over every candidate the
+  request drew (shown and, with the reward-guided choice, unshown), that the model orders as the
+  utility does;
+- ``pick``: the utility of the model's pick (best conservative score, kappa 1) among the drawn
+  candidates, minus their mean utility (what the reward-guided choice adds per slot), next to
+  ``oracle`` (the best drawn candidate's utility minus the mean).
+
+No LM is loaded (the texts are in the logs); embeddings are cached in each log's store.
+
+    PYTHONPATH=. python benchmarks/rm_from_logs.py --cells /tmp/learn_cells [--variants ...] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+
+VARIANTS = {
+    "default": {},
+    "pw-0.25": {"pointwise_weight": 0.25},
+    "pairs-only": {"pointwise_weight": 0.0},
+    "ensemble-4": {"ensemble": 4},
+    "ensemble-4+pw-0.25": {"ensemble": 4, "pointwise_weight": 0.25},
+}
+"""RewardTrainConfig overrides on top of the learner's (LearnerConfig().rm with ensemble 1)."""
+
+
+def drawn_texts(req) -> list[str]:
+    return [s.text for s in req.suggestions] + list(((req.options or {}).get("choice") or {}).get("unshown") or [])
+
+
+def measure(model, rater, reqs) -> dict[str, float]:
+    from reward.eval.prompts import EvalPrompt
+    from reward.feedback import context_of
+    from reward.select import conservative, member_scores
+    from reward.train import pair_accuracy
+
+    better, worse, pick, oracle = [], [], [], []
+    for req in reqs:
+        texts = drawn_texts(req)
+        if len(texts) < 2:
+            continue
+        f = EvalPrompt(req.mode, req.text, dict(req.options or {})).fields()
+        u = rater.utilities(texts, f)
+        cons = conservative(member_scores(model, context_of(req), texts), 1.0)
+        for i, j in itertools.combinations(range(len(u)), 2):
+            if u[i] != u[j]:
+                hi, lo = (i, j) if u[i] > u[j] else (j, i)
+                better.append(cons[hi])
+                worse.append(cons[lo])
+        pick.append(u[int(np.argmax(cons))] - u.mean())
+        oracle.append(u.max() - u.mean())
+    return {"true_acc": pair_accuracy(np.array(better), np.array(worse)), "pairs": len(better),
+            "pick": float(np.mean(pick)), "oracle": float(np.mean(oracle))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cells", required=True, help="benchmarks/learning.py --out directory")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args()
+
+    import dataclasses
+
+    import torch
+
+    from assistant.lm.config import ModelSettings
+    from assistant.lm.models import load_embedder
+    from reward.eval.raters import make_rater
+    from reward.feedback import build_training_data
+    from reward.loop.config import LearnerConfig
+    from reward.train import grouped_folds, train_reward_model
+    from storage.store import Store
+
+    torch.set_num_threads(a.threads)
+    embedder = load_embedder(ModelSettings(device="cpu"))
+    variants = [v for v in a.variants.split(",") if v]
+    base = dataclasses.replace(LearnerConfig().rm, ensemble=1)
+    print("| log (rater-run-seed) | variant | true acc (mean over folds) | pick gain | oracle gain | pairs |")
+    print("|---|---|---|---|---|---|")
+    totals: dict[str, list[float]] = {v: [] for v in variants}
+    for db in sorted(Path(a.cells).glob("*/inkloop.db")):
+        name = db.parent.name
+        rater = make_rater(name.split("-")[0], seed=0)
+        store = Store(db)
+        groups = store.requests_with_feedback("bench")
+        reqs = {f"request:{g['request'].id}": g["request"] for g in groups}
+        for g in groups:
+            g["request"].suggestions = g["suggestions"]
+        data = build_training_data(groups)
+        for v in variants:
+            cells = []
+            for fold, (train, held) in enumerate(grouped_folds(data, a.folds, seed=0)):
+                cfg = dataclasses.replace(base, seed=fold, **VARIANTS[v])
+                model, _ = train_reward_model(train, cfg, embedder, store, eval=held)
+                cells.append(measure(model, rater, [reqs[gid] for gid in held.groups()]))
+            acc = float(np.mean([c["true_acc"] for c in cells]))
+            totals[v].append(acc)
+            print(f"| {name} | {v} | {acc:.3f} | {np.mean([c['pick'] for c in cells]):+.3f} | "
+                  f"{np.mean([c['oracle'] for c in cells]):+.3f} | {sum(c['pairs'] for c in cells)} |", flush=True)
+        store.close()
+    print("\n| variant | mean true acc over logs |\n|---|---|")
+    for v in variants:
+        print(f"| {v} | {np.mean(totals[v]):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
