@@ -166,6 +166,34 @@ def first_last_stars(curve: Sequence[Sequence[float]], n: int = 16) -> tuple[flo
 
 
 # ----------------------------------------------------------------------------- one cell
+BASE_CACHE: dict[str, Any] = {}
+"""Base-model suggestions by (rendered prompt, source text, settings incl. seed), shared by the
+cells of one process (see cached_generator)."""
+
+
+def cached_generator(model, tokenizer, version_source):
+    """The app's Generator, except that what the *base* model (no adapter) writes for a seeded
+    request is remembered and reused. Sampling is seeded per request (GenerationSettings.seed), so
+    the base model's candidates are a pure function of the prompt, the settings and the seed: every
+    rater's choice-alone run, and each run's requests before its first published policy, draw the
+    very same candidates; only which K are shown (and the ratings) differ. A benchmark-only
+    saving: the app itself never caches."""
+    from assistant.lm.generate import Generator
+    from assistant.lm.prompts import render
+
+    class CachingGenerator(Generator):
+        def suggest(self, prompt, source_text, gen, on_update=None):
+            self.refresh_policy()
+            if self.policy_version != 0 or gen.seed is None or on_update is not None:
+                return super().suggest(prompt, source_text, gen, on_update)
+            key = json.dumps([render(prompt, self.tokenizer), source_text, asdict(gen)], sort_keys=True)
+            if key not in BASE_CACHE:
+                BASE_CACHE[key] = super().suggest(prompt, source_text, gen)
+            return copy.deepcopy(BASE_CACHE[key])
+
+    return CachingGenerator(model, tokenizer, version_source=version_source)
+
+
 def sim_config(cfg: LearningBenchConfig, seed: int, run: str, learner_overrides: Callable | None = None):
     from reward.loop.config import LearnerConfig
     from reward.loop.simulate import SimConfig
@@ -185,7 +213,6 @@ def run_cell(cfg: LearningBenchConfig, rater: str, seed: int, run: str, model, t
     from assistant.app.cli.common import policy_source
     from assistant.app.services import Services
     from assistant.app.simulation import ServicesAssistant
-    from assistant.lm.generate import Generator
     from assistant.lm.library import Library
     from reward.eval.raters import make_rater
     from reward.loop.learner import Learner
@@ -202,7 +229,7 @@ def run_cell(cfg: LearningBenchConfig, rater: str, seed: int, run: str, model, t
     try:
         base = model
         base.requires_grad_(False)
-        gen = Generator(copy.deepcopy(base), tokenizer, version_source=policy_source(store, profile))
+        gen = cached_generator(copy.deepcopy(base), tokenizer, policy_source(store, profile))
         services = Services(store, gen, Library(store, embedder), model_name=model_name, default_profile=profile,
                             choice=ChoiceConfig(draw=cfg.draw))
         learner = Learner(store, ddir, profile, lambda: (copy.deepcopy(base), tokenizer), embedder, sim.learner)

@@ -71,6 +71,7 @@ def test_learning_benchmark_core_on_the_tiny_model(tiny_tokenizer, embedder, tmp
         return learner
 
     model, _ = build_tiny_lm(seed=0, tokenizer=tiny_tokenizer)
+    L.BASE_CACHE.clear()
     cells = [L.run_cell(cfg, "concise", 0, run, model, tiny_tokenizer, embedder, tmp_path, learner_overrides=small)
              for run in L.RUNS]
     system, choice = cells
@@ -84,6 +85,7 @@ def test_learning_benchmark_core_on_the_tiny_model(tiny_tokenizer, embedder, tmp
     # the base held-out texts were generated once (first cell) and reused by the second
     assert system["heldout"]["base"] == choice["heldout"]["base"]
     assert choice["heldout"]["final_policy"] == choice["heldout"]["base"]  # no policy: the base itself
+    assert L.BASE_CACHE  # the base model's seeded requests were remembered for the next cell
     rows = L.table_rows(L.load_cells(tmp_path), n_boot=100)
     assert [r["row"] for r in rows] == ["whole system", "policy alone", "choice alone"]
     for r in rows:
