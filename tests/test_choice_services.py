@@ -90,3 +90,22 @@ def test_api_takes_draw_and_choice_and_says_which_slot_explores(tiny_services, t
         off = c.post("/api/v1/suggest", json={**body, "choice": False}).json()
         assert off["choice"] is None and off["suggestions"][0]["score"] is None
         assert c.post("/api/v1/suggest", json={**body, "draw": 99}).status_code == 422
+
+
+def test_ui_settings_reach_the_request_and_the_info_line_names_the_exploration_slot(tiny_services, tmp_path):
+    import gradio as gr
+
+    from assistant.app.ui import writer as ui
+
+    _rate_some(tiny_services, 4)
+    v = _publish_rm(tiny_services, tmp_path)
+    demo = ui.build_ui(tiny_services)
+    ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
+    assert {"draw", "choice"} <= ids and isinstance(demo, gr.Blocks)
+    outs = list(ui.suggest_continue(tiny_services, "default", "The kettle sang.", None, 2, 0.8, 0.95, 8, "4",
+                                    False, 6, True))
+    info = outs[-1][4 * ui.MAX_K + 1]
+    assert f"chosen by reward model v{v.id}" in info and "#2 is the exploration slot" in info
+    outs = list(ui.suggest_continue(tiny_services, "default", "The kettle sang.", None, 2, 0.8, 0.95, 8, "4",
+                                    False, 6, False))
+    assert "reward model" not in outs[-1][4 * ui.MAX_K + 1]
