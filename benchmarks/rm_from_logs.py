@@ -15,7 +15,14 @@ the learner does, and is measured on the fifth against the rater's hidden, noise
 
 No LM is loaded (the texts are in the logs); embeddings are cached in each log's store.
 
+``--from-base FILE --skip-prompts N``: instead of the learning cells' logs, rate the base model's
+held-out samples that benchmarks/learning.py saved (base-s*.json) for the held-out prompts from
+the N-th on (the learning runs with ``--heldout-limit N`` never judge those), one log per rater
+and seed (``--raters``, ``--seeds``): each prompt is one request of its samples, starred and
+best-picked by the rater as simulate does.
+
     PYTHONPATH=. python benchmarks/rm_from_logs.py --cells /tmp/learn_cells [--variants ...] [--threads 1]
+    PYTHONPATH=. python benchmarks/rm_from_logs.py --from-base base-s0-h0x4-t32.json --skip-prompts 25 --out DIR
 """
 
 from __future__ import annotations
@@ -72,13 +79,48 @@ def measure(model, rater, reqs) -> dict[str, float]:
             "pick": float(np.mean(pick)), "oracle": float(np.mean(oracle))}
 
 
+def logs_from_base(a) -> str:
+    """One store per rater and seed under a.cells: the base held-out samples as rated requests."""
+    import json
+
+    from reward.eval.prompts import load_prompts
+    from reward.eval.raters import make_rater, rate_suggestions
+    from storage.store import Store
+
+    texts = json.loads(Path(a.from_base).read_text())
+    prompts = load_prompts(split="heldout")[: len(texts)]
+    for rater in a.raters.split(","):
+        for seed in (int(x) for x in a.seeds.split(",")):
+            d = Path(a.cells) / f"{rater}-base-s{seed}"
+            if (d / "inkloop.db").exists():
+                continue
+            d.mkdir(parents=True, exist_ok=True)
+            store, r = Store(d / "inkloop.db"), make_rater(rater, seed=seed)
+            for p, ts in list(zip(prompts, texts))[a.skip_prompts:]:
+                ts = [t for t in dict.fromkeys(ts) if t.strip()]
+                if len(ts) < 2:
+                    continue
+                req = store.record_request(profile_id="bench", mode=p.mode, text=p.text, options=dict(p.options),
+                                           prompt="", policy_version=0, suggestions=ts)
+                rate_suggestions(r, p.fields(), [s.id for s in req.suggestions], ts, 10_000, store.add_feedback)
+            store.close()
+    return a.cells
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cells", required=True, help="benchmarks/learning.py --out directory")
+    ap.add_argument("--cells", required=True, help="benchmarks/learning.py --out directory (or, with --from-base, "
+                    "where the logs are written)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--from-base", default=None, help="a learning.py base-s*.json of held-out samples")
+    ap.add_argument("--skip-prompts", type=int, default=25, help="with --from-base: use held-out prompts from this index")
+    ap.add_argument("--raters", default="concise,vivid,upbeat,keywords,dialogue,firstperson,alliteration")
+    ap.add_argument("--seeds", default="0,1")
     a = ap.parse_args()
+    if a.from_base:
+        a.cells = logs_from_base(a)
 
     import dataclasses
 
