@@ -109,3 +109,25 @@ def test_ui_settings_reach_the_request_and_the_info_line_names_the_exploration_s
     outs = list(ui.suggest_continue(tiny_services, "default", "The kettle sang.", None, 2, 0.8, 0.95, 8, "4",
                                     False, 6, False))
     assert "reward model" not in outs[-1][4 * ui.MAX_K + 1]
+
+
+def test_generator_draws_n_rows_in_one_batched_call(tiny_lm, monkeypatch):
+    import assistant.lm.generate as G
+    from assistant.lm.config import GenerationSettings
+    from assistant.lm.prompts import build_prompt
+
+    calls = []
+    real = G.sample
+
+    def counting(model, tok, prompt_texts, gen, **kw):
+        calls.append(len(prompt_texts))
+        return real(model, tok, prompt_texts, gen, **kw)
+
+    monkeypatch.setattr(G, "sample", counting)
+    model, tok = tiny_lm
+    p = build_prompt("continue", "The rain fell.", {})
+    res = G.Generator(model, tok).suggest(p, "The rain fell.", GenerationSettings(k=2, draw=6, seed=3, max_new_tokens=8))
+    assert calls[0] == 6 and 2 <= len(res.texts) <= 6  # N rows in the first call; all distinct ones back
+    calls.clear()
+    res = G.Generator(model, tok).suggest(p, "The rain fell.", GenerationSettings(k=2, seed=3, max_new_tokens=8))
+    assert calls[0] == 2 and len(res.texts) <= 2  # draw 0: exactly K, as before
