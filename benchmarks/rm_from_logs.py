@@ -21,7 +21,14 @@ the N-th on (the learning runs with ``--heldout-limit N`` never judge those), on
 and seed (``--raters``, ``--seeds``): each prompt is one request of its samples, starred and
 best-picked by the rater as simulate does.
 
+``--from-lamp STORE``: real literary text instead of model samples. The LAMP-R paragraphs
+(../shared/data/lamp, embedded once by benchmarks/reward_real_data.py into its cache store STORE)
+are dealt into "requests" of four; each rater and seed rates 150 of them as simulate does (stars
+for each, a best pick), the variants train on that log, and are measured on 150 other requests
+(600 paragraphs) against the hidden utility: a held-out set much larger than a fold.
+
     PYTHONPATH=. python benchmarks/rm_from_logs.py --cells /tmp/learn_cells [--variants ...] [--threads 1]
+    PYTHONPATH=. python benchmarks/rm_from_logs.py --from-lamp benchmarks/.cache/reward_bench.db
     PYTHONPATH=. python benchmarks/rm_from_logs.py --from-base base-s0-h0x4-t32.json --skip-prompts 25 --out DIR
 """
 
@@ -32,6 +39,7 @@ import itertools
 import os
 import sys
 from pathlib import Path
+from time import time_ns
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -107,9 +115,69 @@ def logs_from_base(a) -> str:
     return a.cells
 
 
+def lamp_main(a) -> None:
+    import dataclasses
+    import random
+
+    import torch
+
+    from assistant.lm.config import ModelSettings
+    from assistant.lm.models import load_embedder
+    from reward.eval.raters import make_rater, rate_suggestions
+    from reward.feedback import RewardData, build_training_data
+    from reward.loop.config import LearnerConfig
+    from reward.train import train_reward_model
+    from storage.store import Store
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from reward_real_data import LAMP_CONTEXT, load_lamp, shared_data_dir
+
+    torch.set_num_threads(a.threads)
+    embedder = load_embedder(ModelSettings(device="cpu"))
+    store = Store(a.from_lamp)
+    paras = [p.text for p in load_lamp(shared_data_dir(), 1919, 0).points]
+    k, n_log = 4, (a.budget + 3) // 4
+    groups = [paras[i : i + k] for i in range(0, len(paras) - k + 1, k)]
+    variants = [v for v in a.variants.split(",") if v]
+    base = dataclasses.replace(LearnerConfig().rm, ensemble=1)
+    stamp = str(time_ns())
+    test_reqs = [store.record_request(profile_id=f"lamp-test-{stamp}", mode="imported", text=LAMP_CONTEXT, options={},
+                                      prompt="", policy_version=0, suggestions=g) for g in groups[-150:]]
+    acc: dict[str, list[float]] = {v: [] for v in variants}
+    gain: dict[str, list[float]] = {v: [] for v in variants}
+    print(f"# {a.budget} ratings of LAMP-R paragraphs in requests of {k}; measured on {len(test_reqs)} other requests\n")
+    print("| rater | variant | true acc (mean over seeds) | pick gain | oracle gain |\n|---|---|---|---|---|")
+    for rater_name in a.raters.split(","):
+        per = {v: [] for v in variants}
+        for seed in (int(x) for x in a.seeds.split(",")):
+            rng, rater = random.Random(seed), make_rater(rater_name, seed=seed)
+            profile = f"{rater_name}-lamp-s{seed}-{stamp}"
+            pool = groups[:-150]
+            for g in rng.sample(pool, n_log):
+                req = store.record_request(profile_id=profile, mode="imported", text=LAMP_CONTEXT, options={},
+                                           prompt="", policy_version=0, suggestions=g)
+                rate_suggestions(rater, {"mode": "imported", "text": LAMP_CONTEXT, "keywords": []},
+                                 [s.id for s in req.suggestions], g, 10_000, store.add_feedback)
+            data = build_training_data(store.requests_with_feedback(profile))
+            judge = make_rater(rater_name, seed=0)
+            for v in variants:
+                model, _ = train_reward_model(data, dataclasses.replace(base, seed=seed, **VARIANTS[v]), embedder,
+                                              store, eval=RewardData())
+                per[v].append(measure(model, judge, test_reqs))
+        for v in variants:
+            m = {key: float(np.nanmean([c[key] for c in per[v]])) for key in ("true_acc", "pick", "oracle")}
+            acc[v].append(m["true_acc"])
+            gain[v].append(m["pick"])
+            print(f"| {rater_name} | {v} | {m['true_acc']:.3f} | {m['pick']:+.3f} | {m['oracle']:+.3f} |", flush=True)
+    print("\n| variant | mean true acc over raters | mean pick gain |\n|---|---|---|")
+    for v in variants:
+        print(f"| {v} | {np.nanmean(acc[v]):.3f} | {np.nanmean(gain[v]):+.4f} |")
+    store.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cells", required=True, help="benchmarks/learning.py --out directory (or, with --from-base, "
+    ap.add_argument("--cells", default=None, help="benchmarks/learning.py --out directory (or, with --from-base, "
                     "where the logs are written)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--folds", type=int, default=5)
@@ -118,7 +186,11 @@ def main() -> None:
     ap.add_argument("--skip-prompts", type=int, default=25, help="with --from-base: use held-out prompts from this index")
     ap.add_argument("--raters", default="concise,vivid,upbeat,keywords,dialogue,firstperson,alliteration")
     ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--from-lamp", default=None, help="reward_real_data.py's cache store (LAMP paragraphs embedded)")
+    ap.add_argument("--budget", type=int, default=150, help="with --from-lamp: ratings per log")
     a = ap.parse_args()
+    if a.from_lamp:
+        return lamp_main(a)
     if a.from_base:
         a.cells = logs_from_base(a)
 
