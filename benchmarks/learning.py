@@ -47,7 +47,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -95,7 +95,7 @@ class LearningBenchConfig:
     """Where each cell's JSON (and its store) goes."""
 
 
-QUICK = dict(budget=24, heldout_limit=9, heldout_samples=2, seeds=(0,), raters=("concise",))
+QUICK = {"budget": 24, "heldout_limit": 9, "heldout_samples": 2, "seeds": (0,), "raters": ("concise",)}
 """--quick: a tiny budget to check the pipeline on the real model in a few minutes."""
 
 
@@ -133,7 +133,7 @@ def summarise(outcomes: Sequence[float], gains: Sequence[float], clusters: Seque
         return float(lo), float(hi)
 
     w, t = int((o == 1.0).sum()), int((o == 0.5).sum())
-    out = {"wins": w, "ties": t, "losses": int(len(o) - w - t), "n": int(len(o)),
+    out = {"wins": w, "ties": t, "losses": int(len(o) - w - t), "n": len(o),
            "decided": point[0], "half": point[1], "gain": point[2]}
     for j, name in enumerate(("decided", "half", "gain")):
         out[name + "_lo"], out[name + "_hi"] = ci(j)
