@@ -7,6 +7,11 @@
    (what a person waits for in the UI after the first request): first with the base model, then
    with a published LoRA policy version hot-swapped in (every request after the first learning
    round runs through the adapter).
+3. Reward-guided choice: with a published reward model (a 4-head bootstrap ensemble, the
+   learner's default), K=4 shown out of N drawn in the one batched call and scored, side by side
+   with today's K=4 request (no choice), interleaved rep by rep so machine load hits all rows alike.
+   The ratio to the K=4 row is what ChoiceConfig.draw's default is chosen by (the largest N within
+   1.5x).
 
     PYTHONPATH=. python benchmarks/latency.py [--k 4] [--max-new-tokens 64] [--reps 3] [--threads N]
 
@@ -113,22 +118,67 @@ def publish_fresh_policy(services, data_dir: str) -> None:
                  writer=pol.save, publish=True)
 
 
-def warm(k: int, max_new_tokens: int, reps: int, threads: int | None) -> list[dict]:
+def warm(k: int, max_new_tokens: int, reps: int, threads: int | None, draws: list[int]):
     from assistant.app.cli.common import build_services
 
     with tempfile.TemporaryDirectory() as d:
         args = argparse.Namespace(model=None, data_dir=d, profile="default", device="auto", dtype="auto",
                                   threads=threads)
-        services = build_services(args, with_embedder=False)
-        rows = measure_modes(services, k, max_new_tokens, reps, "base model")
+        services = build_services(args, with_embedder=bool(draws))
+        rows = measure_modes(services, k, max_new_tokens, reps, "base model", choice=False)
         publish_fresh_policy(services, d)
-        rows += measure_modes(services, k, max_new_tokens, reps, "live LoRA policy")
+        rows += measure_modes(services, k, max_new_tokens, reps, "live LoRA policy", choice=False)
+        choice_rows = []
+        if draws:
+            publish_reward_model(services, d)
+            choice_rows = measure_choice(services, k, draws, max_new_tokens, reps)
         device = str(services.generator.device)
         services.store.close()
-    return rows, device
+    return rows, choice_rows, device
 
 
-def measure_modes(services, k: int, max_new_tokens: int, reps: int, policy: str) -> list[dict]:
+def publish_reward_model(services, data_dir: str) -> None:
+    """A reward model as the learner publishes it (4-head bootstrap ensemble) from a few ratings."""
+    from assistant.app.services import SuggestRequest
+    from reward.config import RewardTrainConfig
+    from reward.train import save_reward_version, train_from_store
+
+    for i, fields in enumerate(list(TEXTS.values()) * 2):
+        res = services.suggest(SuggestRequest(**fields, k=4, max_new_tokens=16, seed=100 + i, choice=False))
+        for j, s in enumerate(res.suggestions):
+            services.feedback(s["id"], "stars", 1 + (i + j) % 5, source="simulated")
+    cfg = RewardTrainConfig(ensemble=4, shuffled_control=False, eval_frac=0.0)
+    rm, metrics = train_from_store(services.store, services.default_profile, services.embedder, cfg)
+    save_reward_version(services.store, data_dir, services.default_profile, rm, metrics, cfg)
+
+
+def measure_choice(services, k: int, draws: list[int], max_new_tokens: int, reps: int) -> list[dict]:
+    """Median wall / CPU seconds of K shown without choice (draw K) and with choice for each N,
+    interleaved (every rep runs every row on every mode), live LoRA policy."""
+    from assistant.app.services import SuggestRequest
+
+    configs = [("K=%d, no choice (today)" % k, None)] + [(f"K={k} of N={n}, reward-guided", n) for n in draws]
+    times: dict[str, list[float]] = {name: [] for name, _ in configs}
+    cpu: dict[str, list[float]] = {name: [] for name, _ in configs}
+    drawn: dict[str, list[int]] = {name: [] for name, _ in configs}
+    services.suggest(SuggestRequest(**TEXTS["continue"], k=k, max_new_tokens=8, draw=max(draws)))  # warm-up
+    for r in range(reps):
+        for mode, fields in TEXTS.items():
+            for name, n in configs:
+                c0 = time.process_time()
+                res = services.suggest(SuggestRequest(**fields, k=k, max_new_tokens=max_new_tokens, seed=r,
+                                                      choice=n is not None, draw=n))
+                cpu[name].append(time.process_time() - c0)
+                times[name].append(res.seconds)
+                drawn[name].append(res.choice["drawn"] if res.choice else len(res.suggestions))
+    base = statistics.median(times[configs[0][0]])
+    base_cpu = statistics.median(cpu[configs[0][0]])
+    return [dict(name=name, median=statistics.median(times[name]), cpu=statistics.median(cpu[name]),
+                 ratio=statistics.median(times[name]) / base, cpu_ratio=statistics.median(cpu[name]) / base_cpu,
+                 drawn=statistics.mean(drawn[name]), n=len(times[name])) for name, _ in configs]
+
+
+def measure_modes(services, k: int, max_new_tokens: int, reps: int, policy: str, choice: bool = False) -> list[dict]:
     from assistant.app.services import SuggestRequest
 
     services.suggest(SuggestRequest(**TEXTS["continue"], k=1, max_new_tokens=8))  # warm-up (and hot-swap)
@@ -137,7 +187,7 @@ def measure_modes(services, k: int, max_new_tokens: int, reps: int, policy: str)
         times, cpu, n_out, chars = [], [], [], []
         for r in range(reps):
             c0 = time.process_time()
-            res = services.suggest(SuggestRequest(**fields, k=k, max_new_tokens=max_new_tokens, seed=r))
+            res = services.suggest(SuggestRequest(**fields, k=k, max_new_tokens=max_new_tokens, seed=r, choice=choice))
             cpu.append(time.process_time() - c0)
             times.append(res.seconds)
             n_out.append(len(res.suggestions))
@@ -156,7 +206,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--skip-cold", action="store_true")
     ap.add_argument("--skip-serve", action="store_true")
+    ap.add_argument("--draws", default="8,12", help="N values for the reward-guided choice rows ('' skips them)")
     a = ap.parse_args()
+    draws = [int(x) for x in a.draws.split(",") if x.strip()]
 
     print(f"# inkloop latency  (K={a.k}, max_new_tokens={a.max_new_tokens}, reps={a.reps}, "
           f"threads={a.threads or 'default'}, cpus={os.cpu_count()}, load avg at start {loadavg()})")
@@ -169,7 +221,7 @@ def main() -> None:
             ready, first = cold_serve(a.k, a.max_new_tokens, a.threads)
             print(f"| `inkloop serve` process start -> listening (UI + API) | {ready:.1f} |")
             print(f"| `inkloop serve` process start -> first K={a.k} suggestion answered | {first:.1f} |")
-    rows, device = warm(a.k, a.max_new_tokens, a.reps, a.threads)
+    rows, choice_rows, device = warm(a.k, a.max_new_tokens, a.reps, a.threads, draws)
     print(f"\n## warm: one request of K={a.k} x up to {a.max_new_tokens} new tokens ({device}, bundled SmolLM2-135M)")
     print("| policy | mode | median wall s | min s | max s | median CPU s | candidates | mean chars |")
     print("|---|---|---|---|---|---|---|---|")
@@ -177,6 +229,14 @@ def main() -> None:
         print(f"| {r['policy']} | {r['mode']} | {r['median']:.2f} | {r['min']:.2f} | {r['max']:.2f} | {r['cpu']:.2f} | {r['k_out']} "
               f"| {r['chars']:.0f} |")
     print("\n(CPU s = process CPU time of the request; with --threads 1 it approximates the wall time on an idle core)")
+    if choice_rows:
+        print(f"\n## reward-guided choice: K={a.k} shown, live LoRA policy + 4-head reward model, median over "
+              f"{a.reps} reps x 3 modes, interleaved")
+        print("| request | median wall s | x K=4 wall | median CPU s | x K=4 CPU | distinct drawn |")
+        print("|---|---|---|---|---|---|")
+        for r in choice_rows:
+            print(f"| {r['name']} | {r['median']:.2f} | {r['ratio']:.2f} | {r['cpu']:.2f} | {r['cpu_ratio']:.2f} "
+                  f"| {r['drawn']:.1f} |")
     print(f"\nload avg at end {loadavg()}")
 
 

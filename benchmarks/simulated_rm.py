@@ -56,6 +56,9 @@ VARIANTS = {
     "pairs-only": {"pointwise_weight": 0.0},
     "words+pairs-only": {"emb_features": ("s", "sc", "words"), "pointwise_weight": 0.0},
     "linear": {"hidden": 0},
+    "pw-0.25": {"pointwise_weight": 0.25},
+    "ensemble-4": {"ensemble": 4},
+    "ensemble-4+pw-0.25": {"ensemble": 4, "pointwise_weight": 0.25},
 }
 """Reward-model variants (RewardTrainConfig overrides); "default" is RewardTrainConfig()."""
 

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from assistant.lm.models import embedder_name
+from assistant.lm.config import embedder_name
 from storage.records import text_hash
 
 CONTEXT_EMBED_CHARS = 800

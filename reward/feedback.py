@@ -10,9 +10,21 @@ thumb      every "up" beats every "down" of the same request               up 1.
 stars      s_i > s_j gives (i beats j) with margin (s_i - s_j) / 4         (s - 1) / 4
 best       the best suggestion beats every sibling                         --
 rank       all implied pairs of the ranking (best first); ties: no pair    --
-edit       the person's edited text beats the original suggestion          --
-accept     an accepted suggestion beats every unaccepted sibling           --
+edit       the person's edited text beats the original suggestion, every   --
+           sibling and every unshown sample of the request
+accept     an accepted suggestion beats every unaccepted sibling and       --
+           every unshown sample of the request
 =========  ==============================================================  ======================
+
+Edits and accepts are demonstrations: as in DITTO (Shaikh et al. 2024, arXiv 2406.00888), what the
+person wrote or took is preferred over *every* model sample of that request -- the siblings shown
+and, with the reward-guided choice, the candidates drawn but not shown (the request's
+``options["choice"]["unshown"]``).
+
+Only within-request contrasts become pairs: two texts of one request share the context, the
+prompt and the policy that wrote them, so their difference is the person's taste and nothing else.
+The pointwise targets (stars as an absolute level) are the only signal across requests; the
+trainer weighs them by ``RewardTrainConfig.pointwise_weight``.
 
 Contradictory feedback on the same pair (e.g. thumbs say A > B, a later "best" says B) keeps the
 latest vote (highest feedback id). Each suggestion keeps only its latest pointwise target.
@@ -160,8 +172,10 @@ def _src(f: Any) -> str:
     return f"{f.kind}:{getattr(f, 'source', '') or ''}"
 
 
-def request_votes(suggestions: Sequence[Any], feedback: Sequence[Any]) -> tuple[list[_Vote], dict[int, tuple[float, float, str]]]:
-    """Pair votes and pointwise targets (suggestion id -> (order, target, source)) of one request."""
+def request_votes(suggestions: Sequence[Any], feedback: Sequence[Any], unshown: Sequence[str] = ()
+                  ) -> tuple[list[_Vote], dict[int, tuple[float, float, str]]]:
+    """Pair votes and pointwise targets (suggestion id -> (order, target, source)) of one request.
+    ``unshown``: the request's other samples, drawn but not shown (edits and accepts beat them too)."""
     text = {s.id: s.text for s in suggestions}
     votes: list[_Vote] = []
     points: dict[int, tuple[float, float, str]] = {}
@@ -203,18 +217,21 @@ def request_votes(suggestions: Sequence[Any], feedback: Sequence[Any]) -> tuple[
             if a in text and b in text:
                 votes.append(_Vote(f.id, text[a], text[b], 0.0, _src(f)))
 
-    # edit: the edited text beats the original suggestion
+    # edit: the edited text beats the original suggestion, every sibling and every unshown sample
+    unshown = [u for u in unshown if isinstance(u, str) and u.strip()]
     for f in by_kind.get("edit", []):
         if f.edited_text and f.edited_text.strip():
             votes.append(_Vote(f.id, f.edited_text, text[f.suggestion_id], 0.0, _src(f)))
+            for other in [s.text for s in suggestions if s.id != f.suggestion_id] + unshown:
+                votes.append(_Vote(f.id, f.edited_text, other, 0.0, _src(f)))
 
-    # accept: accepted beats every unaccepted sibling (an accept with value <= 0 is a retraction)
+    # accept: accepted beats every unaccepted sibling and every unshown sample (an accept with
+    # value <= 0 is a retraction)
     accepts = _latest(by_kind.get("accept", []))
     accepted = {sid: f for sid, f in accepts.items() if f.value is None or f.value > 0}
     for sid, f in accepted.items():
-        for s in suggestions:
-            if s.id not in accepted:
-                votes.append(_Vote(f.id, text[sid], s.text, 0.0, _src(f)))
+        for other in [s.text for s in suggestions if s.id not in accepted] + unshown:
+            votes.append(_Vote(f.id, text[sid], other, 0.0, _src(f)))
     return votes, points
 
 
@@ -239,7 +256,8 @@ def build_training_data(groups: Sequence[dict[str, Any]]) -> RewardData:
         ctx = context_of(req)
         group = f"request:{req.id}"
         suggestions = g.get("suggestions") or getattr(req, "suggestions", [])
-        votes, points = request_votes(suggestions, g["feedback"])
+        unshown = ((getattr(req, "options", None) or {}).get("choice") or {}).get("unshown") or []
+        votes, points = request_votes(suggestions, g["feedback"], unshown)
         for v in sorted(resolve_votes(votes), key=lambda v: v.order):
             data.pairs.append(PreferencePair(ctx, v.chosen, v.rejected, v.margin, 1.0, group, v.source))
         text = {s.id: s.text for s in suggestions}

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from assistant.lm.models import autocast_context, embedder_name
+from assistant.lm.config import embedder_name
+from assistant.lm.models import autocast_context
 from reward.config import RewardTrainConfig
 from reward.features import EmbeddingCache
 from reward.feedback import (

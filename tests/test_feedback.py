@@ -77,14 +77,27 @@ def test_rank_gives_all_implied_pairs_and_ties_none():
     assert _pairs(tied) == [("A", "B", 0.0), ("A", "C", 0.0)]
 
 
-def test_edit_preferred_over_original():
+def test_edit_beats_the_original_and_every_sibling():
     d = _data(_req(), [_fb(10, "edit", edited="A, but better")])
-    assert _pairs(d) == [("A, but better", "A", 0.0)]
+    assert _pairs(d) == [("A, but better", "A", 0.0), ("A, but better", "B", 0.0), ("A, but better", "C", 0.0)]
 
 
 def test_accept_beats_unaccepted_siblings():
     d = _data(_req(), [_fb(10, "accept", 1), _fb(12, "accept", 1)])
     assert _pairs(d) == [("A", "B", 0.0), ("C", "B", 0.0)]
+
+
+def test_edits_and_accepts_beat_every_unshown_sample_of_the_request():
+    # the reward-guided choice drew D and E too but showed A, B, C (DITTO: a demonstration beats
+    # every model sample of the request)
+    req = _req(options={"choice": {"unshown": ["D", "E"]}})
+    d = _data(req, [_fb(11, "accept", 1)])
+    assert _pairs(d) == [("B", "A", 0.0), ("B", "C", 0.0), ("B", "D", 0.0), ("B", "E", 0.0)]
+    d = _data(req, [_fb(12, "edit", edited="C2")])
+    assert _pairs(d) == [("C2", t, 0.0) for t in "ABCDE"]
+    # stars and best stay among what was shown: the person never saw D or E
+    d = _data(req, [_fb(10, "best"), _fb(10, "stars", 5), _fb(11, "stars", 1)])
+    assert {p.rejected for p in d.pairs} == {"B", "C"} and all(p.group == "request:1" for p in d.pairs)
 
 
 def test_contradiction_keeps_latest():
@@ -142,7 +155,7 @@ def test_feedback_through_services_becomes_training_data(tiny_services, kind, kw
     chosen = {p.chosen for p in data.pairs}
     if kind == "edit":
         assert chosen == {"Better words."}
-        assert {p.rejected for p in data.pairs} == {texts[ids[0]]}
+        assert {p.rejected for p in data.pairs} == set(texts.values())  # the original and every sibling
     else:
         assert texts[ids[0]] in chosen
     if kind == "stars":

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator
+
+import numpy as np
 
 from assistant.app.limits import Cancelled, GenerationGate, ServeLimits, Ticket
 from assistant.lm.config import (
@@ -26,9 +30,12 @@ from assistant.lm.config import (
     MODES,
     GenerationSettings,
 )
-from assistant.lm.generate import Generator
+from assistant.lm.generate import Generator, SuggestResult
 from assistant.lm.library import Library
 from assistant.lm.prompts import build_prompt
+from reward.feedback import context_of
+from reward.model import load_reward_model
+from reward.select import ChoiceConfig, choose, member_scores
 from storage.records import NotFound, StoreError
 from storage.store import Store
 
@@ -66,6 +73,11 @@ class SuggestRequest:
     document_id: int | None = None
     variety: bool = False
     """Candidates from different angles (GenerationSettings.variety)."""
+    draw: int | None = None
+    """Reward-guided choice: candidates drawn to choose the K shown from (None: the server's
+    ChoiceConfig.draw). Only used when the profile has a reward model."""
+    choice: bool | None = None
+    """Reward-guided choice on or off for this request (None: the server's ChoiceConfig.enabled)."""
 
     def generation(self, base: GenerationSettings | None = None) -> GenerationSettings:
         g = GenerationSettings(**asdict(base)) if base else GenerationSettings()
@@ -81,6 +93,9 @@ class SuggestResponse:
     suggestions: list[dict[str, Any]]
     material: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    choice: dict[str, Any] | None = None
+    """With reward-guided choice: reward_version, draw, drawn, kappa, explore (each suggestion
+    also carries its score and whether it was the exploration slot); None without."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,6 +154,11 @@ def validate_request(req: SuggestRequest, custom_styles: dict[str, str] | None =
         raise InputError("temperature must be between 0 and 5")
     if not 0.0 < float(req.top_p) <= 1.0:
         raise InputError("top_p must be in (0, 1]")
+    if req.draw is not None:
+        try:
+            ChoiceConfig(draw=int(req.draw)).validate()
+        except (TypeError, ValueError) as e:
+            raise InputError(str(e)) from None
     for s in (text, req.sample or "", req.style or "", *kws):
         if "\x00" in s:
             raise InputError("text contains a NUL character")
@@ -158,6 +178,8 @@ class Services:
         generation: GenerationSettings | None = None,
         default_profile: str = "default",
         limits: ServeLimits | None = None,
+        choice: ChoiceConfig | None = None,
+        embedder: Any = None,
     ):
         self.store, self.generator, self.library = store, generator, library
         self.model_name = model_name
@@ -168,10 +190,66 @@ class Services:
         """Every suggestion (UI, API) passes it: 1 generating + max_waiting waiting, the rest Busy."""
         if getattr(generator, "on_error", None) is None:
             generator.on_error = self._policy_load_failed
+        self.choice = choice or ChoiceConfig()
+        self.choice.validate()
+        self.embedder = embedder if embedder is not None else getattr(library, "embedder", None)
+        self._reward_models: dict[str, tuple[int, Any]] = {}  # profile -> (reward version id, model)
+        self._rm_lock = threading.Lock()
 
     def _policy_load_failed(self, version_id: int, message: str) -> None:
         """The generator could not load the live version (it keeps generating with what it has)."""
         self.store.add_event("policy_load_failed", message, self.default_profile, version_id)
+
+    # ------------------------------------------------------------------ reward-guided choice
+    def reward_model(self, profile: str) -> tuple[int, Any] | None:
+        """(version id, model) of the profile's published reward model, loaded once per version
+        (a cheap store query per request notices a newer one); None without one, without the
+        embedder, or for an LM-backbone reward model (choice needs the embedder heads)."""
+        if self.embedder is None:
+            return None
+        live = self.store.live_version(profile, "reward")
+        if live is None:
+            return None
+        with self._rm_lock:
+            cached = self._reward_models.get(profile)
+            if cached is not None and cached[0] == live.id:
+                return cached
+            try:
+                rm = load_reward_model(live.path, self.embedder, self.store)
+            except (OSError, ValueError, KeyError) as e:  # missing files, LM backbone, other embedder
+                log.warning("reward version %s cannot serve the choice: %s", live.id, e)
+                return None
+            self._reward_models[profile] = (live.id, rm)
+            return live.id, rm
+
+    def _chooser(self, req: SuggestRequest) -> tuple[int, Any, int] | None:
+        """(reward version, model, N) when this request gets reward-guided choice, else None."""
+        on = self.choice.enabled if req.choice is None else bool(req.choice)
+        draw = int(self.choice.draw if req.draw is None else req.draw)
+        if not on or draw <= int(req.k):
+            return None
+        live = self.reward_model(req.profile)
+        return None if live is None else (live[0], live[1], draw)
+
+    def _choose(self, req: SuggestRequest, options: dict[str, Any], result: SuggestResult,
+                chooser: tuple[int, Any, int]) -> tuple[SuggestResult, dict[str, Any]]:
+        """Score every drawn candidate with the reward model and keep the K to show (reward.select)."""
+        version, rm, draw = chooser
+        ctx = context_of(SimpleNamespace(mode=req.mode, text=req.text or "", options=self._stored_options(req, options)))
+        scores = member_scores(rm, ctx, result.texts)
+        rng = np.random.default_rng(None if req.seed is None else int(req.seed) + 7)
+        ch = choose(scores, int(req.k), self.choice.kappa, self.choice.explore, rng)
+        angles = result.angles or [""] * len(result.texts)
+        chosen = set(ch.indices)
+        info = {
+            "reward_version": int(version), "draw": draw, "drawn": len(result.texts), "kappa": self.choice.kappa,
+            "explore": self.choice.explore, "members": int(scores.shape[0]),
+            "scores": [round(x, 4) for x in ch.score], "mean": [round(x, 4) for x in ch.mean],
+            "spread": [round(x, 4) for x in ch.spread], "exploration": list(ch.exploration),
+            "unshown": [t for i, t in enumerate(result.texts) if i not in chosen],
+        }
+        shown = replace(result, texts=[result.texts[i] for i in ch.indices], angles=[angles[i] for i in ch.indices])
+        return shown, info
 
     # ------------------------------------------------------------------ suggestions
     def _prepare(self, req: SuggestRequest):
@@ -201,12 +279,20 @@ class Services:
             raise InputError(str(e)) from None
         return prompt, options, material
 
-    def _record(self, req: SuggestRequest, options, result, material, t0) -> SuggestResponse:
+    @staticmethod
+    def _stored_options(req: SuggestRequest, options: dict[str, Any]) -> dict[str, Any]:
+        """The request's options as the store keeps them (what the reward model's context reads)."""
         stored_opts = {k: v for k, v in options.items() if k not in ("custom_styles",)}
         stored_opts.update(
             k=req.k, temperature=req.temperature, top_p=req.top_p, max_new_tokens=req.max_new_tokens, seed=req.seed,
             variety=bool(req.variety),
         )
+        return stored_opts
+
+    def _record(self, req: SuggestRequest, options, result, material, t0, choice=None) -> SuggestResponse:
+        stored_opts = self._stored_options(req, options)
+        if choice is not None:
+            stored_opts["choice"] = choice  # scores and exploration aligned with the suggestions' idx
         if req.variety:
             stored_opts["angles"] = list(result.angles)  # aligned with the suggestions' idx
         rec = self.store.record_request(
@@ -219,26 +305,43 @@ class Services:
             suggestions=result.texts,
             document_id=req.document_id,
         )
+        suggestions = []
+        for i, (s, a) in enumerate(zip(rec.suggestions, result.angles or [""] * len(rec.suggestions))):
+            item = {"id": s.id, "text": s.text, **({"angle": a} if a else {})}
+            if choice is not None:
+                item.update(score=choice["scores"][i], exploration=bool(choice["exploration"][i]))
+            suggestions.append(item)
         return SuggestResponse(
             request_id=rec.id,
             policy_version=rec.policy_version,
-            suggestions=[{"id": s.id, "text": s.text, **({"angle": a} if a else {})}
-                         for s, a in zip(rec.suggestions, result.angles or [""] * len(rec.suggestions))],
+            suggestions=suggestions,
             material=material,
             seconds=round(time.perf_counter() - t0, 3),
+            choice=None if choice is None else {k: choice[k] for k in
+                                                ("reward_version", "draw", "drawn", "kappa", "explore", "members")},
         )
+
+    def _settings(self, req: SuggestRequest, chooser) -> GenerationSettings:
+        gen = req.generation(self.generation_defaults)
+        if chooser is not None:
+            gen.draw = chooser[2]
+        return gen
 
     def _generate(self, req: SuggestRequest, on_update: Callable[[list[str]], None] | None = None,
                   ticket: Ticket | None = None):
         """Validate and build the prompt, then (with a ticket: once it is this request's turn, until its
-        deadline) generate."""
+        deadline) generate; with a reward model, draw N and keep the K chosen to show."""
         prompt, options, material = self._prepare(req)
         if on_update is not None:
             on_update([])  # the input is valid: the request is accepted (it may wait for the model)
+        chooser = self._chooser(req)
         with ticket.generating() if ticket is not None else contextlib.nullcontext():
-            result = self.generator.suggest(prompt, req.text or "", req.generation(self.generation_defaults),
+            result = self.generator.suggest(prompt, req.text or "", self._settings(req, chooser),
                                             on_update=on_update, should_stop=ticket.should_stop if ticket else None)
-        return result, options, material
+        choice = None
+        if chooser is not None:
+            result, choice = self._choose(req, options, result, chooser)
+        return result, options, material, choice
 
     def suggest(self, req: SuggestRequest, ticket: Ticket | None = None,
                 on_update: Callable[[list[str]], None] | None = None) -> SuggestResponse:
@@ -248,15 +351,16 @@ class Services:
         t0 = time.perf_counter()
         ticket = ticket or self.gate.admit()
         try:
-            result, options, material = self._generate(req, on_update, ticket)
+            result, options, material, choice = self._generate(req, on_update, ticket)
         finally:
             ticket.release()
         if ticket.cancelled:
             raise Cancelled("the request was cancelled: nothing recorded")
-        return self._record(req, options, result, material, t0)
+        return self._record(req, options, result, material, t0, choice)
 
     def preview(self, req: SuggestRequest):
-        """Suggestions for `req` from the live policy, recording nothing (held-out evaluation)."""
+        """Suggestions for `req` from the live policy (with the reward-guided choice when it applies),
+        recording nothing (held-out evaluation)."""
         return self._generate(req)[0]
 
     def suggest_stream(self, req: SuggestRequest) -> Iterator[list[str] | SuggestResponse]:
@@ -265,9 +369,10 @@ class Services:
         prompt, options, material = self._prepare(req)
         ticket = self.gate.admit()
         result = None
+        chooser = self._chooser(req)
         try:
             with ticket.generating():
-                events = self.generator.stream(prompt, req.text or "", req.generation(self.generation_defaults),
+                events = self.generator.stream(prompt, req.text or "", self._settings(req, chooser),
                                                should_stop=ticket.should_stop)
                 with contextlib.closing(events):  # closed early (the reader left): generation stops
                     for ev in events:
@@ -277,7 +382,10 @@ class Services:
                             yield ev.partial
         finally:
             ticket.release()
-        yield self._record(req, options, result, material, t0)
+        choice = None
+        if chooser is not None:
+            result, choice = self._choose(req, options, result, chooser)
+        yield self._record(req, options, result, material, t0, choice)
 
     # ------------------------------------------------------------------ feedback
     def feedback(

@@ -21,11 +21,20 @@ BUILTIN_STYLES = ("formal", "casual", "concise", "vivid", "poetic")
 MAX_TEXT_CHARS = 20_000
 MAX_SAMPLE_CHARS = 10_000
 MAX_K = 8
+MAX_DRAW = 16
 MAX_NEW_TOKENS = 512
 MIN_SAMPLING_TEMPERATURE = 1e-3
 """Temperatures below this sample greedily (dividing logits by less overflows to inf)."""
 MAX_KEYWORDS = 32
 MAX_KEYWORD_CHARS = 64
+
+BUNDLED_EMBEDDER = "all-MiniLM-L6-v2"
+"""The name the bundled embedder's vectors are cached under."""
+
+
+def embedder_name(embedder) -> str:
+    """A stable name for an embedder's cache keys."""
+    return getattr(embedder, "inkloop_name", None) or BUNDLED_EMBEDDER
 
 
 def default_data_dir() -> Path:
@@ -81,6 +90,10 @@ class GenerationSettings:
     """Candidates shorter than this are not cut at a sentence boundary."""
     max_rounds: int = 3
     """Extra generate calls allowed to top up K distinct candidates after dedup."""
+    draw: int = 0
+    """Candidates drawn in the first batched call when the app chooses which K to show (the
+    reward-guided choice); 0 or <= k draws exactly k. All distinct ones come back (at most
+    max(k, draw)); top-up rounds only run to reach k."""
     variety: bool = False
     """Write the K candidates from different angles (assistant.prompts.ANGLES: as asked, sensory
     detail, brevity, warm tone, surprise) in continue and inspire, so they differ in more than
@@ -97,6 +110,8 @@ class GenerationSettings:
             raise ValueError(f"temperature must be in [0, 5], got {self.temperature}")
         if not 0.0 < float(self.top_p) <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= int(self.draw) <= MAX_DRAW:
+            raise ValueError(f"draw must be between 0 and {MAX_DRAW}, got {self.draw}")
         if not 1 <= int(self.max_new_tokens) <= MAX_NEW_TOKENS:
             raise ValueError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS}, got {self.max_new_tokens}")
 

@@ -441,7 +441,9 @@ class Generator:
         should_stop: Callable[[], bool] | None = None,
     ) -> SuggestResult:
         """K distinct cleaned candidates for one prompt (tops up after dedup, up to max_rounds).
-        Once `should_stop()` is true, generation ends and what was written so far is returned."""
+        With gen.draw > K the first call draws that many rows and every distinct one is returned
+        (the app chooses which K to show); partial updates show the first K rows. Once
+        `should_stop()` is true, generation ends and what was written so far is returned."""
         stopped = should_stop or (lambda: False)
         gen.validate()
         t0 = time.perf_counter()
@@ -459,7 +461,7 @@ class Generator:
             rounds, row = 0, 0
             while len(kept) < gen.k and rounds < 1 + gen.max_rounds and not stopped():
                 need = gen.k - len(kept)
-                n = gen.k if rounds == 0 else max(2, need)
+                n = max(gen.k, int(gen.draw)) if rounds == 0 else max(2, need)
                 row_angles = [angles[(row + i) % len(angles)] for i in range(n)]
                 row += n
                 done_before = list(kept)
@@ -475,14 +477,14 @@ class Generator:
                 cleaned = [clean_candidate(r, prompt.mode, source_text, f) for r, f in zip(raw, finished)]
                 for text, a in zip(cleaned, row_angles):
                     angle_of.setdefault(_norm(text), a)
-                kept = dedupe(kept + cleaned)[: gen.k]
+                kept = dedupe(kept + cleaned)[: max(gen.k, int(gen.draw))]
                 rounds += 1
                 if float(gen.temperature) < MIN_SAMPLING_TEMPERATURE:
                     break  # greedy cannot produce new candidates
         result = SuggestResult(kept, prompt_text, version, time.perf_counter() - t0, rounds, raw_all,
                                [angle_of.get(_norm(t), "") for t in kept])
         if on_update is not None:
-            on_update(list(kept))
+            on_update(list(kept[: gen.k]))
         return result
 
     def stream(

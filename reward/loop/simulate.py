@@ -5,9 +5,15 @@
          recorded in the store)
       -> the rater's stars for every candidate and its best pick, through assistant.feedback
          (source="simulated"), exactly the path the UI takes
-      -> whenever the learner's rule says so (LearnerConfig.min_new_feedback new ratings), one
-         Learner.run_once(): retrain the reward model, recheck the live version, RL, the guards,
-         evaluate, publish or discard (the same cycle, guards and publish path as `inkloop serve`)
+      -> whenever the learner's rule says so (LearnerConfig.min_new_feedback new ratings) and the
+         learner is free, one Learner.run_once(): retrain the reward model, recheck the live
+         version, RL, the guards, evaluate, publish or discard (the same cycle, guards and publish
+         path as `inkloop serve`). With ``learner_seconds_per_rating`` S > 0 the learner's compute
+         is rationed as in the product: each rating gives it S CPU-seconds (the time the person
+         spends reading and rating), each cycle spends its measured process CPU time, and a cycle
+         that is due while the learner is still in debt waits (the learner was busy). The one
+         optimism left: a cycle's version is served as soon as the cycle ends, not S * its length
+         later.
       -> the generator hot-swaps the published adapter before the next suggestion
 
 The rater reaches the policy only through stored feedback. At the end it judges, pairwise, the live
@@ -51,9 +57,10 @@ class Shown:
 
 class Assistant(Protocol):
     def suggest(self, prompt: EvalPrompt, k: int, seed: int | None, *, variety: bool = False,
-                record: bool = True) -> Shown:
+                record: bool = True, choice: bool | None = None) -> Shown:
         """Suggestions for `prompt` from the live policy; `record=False` leaves the store untouched
-        (the held-out comparison)."""
+        (the held-out comparison); `choice` turns the reward-guided choice on or off (None: the
+        app's default: on once the profile has a reward model)."""
 
     def feedback(self, suggestion_id: int, kind: str, value: Any = None, source: str = "simulated") -> Any:
         """One rating, through the path the UI takes."""
@@ -84,6 +91,13 @@ class SimResult:
     """The versions published, in order."""
     examples: list[dict[str, str]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    heldout: dict[str, list[list[str]]] = field(default_factory=dict)
+    """Held-out texts per prompt: base (before any rating), final (the live policy with the
+    reward-guided choice, what the person is shown) and final_policy (the live policy alone)."""
+    learner_cpu_s: float = 0.0
+    """Process CPU seconds the learner's cycles took in all."""
+    postponed: int = 0
+    """Due learner cycles postponed because the learner had spent more than it earned."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,29 +127,36 @@ def interleave_modes(prompts: Sequence[EvalPrompt], rng: random.Random) -> list[
 
 # ----------------------------------------------------------------------------- the run
 def simulate(assistant: Assistant, learner: Learner, rater: Rater, cfg: SimConfig,
-             progress: Callable[[str], None] | None = None) -> SimResult:
+             progress: Callable[[str], None] | None = None,
+             base_heldout: list[list[str]] | None = None) -> SimResult:
     """Run the loop with `rater` in the person's place (see the module doc). `learner` is the
-    product's Learner on the same store and profile as `assistant`."""
+    product's Learner on the same store and profile as `assistant`. `base_heldout`: the base
+    model's held-out suggestions for this config's seed from an earlier run (they depend on the
+    seed and the prompts only, not on the rater), so that they are not generated again."""
     say = progress or log.info
     t0 = time.perf_counter()
     rng = random.Random(cfg.seed)
     train = load_prompts(cfg.prompts_path, split="train")
     held = load_prompts(cfg.prompts_path, split="heldout")
+    if cfg.heldout_limit:
+        held = held[: cfg.heldout_limit]
     curves: dict[str, list[tuple[int, float]]] = {
         k: [] for k in ("sim/stars", "sim/utility", "rm/accuracy", "rl/reward", "rl/kl", "eval/kl")}
 
-    def heldout(tag: str) -> list[list[str]]:
+    def heldout(tag: str, choice: bool | None = None) -> list[list[str]]:
         out = []
         for j, p in enumerate(held):
-            s = assistant.suggest(p, cfg.heldout_samples, seed=cfg.seed * 1000 + j, record=False)
+            s = assistant.suggest(p, cfg.heldout_samples, seed=cfg.seed * 1000 + j, record=False, choice=choice)
             out.append((list(s.texts) + [""] * cfg.heldout_samples)[: cfg.heldout_samples])
         say(f"[{tag}] held-out suggestions for {len(held)} prompts (policy v{s.policy_version})")
         return out
 
     # 0. the base model's held-out suggestions (generated, not recorded or rated)
-    base_held = heldout("base")
+    base_held = base_heldout if base_heldout is not None else heldout("base")
 
     ratings, cycles, published, order, empty_in_a_row = 0, [], [], [], 0
+    earned = spent = 0.0  # the learner's CPU-seconds (learner_seconds_per_rating)
+    postponed = 0
     while ratings < cfg.budget:
         if not order:
             order = interleave_modes(train, rng)
@@ -151,6 +172,7 @@ def simulate(assistant: Assistant, learner: Learner, rater: Rater, cfg: SimConfi
         # 2. stars and the best pick, through the UI's feedback path
         stars = rate_suggestions(rater, p.fields(), shown.ids, shown.texts, cfg.budget - ratings, assistant.feedback)
         ratings += len(stars)
+        earned += cfg.learner_seconds_per_rating * len(stars)
         curves["sim/stars"].append((ratings, float(np.mean(stars))))
         curves["sim/utility"].append((ratings, float(np.mean(rater.utilities(shown.texts, p.fields())))))
         say(f"  {ratings}/{cfg.budget} ratings: stars {stars} (policy v{shown.policy_version})")
@@ -158,7 +180,12 @@ def simulate(assistant: Assistant, learner: Learner, rater: Rater, cfg: SimConfi
         due = learner.new_feedback() >= learner.cfg.min_new_feedback
         if not due and ratings < cfg.budget:
             continue
+        if cfg.learner_seconds_per_rating > 0 and spent > earned:
+            postponed += 1  # the learner is still busy with the last cycle
+            continue
+        c0 = time.process_time()
         res = learner.run_once(force=ratings >= cfg.budget)
+        spent += time.process_time() - c0
         if res.outcome == "skipped":
             continue
         m = res.metrics
@@ -166,13 +193,16 @@ def simulate(assistant: Assistant, learner: Learner, rater: Rater, cfg: SimConfi
             if name in m and np.isfinite(m[name]):
                 curves[name].append((ratings, float(m[name])))
         cycles.append({"ratings": ratings, "outcome": res.outcome, "reason": res.reason,
-                       "version": res.version_id, "guards": [g.guard for g in res.guards]})
+                       "version": res.version_id, "guards": [g.guard for g in res.guards],
+                       "cpu_s": round(spent, 1), "earned_s": round(earned, 1)})
         if res.outcome == "published":
             published.append(int(res.version_id))
         say(f"cycle {len(cycles)} at {ratings} ratings: {res.outcome} — {res.reason} ({time.perf_counter() - t0:.0f}s)")
 
     # 4. the live policy against the base, judged by the rater on held-out prompts
-    final_held = heldout("final")
+    final_held = heldout("final")  # what the person is shown: with the reward-guided choice
+    # with no policy ever published the live policy is the base model: the same seeds give the same texts
+    policy_held = heldout("final, policy alone", choice=False) if published else base_held
     outcomes, examples = [], []
     for p, bs, fs in zip(held, base_held, final_held):
         outcomes += [rater.judge(f, b, p.fields()) for b, f in zip(bs, fs)]
@@ -190,6 +220,8 @@ def simulate(assistant: Assistant, learner: Learner, rater: Rater, cfg: SimConfi
         wins=wins, ties=ties, losses=losses, win_rate=wr["win_rate"], ci_low=wr["ci_low"], ci_high=wr["ci_high"],
         n_pairs=int(wr["n"]), kl=kl, seconds=time.perf_counter() - t0, curves=curves, cycles=cycles,
         policy_versions=published, examples=examples, config=asdict(cfg),
+        heldout={"base": base_held, "final": final_held, "final_policy": policy_held},
+        learner_cpu_s=spent, postponed=postponed,
     )
     learner.store.log_metrics(live.id if live else None, {
         "eval/sim_win_rate": result.win_rate, "eval/sim_win_ci_low": result.ci_low,

@@ -36,6 +36,7 @@ from assistant.app.services import InputError, Services, SuggestRequest
 from assistant.lm.config import (
     BUILTIN_STYLES,
     INSPIRE_KINDS,
+    MAX_DRAW,
     MAX_K,
     MAX_KEYWORD_CHARS,
     MAX_KEYWORDS,
@@ -99,12 +100,21 @@ class SuggestIn(_In):
     variety: bool = Field(False, description=(
         "continue/inspire: write the candidates from different angles (as asked, sensory detail, brevity, "
         "warm tone, surprise) rather than K samples of one prompt."))
+    draw: int | None = Field(None, ge=1, le=MAX_DRAW, description=(
+        "Reward-guided choice: candidates drawn to choose the K shown from (default: the server's setting). "
+        "Only used once the profile has a reward model."))
+    choice: bool | None = Field(None, description=(
+        "Reward-guided choice on or off for this request (default: on once the profile has a reward model)."))
 
 
 class SuggestionOut(BaseModel):
     id: int = Field(description="Suggestion id: rate it with POST /feedback.")
     text: str
     angle: str | None = Field(None, description="With variety: the angle this candidate was written from.")
+    score: float | None = Field(None, description=(
+        "With reward-guided choice: the reward model's conservative score (ensemble mean - kappa * spread)."))
+    exploration: bool | None = Field(None, description=(
+        "With reward-guided choice: true for the exploration slot (shown to learn, not because it scored best)."))
 
 
 class SuggestOut(BaseModel):
@@ -113,6 +123,9 @@ class SuggestOut(BaseModel):
     suggestions: list[SuggestionOut]
     material: list[dict[str, Any]] = Field(description="Library snippets used as material (inspire mode).")
     seconds: float = Field(description="Server-side wall time of the request.")
+    choice: dict[str, Any] | None = Field(None, description=(
+        "With reward-guided choice: reward_version, draw (N asked), drawn (distinct candidates), kappa, "
+        "explore, members; null when the K shown were all that was drawn."))
 
 
 class FeedbackIn(_In):

@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from assistant.app.cli.flags import FlagError
+from assistant.app.cli.flags import FlagError, from_args
 from assistant.lm.config import (
     GenerationSettings,
     ModelSettings,
 )
+from reward.select import ChoiceConfig
 
 _IMPORT_T0 = time.time()
 
@@ -129,9 +130,9 @@ def build_services(args: argparse.Namespace, store=None, lm=None, embedder=None,
                    busy=None):
     """Compose Store + Generator (hot-swapping the live policy) + Library + Services."""
     from assistant.app.services import Services
+    from assistant.lm.config import embedder_name
     from assistant.lm.generate import Generator
     from assistant.lm.library import Library
-    from assistant.lm.models import embedder_name
 
     store = store if store is not None else open_store(args)
     if lm is None:
@@ -143,4 +144,6 @@ def build_services(args: argparse.Namespace, store=None, lm=None, embedder=None,
                     device=lm.device, busy=busy)
     box["g"] = gen
     library = Library(store, embedder, embedder_name(embedder)) if embedder is not None else None
-    return Services(store, gen, library, model_name=lm.name, generation=GenerationSettings(), default_profile=profile)
+    choice = from_args(ChoiceConfig, args, prefix="choice_")  # the serve flags --choice-*, else the defaults
+    return Services(store, gen, library, model_name=lm.name, generation=GenerationSettings(), default_profile=profile,
+                    choice=choice, embedder=embedder)

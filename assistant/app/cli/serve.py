@@ -23,12 +23,15 @@ from assistant.app.cli.common import (
     process_age,
     say,
 )
+from reward.select import EXPLORE, ChoiceConfig
 
 if TYPE_CHECKING:
     from assistant.app.services import Services
     from assistant.app.supervisor import LearnerSupervisor
+from assistant.app.cli.flags import add_flags
 from assistant.lm.config import (
     INSPIRE_KINDS,
+    MAX_DRAW,
     MAX_K,
     MODES,
     GenerationSettings,
@@ -157,6 +160,8 @@ def _suggest_request(args: argparse.Namespace):
         seed=args.seed,
         profile=args.profile,
         variety=args.variety,
+        draw=args.draw,
+        choice=args.choice,
     )
 
 def cmd_suggest(args: argparse.Namespace) -> int:
@@ -170,6 +175,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         validate_request(req, store.styles(args.profile))  # fail fast, before loading any model
         # the embedder is only needed to find library material for inspire mode
         need_emb = args.mode == "inspire" and store.counts(args.profile)["library"] > 0
+        # ... and by the reward-guided choice, once the profile has a reward model
+        need_emb = need_emb or (req.choice is not False and store.live_version(args.profile, "reward") is not None)
         services = build_services(args, store=store, with_embedder=need_emb)
         res = services.suggest(req)
         if args.json:
@@ -178,8 +185,12 @@ def cmd_suggest(args: argparse.Namespace) -> int:
             print(f"request {res.request_id} (policy version {res.policy_version}, {res.seconds:.1f} s)")
             for m in res.material:
                 print(f"  material: {m['text'][:70]}")
+            if res.choice:
+                print(f"  reward-guided choice: best {len(res.suggestions)} of {res.choice['drawn']} drawn by reward "
+                      f"model v{res.choice['reward_version']}; the exploration slot is marked (explore)")
             for s in res.suggestions:
-                print(f"\n[{s['id']}] {s['text']}")
+                tag = "" if "score" not in s else f" (score {s['score']:+.2f}{', explore' if s['exploration'] else ''})"
+                print(f"\n[{s['id']}]{tag} {s['text']}")
             if not res.suggestions:
                 print("(the model produced no usable suggestion; try again or raise the temperature)")
     finally:
@@ -267,6 +278,7 @@ def register(sub, parent) -> None:
                    help="do not compile the fast decode path (every request uses transformers' generate)")
     p.add_argument("--token", default=None,
                    help="access token (or INKLOOP_TOKEN); required with a --host other than loopback")
+    add_flags(p, ChoiceConfig, prefix="choice_", choices={"explore": EXPLORE})
     p.add_argument("--no-learner", action="store_true", help="do not start the background learner process")
     p.add_argument("--learner-threads", type=int, default=1, help="torch threads of the learner process (default 1)")
     p.add_argument("--learner-no-yield", action="store_true",
@@ -285,6 +297,11 @@ def register(sub, parent) -> None:
     p.add_argument("--top-p", type=float, default=g.top_p, help="default %(default)s")
     p.add_argument("--max-new-tokens", type=int, default=g.max_new_tokens, help="default %(default)s")
     p.add_argument("--seed", type=int, default=None, help="reproducible sampling")
+    p.add_argument("--draw", type=_int_in(1, MAX_DRAW), default=None, metavar="N",
+                   help="reward-guided choice: draw N candidates and show the reward model's best K "
+                        f"(1..{MAX_DRAW}; default: ChoiceConfig.draw = {ChoiceConfig.draw})")
+    p.add_argument("--choice", action=argparse.BooleanOptionalAction, default=None,
+                   help="reward-guided choice on/off (default: on once the profile has a reward model)")
     p.add_argument("--variety", action="store_true",
                    help="continue/inspire: candidates from different angles (detail, brevity, tone, surprise)")
     p.add_argument("--json", action="store_true", help="print JSON with request_id, policy_version and ids")

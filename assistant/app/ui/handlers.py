@@ -185,6 +185,12 @@ def run_suggest(services: Services, req: SuggestRequest, source: str) -> Iterato
                     f"policy {pv} · model `{services.model_name or '?'}` · request #{ev.request_id} · "
                     f"{ev.seconds:.1f} s"
                 )
+                if ev.choice:
+                    explore = [i + 1 for i, s in enumerate(ev.suggestions) if s.get("exploration")]
+                    info += (f" · best {len(items)} of {ev.choice['drawn']} drawn, chosen by reward model "
+                             f"v{ev.choice['reward_version']} (scores "
+                             + ", ".join(f"{s.get('score', 0):+.2f}" for s in ev.suggestions) + ")"
+                             + (f" · #{explore[0]} is the exploration slot (shown to learn your taste)" if explore else ""))
                 if any(s.get("angle") for s in ev.suggestions):
                     info += " · angles: " + ", ".join(
                         f"{i + 1} {ANGLE_NAMES.get(s.get('angle', ''), s.get('angle', ''))}"
@@ -205,7 +211,8 @@ def run_suggest(services: Services, req: SuggestRequest, source: str) -> Iterato
         log.exception("suggestion failed")
         raise gr.Error(f"generation failed: {type(e).__name__}: {e}") from None
 
-def _req(services, mode, profile, k, temperature, top_p, max_new_tokens, seed, variety=False, **kw) -> SuggestRequest:
+def _req(services, mode, profile, k, temperature, top_p, max_new_tokens, seed, variety=False, draw=None, choice=None,
+         **kw) -> SuggestRequest:
     try:
         k = int(k)
         max_new_tokens = int(max_new_tokens)
@@ -213,24 +220,26 @@ def _req(services, mode, profile, k, temperature, top_p, max_new_tokens, seed, v
         raise gr.Error("K and max new tokens must be whole numbers") from None
     return SuggestRequest(
         mode=mode, profile=_profile(services, profile), k=k, temperature=float(temperature), top_p=float(top_p),
-        max_new_tokens=max_new_tokens, seed=_seed(seed), variety=bool(variety), **kw,
+        max_new_tokens=max_new_tokens, seed=_seed(seed), variety=bool(variety),
+        draw=None if draw in (None, "") else int(draw), choice=None if choice is None else bool(choice), **kw,
     )
 
-def suggest_continue(services, profile, draft, doc_id, k, temperature, top_p, max_new_tokens, seed, variety=False):
-    req = _req(services, "continue", profile, k, temperature, top_p, max_new_tokens, seed, variety,
+def suggest_continue(services, profile, draft, doc_id, k, temperature, top_p, max_new_tokens, seed, variety=False,
+                     draw=None, choice=None):
+    req = _req(services, "continue", profile, k, temperature, top_p, max_new_tokens, seed, variety, draw, choice,
                text=draft or "", document_id=int(doc_id) if doc_id is not None else None)
     yield from run_suggest(services, req, source=draft or "")
 
 def suggest_restyle(services, profile, passage, style, sample, k, temperature, top_p, max_new_tokens, seed,
-                    variety=False):  # restyle takes no angle: the person named the style
+                    variety=False, draw=None, choice=None):  # restyle takes no angle: the person named the style
     style = style or None
-    req = _req(services, "restyle", profile, k, temperature, top_p, max_new_tokens, seed,
+    req = _req(services, "restyle", profile, k, temperature, top_p, max_new_tokens, seed, False, draw, choice,
                text=passage or "", style=style, sample=(sample or None) if style in (None, SAMPLE_STYLE) else None)
     yield from run_suggest(services, req, source=passage or "")
 
 def suggest_inspire(services, profile, keywords, theme, kind, k, temperature, top_p, max_new_tokens, seed,
-                    variety=False):
-    req = _req(services, "inspire", profile, k, temperature, top_p, max_new_tokens, seed, variety,
+                    variety=False, draw=None, choice=None):
+    req = _req(services, "inspire", profile, k, temperature, top_p, max_new_tokens, seed, variety, draw, choice,
                text=theme or "", keywords=keywords or "", inspire_kind=kind or "ideas")
     yield from run_suggest(services, req, source=theme or "")
 

@@ -63,6 +63,7 @@ from assistant.app.ui.handlers import (
 from assistant.lm.config import (
     ASSETS,
     INSPIRE_KINDS,
+    MAX_DRAW,
     MAX_K,
     MAX_NEW_TOKENS,
 )
@@ -238,6 +239,12 @@ def build_ui(services: Services, tabs: Sequence[Tab] = ()) -> gr.Blocks:
                     variety = gr.Checkbox(value=g.variety, label="Varied angles", elem_id="variety",
                                           info="Continue/inspire: candidates from different angles "
                                                "(detail, brevity, tone, surprise).")
+                    choice_on = gr.Checkbox(value=services.choice.enabled, label="Reward-guided choice",
+                                            elem_id="choice",
+                                            info="Once you have rated enough for a reward model: draw N candidates "
+                                                 "and show the best K by it, one slot kept for exploration.")
+                    draw = gr.Slider(1, MAX_DRAW, value=services.choice.draw, step=1, label="Draw N candidates",
+                                     elem_id="draw")
                 profile = gr.Textbox(value=services.default_profile, label="Profile", max_lines=1,
                                      info="Each profile has its own drafts, ratings and learned policy.",
                                      elem_id="profile")
@@ -269,7 +276,7 @@ def build_ui(services: Services, tabs: Sequence[Tab] = ()) -> gr.Blocks:
         save_sel.click(lambda p, d, s: save_draft_to_library(S, p, d, s), inputs=[profile, draft, selection],
                        outputs=[draft_status])
 
-        sampling = [k, temperature, top_p, max_new, seed, variety]
+        sampling = [k, temperature, top_p, max_new, seed, variety, draw, choice_on]
         suggest_outputs = [*rows, *boxes, *stars, *msgs, cands, info, material]
         common = dict(outputs=suggest_outputs, show_progress="minimal", show_progress_on=[info],
                       concurrency_id="generate")

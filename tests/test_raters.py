@@ -1,0 +1,41 @@
+"""The raters added for benchmarks/learning.py, worked out by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from reward.eval.raters import (
+    RATERS,
+    alliteration_utility,
+    dialogue_utility,
+    first_person_utility,
+    make_rater,
+)
+
+
+def test_dialogue_needs_a_quoted_line_of_two_words():
+    assert dialogue_utility('She said, "Come home now." Then she left.', {}) == 1.0
+    assert dialogue_utility("He whispered “not yet” and waited by the door.", {}) == 1.0
+    assert dialogue_utility('The sign read "Exit" above the door frame.', {}) == 0.0  # one word
+    assert dialogue_utility("No talk here at all.", {}) == 0.0
+    assert dialogue_utility('"Go now"', {}) == 0.5  # two words: _substance 2/4
+
+
+def test_first_person_counts_first_person_words_to_three():
+    assert first_person_utility("The cat sat on the warm mat.", {}) == 0.0
+    assert first_person_utility("My cat sat on the warm mat.", {}) == pytest.approx(1 / 3)
+    assert first_person_utility("I think my friend and I went out.", {}) == 1.0
+
+
+def test_alliteration_counts_neighbouring_long_words_with_one_initial():
+    # long words: silver sails bright brass bells -> silver/sails, bright/brass, brass/bells
+    assert alliteration_utility("The silver sails and bright brass bells.", {}) == 1.0
+    # long words: many mice ... -> many/mice only ("made" is 4 letters but follows "mice": a pair too)
+    assert alliteration_utility("So many mice made a nest there.", {}) == 1.0
+    assert alliteration_utility("Many small dogs barked at night.", {}) == 0.0
+    assert alliteration_utility("The great green door opened slowly.", {}) == 0.5  # great/green
+
+
+def test_new_raters_are_registered():
+    for name in ("dialogue", "firstperson", "alliteration"):
+        assert name in RATERS and make_rater(name).name == name
