@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _lint(root: Path) -> subprocess.CompletedProcess:
-    exe = shutil.which("lint-imports") or pytest.skip("import-linter is not installed")
+    exe = shutil.which("lint-imports") or pytest.fail("import-linter is not installed: pip install -e '.[test]'")
     return subprocess.run([exe, "--config", str(root / "pyproject.toml")], cwd=root, capture_output=True, text=True,
                           env={"PATH": str(Path(sys.executable).parent), "PYTHONPATH": str(root)})
 
