@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from assistant.lm.config import BUNDLED_EMBEDDER, ModelSettings, embedder_name  # noqa: F401 (re-exported for load_embedder)
+from assistant.lm.config import ModelSettings
 
 log = logging.getLogger(__name__)
 
