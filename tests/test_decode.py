@@ -339,3 +339,16 @@ def test_compiled_step_matches_generate(tiny_lm, backend):
     ids, att = _enc(tok, PROMPTS)
     sp = Sampling.make(0.0, 1.0, 1.3, [tok.eos_token_id], tok.pad_token_id, "cpu")
     assert torch.equal(fd.decode(key, model, ids, att, 20, sp), _reference(model, tok, ids, att, 20, 1.3))
+
+
+def test_model_key_of_the_base_model_under_a_peft_model(tiny_lm):
+    """Once peft wraps it, the base model carries a peft_config and transformers' active_adapters()
+    *method*: its key must still be computable (it used to raise in the compile thread when the
+    first adapter was loaded during the start-up compile, and the thread died)."""
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = tiny_lm
+    before = model_key(model)
+    pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    assert model_key(model) != before  # its modules changed
+    assert model_key(pm) != model_key(model)

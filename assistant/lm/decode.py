@@ -549,4 +549,10 @@ def model_key(model: torch.nn.Module) -> Hashable:
         parts.append((name, getattr(c, "r", None), getattr(c, "lora_alpha", None),
                       tuple(sorted(getattr(c, "target_modules", None) or ())), getattr(c, "use_rslora", None),
                       getattr(c, "use_dora", None)))
-    return (id(model), tuple(parts), tuple(getattr(model, "active_adapters", ()) or ()))
+    active = getattr(model, "active_adapters", ())
+    if callable(active):  # the base model under a PeftModel: transformers' method, not peft's list
+        try:
+            active = active()
+        except ValueError:
+            active = ()
+    return (id(model), tuple(parts), tuple(active or ()))
