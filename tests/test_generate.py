@@ -7,13 +7,8 @@ import torch
 
 from assistant.lm.adapters import ADAPTER_SUBDIR
 from assistant.lm.config import GenerationSettings
-from assistant.lm.generate import (
-    Generator,
-    clean_candidate,
-    cut_at_boundary,
-    dedupe,
-    strip_echo,
-)
+from assistant.lm.cleaning import clean_candidate, cut_at_boundary, dedupe, strip_echo
+from assistant.lm.generate import Generator
 from assistant.lm.prompts import build_prompt, render
 
 
