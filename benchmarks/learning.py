@@ -182,13 +182,13 @@ def cached_generator(model, tokenizer, version_source):
     from assistant.lm.prompts import render
 
     class CachingGenerator(Generator):
-        def suggest(self, prompt, source_text, gen, on_update=None, should_stop=None):
-            self.refresh_policy()
+        def suggest(self, prompt, source_text, gen, on_update=None, should_stop=None, profile="default"):
+            self.refresh_policy(profile)
             if self.policy_version != 0 or gen.seed is None or on_update is not None or should_stop is not None:
-                return super().suggest(prompt, source_text, gen, on_update, should_stop)
+                return super().suggest(prompt, source_text, gen, on_update, should_stop, profile=profile)
             key = json.dumps([render(prompt, self.tokenizer), source_text, asdict(gen)], sort_keys=True)
             if key not in BASE_CACHE:
-                BASE_CACHE[key] = super().suggest(prompt, source_text, gen)
+                BASE_CACHE[key] = super().suggest(prompt, source_text, gen, profile=profile)
             return copy.deepcopy(BASE_CACHE[key])
 
     return CachingGenerator(model, tokenizer, version_source=version_source)
@@ -228,7 +228,7 @@ def run_cell(cfg: LearningBenchConfig, rater: str, seed: int, run: str, model, t
     try:
         base = model
         base.requires_grad_(False)
-        gen = cached_generator(copy.deepcopy(base), tokenizer, policy_source(store, profile))
+        gen = cached_generator(copy.deepcopy(base), tokenizer, policy_source(store))
         services = Services(store, gen, Library(store, embedder), model_name=model_name, default_profile=profile,
                             choice=ChoiceConfig(draw=cfg.draw))
         learner = Learner(store, ddir, profile, lambda: (copy.deepcopy(base), tokenizer), embedder, sim.learner)

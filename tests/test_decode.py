@@ -296,7 +296,7 @@ def test_hot_swap_reuses_the_compiled_step(tiny_lm, tmp_path):
 
     model, tok = tiny_lm
     live = {"v": None}
-    g = Generator(model, tok, version_source=lambda: live["v"])
+    g = Generator(model, tok, version_source=lambda _profile: live["v"])
     fd = g.start_fast_path(DecodeSettings(backend="eager", warmup=((4, 256),)))
     assert fd.wait_ready(model_key(g.model), 4, 256, timeout=120)
     p = build_prompt("continue", "The rain had not stopped.")
@@ -322,7 +322,7 @@ def test_hot_swap_reuses_the_compiled_step(tiny_lm, tmp_path):
     # the in-place swap gives what loading v2 from scratch gives
     from assistant.lm.tiny import build_tiny_lm
 
-    fresh = Generator(build_tiny_lm(seed=0, tokenizer=tok)[0], tok, version_source=lambda: live["v"])
+    fresh = Generator(build_tiny_lm(seed=0, tokenizer=tok)[0], tok, version_source=lambda _profile: live["v"])
     assert fresh.suggest(p, "", gen).raw == v2
 
 

@@ -41,7 +41,7 @@ def test_merged_export_matches_live_policy(store, tmp_path, tiny_model_dir):
                      metrics={"rl/kl": 0.02, "rm/accuracy": 0.8}, publish=True)
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    gen = Generator(base, tok, version_source=policy_source(store, "default"))
+    gen = Generator(base, tok, version_source=policy_source(store))
     assert gen.refresh_policy() == v.id
     ids = torch.tensor([[3, 14, 15, 92, 65, 35]])
     with torch.no_grad():
@@ -160,7 +160,7 @@ def test_export_through_the_api_stays_in_exports_dir(store, tmp_path, tiny_model
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    services = Services(store, Generator(model, tok, version_source=policy_source(store, "default")), None, "tiny")
+    services = Services(store, Generator(model, tok, version_source=policy_source(store)), None, "tiny")
     client = TestClient(build_app(services, with_ui=False))
     data_dir = store.path.parent
 

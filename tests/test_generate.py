@@ -175,7 +175,7 @@ def test_generator_hot_swaps_the_live_adapter(tiny_lm, tmp_path):
 
     model, tok = tiny_lm
     live: dict[str, object] = {"v": None}
-    g = Generator(model, tok, version_source=lambda: live["v"])
+    g = Generator(model, tok, version_source=lambda _profile: live["v"])
     p = build_prompt("continue", "The rain had not stopped.")
     base = g.suggest(p, "The rain had not stopped.", _gen(seed=11, temperature=0.0, k=1)).texts
 

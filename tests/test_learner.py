@@ -445,7 +445,7 @@ def test_short_learn_cycle_on_the_real_model(store, tmp_path, real_lm, embedder)
     print(f"real-model learn cycle: {seconds:.1f} s, metrics {dict(sorted(live.metrics.items()))}")
 
     gen = Generator(copy.deepcopy(base), real_lm.tokenizer,
-                    version_source=lambda: (live.id, live.path))
+                    version_source=lambda _profile: (live.id, live.path))
     assert gen.refresh_policy() == live.id
 
 

@@ -103,7 +103,7 @@ def test_at_start_an_unloadable_live_version_falls_back_to_the_newest_loadable_o
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     prepare_tokenizer(tok)
     box = {}
-    gen = Generator(model, tok, version_source=policy_source(store, "default", lambda: box["g"].failed_versions))
+    gen = Generator(model, tok, version_source=policy_source(store, lambda: box["g"].failed_versions))
     box["g"] = gen
     svc = Services(store, gen, None, model_name="tiny")
     assert svc.suggest(_req()).policy_version == v1.id

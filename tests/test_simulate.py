@@ -75,7 +75,7 @@ def tiny_loop(tok, store, embedder, tmp_path, cfg: SimConfig, profile: str = "si
 
     gen_model, _ = build_tiny_lm(seed=0, tokenizer=tok)
     base, _ = build_tiny_lm(seed=0, tokenizer=tok)
-    services = Services(store, Generator(gen_model, tok, version_source=policy_source(store, profile)),
+    services = Services(store, Generator(gen_model, tok, version_source=policy_source(store)),
                         Library(store, embedder), model_name="tiny", default_profile=profile)
     learner = Learner(store, tmp_path, profile, lambda: (copy.deepcopy(base), tok), embedder, cfg.learner)
     return services, ServicesAssistant(services, profile, cfg.max_new_tokens, cfg.temperature), learner

@@ -196,9 +196,10 @@ class Services:
         self._reward_models: dict[str, tuple[int, Any]] = {}  # profile -> (reward version id, model)
         self._rm_lock = threading.Lock()
 
-    def _policy_load_failed(self, version_id: int, message: str) -> None:
-        """The generator could not load the live version (it keeps generating with what it has)."""
-        self.store.add_event("policy_load_failed", message, self.default_profile, version_id)
+    def _policy_load_failed(self, profile: str, version_id: int, message: str) -> None:
+        """The generator could not load a profile's live version (it keeps generating with what
+        served that profile last, else the base model)."""
+        self.store.add_event("policy_load_failed", message, profile, version_id)
 
     # ------------------------------------------------------------------ reward-guided choice
     def reward_model(self, profile: str) -> tuple[int, Any] | None:
@@ -336,8 +337,8 @@ class Services:
             on_update([])  # the input is valid: the request is accepted (it may wait for the model)
         chooser = self._chooser(req)
         with ticket.generating() if ticket is not None else contextlib.nullcontext():
-            result = self.generator.suggest(prompt, req.text or "", self._settings(req, chooser),
-                                            on_update=on_update, should_stop=ticket.should_stop if ticket else None)
+            result = self.generator.suggest(prompt, req.text or "", self._settings(req, chooser), on_update=on_update,
+                                            should_stop=ticket.should_stop if ticket else None, profile=req.profile)
         choice = None
         if chooser is not None:
             result, choice = self._choose(req, options, result, chooser)
@@ -373,7 +374,7 @@ class Services:
         try:
             with ticket.generating():
                 events = self.generator.stream(prompt, req.text or "", self._settings(req, chooser),
-                                               should_stop=ticket.should_stop)
+                                               should_stop=ticket.should_stop, profile=req.profile)
                 with contextlib.closing(events):  # closed early (the reader left): generation stops
                     for ev in events:
                         if ev.done:
@@ -433,15 +434,18 @@ class Services:
 
     # ------------------------------------------------------------------ status
     def status(self, profile: str | None = None) -> dict[str, Any]:
+        """The profile's live policy and reward versions, the policy version that served its last
+        request, counts and its learner's state."""
         profile = profile or self.default_profile
         live = self.store.live_version(profile, "policy")
+        rm = self.store.live_version(profile, "reward")
+        failed = live is not None and live.id in self.generator.failed_versions
         return {
             "model": self.model_name,
             "policy_version": live.id if live else 0,
-            "loaded_policy_version": self.generator.policy_version,
-            "policy_error": (getattr(self.generator, "load_error", None)
-                             if live is not None and live.id in getattr(self.generator, "failed_versions", ())
-                             else None),
+            "loaded_policy_version": self.generator.served_version(profile),
+            "policy_error": self.generator.load_errors.get(live.id) if failed else None,
+            "reward_version": rm.id if rm else 0,
             "profile": profile,
             "counts": self.store.counts(),
             "profile_counts": self.store.counts(profile),

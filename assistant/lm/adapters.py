@@ -1,14 +1,19 @@
 """LoRA adapters on a base model: the one loader, used to serve, evaluate and train.
 
 A policy version directory keeps its peft adapter in ``adapter/`` (ADAPTER_SUBDIR). Every adapter
-of a base model shares one LoraConfig, so they swap in place; the reference model is the same
-model with the adapter disabled (assistant.lm.logprobs.reference).
+of a base model shares one LoraConfig, so they swap in place, from weights kept in memory
+(WeightCache): the Generator switches between profiles' versions that way, and serves the base
+model as the same adapter filled with zeros. The reference model is the same model with the
+adapter disabled (assistant.lm.logprobs.reference).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -83,27 +88,112 @@ def swap(model: torch.nn.Module, directory: str | Path, name: str) -> torch.nn.M
     return model
 
 
-def swap_in_place(model: torch.nn.Module, directory: str | Path, device: str) -> bool:
-    """Copy the adapter in `directory` into the tensors of `model`'s one live adapter
-    (peft.utils.hotswap), keeping its name and modules, so graphs compiled over the model stay
-    valid. False, with nothing changed, when there is no single adapter to swap into or the new one
-    has another rank or other target modules (it must then be loaded with `swap`)."""
+@dataclass
+class AdapterWeights:
+    """One adapter read into memory: its peft config and its weights (keys as saved, without the
+    adapter name), on the serving device."""
+
+    config: Any
+    state_dict: dict[str, torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.state_dict.values())
+
+
+def read_weights(directory: str | Path, device: str) -> AdapterWeights:
+    """The adapter in `directory`, checked readable and loaded onto `device` (raises like
+    check_readable for a missing or damaged one)."""
     from peft import PeftConfig
-    from peft.utils.hotswap import hotswap_adapter
+    from peft.utils import load_peft_weights
+
+    check_readable(directory)
+    return AdapterWeights(PeftConfig.from_pretrained(str(directory)), load_peft_weights(str(directory), device=device))
+
+
+class WeightCache:
+    """A small LRU of AdapterWeights by version id, so serving profiles in turn does not reread
+    their adapters from disk at every switch."""
+
+    def __init__(self, size: int = 8):
+        self.size = max(0, int(size))
+        self._items: OrderedDict[int, AdapterWeights] = OrderedDict()
+
+    def get(self, version_id: int, directory: str | Path, device: str) -> AdapterWeights:
+        w = self._items.get(version_id)
+        if w is not None:
+            self._items.move_to_end(version_id)
+            return w
+        w = read_weights(directory, device)
+        if self.size:
+            self._items[version_id] = w
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return w
+
+    @property
+    def nbytes(self) -> int:
+        return sum(w.nbytes for w in self._items.values())
+
+    def __contains__(self, version_id: int) -> bool:
+        return version_id in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def swap_in_place(model: torch.nn.Module, weights: AdapterWeights | None) -> bool:
+    """Copy `weights` into the tensors of `model`'s one live adapter, keeping its name and modules,
+    so graphs compiled over the model stay valid; `None` copies zeros (every LoRA delta is 0:
+    exactly the base model). False, with nothing changed, when there is no single adapter to swap
+    into or the new one has another rank, alpha, shapes or other target modules (it must then be
+    loaded with `swap`). The same structure means the same scaling: only weights are copied (what
+    peft.utils.hotswap does, without its walks over every module: a switch between profiles costs
+    a copy of the adapter's weights)."""
+    from peft.utils.hotswap import check_hotswap_configs_compatible
 
     if not has_adapters(model) or len(model.peft_config) != 1:
         return False
     name = next(iter(model.peft_config))
-    old, new = model.peft_config[name], PeftConfig.from_pretrained(str(directory))
-    if (getattr(old, "r", None), set(getattr(old, "target_modules", None) or ())) != \
-            (getattr(new, "r", None), set(getattr(new, "target_modules", None) or ())):
+    live = {k: p for k, p in model.named_parameters() if "lora_" in k and f".{name}." in k}
+    if weights is None:
+        with torch.no_grad():
+            for t in live.values():
+                t.zero_()
+        return True
+    old, new = model.peft_config[name], weights.config
+    if _structure(old) != _structure(new):
         return False
     try:
-        hotswap_adapter(model, str(directory), adapter_name=name, torch_device=device)
-    except (ValueError, RuntimeError, KeyError) as e:  # e.g. another alpha
+        check_hotswap_configs_compatible(old, new)
+    except ValueError as e:  # e.g. another dropout or rank pattern
         log.info("in-place hot swap not possible (%s): loading the adapter anew", e)
         return False
+    state = _with_adapter_name(weights.state_dict, name)
+    if set(state) != set(live) or any(state[k].shape != live[k].shape for k in live):
+        return False  # checked before anything is copied
+    with torch.no_grad():
+        for k, t in live.items():
+            t.copy_(state[k])
     return True
+
+
+def _structure(cfg: Any) -> tuple:
+    return (getattr(cfg, "r", None), getattr(cfg, "lora_alpha", None),
+            frozenset(getattr(cfg, "target_modules", None) or ()))
+
+
+def _with_adapter_name(state_dict: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """Saved keys (`...q_proj.lora_A.weight`) as the live model names them (`...lora_A.<name>.weight`;
+    an embedding's `...lora_embedding_A` becomes `...lora_embedding_A.<name>`)."""
+    out = {}
+    for key, value in state_dict.items():
+        head, sep, tail = key.rpartition("lora_")
+        if sep:
+            part, dot, rest = tail.partition(".")
+            key = f"{head}lora_{part}.{name}" + (f".{rest}" if dot else "")
+        out[key] = value
+    return out
 
 
 def detach(model: torch.nn.Module) -> torch.nn.Module:

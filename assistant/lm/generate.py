@@ -1,9 +1,9 @@
 """Generator: K candidate suggestions from one batched generate call, streamed as they grow.
 
-It also owns the live policy: before each generation it asks the store for the newest published
-policy version and, if that changed, hot-swaps the LoRA adapter under the same lock that guards
-generation, so a request never sees half a swap. Every result says which version produced it
-(0 = the base model without adapter).
+It also owns the live policies: before each generation it asks the store for the newest published
+policy version of the request's profile and, if that is not the one loaded, swaps that LoRA
+adapter in under the same lock that guards generation, so a request never sees half a swap or
+another profile's adapter. Every result says which version produced it (0 = the base model).
 """
 
 from __future__ import annotations
@@ -221,36 +221,45 @@ class StreamEvent:
 
 
 class Generator:
-    """Produces suggestions with the live policy (base model + current LoRA adapter).
+    """Produces suggestions with each profile's live policy (base model + that profile's LoRA adapter).
 
-    `version_source()` returns ``(version_id, version_dir)`` of the live policy or ``None`` for the
-    base model; it is called before every generation (a cheap store query). A version that cannot
-    be loaded does not stop generation: it is reported once (``on_error(version_id, message)``),
-    never retried, and the generator serves what the source offers next (the composition offers the
-    newest loadable published version) or keeps what it has (the last version that loaded, or the
-    base model)."""
+    `version_source(profile)` returns ``(version_id, version_dir)`` of the profile's live policy or
+    ``None`` for the base model; it is called before every generation (a cheap store query). The
+    one model switches to the request's profile under the generation lock: in place from weights
+    kept in memory (`adapter_cache` versions, LRU) when the LoRA structures match, which keeps the
+    fast path's compiled graphs valid; the base model is then the same adapter filled with zeros.
+    A version that cannot be loaded does not stop generation: it is reported once
+    (``on_error(profile, version_id, message)``), never retried, and the generator serves what the
+    source offers next (the composition offers the profile's newest loadable published version) or
+    what served that profile last (else the base model): never another profile's adapter."""
 
     def __init__(
         self,
         model: torch.nn.Module,
         tokenizer,
-        version_source: Callable[[], tuple[int, str] | None] | None = None,
+        version_source: Callable[[str], tuple[int, str] | None] | None = None,
         device: torch.device | None = None,
         busy: Callable[[], ContextManager] | None = None,
-        on_error: Callable[[int, str], None] | None = None,
+        on_error: Callable[[str, int, str], None] | None = None,
+        adapter_cache: int = 8,
     ):
         contiguous_lm_head_input(model)  # keeps generation fast once peft freezes the base
         self.base_model = model
         self.model = model  # becomes a PeftModel once a policy version is loaded
         self.tokenizer = tokenizer
-        self.version_source = version_source or (lambda: None)
+        self.version_source = version_source or (lambda profile: None)
         self.device = device or next(model.parameters()).device
         self.policy_version = 0
+        """The version loaded right now (whichever profile it belongs to; 0 = the base model)."""
+        self.served: dict[str, tuple[int, str] | None] = {}
+        """Per profile, the version that served its last request ((id, dir); None = the base model)."""
+        self.weights = adapters.WeightCache(adapter_cache)
+        """Adapter weights of recently served versions, in memory (switching profiles reads no disk)."""
         self.on_error = on_error
         self.failed_versions: set[int] = set()
         """Versions that failed to load (never retried: a version directory does not heal)."""
-        self.load_error: str | None = None
-        """The last load failure, as reported (meaningful while the live version is a failed one)."""
+        self.load_errors: dict[int, str] = {}
+        """Why each failed version could not be loaded, as reported."""
         self.lock = threading.RLock()
         self.busy = busy or contextlib.nullcontext
         """Entered around every generation (`inkloop serve`: the learner process is held off the CPU)."""
@@ -267,55 +276,91 @@ class Generator:
         return self.fast
 
     # ------------------------------------------------------------------ hot swap
-    def refresh_policy(self) -> int:
-        """Swap in the newest published adapter if it changed. Returns the version now loaded.
+    def served_version(self, profile: str = "default") -> int:
+        """The version that served `profile`'s last request (0: the base model, or none yet)."""
+        v = self.served.get(profile)
+        return v[0] if v else 0
 
-        A version that fails to load joins `failed_versions` (never retried) and is reported through
-        `on_error`; the source is then asked again (it may offer an older loadable version: see
-        assistant.app.cli.common.policy_source), else the generator keeps what it has."""
-        failures: list[tuple[int, Exception]] = []
+    def refresh_policy(self, profile: str = "default") -> int:
+        """Switch to `profile`'s live version now (as every generation does first). Returns the
+        version loaded."""
         with self.lock:
-            for _ in range(4):
-                live = self.version_source()
-                if live is None:
-                    if self.policy_version != 0:
-                        log.info("no published policy: back to the base model")
-                        self._unload_adapters()
-                    break
-                vid, vdir = live
-                if vid == self.policy_version or vid in self.failed_versions:
-                    break
-                try:
-                    self._load_adapter(vid, adapter_dir(vdir))
-                    break
-                except Exception as e:  # noqa: BLE001 - any unloadable version: keep generating
-                    self._drop_adapter(f"v{vid}")
-                    self.failed_versions.add(vid)
-                    failures.append((vid, e))
-            kept = f"version {self.policy_version}" if self.policy_version else "the base model"
+            failures = self._switch(profile)
+            vid = self.policy_version
+        self._report(profile, failures)
+        return vid
+
+    def _switch(self, profile: str) -> list[tuple[int, Exception]]:
+        """Load what `profile` is to be served with (the caller holds the lock). A version that
+        fails joins `failed_versions`; the source is asked again (see
+        assistant.app.cli.common.policy_source); while it still names a failed version, the
+        profile keeps the version that served it last, else the base model."""
+        failures: list[tuple[int, Exception]] = []
+        for _ in range(4):
+            want = self.version_source(profile)
+            if want is not None and want[0] in self.failed_versions:
+                last = self.served.get(profile)
+                want = last if last is not None and last[0] not in self.failed_versions else None
+            if self._serve(want, failures):
+                break
+        else:
+            self._serve(None, failures)
+        self.served[profile] = want if self.policy_version else None
+        return failures
+
+    def _serve(self, want: tuple[int, str] | None, failures: list[tuple[int, Exception]]) -> bool:
+        """Make `want` ((id, dir), None = the base model) the loaded version; False if it failed."""
+        if want is None:
+            if self.policy_version != 0 and not adapters.swap_in_place(self.model, None):  # zeros: same modules
+                self._unload_adapters()  # not one adapter to fill with zeros: take them all off
+            self.policy_version = 0
+            return True
+        vid, vdir = want
+        if vid == self.policy_version:
+            return True
+        try:
+            self._load_adapter(vid, adapter_dir(vdir))
+            return True
+        except Exception as e:  # noqa: BLE001 - any unloadable version: keep generating
+            self._drop_adapter(f"v{vid}")
+            self.failed_versions.add(vid)
+            failures.append((vid, e))
+            return False
+
+    def _report(self, profile: str, failures: list[tuple[int, Exception]]) -> None:
+        kept = f"version {self.served_version(profile)}" if self.served_version(profile) else "the base model"
         for vid, e in failures:
             msg = f"policy version {vid} could not be loaded ({type(e).__name__}); generating with {kept}"
-            self.load_error = msg
+            self.load_errors[vid] = msg
             log.warning("%s: %s", msg, e)
             if self.on_error is not None:
                 try:
-                    self.on_error(vid, msg)
+                    self.on_error(profile, vid, msg)
                 except Exception:  # noqa: BLE001 - reporting must not stop generation either
                     log.exception("on_error callback failed")
-        return self.policy_version
 
     def _load_adapter(self, vid: int, adapter_dir: Path) -> None:
         t0 = time.perf_counter()
-        if self.fast is not None and adapters.swap_in_place(self.model, adapter_dir, str(self.device)):
+        cached = vid in self.weights
+        w = self.weights.get(vid, adapter_dir, str(self.device))  # raises before the model is touched
+        if adapters.swap_in_place(self.model, w):
             self.policy_version = vid  # same modules: the compiled graphs stay valid
-            log.info("hot-swapped policy version %s in place in %.2f s", vid, time.perf_counter() - t0)
+            log.info("switched to policy version %s in place (%s) in %.3f s", vid,
+                     "from memory" if cached else "read from disk", time.perf_counter() - t0)
             return
         if self.fast is not None:
             self.fast.invalidate()  # the modules change under any compile in flight
         self.model = adapters.swap(self.model, adapter_dir, f"v{vid}")
         self.policy_version = vid
-        log.info("hot-swapped policy version %s in %.2f s", vid, time.perf_counter() - t0)
+        log.info("loaded policy version %s (a new adapter structure) in %.2f s", vid, time.perf_counter() - t0)
         if self.fast is not None:  # a new adapter structure needs its own graphs, compiled in the background
+            self.fast.warm_up(model_key(self.model), self.model)
+
+    def _unload_adapters(self) -> None:
+        if self.fast is not None:
+            self.fast.invalidate()
+        self.base_model = self.model = adapters.detach(self.model)
+        if self.fast is not None:
             self.fast.warm_up(model_key(self.model), self.model)
 
     def _drop_adapter(self, name: str) -> None:
@@ -329,15 +374,6 @@ class Generator:
                 self.model.delete_adapter(name)
         except Exception:  # noqa: BLE001
             log.exception("could not clean up adapter %s", name)
-
-    def _unload_adapters(self) -> None:
-        if self.fast is not None:
-            self.fast.invalidate()
-        if self.model is not self.base_model:
-            self.base_model = self.model = adapters.detach(self.model)
-        self.policy_version = 0
-        if self.fast is not None:
-            self.fast.warm_up(model_key(self.model), self.model)
 
     # ------------------------------------------------------------------ generation
     def _generate_raw(
@@ -353,17 +389,18 @@ class Generator:
     def suggest(
         self, prompt: Prompt, source_text: str, gen: GenerationSettings,
         on_update: Callable[[list[str]], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
+        should_stop: Callable[[], bool] | None = None, profile: str = "default",
     ) -> SuggestResult:
-        """K distinct cleaned candidates for one prompt (tops up after dedup, up to max_rounds).
-        With gen.draw > K the first call draws that many rows and every distinct one is returned
-        (the app chooses which K to show); partial updates show the first K rows. Once
-        `should_stop()` is true, generation ends and what was written so far is returned."""
+        """K distinct cleaned candidates for one prompt from `profile`'s live policy (tops up after
+        dedup, up to max_rounds). With gen.draw > K the first call draws that many rows and every
+        distinct one is returned (the app chooses which K to show); partial updates show the first
+        K rows. Once `should_stop()` is true, generation ends and what was written so far is
+        returned. The result carries the version that really generated it."""
         stopped = should_stop or (lambda: False)
         gen.validate()
         t0 = time.perf_counter()
-        self.refresh_policy()
-        with self.busy(), self.lock:
+        with self.busy(), self.lock:  # the switch and the generation: no other profile in between
+            failures = self._switch(profile)
             version = self.policy_version
             prompt_text = render(prompt, self.tokenizer)
             angles = list(ANGLES) if gen.variety and prompt.mode in ANGLE_MODES else [""]
@@ -396,6 +433,7 @@ class Generator:
                 rounds += 1
                 if float(gen.temperature) < MIN_SAMPLING_TEMPERATURE:
                     break  # greedy cannot produce new candidates
+        self._report(profile, failures)
         result = SuggestResult(kept, prompt_text, version, time.perf_counter() - t0, rounds, raw_all,
                                [angle_of.get(normalized(t), "") for t in kept])
         if on_update is not None:
@@ -404,7 +442,7 @@ class Generator:
 
     def stream(
         self, prompt: Prompt, source_text: str, gen: GenerationSettings,
-        should_stop: Callable[[], bool] | None = None,
+        should_stop: Callable[[], bool] | None = None, profile: str = "default",
     ) -> Iterator[StreamEvent]:
         """Run `suggest` in a worker thread and yield partial candidates as they are produced.
         Closing the iterator early (the reader left) stops the generation at the next token."""
@@ -418,7 +456,7 @@ class Generator:
         def work() -> None:
             try:
                 box["result"] = self.suggest(prompt, source_text, gen, on_update=lambda p: q.put(list(p)),
-                                             should_stop=stop)
+                                             should_stop=stop, profile=profile)
             except BaseException as e:  # noqa: BLE001 - surfaced to the caller below
                 box["error"] = e
             finally:

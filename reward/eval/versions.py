@@ -31,7 +31,7 @@ def sample_version(generator, prompts: Sequence[EvalPrompt], gen, version: tuple
                    progress: Callable[[str], None] | None = None) -> Samples:
     """Generate K candidates per prompt with the given policy version ((id, dir); None = base)."""
 
-    generator.version_source = lambda: version
+    generator.version_source = lambda _profile: version
     generator.refresh_policy()
     contexts, groups, sources = [], [], []
     for i, ep in enumerate(prompts):

@@ -172,14 +172,19 @@ class StylesOut(BaseModel):
 
 class StatusOut(BaseModel):
     model: str = Field(description="Base model name.")
+    profile: str = Field(description="The profile this status is of (the `profile` query, else the server's).")
     policy_version: int = Field(description="Live (published) policy version of the profile; 0 = base model.")
-    loaded_policy_version: int = Field(description="Policy version the generator has loaded right now.")
+    loaded_policy_version: int = Field(description=(
+        "Policy version that served the profile's last suggestion (0: the base model, or none yet); "
+        "the generator switches to the live one before the next."))
+    reward_version: int = Field(description="Live reward model version of the profile (what the reward-guided "
+                                            "choice scores with); 0 = none yet.")
     policy_error: str | None = Field(None, description=(
         "Why the live version is not the loaded one (it could not be loaded; the generator kept the "
         "last loadable version or the base model), or null."))
     counts: dict[str, int]
     feedback_by_kind: dict[str, int]
-    learner: dict[str, Any] | None = Field(description="The learner's state, or null when it has never run.")
+    learner: dict[str, Any] | None = Field(description="The profile's learner state, or null when it has never run.")
 
 
 # ----------------------------------------------------------------------------- errors
@@ -363,7 +368,8 @@ def api_router(services: Services, generation_pool: ThreadPoolExecutor | None = 
         fid = services.feedback(body.suggestion_id, body.kind, body.value, body.edited_text, body.ranking, source="api")
         return {"feedback_id": fid}
 
-    @r.get("/status", response_model=StatusOut, summary="Model, live policy version, counts, learner state")
+    @r.get("/status", response_model=StatusOut,
+           summary="A profile's live policy and reward versions, counts, learner state")
     def status(profile: str | None = Query(None, min_length=1, max_length=64)) -> dict[str, Any]:
         return services.status(profile)
 

@@ -111,13 +111,13 @@ def load_models(args: argparse.Namespace, with_embedder: bool = True, progress: 
             progress(f"Loaded the embedder in {time.perf_counter() - t0:.1f} s")
     return lm, emb
 
-def policy_source(store, profile: str, failed: Callable[[], Any] = tuple) -> Callable[[], tuple[int, str] | None]:
-    """The Generator's version_source: the live published policy of `profile` as (id, dir); once the
-    live one is among `failed()` (it could not be loaded), the newest loadable published version
-    instead (None: the base model)."""
+def policy_source(store, failed: Callable[[], Any] = tuple) -> Callable[[str], tuple[int, str] | None]:
+    """The Generator's version_source: for a profile, its live published policy as (id, dir); once
+    the live one is among `failed()` (it could not be loaded), the profile's newest loadable
+    published version instead (None: the base model)."""
     from storage.artifacts import fallback_version
 
-    def live() -> tuple[int, str] | None:
+    def live(profile: str) -> tuple[int, str] | None:
         v = store.live_version(profile, "policy")
         bad = set(failed())
         if v is not None and v.id in bad:
@@ -128,7 +128,8 @@ def policy_source(store, profile: str, failed: Callable[[], Any] = tuple) -> Cal
 
 def build_services(args: argparse.Namespace, store=None, lm=None, embedder=None, with_embedder: bool = True,
                    busy=None):
-    """Compose Store + Generator (hot-swapping the live policy) + Library + Services."""
+    """Compose Store + Generator (serving each request its profile's live policy) + Library + Services
+    (`args.profile`: the profile of requests that name none)."""
     from assistant.app.services import Services
     from assistant.lm.config import embedder_name
     from assistant.lm.generate import Generator
@@ -140,7 +141,7 @@ def build_services(args: argparse.Namespace, store=None, lm=None, embedder=None,
         embedder = embedder if embedder is not None else loaded_emb
     profile = getattr(args, "profile", "default") or "default"
     box: dict[str, Any] = {}  # the source skips what this generator could not load
-    gen = Generator(lm.model, lm.tokenizer, version_source=policy_source(store, profile, lambda: box["g"].failed_versions),
+    gen = Generator(lm.model, lm.tokenizer, version_source=policy_source(store, lambda: box["g"].failed_versions),
                     device=lm.device, busy=busy)
     box["g"] = gen
     library = Library(store, embedder, embedder_name(embedder)) if embedder is not None else None

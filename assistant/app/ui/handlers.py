@@ -77,7 +77,8 @@ def _empty_cands() -> dict[str, Any]:
 
 # ============================================================================= header, load, draft
 def header_text(services: Services, profile: str | None = None) -> str:
-    """Model name and the live policy version of the profile (0 = the base model)."""
+    """Model name, and the profile's live policy version (0 = the base model), reward model
+    version and learner state: what serves and chooses this profile's suggestions."""
     profile = _profile(services, profile)
     try:
         st = services.status(profile)
@@ -88,12 +89,15 @@ def header_text(services: Services, profile: str | None = None) -> str:
     loaded = int(st.get("loaded_policy_version") or 0)
     live_txt = f"v{live}" if live else "v0 (base model)"
     fb = sum((st.get("feedback_by_kind") or {}).values())
-    extra = "" if loaded == live else f" · generator has v{loaded}, switches before the next suggestion"
+    extra = "" if loaded == live else f" (last served by v{loaded}: switches at the next suggestion)"
     if st.get("policy_error"):
         extra = f" · ⚠️ {st['policy_error']}"
+    rm = int(st.get("reward_version") or 0)
+    ls = st.get("learner") or {}
+    learner = "not run yet" if not ls else ("paused" if ls.get("paused") else ls.get("phase") or "idle")
     return (
-        f"**Model** `{services.model_name or '?'}` · **live policy** {live_txt}{extra} · "
-        f"**profile** `{profile}` · {fb} ratings so far"
+        f"**Model** `{services.model_name or '?'}` · **profile** `{profile}` · **live policy** {live_txt}{extra} · "
+        f"**reward model** {f'v{rm}' if rm else 'none yet'} · **learner** {learner} · {fb} ratings so far"
     )
 
 def style_choices(services: Services, profile: str | None) -> list[tuple[str, str]]:

@@ -56,16 +56,18 @@ def learner_status(services: Services, profile: str | None) -> tuple[str, float]
     p = _profile(services, profile)
     st = services.store.learner_state(p)
     live = services.store.live_version(p, "policy")
-    live_txt = f"version **{live.id}**" if live else "the **base model**"
+    rm = services.store.live_version(p, "reward")
+    live_txt = (f"version **{live.id}**" if live else "the **base model**") + \
+        (f", reward model version **{rm.id}**" if rm else ", no reward model yet")
     if not st:
-        return (f"**Learner:** has not run yet (start it with `inkloop serve` or `inkloop learn`). "
+        return (f"**Learner** of profile `{p}`: has not run yet (start it with `inkloop serve` or `inkloop learn`). "
                 f"Live policy: {live_txt}.", 0.0)
     phase = "paused" if st.get("paused") else (st.get("phase") or "idle")
     hb = st.get("heartbeat")
     # a phase reports at least once per RL step; on a busy 2-core machine a step can take minutes
     stale = hb is not None and time.time() - float(hb) > 600 and phase not in ("stopped",)
     lines = [
-        f"**Learner:** {phase}{' (no heartbeat for a while: is it running?)' if stale else ''} · "
+        f"**Learner** of profile `{p}`: {phase}{' (no heartbeat for a while: is it running?)' if stale else ''} · "
         f"heartbeat {_ago(hb)} · live policy: {live_txt}",
         f"{st.get('message') or ''}",
     ]
