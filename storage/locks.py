@@ -1,5 +1,5 @@
 """One learner per profile (an exclusive ``flock`` on a file under the data directory), and the
-server's hold on the learner while it generates (`Hold`).
+server's hold on the learners while it generates (`Hold`).
 
 The kernel holds the lock for the open file, so it is released when the holder exits, however it
 exits (kill -9 included): there is never a stale lock to clean up. The file records the holder's
@@ -80,18 +80,20 @@ def learner_lock(data_dir: str | Path, profile_id: str) -> ProfileLock:
 
 
 class Hold:
-    """The server holds the learner off the CPU while a person waits for suggestions.
+    """The server holds the learners off the CPU while a person waits for suggestions.
 
-    Server side, `with hold.holding():` around each generation takes an exclusive flock on
-    <data>/locks/hold-<profile>.lock (nested and concurrent uses in one process share it). Learner
+    One hold per data directory, whatever profile the app is generating for: every learner of the
+    data dir (the all-profiles one `inkloop serve` starts, or `inkloop learn --profile P`) waits on
+    it. Server side, `with hold.holding():` around each generation takes an exclusive flock on
+    <data>/locks/hold.lock (nested and concurrent uses in one process share it). Learner
     side, `hold.wait()` at its safe points (each decode step of its sampling, between RL updates —
     never inside a database transaction) returns at once when the lock is free and otherwise
     waits until it is, at most `max_wait_s` per call. The kernel releases the lock with its holder,
     so a killed server never leaves the learner waiting. This replaces freezing the learner with
     SIGSTOP, which could land inside a write transaction and stall every other writer."""
 
-    def __init__(self, data_dir: str | Path, profile_id: str, max_wait_s: float = 20.0):
-        self.path = Path(data_dir) / LOCKS_DIR / f"hold-{profile_dirname(profile_id)}.lock"
+    def __init__(self, data_dir: str | Path, max_wait_s: float = 20.0):
+        self.path = Path(data_dir) / LOCKS_DIR / "hold.lock"
         self.max_wait_s = max_wait_s
         self._mutex = threading.Lock()
         self._depth = 0

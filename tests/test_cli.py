@@ -79,11 +79,12 @@ def test_rate_and_status(capsys, common, tmp_path):
 
     rc, out, _ = _run(capsys, ["status", *common, "--json"])
     st = json.loads(out)
-    assert rc == 0 and st["policy_version"] == 0 and st["learner"] is None
+    assert rc == 0 and st["policy_version"] == st["reward_version"] == 0 and st["learner"] is None
     assert st["counts"]["requests"] == 1 and st["counts"]["suggestions"] == 2 and st["counts"]["feedback"] == 2
     assert st["feedback_by_kind"]["stars"] == 1 and st["feedback_by_kind"]["rank"] == 1
     rc, out, _ = _run(capsys, ["status", *common])
     assert rc == 0 and "policy version: 0 (base model)" in out and "feedback 2" in out
+    assert "reward model:   none yet" in out
 
     s = _db(tmp_path)
     fb = s.feedback()

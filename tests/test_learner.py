@@ -550,7 +550,7 @@ def test_the_learner_waits_at_safe_points_while_the_app_generates(store, tmp_pat
     # a stand-in learner: every safe point is Hold.wait(), then one step of work (a counter)
     code = ("import sys, time; sys.path.insert(0, %r)\n"
             "from storage.locks import Hold\n"
-            "h = Hold(%r, 'default')\n"
+            "h = Hold(%r)\n"
             "n = 0\n"
             "while True:\n"
             "    h.wait(); n += 1\n"
@@ -597,7 +597,7 @@ def test_the_learner_waits_at_safe_points_while_the_app_generates(store, tmp_pat
         # a holder that dies (kill -9) releases the learner too
         holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, %r)\n"
                                    "from storage.locks import Hold\n"
-                                   "with Hold(%r, 'default').holding():\n"
+                                   "with Hold(%r).holding():\n"
                                    "    print('held', flush=True); time.sleep(60)\n"
                                    % (str(Path(__file__).parents[1]), str(tmp_path))],
                                   stdout=subprocess.PIPE, text=True)

@@ -1,8 +1,13 @@
 """Every profile learns its own taste (issue 15, item 2): the generator serves each request with its
-own profile's live adapter and records that version."""
+own profile's live adapter and records that version; one learner process runs every profile's
+cycles in turn, under each profile's lock, with per-profile commands; a profile's ratings never
+change another profile's reward model or policy; the UI, the API and the status follow the
+chosen profile."""
 
 from __future__ import annotations
 
+import hashlib
+import time
 from pathlib import Path
 
 import pytest
@@ -179,3 +184,222 @@ def test_profile_switches_keep_the_compiled_graphs(tiny_lm, tmp_path):
     assert model_key(g.model) == key and counters["stats"]["unique_graphs"] == graphs
     assert {k: v.policy_version for k, v in out.items()} == {"a": 1, "b": 2, "c": 0}
     assert all(again[k].raw == out[k].raw for k in out) and out["a"].raw != out["b"].raw != out["c"].raw
+
+
+def test_the_servers_hold_holds_the_learner_whatever_profile_it_generates_for(store, tmp_path, tiny_model_dir):
+    from storage.locks import Hold
+
+    svc = _services(store, tiny_model_dir)
+    svc.generator.busy = Hold(tmp_path).holding  # as `inkloop serve` composes it (LearnerSupervisor.busy)
+    _publish(store, tmp_path, tiny_model_dir, "a", seed=1)
+    learner_side = Hold(tmp_path, max_wait_s=0.3)  # what any learner of this data dir waits on
+    waited = {}
+    for profile in ("a", "b"):
+        def during(_partial, profile=profile):
+            waited.setdefault(profile, learner_side.wait())
+
+        svc.generator.suggest(build_prompt("continue", TEXT), TEXT, GenerationSettings(k=1, max_new_tokens=4),
+                              on_update=during, profile=profile)
+    assert waited["a"] >= 0.3 and waited["b"] >= 0.3  # held while generating for either profile
+    assert learner_side.wait() < 0.1  # and free once it is done
+
+
+# ----------------------------------------------------------------------------- the all-profiles learner
+def _rate(store, profile, good_is_long: bool, n: int = 6) -> None:
+    """One continue request per text with a long and a short reply; the profile's taste picks one."""
+    from tests.test_learner import TEXTS
+
+    for i, t in enumerate(TEXTS[:n]):
+        long, short = f"a long and complete reply about it, number {i}.", f"no {i}"
+        req = store.record_request(profile_id=profile, mode="continue", text=t, options={},
+                                   prompt=f"<|im_start|>user\n{t}<|im_end|>\n<|im_start|>assistant\n",
+                                   policy_version=0, suggestions=[long, short])
+        store.add_feedback(req.suggestions[0].id, "thumb", 1 if good_is_long else -1)
+        store.add_feedback(req.suggestions[1].id, "thumb", -1 if good_is_long else 1)
+
+
+def _make_learner(store, tmp_path, tiny_model_dir, embedder, **cfg_kw):
+    import copy
+
+    from reward.loop.config import LearnerConfig
+    from reward.loop.learner import Learner
+    from reward.rl.config import RLConfig
+
+    base, tok = _tiny(tiny_model_dir)
+    base.requires_grad_(False)
+    cfg = LearnerConfig(min_new_feedback=1, rl_steps=1, eval_prompts=2, eval_samples=1, eval_max_new_tokens=6,
+                        agreement_drop=1.0, max_length_corr=1.01, max_kl=1e6, threads=1, nice=0,
+                        rl=RLConfig(algo="reinforce", k=2, prompts_per_step=2, max_new_tokens=6, seed=0), **cfg_kw)
+    built = []
+
+    def make(profile):
+        built.append(profile)  # one shared base: each profile's RL and evaluation copy it
+        return Learner(store, tmp_path, profile, lambda: (copy.deepcopy(base), tok), embedder, cfg)
+
+    return make, built
+
+
+def _snapshot(store, profile) -> dict:
+    """Everything of a profile the learner writes: version rows, their files, live ids, learner metrics."""
+    files = {}
+    for v in store.versions(profile):
+        for f in sorted(Path(v.path).rglob("*")) if Path(v.path).exists() else []:
+            if f.is_file():
+                files[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
+    live = {k: getattr(store.live_version(profile, k), "id", None) for k in ("policy", "reward")}
+    rows = [(v.id, v.kind, v.status, v.parent_id, sorted(v.metrics.items())) for v in store.versions(profile)]
+    return {"rows": rows, "files": files, "live": live,
+            "metrics": (store.learner_state(profile) or {}).get("metrics")}
+
+
+def test_one_learner_runs_every_profile_oldest_first_honours_pause_and_keeps_them_apart(
+        store, tmp_path, tiny_model_dir, embedder):
+    from assistant.lm.config import MAX_K
+    from reward.feedback import context_of
+    from reward.loop.learner import send_command
+    from reward.loop.profiles import ProfileLearners
+    from reward.select import member_scores
+    from reward.train import load_live_reward_model
+
+    store.ensure_profile("a")  # a is the older profile, b's feedback the older
+    _rate(store, "b", good_is_long=True)
+    _rate(store, "a", good_is_long=False)  # a likes them short
+    make, built = _make_learner(store, tmp_path, tiny_model_dir, embedder)
+    loop = ProfileLearners(store, tmp_path, make, poll_s=0.1)
+    assert loop.order() == ["b", "a"]
+    send_command(store, "a", "pause")
+    assert loop.order() == ["a", "b"]  # a queued command comes first
+
+    turns = loop.run_pass(until_cycle=True)
+    assert [(t.profile, t.outcome) for t in turns] == [("a", "skipped"), ("b", "published")]
+    assert turns[0].reason == "paused" and store.learner_state("a")["phase"] == "paused"
+    assert store.versions("a") == []
+    b_version = turns[1].result.version_id
+
+    turns = loop.run_pass()  # a is still paused, b has nothing new
+    assert (turns[0].profile, turns[0].outcome, turns[0].reason) == ("a", "skipped", "paused")
+    assert turns[1].outcome == "skipped" and "0 new" in turns[1].reason
+    b_after = _snapshot(store, "b")
+    assert b_after["live"]["policy"] == b_version and b_after["live"]["reward"]
+    send_command(store, "a", "resume")
+    (turn,) = loop.run_pass(until_cycle=True)
+    assert (turn.profile, turn.outcome) == ("a", "published"), turn.reason
+    assert built == ["a", "b"]  # one Learner per profile, kept across turns
+
+    # a's cycle changed nothing of b's; a learnt from the base model and from its own ratings only
+    assert _snapshot(store, "b") == b_after
+    a_live = store.live_version("a", "policy")
+    assert a_live.parent_id is None and a_live.profile_id == "a"
+    assert store.learner_state("a")["metrics"]["learner/last_feedback_id"] == store.last_feedback_id("a")
+    ctx = context_of(store.recent_requests("a", limit=1)[0])
+    texts = ["a long and complete reply about it, number 9.", "no 9"]
+    sa = member_scores(load_live_reward_model(store, "a", embedder), ctx, texts).mean(0)
+    sb = member_scores(load_live_reward_model(store, "b", embedder), ctx, texts).mean(0)
+    assert sa[1] > sa[0] and sb[0] > sb[1]  # each reward model has its own profile's taste
+
+    # switching profile switches the adapter that serves and the reward model that chooses: the
+    # Services facade, the UI's handlers and the API's status follow the request's profile
+    from fastapi.testclient import TestClient
+
+    from assistant.app.cli.serve import build_app
+    from assistant.app.services import SuggestRequest
+    from assistant.app.ui.handlers import header_text, suggest_continue
+
+    svc = _services(store, tiny_model_dir, embedder)
+    live = {p: (store.live_version(p, "policy").id, store.live_version(p, "reward").id) for p in ("a", "b")}
+    for p in ("a", "b", "a"):
+        res = svc.suggest(SuggestRequest(mode="continue", text=TEXT, k=1, draw=3, max_new_tokens=6, seed=2, profile=p))
+        assert (res.policy_version, res.choice["reward_version"]) == live[p]
+        *_, last = suggest_continue(svc, p, TEXT, None, 1, 0.8, 0.95, 6, 3, False, 3, True)
+        assert last[4 * MAX_K]["policy_version"] == live[p][0]  # the candidates' state after the rows
+        assert f"**live policy** v{live[p][0]}" in header_text(svc, p) and f"**reward model** v{live[p][1]}" \
+            in header_text(svc, p)
+    client = TestClient(build_app(svc, with_ui=False))
+    for p in ("a", "b"):
+        st = client.get("/api/v1/status", params={"profile": p}).json()
+        assert (st["profile"], st["policy_version"], st["reward_version"]) == (p, *live[p])
+        assert st["loaded_policy_version"] == live[p][0]
+        assert st["learner"]["metrics"]["learner/last_feedback_id"] == store.last_feedback_id(p)
+
+
+def test_the_all_profiles_learner_skips_a_profile_another_learner_holds(tmp_path, tiny_model_dir, capsys):
+    """`inkloop learn --all-profiles --once` beside `inkloop learn --profile b` (its lock held): b is
+    skipped and the output says why; a learns; once b is free, b learns too."""
+    import json
+
+    import app
+    from storage.locks import learner_lock
+    from storage.store import Store
+    from tests.test_learner import LEARN_FLAGS
+
+    s = Store(tmp_path / "inkloop.db")
+    _rate(s, "a", good_is_long=True, n=3)
+    _rate(s, "b", good_is_long=False, n=3)
+    argv = ["learn", "--all-profiles", "--once", "--json", "--model", str(tiny_model_dir), "--data-dir",
+            str(tmp_path), *LEARN_FLAGS, "--min-new-feedback", "1", "--no-train-policy"]
+    with learner_lock(tmp_path, "b"):
+        assert app.main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["a"]["outcome"] == "reward" and out["b"]["outcome"] == "locked"
+    assert "another learner" in out["b"]["reason"] and "'b'" in out["b"]["reason"]
+    assert s.live_version("a", "reward") is not None and s.live_version("b", "reward") is None
+    assert s.learner_state("b") is None  # what the other learner owns is left alone
+    assert app.main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["b"]["outcome"] == "reward" and out["a"]["outcome"] == "skipped"
+    assert s.live_version("b", "reward") is not None
+    s.close()
+
+
+def test_the_server_starts_one_learner_for_all_profiles_and_records_its_exit_for_each(store, tmp_path):
+    import sys
+
+    from assistant.app.supervisor import LearnerSupervisor
+
+    argv = LearnerSupervisor.learn_argv(tmp_path, None)
+    assert "--all-profiles" in argv and "--profile" not in argv
+    for p in ("a", "b"):
+        store.ensure_profile(p)
+    sup = LearnerSupervisor([sys.executable, "-c", "raise SystemExit(3)"], tmp_path, store=store,
+                            min_backoff_s=0.05, max_backoff_s=0.1)
+    sup.start()
+    deadline = time.time() + 30
+    while time.time() < deadline and sup.restarts < 1:
+        time.sleep(0.05)
+    sup.stop()
+    for p in ("a", "b", "default"):
+        assert "exited with code 3" in store.events(p, kind="learner")[0]["reason"]
+        assert store.learner_state(p)["phase"] == "error"
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_run_forever_stops_and_leaves_every_profile_it_ran_stopped(store, tmp_path, held):
+    """The loop (no model needed: nothing is due) writes each profile's state, and on stop marks
+    them stopped, except one another process holds."""
+    import threading
+
+    from reward.loop.config import LearnerConfig
+    from reward.loop.learner import Learner
+    from reward.loop.profiles import ProfileLearners
+    from storage.locks import LockHeld, learner_lock
+
+    for p in ("a", "b"):
+        store.ensure_profile(p)
+    loop = ProfileLearners(store, tmp_path, lambda p: Learner(store, tmp_path, p, None, None,
+                                                              LearnerConfig(min_new_feedback=5)), poll_s=0.05)
+    lock = learner_lock(tmp_path, "b")
+    t = threading.Thread(target=loop.run_forever)
+    t.start()
+    deadline = time.time() + 10
+    while time.time() < deadline and not all(store.learner_state(p) for p in ("a", "b")):
+        time.sleep(0.02)
+    while held and not lock.held:  # between b's turns
+        try:
+            lock.acquire()
+        except LockHeld:
+            time.sleep(0.01)
+    loop.stop()
+    t.join(10)
+    lock.release()
+    assert store.learner_state("a")["phase"] == "stopped"
+    assert store.learner_state("b")["phase"] == ("waiting" if held else "stopped")

@@ -507,7 +507,7 @@ def test_learner_start_cleans_candidates_history_and_garbage(tmp_path, monkeypat
             learner_lock(tmp_path, "default").acquire()
         raise SystemExit(0)
 
-    monkeypatch.setattr(cli_learn, "build_learner", fake_build)
+    monkeypatch.setattr(cli_learn, "learner_factory", fake_build)
     monkeypatch.setattr("storage.learning.KEEP_EVENTS", 1)
     with pytest.raises(SystemExit):
         app.main(["learn", "--data-dir", str(tmp_path), "--once"])

@@ -1,4 +1,6 @@
-"""The learner's process, run beside `inkloop serve`: spawned, restarted with back-off, stopped when the server goes, and kept off the CPU while the app generates."""
+"""The learner's process, run beside `inkloop serve`: one `inkloop learn --all-profiles` for every
+profile of the data dir, spawned, restarted with back-off, stopped when the server goes, and kept
+off the CPU while the app generates (for any profile)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from storage.locks import Hold
+from storage.locks import Hold, LockHeld, learner_lock
 from storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -40,29 +42,33 @@ def watch_parent(on_gone: Callable[[], None], interval_s: float = 2.0) -> thread
 class LearnerSupervisor:
     """Runs `inkloop learn` as a child process beside the server and restarts it with backoff if it
     dies, so a learner crash (or a kill) never takes the UI down. `busy()` wraps the app's
-    generation so the learner waits at its next safe point while a person waits for suggestions."""
+    generation so the learner waits at its next safe point while a person waits for suggestions.
+    An exit is recorded (event, learner_state "error") for every profile of the store and
+    `profile_id` (the server's)."""
 
     def __init__(self, argv: list[str], data_dir: str | Path, store: Store | None = None, profile_id: str = "default",
                  min_backoff_s: float = 2.0, max_backoff_s: float = 120.0, log_path: str | Path | None = None):
-        self.argv, self.store, self.profile = argv, store, profile_id
+        self.argv, self.store, self.profile, self.data_dir = argv, store, profile_id, Path(data_dir)
         self.min_backoff_s, self.max_backoff_s = min_backoff_s, max_backoff_s
         self.log_path = Path(log_path) if log_path else None
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
-        self.hold = Hold(data_dir, profile_id)
+        self.hold = Hold(data_dir)
         """Held while the app generates; the learner waits on it at its safe points."""
         self._spawn_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     @staticmethod
-    def learn_argv(data_dir: str | Path, model: str | None, profile: str, extra: Sequence[str] = ()) -> list[str]:
-        """The command line of `inkloop learn` for this interpreter and checkout."""
+    def learn_argv(data_dir: str | Path, model: str | None, profile: str | None = None,
+                   extra: Sequence[str] = ()) -> list[str]:
+        """The command line of `inkloop learn` for this interpreter and checkout: for `profile`, or
+        (None) for every profile of the data dir."""
         import app
 
         root = str(Path(app.__file__).resolve().parent)
         argv = [sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r}); import app; sys.exit(app.main())",
-                "learn", "--data-dir", str(data_dir), "--profile", profile]
+                "learn", "--data-dir", str(data_dir), *(["--profile", profile] if profile else ["--all-profiles"])]
         if model:
             argv += ["--model", str(model)]
         return argv + list(extra)
@@ -110,11 +116,20 @@ class LearnerSupervisor:
             log.warning(msg)
             if self.store is not None:
                 try:
-                    self.store.add_event("learner", msg, self.profile, data={"returncode": rc})
-                    self.store.set_learner_state(self.profile, phase="error", message=msg, error=f"exit code {rc}")
+                    for p in dict.fromkeys([*self.store.profiles(), self.profile]):
+                        self._record_exit(p, msg, rc)
                 except Exception:  # noqa: BLE001 - supervision must go on
                     log.exception("could not record the learner exit")
             self._stop.wait(backoff)
+
+    def _record_exit(self, profile: str, msg: str, rc: int) -> None:
+        """The event and the error state of a profile, unless another learner process runs it now."""
+        try:
+            with learner_lock(self.data_dir, profile):
+                self.store.add_event("learner", msg, profile, data={"returncode": rc})
+                self.store.set_learner_state(profile, phase="error", message=msg, error=f"exit code {rc}")
+        except LockHeld:
+            pass
 
     def stop(self, timeout: float = 10.0) -> None:
         with self._spawn_lock:

@@ -1,7 +1,8 @@
 """CLI for the live loop: `inkloop learn`, `inkloop learner`, `inkloop versions`, `inkloop export`.
 
-- ``inkloop learn [--once] [--train-now]``  the background learner (what `inkloop serve` starts in its
-  own process); ``--once`` checks once (a cycle if enough new feedback arrived) and exits.
+- ``inkloop learn [--once] [--train-now]``  the background learner of ``--profile``; with
+  ``--all-profiles``, of every profile of the data dir in one process (what `inkloop serve` starts);
+  ``--once`` checks once (a cycle if enough new feedback arrived; every profile once) and exits.
 - ``inkloop learner pause|resume|train_now|status``  control a running learner through the store.
 - ``inkloop versions list`` / ``inkloop versions rollback V`` (V = a version id, 0 = base model,
   or ``previous``).
@@ -25,8 +26,11 @@ log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- commands
-def build_learner(args: argparse.Namespace, store, cfg):
-    """Load the base LM once (copies are handed out per RL run / evaluation) and the embedder."""
+def learner_factory(args: argparse.Namespace, store, cfg):
+    """make_learner(profile) -> Learner: the base LM and the embedder are loaded once and shared by
+    every profile's Learner (each RL run and evaluation wraps its own copy of the base), as is the
+    server's hold (storage.locks.Hold: they wait at their safe points while `inkloop serve`
+    generates, for any profile)."""
     import copy
 
     from assistant.app.cli.common import data_dir, load_models
@@ -40,14 +44,38 @@ def build_learner(args: argparse.Namespace, store, cfg):
     def lm_factory():
         return copy.deepcopy(base), lm.tokenizer
 
-    # it waits at its safe points while `inkloop serve` generates for a person
-    hold = Hold(data_dir(args), args.profile)
-    return Learner(store, data_dir(args), args.profile, lm_factory, emb, cfg, pause=hold.wait)
+    hold = Hold(data_dir(args))
+
+    def make_learner(profile: str) -> Learner:
+        return Learner(store, data_dir(args), profile, lm_factory, emb, cfg, pause=hold.wait)
+
+    return make_learner
+
+
+def _result(res) -> dict:
+    return {"outcome": res.outcome, "reason": res.reason, "version": res.version_id,
+            "guards": [g.__dict__ for g in res.guards], "metrics": dict(res.metrics)}
+
+
+def _stop_on_signals(stop) -> None:
+    """SIGTERM / SIGINT, or the server (the parent) gone, stop the learner after its running phase."""
+    from assistant.app.supervisor import watch_parent
+
+    def on_term(signum, frame):  # noqa: ARG001
+        stop()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+
+    def parent_gone() -> None:
+        stop()  # finish the running phase if quick; never outlive the server by much
+        threading.Timer(30.0, lambda: os._exit(0)).start()
+
+    watch_parent(parent_gone)
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
     from assistant.app.cli.common import fail, open_store
-    from assistant.app.supervisor import watch_parent
     from assistant.lm.models import ModelLoadError
     from reward.loop.learner import apply_resource_limits
     from storage.artifacts import abandon_candidates, collect_garbage
@@ -56,6 +84,11 @@ def cmd_learn(args: argparse.Namespace) -> int:
     cfg = learner_config(args)
     apply_resource_limits(cfg)
     store = open_store(args)
+    if args.all_profiles:
+        try:
+            return _learn_all_profiles(args, store, cfg)
+        finally:
+            store.close()
     lock = learner_lock(store.data_dir, args.profile)
     try:
         try:
@@ -66,34 +99,48 @@ def cmd_learn(args: argparse.Namespace) -> int:
         store.trim_history(args.profile)  # bounded events and metrics
         collect_garbage(store, store.data_dir)
         try:
-            learner = build_learner(args, store, cfg)
+            learner = learner_factory(args, store, cfg)(args.profile)
         except ModelLoadError as e:
             return fail(str(e))
         if args.once:
             res = learner.run_once(force=args.train_now)
-            out = {"outcome": res.outcome, "reason": res.reason, "version": res.version_id,
-                   "guards": [g.__dict__ for g in res.guards],
-                   "metrics": {k: v for k, v in res.metrics.items()}}
-            print(json.dumps(out, indent=2, default=float) if args.json else f"{res.outcome}: {res.reason}")
+            print(json.dumps(_result(res), indent=2, default=float) if args.json else f"{res.outcome}: {res.reason}")
             return 1 if res.outcome == "error" else 0
         if args.train_now:
             learner.force = True
-
-        def on_term(signum, frame):  # noqa: ARG001
-            learner.stop()
-
-        signal.signal(signal.SIGTERM, on_term)
-        signal.signal(signal.SIGINT, on_term)
-        def parent_gone() -> None:
-            learner.stop()  # finish the running phase if quick; never outlive the server by much
-            threading.Timer(30.0, lambda: os._exit(0)).start()
-
-        watch_parent(parent_gone)
+        _stop_on_signals(learner.stop)
         learner.run_forever()
         return 0
     finally:
         lock.release()
         store.close()
+
+
+def _learn_all_profiles(args: argparse.Namespace, store, cfg) -> int:
+    """`inkloop learn --all-profiles`: one process, every profile's cycles in turn (reward.loop.profiles)."""
+    from assistant.app.cli.common import fail
+    from assistant.lm.models import ModelLoadError
+    from reward.loop.profiles import ProfileLearners
+    from storage.artifacts import collect_garbage
+
+    collect_garbage(store, store.data_dir)
+    try:
+        loop = ProfileLearners(store, store.data_dir, learner_factory(args, store, cfg), poll_s=cfg.poll_s)
+    except ModelLoadError as e:
+        return fail(str(e))
+    loop.force = bool(args.train_now)
+    if args.once:
+        turns = loop.run_pass()
+        if args.json:
+            print(json.dumps({t.profile: _result(t.result) if t.result else {"outcome": t.outcome, "reason": t.reason}
+                              for t in turns}, indent=2, default=float))
+        else:
+            for t in turns:
+                print(f"{t.profile}: {t.outcome}: {t.reason}")
+        return 1 if any(t.outcome == "error" for t in turns) else 0
+    _stop_on_signals(loop.stop)
+    loop.run_forever()
+    return 0
 
 
 def cmd_learner(args: argparse.Namespace) -> int:
@@ -192,6 +239,9 @@ def register(sub, parent) -> None:
     p.add_argument("--once", action="store_true", help="check once (and run one cycle if due), then exit")
     p.add_argument("--train-now", action="store_true", help="run a cycle whatever the amount of new feedback")
     p.add_argument("--json", action="store_true", help="with --once: print the cycle's result as JSON")
+    p.add_argument("--all-profiles", action="store_true",
+                   help="one learner for every profile of the data dir, one cycle at a time, oldest pending "
+                        "feedback first (what `inkloop serve` starts); --profile is then not used")
     add_learner_flags(p)
     p.set_defaults(func=cmd_learn)
 

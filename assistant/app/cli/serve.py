@@ -59,7 +59,7 @@ def build_app(services: Services, with_ui: bool = True, access=None):
 
 
 def learner_supervisor(args: argparse.Namespace, store) -> LearnerSupervisor:
-    """The learner's own process for this data dir and profile, with the server's device flags."""
+    """The learner's own process for every profile of this data dir, with the server's device flags."""
     from assistant.app.supervisor import LearnerSupervisor
 
     extra = ["--threads", str(args.learner_threads)]
@@ -67,7 +67,7 @@ def learner_supervisor(args: argparse.Namespace, store) -> LearnerSupervisor:
         if getattr(args, flag, None):
             extra += [f"--{flag}", getattr(args, flag)]
     ddir = data_dir(args)
-    return LearnerSupervisor(LearnerSupervisor.learn_argv(ddir, args.model, args.profile, extra), ddir,
+    return LearnerSupervisor(LearnerSupervisor.learn_argv(ddir, args.model, None, extra), ddir,
                              store=store, profile_id=args.profile, log_path=ddir / "learner.log")
 
 
@@ -201,11 +201,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     store = open_store(args)
     try:
         live = store.live_version(args.profile, "policy")
+        rm = store.live_version(args.profile, "reward")
         out: dict[str, Any] = {
             "data_dir": str(data_dir(args)),
             "profile": args.profile,
             "model": args.model or "SmolLM2-135M-Instruct (bundled)",
             "policy_version": live.id if live else 0,
+            "reward_version": rm.id if rm else 0,
             "counts": store.counts(),
             "feedback_by_kind": store.feedback_counts_by_kind(),
             "learner": store.learner_state(args.profile),
@@ -220,6 +222,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"profile:        {out['profile']}")
         print(f"model:          {out['model']}")
         print(f"policy version: {out['policy_version']} ({'base model' if not out['policy_version'] else 'LoRA'})")
+        print(f"reward model:   {out['reward_version'] or 'none yet'}")
         print("counts:         " + ", ".join(f"{k} {v}" for k, v in out["counts"].items()))
         print("feedback:       " + ", ".join(f"{k} {v}" for k, v in out["feedback_by_kind"].items()))
         ls = out["learner"]
