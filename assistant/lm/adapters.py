@@ -155,7 +155,7 @@ def swap_in_place(model: torch.nn.Module, weights: AdapterWeights | None) -> boo
     if not has_adapters(model) or len(model.peft_config) != 1:
         return False
     name = next(iter(model.peft_config))
-    live = {k: p for k, p in model.named_parameters() if "lora_" in k and f".{name}." in k}
+    live = {k: p for k, p in model.named_parameters() if "lora_" in k and (f".{name}." in k or k.endswith(f".{name}"))}
     if weights is None:
         with torch.no_grad():
             for t in live.values():

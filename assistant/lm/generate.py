@@ -356,13 +356,6 @@ class Generator:
         if self.fast is not None:  # a new adapter structure needs its own graphs, compiled in the background
             self.fast.warm_up(model_key(self.model), self.model)
 
-    def _unload_adapters(self) -> None:
-        if self.fast is not None:
-            self.fast.invalidate()
-        self.base_model = self.model = adapters.detach(self.model)
-        if self.fast is not None:
-            self.fast.warm_up(model_key(self.model), self.model)
-
     def _drop_adapter(self, name: str) -> None:
         """Remove what a failed load may have left: a half-registered adapter that is not in use."""
         try:
@@ -374,6 +367,14 @@ class Generator:
                 self.model.delete_adapter(name)
         except Exception:  # noqa: BLE001
             log.exception("could not clean up adapter %s", name)
+
+    def _unload_adapters(self) -> None:
+        if self.fast is not None:
+            self.fast.invalidate()
+        if self.model is not self.base_model:
+            self.base_model = self.model = adapters.detach(self.model)
+        if self.fast is not None:
+            self.fast.warm_up(model_key(self.model), self.model)
 
     # ------------------------------------------------------------------ generation
     def _generate_raw(
