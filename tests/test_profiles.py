@@ -265,7 +265,7 @@ def test_one_learner_runs_every_profile_oldest_first_honours_pause_and_keeps_the
     _rate(store, "b", good_is_long=True)
     _rate(store, "a", good_is_long=False)  # a likes them short
     make, built = _make_learner(store, tmp_path, tiny_model_dir, embedder)
-    loop = ProfileLearners(store, tmp_path, make, poll_s=0.1)
+    loop = ProfileLearners(store, tmp_path, make, poll_s=0.1, beat_s=0.0)
     assert loop.order() == ["b", "a"]
     send_command(store, "a", "pause")
     assert loop.order() == ["a", "b"]  # a queued command comes first
@@ -281,9 +281,15 @@ def test_one_learner_runs_every_profile_oldest_first_honours_pause_and_keeps_the
     assert turns[1].outcome == "skipped" and "0 new" in turns[1].reason
     b_after = _snapshot(store, "b")
     assert b_after["live"]["policy"] == b_version and b_after["live"]["reward"]
+    b_state = store.learner_state("b")
     send_command(store, "a", "resume")
     (turn,) = loop.run_pass(until_cycle=True)
     assert (turn.profile, turn.outcome) == ("a", "published"), turn.reason
+    # during a's cycle b's heartbeat was renewed, nothing else of its state changed
+    b_now = store.learner_state("b")
+    assert b_now["heartbeat"] > b_state["heartbeat"]
+    assert {k: v for k, v in b_now.items() if k not in ("heartbeat", "updated_at")} == \
+        {k: v for k, v in b_state.items() if k not in ("heartbeat", "updated_at")}
     assert built == ["a", "b"]  # one Learner per profile, kept across turns
 
     # a's cycle changed nothing of b's; a learnt from the base model and from its own ratings only

@@ -56,11 +56,15 @@ class ProfileLearners:
 
     make_learner(profile) -> the profile's Learner (built once and kept; rebuilt from the stored
     state after another process ran the profile). poll_s: seconds between passes when no profile
-    had anything to do."""
+    had anything to do. beat_s: while one profile's cycle runs (a cycle of the real model can take
+    many minutes), the other profiles' heartbeats are renewed this often, at its safe points, so
+    their status does not look like a learner that died."""
 
     def __init__(self, store: Store, data_dir: str | Path, make_learner: Callable[[str], Learner],
-                 poll_s: float = 5.0):
+                 poll_s: float = 5.0, beat_s: float = 60.0):
         self.store, self.data_dir, self.make_learner, self.poll_s = store, Path(data_dir), make_learner, poll_s
+        self.beat_s = beat_s
+        self._beat = time.monotonic()
         self.learners: dict[str, Learner] = {}
         self.locked: set[str] = set()
         """Profiles skipped at their last turn because another learner process holds them."""
@@ -115,6 +119,14 @@ class ProfileLearners:
             learner = self.learners.get(profile)
             if learner is None:
                 learner = self.learners[profile] = self.make_learner(profile)
+                inner = learner.pause  # its safe points also keep the other profiles' heartbeats
+
+                def pause(inner=inner, running=profile) -> None:
+                    if inner is not None:
+                        inner()
+                    self._keep_alive(running)
+
+                learner.pause = pause
                 if self.force and profile not in self._forced:  # as a train_now command: one cycle
                     learner.force = True
                     self._forced.add(profile)
@@ -128,6 +140,19 @@ class ProfileLearners:
             self._errors.pop(profile, None)
             self._retry_at.pop(profile, None)
         return Turn(profile, res.outcome, res.reason, res)
+
+    def _keep_alive(self, running: str) -> None:
+        """Renew the heartbeat of every other profile this process learns for (at most every
+        beat_s; one another process holds is left alone)."""
+        if time.monotonic() - self._beat < self.beat_s:
+            return
+        self._beat = time.monotonic()
+        for p in [p for p in self.learners if p != running]:
+            try:
+                with learner_lock(self.data_dir, p):
+                    self.store.set_learner_state(p, heartbeat=time.time())
+            except LockHeld:
+                pass
 
     def run_pass(self, until_cycle: bool = False) -> list[Turn]:
         """A turn for each profile in `order()`; with `until_cycle`, stop after the first turn that
