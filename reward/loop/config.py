@@ -23,8 +23,28 @@ class LearnerConfig:
     train_policy: bool = True
     """Run RL and publish policy versions each cycle; False retrains and publishes only the reward
     model (what the reward-guided choice serves with; the policy stays the base model)."""
-    rl_steps: int = 4
-    """RL updates per cycle."""
+    rl_seconds: float = 60.0
+    """CPU-seconds (this process's time) of RL per cycle: the cycle keeps taking updates against
+    the current reward model until they are spent, or the KL bound (rl_kl_stop) or patience
+    (rl_patience) stops it first. 0: no time budget (rl_steps alone decides)."""
+    rl_steps: int = 0
+    """Cap on RL updates per cycle (0: no cap, the budget decides)."""
+    rl_kl_stop: float = 0.75
+    """Stop a cycle's RL once its rollouts' KL to the base model per reply (rl/kl) reaches this
+    fraction of max_kl: the KL guard is not tripped, and the live policy stays within the bound of
+    the base. 0: no KL stop."""
+    rl_patience: int = 3
+    """Stop a cycle's RL after this many updates in a row whose samples on a few of the person's
+    held-out requests did not raise their mean reward above its best (0: no held-out checks)."""
+    rl_patience_prompts: int = 4
+    """Held-out requests each patience check samples (eval_samples each, eval_max_new_tokens long);
+    the cycle's RL rolls out on the person's other requests."""
+    idle_cycles: int = 0
+    """Cycles the learner may run between ratings, when no new feedback is due: RL on from the live
+    policy against the live reward model, under the same budget and guards, published only when
+    its held-out reward beats the live version's. Any cycle that is not published, or whose RL
+    stopped at the KL bound or for patience, ends them until new feedback arrives. 0: off (see the
+    README: against a fixed reward model more RL time did not pay)."""
     max_kl: float = 4.0
     """Guard: a candidate whose KL to the version it was trained from (KL of this cycle's step,
     summed over a reply's tokens, averaged over held-out replies) exceeds this is shrunk (fewer
@@ -94,8 +114,10 @@ class SimConfig:
     seed: int = 0
     """Seeds the prompt order and the suggestions' sampling."""
     learner_seconds_per_rating: float = 0.0
-    """CPU-seconds the learner earns per rating (0: unrationed, every due cycle runs at once). A
-    cycle due while the learner's spent time exceeds what it earned is postponed."""
+    """CPU-seconds the learner earns per rating (0: unrationed, every due cycle runs at once with
+    the learner's own rl_seconds). A cycle due while the learner's spent time exceeds what it
+    earned is postponed; a cycle that runs may spend all it has earned and not yet spent (its RL
+    gets what the reward model, the recheck and the evaluation leave of it)."""
     heldout_limit: int = 0
     """Use only the first N held-out prompts (0: all)."""
     learner: LearnerConfig = field(default_factory=LearnerConfig)
