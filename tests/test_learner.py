@@ -675,14 +675,14 @@ def test_rl_runs_for_its_cpu_budget(store, tmp_path, tiny_model_dir, embedder):
     """No step cap: RL keeps updating until the cycle's CPU-time budget would be exceeded (real CPU
     time on the tiny model); given a whole-cycle allowance (simulate's rationing) RL gets what the
     reward model and the recheck leave of it."""
-    from reward.rl.budget import STOP_REASONS
+    from reward.rl.budget import stop_reason
 
     _rate_pairs(store, lambda i: (f"a long and complete reply {i}.", f"no {i}"))
     learner = _guarded_learner(store, tmp_path, tiny_model_dir, embedder, rl_steps=0, rl_seconds=2.0, rl_patience=0,
                                rl_kl_stop=0.0, max_kl=1e6)
     res = learner.run_once()
     v, series = _candidate(store, res)
-    assert STOP_REASONS[int(v.metrics["rl/stop_reason"])] == "seconds"
+    assert stop_reason(v.metrics) == "seconds"
     assert 1.0 <= v.metrics["rl/seconds"] <= 2.0 * 1.25, v.metrics["rl/seconds"]
     assert v.metrics["rl/steps"] >= 3 and len(series("rl/kl")) == v.metrics["rl/steps"]
     assert json.loads((Path(v.path) / "config.json").read_text())["stop"]["reason"] == "seconds"
@@ -698,7 +698,7 @@ def test_rl_runs_for_its_cpu_budget(store, tmp_path, tiny_model_dir, embedder):
 def test_rl_stops_at_the_kl_bound(store, tmp_path, tiny_model_dir, embedder):
     """Large steps: RL stops at the first update whose rollouts' KL to the base reaches
     rl_kl_stop * max_kl, long before its budget or its cap."""
-    from reward.rl.budget import STOP_REASONS
+    from reward.rl.budget import stop_reason
 
     import copy
 
@@ -713,7 +713,7 @@ def test_rl_stops_at_the_kl_bound(store, tmp_path, tiny_model_dir, embedder):
     res = learner.run_once()
     v, series = _candidate(store, res)
     kls = series("rl/kl")
-    assert STOP_REASONS[int(v.metrics["rl/stop_reason"])] == "kl", (v.metrics, kls)
+    assert stop_reason(v.metrics) == "kl", (v.metrics, kls)
     assert kls[-1] >= 2.0 and all(k < 2.0 for k in kls[:-1]) and len(kls) < 200
 
 
@@ -721,7 +721,7 @@ def test_rl_stops_when_the_heldout_reward_stops_rising(store, tmp_path, tiny_mod
     """A reward that never changes: the held-out checks never beat the score before the first
     update, so RL stops after `rl_patience` updates; the checks' prompts are held-out requests
     and the rollouts never use them."""
-    from reward.rl.budget import STOP_REASONS
+    from reward.rl.budget import stop_reason
 
     _rate_pairs(store, lambda i: (f"a long and complete reply {i}.", f"no {i}"))
     learner = _guarded_learner(store, tmp_path, tiny_model_dir, embedder, rl_steps=0, rl_seconds=600.0,
@@ -736,7 +736,7 @@ def test_rl_stops_when_the_heldout_reward_stops_rising(store, tmp_path, tiny_mod
     learner.reward_fn_factory = lambda rm: flat
     res = learner.run_once()
     v, series = _candidate(store, res)
-    assert STOP_REASONS[int(v.metrics["rl/stop_reason"])] == "patience"
+    assert stop_reason(v.metrics) == "patience"
     assert v.metrics["rl/steps"] == 2 and series("rl/heldout_reward") == [0.0, 0.0]
     _prompts, _pairs, n_held = learner._heldout()
     held = {p.prompt_text for p in _prompts[:n_held]}

@@ -55,7 +55,7 @@ from reward.loop.guards import (
     guard_reward_hacking,
     pearson,
 )
-from reward.rl.budget import STOP_REASONS, StopRule
+from reward.rl.budget import StopRule, stop_reason
 from reward.rl.step import TrainerState
 from reward.rl.train import prompts_from_store, train_policy
 from reward.train import (
@@ -223,23 +223,12 @@ class Learner:
         t0 = time.process_time()
 
         def on_step(i: int, _m: dict[str, float]) -> None:
-            done = (time.process_time() - t0) / rule.seconds if rule.seconds else 0.0
-            progress(max(done, (i + 1) / rule.steps if rule.steps else 0.0))
+            progress((time.process_time() - t0) / rule.seconds if rule.seconds else (i + 1) / rule.steps)
 
         return train_policy(self.store, self.data_dir, self.profile, model, tok, reward_fn, self._rl_config(lr_scale),
-                            rule, publish=False, parent=parent, prompts=pool, heldout=heldout or None,
-                            on_step=on_step,
+                            rule, publish=False, parent=parent, prompts=pool, heldout=heldout, on_step=on_step,
                             extra_config=dict(artifacts.LEARNER_CANDIDATE),  # for artifacts.abandon_candidates
                             state=TrainerState(pause_point=self.pause))
-
-    def _stop_rule(self, seconds: float, steps: int, heldout: list[Any]) -> StopRule:
-        """The cycle's RL stop rule: its CPU-time budget and step cap, the KL stop below the guard's
-        bound, patience on the held-out requests (off when there are none)."""
-        cfg = self.cfg
-        return StopRule(seconds=seconds, steps=steps,
-                        max_kl=cfg.rl_kl_stop * cfg.max_kl if cfg.rl_kl_stop > 0 else math.inf,
-                        patience=cfg.rl_patience if heldout else 0,
-                        heldout_samples=cfg.eval_samples, heldout_max_new_tokens=cfg.eval_max_new_tokens)
 
     def _rl_config(self, lr_scale: float = 1.0):
         """cfg.rl, with the learning rate scaled down when the KL guard retries smaller."""
@@ -308,10 +297,12 @@ class Learner:
         steps, lr_scale, retries = cfg.rl_steps, 1.0, cfg.kl_retries
         while True:
             reward_fn.seen = False
-            rule = self._stop_rule(seconds, steps, heldout)
-            what = " and ".join(x for x in (f"{seconds:.0f} CPU-s" if seconds else "", f"at most {steps} update(s)"
-                                                if steps else "") if x)
-            self._state("rl", 0.35, f"RL: {what} from " + (f"version {live.id}" if live else "the base model"))
+            # the budget and the cap; the KL stop below the guard's bound; patience on held-out requests
+            rule = StopRule(seconds=seconds, steps=steps, max_kl=cfg.rl_kl_stop * cfg.max_kl if cfg.rl_kl_stop > 0
+                            else math.inf, patience=cfg.rl_patience if heldout else 0,
+                            heldout_samples=cfg.eval_samples, heldout_max_new_tokens=cfg.eval_max_new_tokens)
+            self._state("rl", 0.35, f"RL: {seconds:.0f} CPU-s" + (f", at most {steps} update(s)" if steps else "")
+                        + " from " + (f"version {live.id}" if live else "the base model"))
             try:
                 cand, rl_metrics = self._rl(reward_fn, live, rule, lr_scale,
                                             lambda f: self._state("rl", 0.35 + 0.35 * float(f)), heldout)
@@ -387,10 +378,9 @@ class Learner:
         # 6. publish --------------------------------------------------------------------------------
         self._state("publish", 0.95, f"publishing version {cand.id}")
         artifacts.publish_version(self.store, cand.id)
-        stop = STOP_REASONS[int(metrics["rl/stop_reason"])] if "rl/stop_reason" in metrics else "?"
         reason = (f"published version {cand.id}: reward {ce.reward:+.3f} (live {live_eval.reward:+.3f}), "
                   f"win-rate {eval_metrics['eval/win_rate']:.2f}, KL {ce.kl:.3f}; RL {metrics.get('rl/steps', 0):.0f} "
-                  f"update(s) in {metrics.get('rl/seconds', 0):.0f} CPU-s, stopped: {stop}")
+                  f"update(s) in {metrics.get('rl/seconds', 0):.0f} CPU-s, stopped: {stop_reason(metrics)}")
         self.store.add_event("publish", reason, self.profile, cand.id, eval_metrics)
         artifacts.prune_versions(self.store, self.profile, "policy", cfg.keep_versions)
         return self._finish(CycleResult("published", reason, cand.id, metrics, guards), upto)
@@ -408,8 +398,7 @@ class Learner:
         m = res.metrics
         idle_left = float(self.metrics.get("learner/idle_left", 0)) - 1 if m.get("learner/idle_cycle") \
             else float(self.cfg.idle_cycles)
-        stop = STOP_REASONS[int(m["rl/stop_reason"])] if "rl/stop_reason" in m else None
-        if res.outcome != "published" or stop in ("kl", "patience"):
+        if res.outcome != "published" or stop_reason(m) in ("kl", "patience"):
             idle_left = 0.0  # more of the same would not help: wait for new feedback
         self.metrics = {
             "learner/eval_cpu_s": float(self.metrics.get("learner/eval_cpu_s", 0.0)),  # kept until measured again
@@ -425,8 +414,7 @@ class Learner:
 
     # ------------------------------------------------------------------ loops
     def idle_due(self) -> bool:
-        """An idle cycle may run: idle cycles are on, some are left since the last feedback-driven
-        cycle, policy learning is on and the profile has a live reward model."""
+        """Idle cycles are on, some are left since the last feedback cycle, and a reward model is live."""
         return (self.cfg.idle_cycles > 0 and self.cfg.train_policy
                 and float(self.metrics.get("learner/idle_left", 0)) >= 1
                 and self.store.live_version(self.profile, "reward") is not None)

@@ -42,7 +42,7 @@ from reward.eval.quality import win_rate
 from reward.eval.raters import Rater, rate_suggestions
 from reward.loop.config import SimConfig
 from reward.loop.learner import Learner
-from reward.rl.budget import STOP_REASONS
+from reward.rl.budget import stop_reason
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def simulate(assistant: Assistant, learner: Learner, rater: Rater, cfg: SimConfi
                        "cpu_s": round(spent, 1), "earned_s": round(earned, 1),
                        "allowance_s": None if allowance is None else round(allowance, 2),
                        "rl_s": m.get("rl/seconds"), "rl_steps": m.get("rl/steps"),
-                       "stop": STOP_REASONS[int(m["rl/stop_reason"])] if "rl/stop_reason" in m else None})
+                       "stop": stop_reason(m)})
         if res.outcome == "published":
             published.append(int(res.version_id))
         say(f"cycle {len(cycles)} at {ratings} ratings: {res.outcome} — {res.reason} ({time.perf_counter() - t0:.0f}s)")

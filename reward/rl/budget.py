@@ -26,6 +26,12 @@ from typing import Any, Callable
 STOP_REASONS = ("steps", "seconds", "kl", "patience", "nonfinite")
 
 
+def stop_reason(metrics: dict[str, Any]) -> str | None:
+    """The name of the stop reason a run's metrics record (rl/stop_reason), None without one."""
+    code = metrics.get("rl/stop_reason")
+    return STOP_REASONS[int(code)] if code is not None else None
+
+
 @dataclass
 class StopRule:
     """When a run of RL updates stops (see the module doc). At least one of seconds / steps is set."""
