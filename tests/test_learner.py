@@ -233,6 +233,19 @@ def test_feedback_api_learn_once_publishes_and_next_suggestion_uses_it(api, tmp_
     assert r.status_code == 404 and "error" in r.json()
 
 
+@pytest.mark.parametrize("flags, words", [
+    (["--rl-seconds", "0"], "needs a CPU-time budget"),
+    (["--rl-kl-stop", "1.5"], "fraction of max_kl"),
+    (["--rl-algo", "distill", "--rl-k", "1"], "k >= 2"),
+])
+def test_learn_rejects_settings_it_cannot_run(capsys, tmp_path, tiny_model_dir, flags, words):
+    import app
+
+    rc = app.main(["learn", "--once", "--model", str(tiny_model_dir), "--data-dir", str(tmp_path), *flags])
+    err = capsys.readouterr().err
+    assert rc == 2 and words in err and "Traceback" not in err
+
+
 def test_nan_reward_is_caught_by_the_guard(store, tmp_path, tiny_model_dir, embedder):
     import copy
 

@@ -91,6 +91,14 @@ class LearnerConfig:
     ensemble by default: the reward-guided choice needs its spread (conservative score, Thompson
     exploration), and four heads train in a few seconds on a few hundred ratings."""
 
+    def validate(self) -> None:
+        if self.rl_seconds < 0 or self.rl_steps < 0 or self.rl_patience < 0 or self.idle_cycles < 0:
+            raise ValueError("rl_seconds, rl_steps, rl_patience and idle_cycles must be >= 0")
+        if self.train_policy and not self.rl_seconds and not self.rl_steps:
+            raise ValueError("RL needs a CPU-time budget per cycle (rl_seconds > 0) or a cap on its updates (rl_steps > 0)")
+        if not 0 <= self.rl_kl_stop <= 1:
+            raise ValueError("rl_kl_stop is a fraction of max_kl: between 0 (off) and 1")
+
 
 @dataclass
 class SimConfig:
