@@ -685,7 +685,7 @@ def _candidate(store, res):
 
 
 def test_rl_runs_for_its_cpu_budget(store, tmp_path, tiny_model_dir, embedder):
-    """No step cap: RL keeps updating until the cycle's CPU-time budget would be exceeded (real CPU
+    """No step cap: RL keeps updating until the cycle's CPU-time budget is spent (real CPU
     time on the tiny model); given a whole-cycle allowance (simulate's rationing) RL gets what the
     reward model and the recheck leave of it."""
     from reward.rl.budget import stop_reason

@@ -28,17 +28,21 @@ def run(budget: Budget, clock: Clock, step_s: list[float], kls=None, scores=None
     return out
 
 
-def test_time_budget_stops_before_the_update_that_would_not_fit():
+def test_time_budget_is_spent_to_within_half_an_update():
     clock = Clock()
     b = Budget(StopRule(seconds=30.0), clock)
-    # updates of 10 s: after 1 (10 + 10 <= 30) and 2 (20 + 10 <= 30) go on; after 3 the next would end at 40
+    # updates of 10 s: after 1 (10 + 5 <= 30) and 2 (20 + 5 <= 30) go on; after 3 the next would
+    # end 10 s past the budget, more than half an update
     assert run(b, clock, [10, 10, 10, 10]) == [None, None, "seconds"]
     assert b.steps == 3 and b.seconds == pytest.approx(30.0)
     m = b.metrics()
     assert m["rl/stop_reason"] == STOP_REASONS.index("seconds") and m["rl/seconds"] == 30.0 and m["rl/steps"] == 3
-    # the estimate is the mean update so far: 4 s then 14 s (mean 9): 18 + 9 > 25 stops
+    # dear updates of 37 s in 60: one leaves 23 s unspent, a second goes 14 s over: it runs
     clock = Clock()
-    assert run(Budget(StopRule(seconds=25.0), clock), clock, [4, 14, 1]) == [None, "seconds"]
+    assert run(Budget(StopRule(seconds=60.0), clock), clock, [37, 37, 37]) == [None, "seconds"]
+    # the estimate is the mean update so far: 4, 14 (18 + 4.5 <= 25 goes on), 10 (28 + 4.7 > 25 stops)
+    clock = Clock()
+    assert run(Budget(StopRule(seconds=25.0), clock), clock, [4, 14, 10, 1]) == [None, None, "seconds"]
     # a budget smaller than one update still runs one
     clock = Clock()
     assert run(Budget(StopRule(seconds=1.0), clock), clock, [10]) == ["seconds"]

@@ -9,8 +9,11 @@ earlier when going on would not help or would not be allowed:
     patience   the reward of the policy's samples on held-out prompts has not beaten its best
                (the score before the first update included) for `patience` checks in a row
     steps      the cap on updates was reached
-    seconds    the next update would not fit in the CPU-time budget (the mean update so far,
-               held-out checks included, is the estimate of the next one's cost)
+    seconds    the next update would end more than half an update past the CPU-time budget (the
+               mean update so far, held-out checks included, is the estimate of its cost): a run
+               spends its budget to within half an update either way, whether its updates are
+               cheap or dear (stopping before any update that would not fit whole would leave up
+               to a whole update of the budget unspent: a third of it for PPO at 60 s here)
 
 The first update always runs: a budget smaller than one update still gives one. ``rl/stop_reason``
 stores the reason's index in STOP_REASONS (metrics are numbers); the version's config.json its name.
@@ -106,7 +109,7 @@ class Budget:
             self.reason = "patience"
         elif r.steps and self.steps >= r.steps:
             self.reason = "steps"
-        elif r.seconds and elapsed + elapsed / self.steps > r.seconds:
+        elif r.seconds and elapsed + 0.5 * elapsed / self.steps > r.seconds:
             self.reason = "seconds"
         return self.reason
 
