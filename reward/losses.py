@@ -190,6 +190,39 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)
 
 
+# ----------------------------------------------------------------------------- best-of-N distillation
+
+
+def best_of_n(scores: torch.Tensor, k: int, top: int = 1, margin: float | None = None) -> torch.Tensor:
+    """(B,) bool: for B = n*k scores laid out as n groups of k consecutive samples of one prompt,
+    the `top` best of each group (ties keep the lower index); with `margin`, only those whose score
+    is above their group's mean by more than `margin` (a group whose samples all score the same
+    then gives nothing: there is no best to learn from)."""
+    if scores.shape[0] % k:
+        raise ValueError(f"batch of {scores.shape[0]} is not a multiple of k={k}")
+    if not 1 <= top <= k:
+        raise ValueError(f"top must be between 1 and k={k}, got {top}")
+    g = scores.view(-1, k)
+    # stable descending order: among equal scores the lower index comes first
+    order = torch.sort(-g, dim=1, stable=True).indices[:, :top]
+    keep = torch.zeros_like(g, dtype=torch.bool).scatter_(1, order, True)
+    if margin is not None:
+        keep &= g > g.mean(1, keepdim=True) + margin
+    return keep.reshape(-1)
+
+
+def distill_loss(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
+                 kl_coef: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Supervised steps on chosen samples (RAFT / BoNBoN): the mean negative log-likelihood of their
+    tokens plus kl_coef times the mean k3 KL to the reference on the same tokens,
+    mean_t[-log pi(a_t)] + kl_coef * mean_t[(r - 1) - log r], r = ref(a_t) / pi(a_t).
+    The NLL pulls the policy towards the chosen texts; the k3 term (>= 0, 0 where pi = ref) pulls
+    each token's probability back towards the reference's. Returns (loss, {nll, kl})."""
+    nll = masked_mean(-logp, mask)
+    kl = masked_mean(kl_k3(logp, ref_logp.detach()), mask)
+    return nll + kl_coef * kl, {"nll": nll.detach(), "kl": kl.detach()}
+
+
 # ----------------------------------------------------------------------------- KL control
 
 

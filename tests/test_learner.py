@@ -233,6 +233,19 @@ def test_feedback_api_learn_once_publishes_and_next_suggestion_uses_it(api, tmp_
     assert r.status_code == 404 and "error" in r.json()
 
 
+@pytest.mark.parametrize("flags, words", [
+    (["--rl-seconds", "0"], "needs a CPU-time budget"),
+    (["--rl-kl-stop", "1.5"], "fraction of max_kl"),
+    (["--rl-algo", "distill", "--rl-k", "1"], "k >= 2"),
+])
+def test_learn_rejects_settings_it_cannot_run(capsys, tmp_path, tiny_model_dir, flags, words):
+    import app
+
+    rc = app.main(["learn", "--once", "--model", str(tiny_model_dir), "--data-dir", str(tmp_path), *flags])
+    err = capsys.readouterr().err
+    assert rc == 2 and words in err and "Traceback" not in err
+
+
 def test_nan_reward_is_caught_by_the_guard(store, tmp_path, tiny_model_dir, embedder):
     import copy
 
@@ -620,9 +633,9 @@ def _guarded_learner(store, tmp_path, tiny_model_dir, embedder, **cfg_kw):
     from reward.rl.config import RLConfig
 
     base, tok = _tiny_base(tiny_model_dir)
-    cfg = LearnerConfig(min_new_feedback=1, rl_steps=2, eval_prompts=2, eval_samples=1, eval_max_new_tokens=6,
-                        threads=1, nice=0, rl=RLConfig(algo="reinforce", k=2, prompts_per_step=2, max_new_tokens=6,
-                                                       lr=0.05, seed=0), **cfg_kw)
+    cfg = LearnerConfig(**{"min_new_feedback": 1, "rl_steps": 2, "eval_prompts": 2, "eval_samples": 1,
+                           "eval_max_new_tokens": 6, "threads": 1, "nice": 0, **cfg_kw},
+                        rl=RLConfig(algo="reinforce", k=2, prompts_per_step=2, max_new_tokens=6, lr=0.05, seed=0))
     return Learner(store, tmp_path, "default", lambda: (copy.deepcopy(base), tok), embedder, cfg)
 
 
@@ -630,7 +643,8 @@ def test_kl_guard_shrinks_and_retries_then_discards(store, tmp_path, tiny_model_
     """A KL bound no update meets: the first candidate is shrunk (half the steps, half the learning
     rate) and retried, the retry is discarded; both are recorded as guard events, nothing is live."""
     _rate_pairs(store, lambda i: (f"a long and complete reply {i}.", f"no {i}"))
-    learner = _guarded_learner(store, tmp_path, tiny_model_dir, embedder, max_kl=-1.0, kl_retries=1)
+    # the RL's own KL stop is off: the guard, not the stop rule, is what this test is about
+    learner = _guarded_learner(store, tmp_path, tiny_model_dir, embedder, max_kl=-1.0, kl_retries=1, rl_kl_stop=0.0)
     res = learner.run_once()
     assert res.outcome == "discarded"
     assert [(g.guard, g.action) for g in res.guards] == [("kl", "shrink"), ("kl", "discard")]
@@ -661,3 +675,100 @@ def test_live_recheck_rolls_back_a_version_that_looks_hacked(store, tmp_path, ti
     assert live is None or live.id != first.version_id  # not the hacked version any more
     assert store.get_version(first.version_id).status == "rolled_back"
     assert any(e["data"]["action"] == "rollback" for e in store.events("default", kind="guard"))
+
+
+# ----------------------------------------------------------------------------- the cycle's RL budget
+def _candidate(store, res):
+    """The version a cycle trained (published or discarded), and the per-update series of a metric."""
+    v = store.get_version(res.version_id)
+    return v, lambda name: [r["value"] for r in store.metric_series(name, v.id) if r["step"] > 0]
+
+
+def test_rl_runs_for_its_cpu_budget(store, tmp_path, tiny_model_dir, embedder):
+    """No step cap: RL keeps updating until the cycle's CPU-time budget is spent (real CPU
+    time on the tiny model); given a whole-cycle allowance (simulate's rationing) RL gets what the
+    reward model and the recheck leave of it."""
+    from reward.rl.budget import stop_reason
+
+    _rate_pairs(store, lambda i: (f"a long and complete reply {i}.", f"no {i}"))
+    learner = _guarded_learner(store, tmp_path, tiny_model_dir, embedder, rl_steps=0, rl_seconds=2.0, rl_patience=0,
+                               rl_kl_stop=0.0, max_kl=1e6)
+    res = learner.run_once()
+    v, series = _candidate(store, res)
+    assert stop_reason(v.metrics) == "seconds"
+    assert 1.0 <= v.metrics["rl/seconds"] <= 2.0 * 1.25, v.metrics["rl/seconds"]
+    assert v.metrics["rl/steps"] >= 3 and len(series("rl/kl")) == v.metrics["rl/steps"]
+    assert json.loads((Path(v.path) / "config.json").read_text())["stop"]["reason"] == "seconds"
+    # the cycle may spend 4 CPU-s in all: RL gets less than that, and the whole cycle stays near it
+    c0 = time.process_time()
+    res2 = learner.run_once(force=True, cpu_seconds=4.0)
+    cycle_s = time.process_time() - c0
+    v2, _ = _candidate(store, res2)
+    assert v2.metrics["rl/seconds"] < 4.0 and v2.metrics["rl/steps"] >= 1
+    assert cycle_s <= 4.0 * 1.3, cycle_s
+
+
+def test_rl_stops_at_the_kl_bound(store, tmp_path, tiny_model_dir, embedder):
+    """Large steps: RL stops at the first update whose rollouts' KL to the base reaches
+    rl_kl_stop * max_kl, long before its budget or its cap."""
+    from reward.rl.budget import stop_reason
+
+    import copy
+
+    _rate_pairs(store, lambda i: (f"a long and complete reply {i}.", f"no {i}"))
+    learner = _guarded_learner(store, tmp_path, tiny_model_dir, embedder, rl_steps=200, rl_seconds=600.0,
+                               rl_patience=0, rl_kl_stop=0.5, max_kl=4.0, kl_retries=0)
+    base, tok = _tiny_base(tiny_model_dir)
+    with torch.no_grad():  # a peaky next-token distribution (see test_policy._peaky_tiny): KL can grow
+        base.get_input_embeddings().weight.mul_(8.0)
+    learner.lm_factory = lambda: (copy.deepcopy(base), tok)
+    learner.cfg.rl.k, learner.cfg.rl.max_new_tokens = 4, 8
+    res = learner.run_once()
+    v, series = _candidate(store, res)
+    kls = series("rl/kl")
+    assert stop_reason(v.metrics) == "kl", (v.metrics, kls)
+    assert kls[-1] >= 2.0 and all(k < 2.0 for k in kls[:-1]) and len(kls) < 200
+
+
+def test_rl_stops_when_the_heldout_reward_stops_rising(store, tmp_path, tiny_model_dir, embedder):
+    """A reward that never changes: the held-out checks never beat the score before the first
+    update, so RL stops after `rl_patience` updates; the checks' prompts are held-out requests
+    and the rollouts never use them."""
+    from reward.rl.budget import stop_reason
+
+    _rate_pairs(store, lambda i: (f"a long and complete reply {i}.", f"no {i}"))
+    learner = _guarded_learner(store, tmp_path, tiny_model_dir, embedder, rl_steps=0, rl_seconds=600.0,
+                               rl_patience=2, rl_kl_stop=0.0, max_kl=1e6)
+    rolled_out: list[str] = []
+
+    def flat(prompts, texts, extras=None):
+        if extras:  # an RL update (the held-out checks and the evaluation pass no extras)
+            rolled_out.extend(p.prompt_text for p in prompts)
+        return np.zeros(len(texts), np.float32)
+
+    learner.reward_fn_factory = lambda rm: flat
+    res = learner.run_once()
+    v, series = _candidate(store, res)
+    assert stop_reason(v.metrics) == "patience"
+    assert v.metrics["rl/steps"] == 2 and series("rl/heldout_reward") == [0.0, 0.0]
+    _prompts, _pairs, n_held = learner._heldout()
+    held = {p.prompt_text for p in _prompts[:n_held]}
+    assert held and rolled_out and not held & set(rolled_out)
+
+
+def test_idle_cycle_trains_on_from_the_live_policy_without_new_feedback(store, tmp_path, tiny_model_dir, embedder):
+    """idle_cycles=1: after a feedback-driven cycle, one more cycle runs with no new feedback: the
+    live reward model (not retrained), RL from the live policy; the feedback it saw stays counted
+    as before, and then the learner waits again."""
+    _rate_pairs(store, lambda i: (f"a long and complete reply {i}.", f"no {i}"))
+    learner = _guarded_learner(store, tmp_path, tiny_model_dir, embedder, idle_cycles=1, max_kl=1e6,
+                               agreement_drop=1.0, max_length_corr=1.01, reward_gain_eps=-1e9)
+    first = learner.run_once()
+    assert first.outcome == "published", first
+    n_rm, seen = len(store.versions("default", "reward")), learner.last_feedback_id
+    idle = learner.run_once()
+    assert idle.metrics["learner/idle_cycle"] == 1.0 and idle.outcome == "published", idle
+    v = store.get_version(idle.version_id)
+    assert v.parent_id == first.version_id  # trained on from the live policy
+    assert len(store.versions("default", "reward")) == n_rm and learner.last_feedback_id == seen
+    assert learner.run_once().outcome == "skipped"  # the one idle cycle is spent: wait for feedback

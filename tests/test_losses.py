@@ -148,3 +148,36 @@ def test_explained_variance():
 def test_adaptive_kl_beta():
     assert L.adaptive_kl_beta(0.1, kl=2.0, target=1.0, horizon=10, n_steps=1) == pytest.approx(0.1 * 1.02)
     assert L.adaptive_kl_beta(0.1, kl=0.9, target=1.0, horizon=10, n_steps=1) == pytest.approx(0.1 * 0.99)
+
+
+def test_best_of_n_by_hand():
+    s = t(1.0, 3.0, 2.0, 2.0, 5.0, 5.0, 5.0, 5.0)
+    # group 1 (1, 3, 2, 2): best is index 1; group 2 all tie: the lower index, 4
+    assert L.best_of_n(s, 4).tolist() == [False, True, False, False, True, False, False, False]
+    # top 2: index 1, then 2 (tied with 3 at score 2: the lower index)
+    assert L.best_of_n(s, 4, top=2).nonzero().flatten().tolist() == [1, 2, 4, 5]
+    # margin 0: above the group mean (2 and 5) -> only index 1; a group of ties gives nothing
+    assert L.best_of_n(s, 4, top=2, margin=0.0).nonzero().flatten().tolist() == [1]
+    # margin 1.5: 3 is not above 2 + 1.5
+    assert not L.best_of_n(s, 4, margin=1.5).any()
+    with pytest.raises(ValueError):
+        L.best_of_n(s, 3)
+    with pytest.raises(ValueError):
+        L.best_of_n(s, 4, top=5)
+
+
+def test_distill_loss_and_gradient_by_hand():
+    logp = torch.log(t([0.5, 0.25, 0.5, 0.9])).requires_grad_()
+    ref = torch.log(t([0.5, 0.5, 0.25, 0.1]))
+    # NLL over the 3 real tokens: (log 2 + log 4 + log 2) / 3 = 4 log 2 / 3
+    # k3 with r = ref / pi = 1, 2, 0.5: 0, 1 - log 2, log 2 - 0.5 -> sum 0.5, mean 1/6
+    loss, st = L.distill_loss(logp, ref, M, kl_coef=2.0)
+    assert st["nll"].item() == pytest.approx(4 * math.log(2) / 3)
+    assert st["kl"].item() == pytest.approx(1 / 6)
+    assert loss.item() == pytest.approx(4 * math.log(2) / 3 + 2 / 6)
+    loss.backward()
+    # d/dlogp: -1/3 (NLL) + 2/3 * (1 - r) (k3): token 0: -1/3; token 1: -1/3 - 2/3; token 2: -1/3 + 1/3
+    assert logp.grad.tolist() == pytest.approx([-1 / 3, -1.0, 0.0, 0.0], abs=1e-6)
+    # no KL weight: plain supervised NLL
+    plain, _ = L.distill_loss(logp.detach(), ref, M, kl_coef=0.0)
+    assert plain.item() == pytest.approx(4 * math.log(2) / 3)

@@ -84,8 +84,12 @@ def test_kl_is_zero_before_first_update(tiny_lm):
     assert m["rl/ratio"] == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("algo", ["reinforce", "a2c", "ppo"])
-def test_favoured_token_probability_rises(tiny_tokenizer, algo):
+@pytest.mark.parametrize("algo, extra", [("reinforce", {}), ("a2c", {}), ("ppo", {}), ("distill", {}),
+                                         ("ppo", {"distill_coef": 0.1})],
+                         ids=["reinforce", "a2c", "ppo", "distill", "ppo+distill"])
+def test_favoured_token_probability_rises(tiny_tokenizer, algo, extra):
+    """A reward that favours one token: every algorithm (best-of-N distillation and the mix too)
+    raises that token's probability well above where it started."""
     tok = tiny_tokenizer
     model = _peaky_tiny(tok)
     pol = Policy.from_base(model, tok)
@@ -101,9 +105,29 @@ def test_favoured_token_probability_rises(tiny_tokenizer, algo):
 
     before = _first_token_prob(pol, prompts, target)
     for _ in range(6):
-        rl_step(pol, st, prompts, favour, _cfg(algo))
+        m = rl_step(pol, st, prompts, favour, _cfg(algo, **extra))
+        if algo == "distill" or extra:
+            assert m["rl/distilled"] <= 2 and m["rl/distill_score_gain"] >= 0  # at most the best of each prompt
     after = _first_token_prob(pol, prompts, target)
     assert after > 3 * before, (before, after)
+
+
+def test_distill_learns_nothing_from_a_reward_that_ties(tiny_lm):
+    """Best-of-N distillation keeps only samples above their prompt's mean: when every sample
+    scores the same there is no best, nothing is imitated and the weights stay as they were."""
+    model, tok = tiny_lm
+    pol = Policy.from_base(model, tok)
+    st = TrainerState()
+    before = [p.detach().clone() for p in pol.trainable_parameters()]
+    m = rl_step(pol, st, _prompts(tok), lambda ps, ts: np.ones(len(ts)), _cfg("distill", k=4))
+    assert m["rl/distilled"] == 0 and m["rl/skipped"] == 0 and st.steps == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, pol.trainable_parameters()))
+    # without the margin the top sample of each prompt is imitated: the adapter moves
+    m = rl_step(pol, st, _prompts(tok), lambda ps, ts: np.ones(len(ts)), _cfg("distill", k=4, distill_margin=None))
+    assert m["rl/distilled"] == 2 and m["rl/distill_nll"] > 0
+    assert not all(torch.equal(a, b) for a, b in zip(before, pol.trainable_parameters()))
+    with pytest.raises(ValueError, match="k >= 2"):
+        _cfg("distill", k=1).validate()
 
 
 def test_save_load_identical_logits_and_values(tiny_tokenizer, tmp_path):

@@ -134,3 +134,17 @@ def test_simulate_guard_discards_what_the_product_would(tiny_tokenizer, store, e
     rated = store.recent_requests("sim", limit=100)
     assert rated and all(r.options["variety"] is True and len(r.options["angles"]) == len(r.suggestions)
                          for r in rated)
+
+
+def test_simulate_gives_the_learner_the_cpu_seconds_it_earned(tiny_tokenizer, store, embedder, tmp_path):
+    """Rationed at S CPU-seconds per rating, a cycle's RL runs for (a part of) what the learner
+    has earned and not spent, never more; no step cap, so the budget is what stops it."""
+    cfg = small_sim(learner_seconds_per_rating=1.5)
+    cfg.learner.rl_steps, cfg.learner.rl_patience, cfg.learner.max_kl = 0, 0, 1e9
+    services, person, learner = tiny_loop(tiny_tokenizer, store, embedder, tmp_path, cfg)
+    res = simulate(person, learner, make_rater("concise"), cfg)
+    ran = [c for c in res.cycles if c["rl_s"] is not None]
+    assert ran, res.cycles
+    for c in ran:
+        assert 0 < c["rl_s"] <= c["allowance_s"] and c["stop"] == "seconds", c
+    assert res.learner_cpu_s <= 1.5 * res.ratings * 1.3 + 1.0  # spent about what was earned

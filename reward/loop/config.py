@@ -23,8 +23,30 @@ class LearnerConfig:
     train_policy: bool = True
     """Run RL and publish policy versions each cycle; False retrains and publishes only the reward
     model (what the reward-guided choice serves with; the policy stays the base model)."""
-    rl_steps: int = 4
-    """RL updates per cycle."""
+    rl_seconds: float = 60.0
+    """CPU-seconds (this process's time) of RL per cycle: the cycle keeps taking updates against
+    the current reward model until they are spent, or the KL bound (rl_kl_stop) or patience
+    (rl_patience) stops it first. 0: no time budget (rl_steps alone decides)."""
+    rl_steps: int = 0
+    """Cap on RL updates per cycle (0: no cap, the budget decides)."""
+    rl_kl_stop: float = 0.75
+    """Stop a cycle's RL once its rollouts' KL to the base model per reply (rl/kl) reaches this
+    fraction of max_kl: the KL guard is not tripped, and the live policy stays within the bound of
+    the base. 0: no KL stop."""
+    rl_patience: int = 2
+    """Stop a cycle's RL after this many updates in a row whose samples on a few of the person's
+    held-out requests did not raise their mean reward above its best (0: no held-out checks)."""
+    rl_patience_prompts: int = 2
+    """Held-out requests each patience check samples (eval_samples each, eval_max_new_tokens long,
+    the same seed every check); the cycle's RL rolls out on the person's other requests. A check
+    costs about a third of an update per 4 prompts on SmolLM2 here (4.2-5.2 CPU-s against 15.8),
+    so the default samples 2."""
+    idle_cycles: int = 0
+    """Cycles the learner may run between ratings, when no new feedback is due: RL on from the live
+    policy against the live reward model, under the same budget and guards, published only when
+    its held-out reward beats the live version's. Any cycle that is not published, or whose RL
+    stopped at the KL bound or for patience, ends them until new feedback arrives. 0: off (see the
+    README: against a fixed reward model more RL time did not pay)."""
     max_kl: float = 4.0
     """Guard: a candidate whose KL to the version it was trained from (KL of this cycle's step,
     summed over a reply's tokens, averaged over held-out replies) exceeds this is shrunk (fewer
@@ -71,6 +93,14 @@ class LearnerConfig:
     ensemble by default: the reward-guided choice needs its spread (conservative score, Thompson
     exploration), and four heads train in a few seconds on a few hundred ratings."""
 
+    def validate(self) -> None:
+        if self.rl_seconds < 0 or self.rl_steps < 0 or self.rl_patience < 0 or self.idle_cycles < 0:
+            raise ValueError("rl_seconds, rl_steps, rl_patience and idle_cycles must be >= 0")
+        if self.train_policy and not self.rl_seconds and not self.rl_steps:
+            raise ValueError("RL needs a CPU-time budget per cycle (rl_seconds > 0) or a cap on its updates (rl_steps > 0)")
+        if not 0 <= self.rl_kl_stop <= 1:
+            raise ValueError("rl_kl_stop is a fraction of max_kl: between 0 (off) and 1")
+
 
 @dataclass
 class SimConfig:
@@ -94,8 +124,10 @@ class SimConfig:
     seed: int = 0
     """Seeds the prompt order and the suggestions' sampling."""
     learner_seconds_per_rating: float = 0.0
-    """CPU-seconds the learner earns per rating (0: unrationed, every due cycle runs at once). A
-    cycle due while the learner's spent time exceeds what it earned is postponed."""
+    """CPU-seconds the learner earns per rating (0: unrationed, every due cycle runs at once with
+    the learner's own rl_seconds). A cycle due while the learner's spent time exceeds what it
+    earned is postponed; a cycle that runs may spend all it has earned and not yet spent (its RL
+    gets what the reward model, the recheck and the evaluation leave of it)."""
     heldout_limit: int = 0
     """Use only the first N held-out prompts (0: all)."""
     learner: LearnerConfig = field(default_factory=LearnerConfig)

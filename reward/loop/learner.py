@@ -6,12 +6,19 @@ One cycle (`Learner.run_cycle`) reads like the algorithm:
 2. recheck  evaluate the live policy against its parent on held-out prompts and feedback; if the
             live one looks like reward hacking (reward up, agreement with held-out feedback down, or
             reward explained by length) roll back to the parent (the last good version).
-3. rl       RL updates from the live policy with the composed reward -> a *candidate* version
-            (written atomically by storage.artifacts, recorded with status "candidate").
+3. rl       RL updates from the live policy with the composed reward, for the cycle's CPU-time
+            budget (`rl_seconds`, or what `run_once(cpu_seconds=...)` leaves for RL), stopping early
+            at the KL bound or when the reward on a few held-out requests stops rising (patience;
+            reward.rl.budget) -> a *candidate* version (written atomically by storage.artifacts,
+            recorded with status "candidate"). Rollouts use the person's other requests.
 4. guards   NaN/inf loss or reward -> discard; KL above the limit -> retry smaller, then discard.
 5. evaluate candidate vs live on held-out prompts: mean reward, win-rate, KL to the base model,
             agreement with held-out feedback (implicit reward log pi/pi_ref of chosen > rejected).
 6. publish  or discard with the reason. Prune old versions (keep the last N).
+
+Between ratings (no new feedback due) the learner may run `idle_cycles` more cycles: no new reward
+model and no recheck (nothing new to learn from or to check against), RL on from the live policy
+under the same budget and guards, published only when the held-out reward beats the live one's.
 
 Every guard firing is an event (``Store.add_event(kind="guard")``) with its reason; the learner's
 phase/progress/message/metrics/heartbeat live in ``learner_state`` so the UI can show them and they
@@ -48,8 +55,9 @@ from reward.loop.guards import (
     guard_reward_hacking,
     pearson,
 )
+from reward.rl.budget import StopRule, stop_reason
 from reward.rl.step import TrainerState
-from reward.rl.train import train_policy
+from reward.rl.train import prompts_from_store, train_policy
 from reward.train import (
     load_live_reward_model,
     save_reward_version,
@@ -150,10 +158,10 @@ class Learner:
 
         return RewardFunction(rm=rm, embed=embed_with(self.embedder) if self.embedder is not None else None)
 
-    def _reward_model(self, cycle: int):
+    def _reward_model(self, cycle: int, reuse: bool = False):
 
         live = self.store.live_version(self.profile, "reward")
-        if live is not None and cycle % max(1, self.cfg.rm_every) != 0:
+        if live is not None and (reuse or cycle % max(1, self.cfg.rm_every) != 0):
             rm = load_live_reward_model(self.store, self.profile, self.embedder)
             if rm is not None:
                 return rm, {}
@@ -173,8 +181,9 @@ class Learner:
         artifacts.prune_versions(self.store, self.profile, "reward", self.cfg.keep_versions)
         return rm, metrics
 
-    def _heldout(self) -> tuple[list[Any], list[tuple[str, str, str]]]:
-        """Held-out prompts (RolloutPrompt) and preference pairs (prompt_text, chosen, rejected)."""
+    def _heldout(self) -> tuple[list[Any], list[tuple[str, str, str]], int]:
+        """Held-out prompts (RolloutPrompt), preference pairs (prompt_text, chosen, rejected), and
+        how many of the prompts (the first ones) are held-out requests (the rest top them up)."""
 
         groups = self.store.requests_with_feedback(self.profile)
         data = build_training_data(groups)
@@ -183,7 +192,8 @@ class Learner:
         pairs = [(by_id[p.group].prompt, p.chosen, p.rejected) for p in held.pairs if p.group in by_id]
         pairs = pairs[: self.cfg.eval_pairs]
         held_groups = [gid for gid in held.groups() if gid in by_id]
-        reqs = [by_id[g] for g in held_groups]
+        reqs = [by_id[g] for g in held_groups if by_id[g].prompt]
+        n_held = min(len(reqs), self.cfg.eval_prompts)
         # top up with the most recent requests so a small held-out set still gives enough prompts
         seen = {r.id for r in reqs}
         for r in self.store.recent_requests(self.profile, limit=4 * self.cfg.eval_prompts):
@@ -192,8 +202,8 @@ class Learner:
             if r.id not in seen and r.prompt:
                 reqs.append(r)
                 seen.add(r.id)
-        prompts = [RolloutPrompt.from_request(r) for r in reqs[: self.cfg.eval_prompts] if r.prompt]
-        return prompts, pairs
+        prompts = [RolloutPrompt.from_request(r) for r in reqs[: self.cfg.eval_prompts]]
+        return prompts, pairs, n_held
 
     def _evaluate(self, versions: dict[int, ModelVersion | None], reward_fn, prompts, pairs,
                   only: set[int] | None = None, kl_to: dict[int, int] | None = None) -> dict[int, PolicyEval]:
@@ -202,10 +212,21 @@ class Learner:
         return evaluate_policies(model, tok, dirs, prompts, pairs, reward_fn, self.cfg, only=only, kl_to=kl_to,
                                  pause=self.pause)
 
-    def _rl(self, reward_fn, parent: ModelVersion | None, steps: int, lr_scale: float, progress: Callable[[float], None]):
+    def _rl(self, reward_fn, parent: ModelVersion | None, rule: StopRule, lr_scale: float,
+            progress: Callable[[float], None], heldout: list[Any]):
+        """RL from `parent` until `rule` stops it. Rollouts: the person's recent requests other than
+        the held-out ones the patience checks sample (all of them if nothing else is left)."""
         model, tok = self.lm_factory()
+        held = {p.prompt_text for p in heldout}
+        pool = prompts_from_store(self.store, self.profile, self.cfg.rl.recent_requests)
+        pool = [p for p in pool if p.prompt_text not in held] or pool
+        t0 = time.process_time()
+
+        def on_step(i: int, _m: dict[str, float]) -> None:
+            progress((time.process_time() - t0) / rule.seconds if rule.seconds else (i + 1) / rule.steps)
+
         return train_policy(self.store, self.data_dir, self.profile, model, tok, reward_fn, self._rl_config(lr_scale),
-                            steps, publish=False, parent=parent, on_step=lambda i, _m: progress((i + 1) / steps),
+                            rule, publish=False, parent=parent, prompts=pool, heldout=heldout, on_step=on_step,
                             extra_config=dict(artifacts.LEARNER_CANDIDATE),  # for artifacts.abandon_candidates
                             state=TrainerState(pause_point=self.pause))
 
@@ -215,22 +236,29 @@ class Learner:
         return dataclasses.replace(rl, lr=rl.lr * lr_scale) if lr_scale != 1.0 else rl
 
     # ------------------------------------------------------------------ one cycle
-    def run_cycle(self) -> CycleResult:
+    def run_cycle(self, cpu_seconds: float | None = None, idle: bool = False) -> CycleResult:
+        """One cycle (see the module doc). cpu_seconds: what the whole cycle may spend (simulate's
+        rationing: what the learner earned and has not spent); RL gets what is left of it after
+        the reward model and the recheck, less what the last candidate evaluation cost. None: RL
+        gets cfg.rl_seconds. idle: a cycle between ratings (the live reward model, no recheck,
+        published only if it beats the live version)."""
         cfg = self.cfg
+        c0 = time.process_time()
         cycle = int(self.metrics.get("learner/cycles", 0))
-        upto = self.store.last_feedback_id(self.profile)
-        metrics: dict[str, float] = {}
+        # an idle cycle learns from no feedback: what arrived meanwhile is left for the next cycle
+        upto = self.last_feedback_id if idle else self.store.last_feedback_id(self.profile)
+        metrics: dict[str, float] = {"learner/idle_cycle": float(idle)}
         guards: list[GuardFiring] = []
 
         # 1. reward model -------------------------------------------------------------------
-        self._state("reward", 0.02, "training the reward model")
-        rm, rm_metrics = self._reward_model(cycle)
+        self._state("reward", 0.02, "loading the live reward model" if idle else "training the reward model")
+        rm, rm_metrics = self._reward_model(cycle, reuse=idle)
         metrics.update(rm_metrics)
         reward_fn = NonFiniteWatch(self.reward_fn_factory(rm))
         if not cfg.train_policy:
             return self._finish(CycleResult("reward", "reward model retrained; policy learning is off",
                                             metrics=metrics), upto)
-        prompts, pairs = self._heldout()
+        prompts, pairs, n_held = self._heldout()
         if not prompts:
             # finish (feedback counted as seen, phase idle): else every poll would retrain and
             # publish another reward model on the same feedback
@@ -239,7 +267,7 @@ class Learner:
         # 2. recheck the live version against its parent -----------------------------------------
         live = self.store.live_version(self.profile, "policy")
         evals: dict[int, PolicyEval] = {}
-        if live is not None and cfg.recheck_live:
+        if live is not None and cfg.recheck_live and not idle:
             self._state("recheck", 0.2, f"re-checking live version {live.id} against its parent")
             parent = self._restorable(live.parent_id)
             evals = self._evaluate({0: None, live.id: live, **({parent.id: parent} if parent else {})},
@@ -259,14 +287,25 @@ class Learner:
             evals.update(self._evaluate({0: None, **({live.id: live} if live else {})}, reward_fn, prompts, pairs))
         live_eval = evals[live.id if live else 0]
 
-        # 3-4. RL with the guards on NaN and KL --------------------------------------------------
+        # 3-4. RL for the cycle's budget, with the guards on NaN and KL ---------------------------
+        if cpu_seconds is None:
+            seconds = cfg.rl_seconds
+        else:  # what the cycle has left, less the last evaluation's cost; at least one update
+            spent = time.process_time() - c0
+            seconds = max(1e-3, cpu_seconds - spent - float(self.metrics.get("learner/eval_cpu_s", 0.0)))
+        heldout = prompts[: min(n_held, cfg.rl_patience_prompts)]
         steps, lr_scale, retries = cfg.rl_steps, 1.0, cfg.kl_retries
         while True:
             reward_fn.seen = False
-            self._state("rl", 0.35, f"RL: {steps} update(s) from " + (f"version {live.id}" if live else "the base model"))
+            # the budget and the cap; the KL stop below the guard's bound; patience on held-out requests
+            rule = StopRule(seconds=seconds, steps=steps, max_kl=cfg.rl_kl_stop * cfg.max_kl if cfg.rl_kl_stop > 0
+                            else math.inf, patience=cfg.rl_patience if heldout else 0,
+                            heldout_samples=cfg.eval_samples, heldout_max_new_tokens=cfg.eval_max_new_tokens)
+            self._state("rl", 0.35, f"RL: {seconds:.0f} CPU-s" + (f", at most {steps} update(s)" if steps else "")
+                        + " from " + (f"version {live.id}" if live else "the base model"))
             try:
-                cand, rl_metrics = self._rl(reward_fn, live, steps, lr_scale,
-                                            lambda f: self._state("rl", 0.35 + 0.35 * float(f)))
+                cand, rl_metrics = self._rl(reward_fn, live, rule, lr_scale,
+                                            lambda f: self._state("rl", 0.35 + 0.35 * float(f)), heldout)
             except Exception as e:  # noqa: BLE001 - a NaN can also surface as an exception
                 if reward_fn.seen:
                     g = GuardFiring("nonfinite", "discard", f"non-finite reward during RL ({e}): update discarded")
@@ -285,8 +324,10 @@ class Learner:
             self._state("evaluate", 0.75, f"evaluating candidate {cand.id} against " +
                         (f"version {live.id}" if live else "the base model"))
             versions = {cand.id: cand, **({live.id: live} if live else {})}
+            e0 = time.process_time()
             ce = self._evaluate(versions, reward_fn, prompts, pairs, only={cand.id},
                                 kl_to={cand.id: live.id if live else 0})[cand.id]
+            metrics["learner/eval_cpu_s"] = time.process_time() - e0
             kl_g = guard_kl(ce.step_kl if ce.step_kl is not None else ce.kl, cfg.max_kl, retries)
             if kl_g is None:
                 break
@@ -295,7 +336,8 @@ class Learner:
             artifacts.discard_version(self.store, cand.id)
             if kl_g.action == "discard":
                 return self._finish(CycleResult("discarded", kl_g.reason, cand.id, metrics, guards), upto)
-            steps, lr_scale, retries = max(1, steps // 2), lr_scale * 0.5, retries - 1
+            steps, seconds = (max(1, steps // 2) if steps else 0), seconds / 2
+            lr_scale, retries = lr_scale * 0.5, retries - 1
 
         eval_metrics = {
             "eval/reward": ce.reward, "eval/reward_live": live_eval.reward,
@@ -321,6 +363,12 @@ class Learner:
                 guards.append(g)
                 artifacts.discard_version(self.store, cand.id)
                 return self._finish(CycleResult("discarded", g.reason, cand.id, metrics, guards), upto)
+        if idle and gain <= cfg.reward_gain_eps:  # nothing new was learnt from: only a better policy replaces the live one
+            reason = (f"idle cycle: held-out reward {ce.reward:+.3f} does not beat the live version's "
+                      f"{live_eval.reward:+.3f}")
+            self.store.add_event("discard", reason, self.profile, cand.id)
+            artifacts.discard_version(self.store, cand.id)
+            return self._finish(CycleResult("discarded", reason, cand.id, metrics, guards), upto)
         if eval_metrics["eval/win_rate"] < cfg.min_win_rate:
             reason = f"win-rate {eval_metrics['eval/win_rate']:.2f} below {cfg.min_win_rate:.2f}"
             self.store.add_event("discard", reason, self.profile, cand.id)
@@ -331,7 +379,8 @@ class Learner:
         self._state("publish", 0.95, f"publishing version {cand.id}")
         artifacts.publish_version(self.store, cand.id)
         reason = (f"published version {cand.id}: reward {ce.reward:+.3f} (live {live_eval.reward:+.3f}), "
-                  f"win-rate {eval_metrics['eval/win_rate']:.2f}, KL {ce.kl:.3f}")
+                  f"win-rate {eval_metrics['eval/win_rate']:.2f}, KL {ce.kl:.3f}; RL {metrics.get('rl/steps', 0):.0f} "
+                  f"update(s) in {metrics.get('rl/seconds', 0):.0f} CPU-s, stopped: {stop_reason(metrics)}")
         self.store.add_event("publish", reason, self.profile, cand.id, eval_metrics)
         artifacts.prune_versions(self.store, self.profile, "policy", cfg.keep_versions)
         return self._finish(CycleResult("published", reason, cand.id, metrics, guards), upto)
@@ -346,8 +395,15 @@ class Learner:
         return v if artifacts.available(v) else None  # not discarded, abandoned or half-pruned
 
     def _finish(self, res: CycleResult, upto: int) -> CycleResult:
+        m = res.metrics
+        idle_left = float(self.metrics.get("learner/idle_left", 0)) - 1 if m.get("learner/idle_cycle") \
+            else float(self.cfg.idle_cycles)
+        if res.outcome != "published" or stop_reason(m) in ("kl", "patience"):
+            idle_left = 0.0  # more of the same would not help: wait for new feedback
         self.metrics = {
-            **{k: v for k, v in res.metrics.items() if isinstance(v, (int, float)) and math.isfinite(float(v))},
+            "learner/eval_cpu_s": float(self.metrics.get("learner/eval_cpu_s", 0.0)),  # kept until measured again
+            **{k: v for k, v in m.items() if isinstance(v, (int, float)) and math.isfinite(float(v))},
+            "learner/idle_left": max(0.0, idle_left),
             "learner/last_feedback_id": float(upto),
             "learner/cycles": float(self.metrics.get("learner/cycles", 0)) + 1,
             "learner/last_version": float(res.version_id or 0),
@@ -357,24 +413,35 @@ class Learner:
         return res
 
     # ------------------------------------------------------------------ loops
-    def run_once(self, force: bool = False) -> CycleResult:
-        """One check: run a cycle when enough new feedback arrived (or `force`), else skip."""
+    def idle_due(self) -> bool:
+        """Idle cycles are on, some are left since the last feedback cycle, and a reward model is live."""
+        return (self.cfg.idle_cycles > 0 and self.cfg.train_policy
+                and float(self.metrics.get("learner/idle_left", 0)) >= 1
+                and self.store.live_version(self.profile, "reward") is not None)
+
+    def run_once(self, force: bool = False, cpu_seconds: float | None = None) -> CycleResult:
+        """One check: run a cycle when enough new feedback arrived (or `force`), else an idle
+        cycle when one is due (LearnerConfig.idle_cycles), else skip. cpu_seconds: what the cycle
+        may spend in all (see run_cycle)."""
         self.handle_commands()
         force = force or self.force
         if self.paused and not force:
             self._state("paused", message="paused")
             return CycleResult("skipped", "paused")
         n = self.new_feedback()
+        idle = False
         if force and n == 0 and self.store.last_feedback_id(self.profile) > 0:
             pass  # train now: another cycle on the feedback there is
         elif n == 0 or (n < self.cfg.min_new_feedback and not force):
-            msg = f"waiting for feedback: {n} new of {self.cfg.min_new_feedback} needed"
-            self._state("waiting", 0.0, msg, metrics={**self.metrics, "learner/new_feedback": float(n)})
-            return CycleResult("skipped", msg)
+            if not self.idle_due():
+                msg = f"waiting for feedback: {n} new of {self.cfg.min_new_feedback} needed"
+                self._state("waiting", 0.0, msg, metrics={**self.metrics, "learner/new_feedback": float(n)})
+                return CycleResult("skipped", msg)
+            idle = True
         self.force = False
         t0 = time.perf_counter()
         try:
-            res = self.run_cycle()
+            res = self.run_cycle(cpu_seconds, idle=idle)
         except Exception as e:
             log.exception("learner cycle failed")
             self._state("error", 0.0, f"cycle failed: {e}", error=f"{type(e).__name__}: {e}")

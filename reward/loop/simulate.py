@@ -11,9 +11,11 @@
          path as `inkloop serve`). With ``learner_seconds_per_rating`` S > 0 the learner's compute
          is rationed as in the product: each rating gives it S CPU-seconds (the time the person
          spends reading and rating), each cycle spends its measured process CPU time, and a cycle
-         that is due while the learner is still in debt waits (the learner was busy). The one
-         optimism left: a cycle's version is served as soon as the cycle ends, not S * its length
-         later.
+         that is due while the learner is still in debt waits (the learner was busy). A cycle that
+         runs may spend everything earned and not yet spent (``Learner.run_once(cpu_seconds=)``):
+         its RL runs for what the reward model, the recheck and the evaluation leave of that, so
+         the learner uses the time the person spends writing, no more. The one optimism left: a
+         cycle's version is served as soon as the cycle ends, not S * its length later.
       -> the generator hot-swaps the published adapter before the next suggestion
 
 The rater reaches the policy only through stored feedback. At the end it judges, pairwise, the live
@@ -40,6 +42,7 @@ from reward.eval.quality import win_rate
 from reward.eval.raters import Rater, rate_suggestions
 from reward.loop.config import SimConfig
 from reward.loop.learner import Learner
+from reward.rl.budget import stop_reason
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +186,9 @@ def simulate(assistant: Assistant, learner: Learner, rater: Rater, cfg: SimConfi
         if cfg.learner_seconds_per_rating > 0 and spent > earned:
             postponed += 1  # the learner is still busy with the last cycle
             continue
+        allowance = earned - spent if cfg.learner_seconds_per_rating > 0 else None
         c0 = time.process_time()
-        res = learner.run_once(force=ratings >= cfg.budget)
+        res = learner.run_once(force=ratings >= cfg.budget, cpu_seconds=allowance)
         spent += time.process_time() - c0
         if res.outcome == "skipped":
             continue
@@ -194,7 +198,10 @@ def simulate(assistant: Assistant, learner: Learner, rater: Rater, cfg: SimConfi
                 curves[name].append((ratings, float(m[name])))
         cycles.append({"ratings": ratings, "outcome": res.outcome, "reason": res.reason,
                        "version": res.version_id, "guards": [g.guard for g in res.guards],
-                       "cpu_s": round(spent, 1), "earned_s": round(earned, 1)})
+                       "cpu_s": round(spent, 1), "earned_s": round(earned, 1),
+                       "allowance_s": None if allowance is None else round(allowance, 2),
+                       "rl_s": m.get("rl/seconds"), "rl_steps": m.get("rl/steps"),
+                       "stop": stop_reason(m)})
         if res.outcome == "published":
             published.append(int(res.version_id))
         say(f"cycle {len(cycles)} at {ratings} ratings: {res.outcome} — {res.reason} ({time.perf_counter() - t0:.0f}s)")

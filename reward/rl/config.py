@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-ALGOS = ("reinforce", "a2c", "ppo")
+ALGOS = ("reinforce", "a2c", "ppo", "distill")
 
 # ----------------------------------------------------------------------------- configuration
 @dataclass
@@ -15,7 +15,8 @@ class RLConfig:
     """Everything one RL update needs. Defaults are sized for a 2-core CPU and SmolLM2-135M."""
 
     algo: str = "ppo"
-    """reinforce | a2c | ppo."""
+    """reinforce | a2c | ppo | distill (best-of-N distillation: supervised steps on the reward's
+    best of the k samples per prompt, with a KL penalty to the reference; RAFT / BoNBoN)."""
     k: int = 4
     """Samples per prompt (the leave-one-out baseline needs k >= 2)."""
     prompts_per_step: int = 4
@@ -66,6 +67,20 @@ class RLConfig:
     """Whiten advantages over the batch (a2c, ppo; REINFORCE keeps the raw scale)."""
     max_grad_norm: float = 1.0
     """Gradient clipping."""
+    distill_coef: float = 0.0
+    """reinforce / a2c / ppo: add this times the distillation loss on the batch's best samples to
+    the actor-critic loss (0: off; > 0 is the mix of the two)."""
+    distill_top: int = 1
+    """Distillation: samples kept per prompt (the top m of its k)."""
+    distill_margin: float | None = 0.0
+    """Distillation: keep a sample only if its score is above its prompt's mean by more than this
+    (0: any sample better than the mean; a prompt whose samples all tie gives none). None: always
+    keep the top m."""
+    distill_kl_coef: float = 0.1
+    """Distillation: weight of the per-token k3 KL to the reference on the distilled tokens."""
+    distill_epochs: int = 2
+    """Distillation (algo distill): passes over the kept samples per rollout; an update on a few
+    kept samples costs little next to sampling all k."""
     clean_texts: bool = True
     """Score the cleaned suggestion (as a person would see it) rather than the raw decode."""
     autocast: bool = True
@@ -84,5 +99,11 @@ class RLConfig:
             raise ValueError("the leave-one-out baseline needs k >= 2")
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError("kl_estimator must be k1 or k3")
+        if self.algo == "distill" and self.k < 2:
+            raise ValueError("best-of-N distillation needs k >= 2 samples per prompt")
+        if not 1 <= self.distill_top <= self.k:
+            raise ValueError(f"distill_top must be between 1 and k={self.k}")
+        if self.distill_coef < 0 or self.distill_kl_coef < 0 or self.distill_epochs < 1:
+            raise ValueError("distill_coef and distill_kl_coef must be >= 0 and distill_epochs >= 1")
         if self.k < 1 or self.prompts_per_step < 1 or self.max_new_tokens < 1:
             raise ValueError("k, prompts_per_step and max_new_tokens must be >= 1")

@@ -11,11 +11,16 @@
     3. old policy  the rollout policy's log-probs and values, before any weight moves
     4. shape       per-token reward: -beta * KL(policy || reference) on every token, score on the last
     5. advantages  reinforce: Monte-Carlo return minus a baseline (leave-one-out over the K samples,
-                   or a moving average); a2c / ppo: GAE(gamma, lambda) with the critic
+                   or a moving average); a2c / ppo: GAE(gamma, lambda) with the critic.
+                   best of N (distill, or any algo with distill_coef > 0): the top m of each
+                   prompt's K samples by score (optionally only those above the prompt's mean)
     6. update      one loop: epochs x minibatches, an optimizer step each. reinforce / a2c: one
                    epoch of one minibatch (one gradient step on the batch); ppo: several epochs of
                    minibatches on the clipped surrogate (importance ratio against the rollout
-                   policy) plus a clipped value loss
+                   policy) plus a clipped value loss; distill: distill_epochs passes over the kept
+                   samples only, on their NLL plus a k3 KL to the reference (RAFT / BoNBoN). With
+                   distill_coef > 0 the actor-critic loss also gets distill_coef x that loss on
+                   the minibatch's kept samples (the mix)
     7. KL control  fixed beta, or adaptive towards a target KL
 
 Only LoRA and value-head weights ever receive gradients; the base stays frozen. LoRA and value-head
@@ -158,8 +163,13 @@ def rl_step(policy: Policy, state: TrainerState, prompts: Sequence[RolloutPrompt
     rewards = L.shape_rewards(scores, kl_tok, mask, beta)
     seq_kl = kl_tok.sum(1)
 
-    # 5. advantages
-    if cfg.algo == "reinforce":
+    # 5. advantages; the best of N (the samples the distillation loss imitates)
+    distill = cfg.algo == "distill" or cfg.distill_coef > 0
+    best = (L.best_of_n(scores, cfg.k, cfg.distill_top, cfg.distill_margin) if distill
+            else torch.zeros(B, dtype=torch.bool, device=mask.device))
+    if cfg.algo == "distill":  # no advantages: the update is supervised
+        advantages = returns = torch.zeros_like(mask)
+    elif cfg.algo == "reinforce":
         returns = L.discounted_returns(rewards, mask, cfg.gamma)
         seq_return = returns[:, 0]
         if cfg.baseline == "loo":
@@ -176,15 +186,21 @@ def rl_step(policy: Policy, state: TrainerState, prompts: Sequence[RolloutPrompt
 
     # 6. update: `epochs` passes over the batch in minibatches, one optimizer step per minibatch.
     #    PPO: cfg.ppo_epochs epochs of cfg.minibatch_size episodes on the clipped surrogate;
-    #    REINFORCE / A2C: one epoch of one minibatch (one on-policy gradient step on the whole batch).
-    epochs, mb_size = (cfg.ppo_epochs, cfg.minibatch_size) if cfg.algo == "ppo" else (1, B)
+    #    REINFORCE / A2C: one epoch of one minibatch (one on-policy gradient step on the whole batch);
+    #    distill: cfg.distill_epochs epochs of minibatches of the kept samples alone.
+    if cfg.algo == "distill":
+        epochs, mb_size, pool = cfg.distill_epochs, cfg.minibatch_size, best.nonzero().flatten().cpu()
+    else:
+        epochs, mb_size = (cfg.ppo_epochs, cfg.minibatch_size) if cfg.algo == "ppo" else (1, B)
+        pool = torch.arange(B)
     opt = _optimizer(policy, state, cfg)
     opt.zero_grad(set_to_none=True)
     stats: dict[str, float] = {}
-    sums = {"pg_loss": 0.0, "value_loss": 0.0, "clipfrac": 0.0, "approx_kl": 0.0, "ratio": 0.0}
-    n_mb = 0
-    for _epoch in range(epochs):
-        order = torch.randperm(B) if epochs > 1 else torch.arange(B)
+    sums = {"pg_loss": 0.0, "value_loss": 0.0, "clipfrac": 0.0, "approx_kl": 0.0, "ratio": 0.0,
+            "distill_nll": 0.0, "distill_kl": 0.0}
+    n_mb = n_distill = 0
+    for _epoch in range(epochs if len(pool) else 0):
+        order = pool[torch.randperm(len(pool))] if epochs > 1 else pool
         for idx in order.split(mb_size):
             if state.pause_point is not None:
                 state.pause_point()
@@ -194,13 +210,21 @@ def rl_step(policy: Policy, state: TrainerState, prompts: Sequence[RolloutPrompt
             if cfg.algo == "ppo":  # actor: clipped importance-sampled surrogate; critic: clipped value loss
                 pg_loss, st = L.clipped_surrogate_loss(logp, old_logp[idx], advantages[idx], m, cfg.clip)
                 v_loss, _ = L.clipped_value_loss(values, old_values[idx], returns[idx], m, cfg.value_clip)
-            else:  # actor: REINFORCE with a baseline (reinforce) or the critic's GAE advantages (a2c)
-                pg_loss = L.reinforce_loss(logp, advantages[idx], m)
+            else:  # actor: REINFORCE with a baseline (reinforce) or the critic's GAE advantages (a2c);
+                #        distill: no actor-critic term (its loss is the distillation term below)
+                pg_loss = L.reinforce_loss(logp, advantages[idx], m) if cfg.algo != "distill" else torch.zeros(())
                 st = {"clipfrac": torch.zeros(()), **L.ratio_stats(logp.detach() - old_logp[idx], m)}
                 v_loss = (L.clipped_value_loss(values, old_values[idx], returns[idx], m, None)[0]
                           if cfg.algo == "a2c" else torch.zeros(()))
             ent_loss = L.masked_mean(L.entropy_from_logits(logits), m) if cfg.ent_coef else torch.zeros(())
             loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * ent_loss
+            keep = best[idx]
+            if keep.any():  # distillation: NLL of the kept samples + KL to the reference on their tokens
+                d_loss, dst = L.distill_loss(logp[keep], ref_logp[idx][keep], m[keep], cfg.distill_kl_coef)
+                loss = loss + (1.0 if cfg.algo == "distill" else cfg.distill_coef) * d_loss
+                n_distill += 1
+                sums["distill_nll"] += float(dst["nll"])
+                sums["distill_kl"] += float(dst["kl"])
             if not torch.isfinite(loss):
                 opt.zero_grad(set_to_none=True)
                 stats["rl/skipped_steps"] = stats.get("rl/skipped_steps", 0) + 1
@@ -224,7 +248,7 @@ def rl_step(policy: Policy, state: TrainerState, prompts: Sequence[RolloutPrompt
     # diagnostics
     dt = time.perf_counter() - t0
     n = max(n_mb, 1)
-    ev = L.explained_variance(old_values, returns, mask) if cfg.algo != "reinforce" else torch.zeros(())
+    ev = L.explained_variance(old_values, returns, mask) if cfg.algo in ("a2c", "ppo") else torch.zeros(())
     metrics.update(
         {
             "rl/reward": float(scores.mean()),
@@ -246,6 +270,14 @@ def rl_step(policy: Policy, state: TrainerState, prompts: Sequence[RolloutPrompt
             "rl/skipped": 1.0 if stats.get("rl/skipped_steps") else 0.0,
         }
     )
+    if distill:
+        nd = max(n_distill, 1)
+        metrics.update({
+            "rl/distilled": float(best.sum()),
+            "rl/distill_score_gain": float(scores[best].mean() - scores.mean()) if best.any() else 0.0,
+            "rl/distill_nll": sums["distill_nll"] / nd,
+            "rl/distill_kl": sums["distill_kl"] / nd,
+        })
     metrics.update(stats)
     state.last_rollout = ro  # for inspection (tests, the learner's UI)
     return metrics

@@ -1,7 +1,8 @@
-"""train_policy: several RL updates on the person's recent requests, written as a policy version."""
+"""train_policy: RL updates on the person's recent requests until a StopRule says stop, written as a policy version."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -9,14 +10,18 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
+import torch
 from torch import nn
 
 from assistant.lm.adapters import ADAPTER_SUBDIR
 from assistant.lm.config import MODES, LoraSettings
 from reward.functions import RolloutPrompt
+from reward.rl.budget import Budget, StopRule
 from reward.rl.config import RLConfig
 from reward.rl.policy import Policy
-from reward.rl.step import RewardFn, TrainerState, rl_step
+from reward.rl.rollout import rollout
+from reward.rl.step import RewardFn, TrainerState, _call_reward, rl_step
 from storage.artifacts import save_version
 from storage.records import ModelVersion
 
@@ -44,6 +49,18 @@ def sample_prompts(pool: Sequence[RolloutPrompt], n: int, rng: random.Random) ->
     rng.shuffle(modes)
     return [rng.choice(by_mode[modes[i % len(modes)]]) for i in range(n)]
 
+def heldout_reward(policy: Policy, prompts: Sequence[RolloutPrompt], reward_fn: RewardFn, cfg: RLConfig,
+                   rule: StopRule, seed: int, pause: Callable[[], Any] | None = None) -> float:
+    """Mean reward of the policy's samples on held-out prompts (rule.heldout_samples each). Every
+    check draws with the same seed, so two checks differ by the policy, not by sampling noise;
+    the training's own random stream is left where it was."""
+    check = dataclasses.replace(cfg, k=rule.heldout_samples, max_new_tokens=rule.heldout_max_new_tokens)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        ro = rollout(policy, prompts, check, pause=pause)
+    total = np.asarray(_call_reward(reward_fn, ro.prompts, ro.texts, {}).total, np.float64)
+    return float(total.mean()) if total.size else float("nan")
+
 def _mean_metrics(history: list[dict[str, float]]) -> dict[str, float]:
     keys = {k for h in history for k, v in h.items() if isinstance(v, (int, float))}
     out = {}
@@ -61,18 +78,26 @@ def train_policy(
     tokenizer,
     reward_fn: RewardFn,
     cfg: RLConfig,
-    steps: int,
+    steps: int | StopRule,
     publish: bool = False,
     parent=None,
     *,
     policy: Policy | None = None,
     state: TrainerState | None = None,
     prompts: Sequence[RolloutPrompt] | None = None,
+    heldout: Sequence[RolloutPrompt] | None = None,
     lora_cfg: LoraSettings | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     extra_config: dict[str, Any] | None = None,
 ):
-    """Run `steps` RL updates and write a new policy version. Returns (ModelVersion, metrics).
+    """Run RL updates until `steps` says stop and write a new policy version. Returns
+    (ModelVersion, metrics).
+
+    `steps` is a number of updates, or a StopRule (reward.rl.budget): a CPU-time budget, a cap on
+    updates, the KL bound, patience on the reward of the policy's samples on the `heldout` prompts
+    (checked before the first update and after each; needs `heldout`). metrics get rl/steps,
+    rl/seconds (CPU) and rl/stop_reason (an index into budget.STOP_REASONS; config.json has the
+    name); each step's series gets rl/heldout_reward when checked.
 
     The policy to train is, in order: `policy` (an in-memory Policy; pass its TrainerState as
     `state` to continue with its optimizer and KL coefficient), else the version `parent` (a ModelVersion or id) loaded onto `lm_model`, else the
@@ -85,8 +110,12 @@ def train_policy(
     pass it as `policy=`."""
 
     cfg.validate()
-    if steps < 1:
+    rule = steps if isinstance(steps, StopRule) else StopRule(steps=int(steps))
+    if not isinstance(steps, StopRule) and steps < 1:
         raise ValueError("steps must be >= 1")
+    rule.validate()
+    if rule.patience and not heldout:
+        raise ValueError("patience needs held-out prompts to check the policy on")
     parent_id = parent.id if isinstance(parent, ModelVersion) else parent
     if policy is None:
         if lm_model is None:
@@ -100,14 +129,32 @@ def train_policy(
     pool = list(prompts) if prompts is not None else prompts_from_store(store, profile_id, cfg.recent_requests)
     state = state if state is not None else TrainerState()
     rng = random.Random(cfg.seed)
+    budget = Budget(rule)
+    check_seed = 0 if cfg.seed is None else cfg.seed
+
+    def check() -> float | None:
+        if not budget.checks_heldout():
+            return None
+        return heldout_reward(policy, heldout, reward_fn, cfg, rule, check_seed, state.pause_point)
+
+    if not pool:
+        raise ValueError("no requests to learn from yet: ask for some suggestions first")
+    budget.start(start_score := check())
     history = []
-    for i in range(steps):
+    while budget.reason is None:
         m = rl_step(policy, state, sample_prompts(pool, cfg.prompts_per_step, rng), reward_fn, cfg)
+        score = check()
+        if score is not None:
+            m["rl/heldout_reward"] = score
+        budget.after_step(m, score)
         history.append(m)
         if on_step is not None:
-            on_step(i, m)
+            on_step(len(history) - 1, m)
     metrics = _mean_metrics(history)
-    metrics["rl/steps"] = float(steps)
+    metrics.update(budget.metrics())
+    if start_score is not None:
+        metrics["rl/heldout_reward_start"] = start_score
+        metrics["rl/heldout_reward_final"] = float(history[-1]["rl/heldout_reward"])
     metrics["rl/final_reward"] = float(history[-1].get("rl/reward", float("nan")))
     metrics["rl/final_kl"] = float(history[-1].get("rl/kl", float("nan")))
     metrics["rl/skipped_updates"] = float(sum(1 for h in history if h.get("rl/skipped")))
@@ -116,6 +163,8 @@ def train_policy(
         "rl": asdict(cfg),
         "lora": asdict(policy.lora),
         "kl_coef_now": state.kl_coef,
+        "stop": {**{k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in asdict(rule).items()},
+                 "reason": budget.reason},
         "reward": asdict(reward_cfg) if reward_cfg is not None and hasattr(reward_cfg, "__dataclass_fields__") else None,
         **(extra_config or {}),
     }

@@ -143,6 +143,7 @@ def learner_config(args: argparse.Namespace):
                     rm=from_args(RewardTrainConfig, args, prefix="rm_", base=base.rm))
     if getattr(args, "threads", None):
         cfg.threads = int(args.threads)
+    validated(cfg)
     validated(cfg.rl)
     validated(cfg.rm)
     return cfg
