@@ -21,6 +21,17 @@ COMMAND_MODULES = [
 ]
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
 def add_common_flags(p: argparse.ArgumentParser, given_only: bool) -> None:
     """The flags every command takes, defined once. The top-level parser holds their defaults; a
     sub-command's copy (given_only) sets a value only when the flag is written after it, so
@@ -38,7 +49,7 @@ def add_common_flags(p: argparse.ArgumentParser, given_only: bool) -> None:
     g.add_argument("--profile", default=d("default"), help="profile whose data and policy to use (default default)")
     g.add_argument("--device", default=d("auto"), choices=["auto", "cpu", "cuda"], help="default auto")
     g.add_argument("--dtype", default=d("auto"), choices=["auto", "bfloat16", "float16", "float32"], help="default auto")
-    g.add_argument("--threads", type=int, default=d(None), help="torch threads for this process")
+    g.add_argument("--threads", type=positive_int, default=d(None), help="torch threads for this process")
     g.add_argument("-v", "--verbose", action="store_true", default=d(False), help="debug logging")
 
 
