@@ -226,8 +226,9 @@ def seed_template(root: Path, model_dir: Path) -> Path:
 
 def fingerprint(d: Path) -> str:
     """What a rejected command must not change: the database's rows and every other file (not the
-    lock files, not SQLite's -wal/-shm)."""
-    if not d.exists():
+    lock files, not SQLite's -wal/-shm). A folder holding nothing but an empty database (no row
+    beyond its migrations: what opening a store on a new data directory creates) counts as absent."""
+    if not d.exists() or _only_an_empty_database(d):
         return "absent"
     if d.is_file():
         return "file:" + hashlib.sha1(d.read_bytes()).hexdigest()
@@ -247,6 +248,22 @@ def fingerprint(d: Path) -> str:
         elif f.is_file():
             h.update(f.read_bytes())
     return h.hexdigest()
+
+
+def _only_an_empty_database(d: Path) -> bool:
+    if not d.is_dir():
+        return False
+    rest = [p for p in d.rglob("*") if not p.relative_to(d).as_posix().startswith("locks")
+            and not p.name.endswith(("-wal", "-shm")) and p.name != "inkloop.db"]
+    if rest or not (d / "inkloop.db").is_file():
+        return False
+    con = sqlite3.connect(f"file:{d / 'inkloop.db'}?mode=ro", uri=True)
+    try:
+        tables = [r[0] for r in con.execute("select name from sqlite_master where type = 'table'")]
+        return all(con.execute(f'select count(*) from "{t}"').fetchone()[0] == 0 for t in tables
+                   if t != "_migrations" and not t.startswith("sqlite_"))
+    finally:
+        con.close()
 
 
 class _Records(logging.Handler):

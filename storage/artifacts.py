@@ -207,7 +207,8 @@ def fallback_version(store: Store, profile_id: str, kind: str = "policy",
 
 
 def overwrite_refusal(store: Store, out: str | Path) -> str | None:
-    """Why replacing the folder `out` (an export's --overwrite) would destroy inkloop's data, or None:
+    """Why replacing `out` (an export's folder with --overwrite, a file `feedback export` writes)
+    would destroy inkloop's data, or None:
     it holds the data directory, lies inside it other than in a folder under exports/, or holds
     (or lies inside) a version directory."""
     o, data = paths.real(out), paths.real(store.data_dir)
@@ -215,8 +216,8 @@ def overwrite_refusal(store: Store, out: str | Path) -> str | None:
     if data.is_relative_to(o):
         return f"{out} holds inkloop's data directory; choose another output folder"
     if o.is_relative_to(data) and not (o.is_relative_to(exports) and o != exports):
-        return (f"{out} is inside inkloop's data directory, where only a folder under "
-                f"{EXPORTS_DIR}/ may be replaced; choose another output folder")
+        return (f"{out} is inside inkloop's data directory, where only what lies under "
+                f"{EXPORTS_DIR}/ may be replaced; choose another output path")
     for v in store.versions():
         d = paths.real(v.path)
         if d.is_relative_to(o) or o.is_relative_to(d):

@@ -134,3 +134,65 @@ def test_simulate_checks_its_prompts_file_before_loading_models_or_creating_fold
     rc, _, err = _run(capsys, ["simulate", "--prompts-path", str(bad), "--budget", "1", "--out", str(out),
                                "--model", str(tmp_path / "no-model")])
     assert rc == 2 and "must be a list" in _one_error_line(err) and not out.exists()
+
+
+def _seeded(tmp_path) -> Path:
+    from storage.artifacts import save_version
+    from storage.store import Store
+
+    data = tmp_path / "data"
+    st = Store(data / "inkloop.db")
+    req = st.record_request(profile_id="default", mode="continue", text="t", options={}, prompt="p",
+                            policy_version=0, suggestions=["a", "b"])
+    st.add_feedback(req.suggestions[0].id, "stars", 4)
+    save_version(st, data, kind="policy", profile_id="default", writer=lambda d: (d / "w").write_text("w"),
+                 publish=True)
+    st.close()
+    return data
+
+
+def test_feedback_export_never_replaces_the_database_or_a_version(capsys, tmp_path):
+    data = _seeded(tmp_path)
+    vdir = next((data / "versions").rglob("policy-*"))
+    before = cli_fuzz.fingerprint(data)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    for out, words in ((data / "inkloop.db", "data directory"), (data / "versions", "data directory"),
+                       (vdir / "w", "data directory"), (data, "data directory"),
+                       (tmp_path / "adir", "is a directory"), (tmp_path / "afile" / "x.jsonl", "cannot write")):
+        rc, _, err = _run(capsys, ["feedback", "export", "--format", "ratings", "--out", str(out),
+                                   "--data-dir", str(data)])
+        assert rc == 2 and words in _one_error_line(err), (out, err)
+        assert cli_fuzz.fingerprint(data) == before, out
+    rc, out, _ = _run(capsys, ["feedback", "export", "--format", "ratings", "--out", str(data / "exports" / "f.jsonl"),
+                               "--data-dir", str(data)])
+    assert rc == 0 and "wrote 1 ratings rows" in out
+
+
+def test_an_export_into_a_path_that_is_a_file_is_one_clear_line(capsys, tmp_path):
+    data = _seeded(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "below"):
+        rc, _, err = _run(capsys, ["export", "--what", "feedback", "--out", str(out), "--data-dir", str(data)])
+        assert rc == 2 and "not a directory" in _one_error_line(err).lower()
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_threads_beyond_what_torch_takes_is_one_clear_line(capsys, tmp_path):
+    rc, _, err = _run(capsys, ["rm", "train", "--threads", "9" * 20, "--data-dir", str(tmp_path)])
+    assert rc == 2 and "--threads" in _one_error_line(err)
+
+
+def test_simulate_with_an_out_folder_it_cannot_create_is_one_clear_line(capsys, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    rc, _, err = _run(capsys, ["simulate", "--budget", "1", "--out", str(tmp_path / "afile" / "sim"),
+                               "--model", str(tmp_path / "no-model")])
+    assert rc == 2 and "cannot create" in _one_error_line(err)
+
+
+def test_rm_train_checks_its_statistics_before_touching_the_store(capsys, tmp_path):
+    data = _seeded(tmp_path)
+    before = cli_fuzz.fingerprint(data)
+    rc, _, err = _run(capsys, ["rm", "train", "--stats", "length,\udcff", "--data-dir", str(data)])
+    assert rc == 2 and "unknown reward statistics" in _one_error_line(err)
+    assert cli_fuzz.fingerprint(data) == before  # no embedding cached, no version

@@ -104,7 +104,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return fail(str(e))
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="inkloop-sim-"))
     ddir = root / f"{args.rater}-{cfg.learner.rl.algo}"
-    ddir.mkdir(parents=True, exist_ok=True)
+    try:
+        ddir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file on the way, no permission
+        return fail(f"cannot create {ddir}: {e.strerror or e}")
     say(f"simulate: rater={args.rater} algo={cfg.learner.rl.algo} budget={cfg.budget} data in {ddir}")
     lm, embedder = load_models(args, with_embedder=True)
     base = lm.model
