@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import random
 import signal
@@ -75,35 +76,27 @@ def _child(argv: list[str], log_path: str, env: dict[str, str | None]) -> None:
 
 
 class Proc:
-    """One `inkloop` process, forked or a subprocess: pid, poll(), returncode, kill9(), stop()."""
+    """One `inkloop` process (a forked multiprocessing.Process or a Popen): poll(), wait(), kill9(), stop()."""
 
     def __init__(self, handle):
-        self.h = handle
-        self.pid = handle.pid
+        self.h, self.pid = handle, handle.pid
 
     def poll(self) -> int | None:
-        if isinstance(self.h, subprocess.Popen):
-            return self.h.poll()
-        return self.h.exitcode
+        return self.h.poll() if isinstance(self.h, subprocess.Popen) else self.h.exitcode
 
-    @property
-    def returncode(self) -> int | None:
-        return self.poll()
+    returncode = property(poll)
 
     def wait(self, timeout: float) -> int | None:
         if isinstance(self.h, subprocess.Popen):
-            try:
-                return self.h.wait(timeout)
-            except subprocess.TimeoutExpired:
-                return None
-        self.h.join(timeout)
-        return self.h.exitcode
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.h.wait(timeout)
+        else:
+            self.h.join(timeout)
+        return self.poll()
 
     def kill9(self) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.wait(30)
 
     def stop(self, timeout: float = 60) -> int | None:
@@ -147,23 +140,31 @@ class Check:
     acked: int = 0
     missing: list[int] = field(default_factory=list)
     duplicated: list[int] = field(default_factory=list)
+    lost_requests: list[int] = field(default_factory=list)
     published: int = 0
     unloadable: list[str] = field(default_factory=list)
     live_loads: bool = True
     offered_stale: list[int] = field(default_factory=list)
 
-    @property
-    def ok(self) -> bool:
-        return (self.integrity == "ok" and not self.missing and not self.duplicated and not self.unloadable
-                and self.live_loads and not self.offered_stale)
-
     def faults(self) -> list[str]:
         out = [] if self.integrity == "ok" else [f"integrity_check: {self.integrity}"]
         out += [f"acknowledged rating {f} is missing" for f in self.missing[:5]]
         out += [f"rating of suggestion {s} is there more than once" for s in self.duplicated[:5]]
+        out += [f"acknowledged request {q} is missing" for q in self.lost_requests[:5]]
         out += self.unloadable[:5] + ([] if self.live_loads else ["the live version does not load"])
-        out += [f"stale candidate {v} is offered for rollback or export" for v in self.offered_stale[:5]]
-        return out
+        return out + [f"stale candidate {v} is offered for rollback or export" for v in self.offered_stale[:5]]
+
+    @property
+    def ok(self) -> bool:
+        return not self.faults()
+
+    def verdict(self) -> str:
+        return "ok" if self.ok else "FAULT " + "; ".join(self.faults())
+
+
+def _files(path: str) -> tuple:
+    """A version directory's files and sizes (what a loaded version was; its files never change)."""
+    return tuple(sorted((str(p), p.stat().st_size) for p in Path(path).rglob("*") if p.is_file()))
 
 
 class Verifier:
@@ -171,11 +172,12 @@ class Verifier:
 
     def __init__(self, data_dir: Path, model_dir: Path, embedder):
         self.data_dir, self.model_dir, self.embedder = Path(data_dir), Path(model_dir), embedder
-        self._loaded: dict[int, bool] = {}  # version id -> loaded (a version's files never change)
+        self._loaded: set[tuple] = set()  # (version id, its files) that loaded
 
     def _loads(self, store, v) -> str | None:
         """None when version `v` loads, else why not."""
-        if v.id in self._loaded:
+        key = (v.id, _files(v.path))
+        if key in self._loaded:
             return None
         try:
             if v.kind == "policy":
@@ -183,22 +185,44 @@ class Verifier:
 
                 from reward.rl.policy import Policy
 
-                base = AutoModelForCausalLM.from_pretrained(str(self.model_dir))
-                Policy.load(base, None, v.path)
+                Policy.load(AutoModelForCausalLM.from_pretrained(str(self.model_dir)), None, v.path)
             else:
                 from reward.model import load_reward_model
 
                 load_reward_model(v.path, self.embedder, store)
         except Exception as e:  # noqa: BLE001 - a version that fails to load is the finding
             return f"published {v.kind} version {v.id} ({v.rel_path}) does not load: {type(e).__name__}: {e}"[:300]
-        self._loaded[v.id] = True
+        self._loaded.add(key)
         return None
 
-    def check(self, acked: dict[int, int], stale_before: float | None = None) -> Check:
-        """acked: feedback id -> suggestion id (each suggestion is rated once). stale_before: a
-        restart's start time; learner candidates created before it must not be offered."""
+    @property
+    def versions_loaded(self) -> int:
+        return len({k[0] for k in self._loaded})
+
+    def stale_offered(self, started: float) -> list[int]:
+        """Learner candidates made before a restart at `started` that are still offered for rollback
+        or export (call it once the restart's start-up clean-up has run, before its first cycle)."""
         from assistant.app.export import ExportError, resolve_version
         from storage import artifacts
+        from storage.store import Store
+
+        store = Store(self.data_dir / "inkloop.db")
+        try:
+            offered, out = {v.id for v in artifacts.rollback_targets(store, PROFILE)}, []
+            for v in store.versions(PROFILE, "policy"):
+                if v.status == "candidate" and v.created_at < started and v.config.get("created_by") == "learner":
+                    with contextlib.suppress(ExportError):
+                        resolve_version(store, PROFILE, "policy", v.id)
+                        offered.add(v.id)  # exportable
+                    if v.id in offered:
+                        out.append(v.id)
+            return out
+        finally:
+            store.close()
+
+    def check(self, acked: dict[int, int], requests: list[int] = ()) -> Check:
+        """acked: feedback id -> suggestion id (each suggestion is rated once); requests: acknowledged
+        request ids."""
         from storage.store import Store
 
         c = Check(acked=len(acked))
@@ -206,34 +230,22 @@ class Verifier:
         try:
             c.integrity = con.execute("pragma integrity_check").fetchone()[0]
             rows = dict(con.execute("select id, suggestion_id from feedback").fetchall())
-            per = collections.Counter(con.execute("select suggestion_id from feedback").fetchall())
+            per = collections.Counter(r[0] for r in con.execute("select suggestion_id from feedback"))
+            have = {r[0] for r in con.execute("select id from requests")}
         finally:
             con.close()
         c.missing = [f for f, s in acked.items() if rows.get(f) != s]
-        c.duplicated = sorted({s for s in acked.values() if per[(s,)] > 1})
+        c.duplicated = sorted({s for s in acked.values() if per[s] > 1})
+        c.lost_requests = [q for q in requests if q not in have]
         store = Store(self.data_dir / "inkloop.db")
         try:
             for kind in ("policy", "reward"):
                 live = store.live_version(PROFILE, kind)
                 for v in store.published_versions(PROFILE, kind):
                     c.published += 1
-                    why = self._loads(store, v)
-                    if why:
+                    if why := self._loads(store, v):
                         c.unloadable.append(why)
                         c.live_loads &= live is None or v.id != live.id
-            if stale_before is not None:
-                offered = {v.id for v in artifacts.rollback_targets(store, PROFILE)}
-                for v in store.versions(PROFILE, "policy"):
-                    if v.status != "candidate" or v.created_at >= stale_before or \
-                            v.config.get("created_by") != "learner":
-                        continue
-                    try:
-                        resolve_version(store, PROFILE, "policy", v.id)
-                        exportable = True
-                    except ExportError:
-                        exportable = False
-                    if exportable or v.id in offered:
-                        c.offered_stale.append(v.id)
         finally:
             store.close()
         return c
@@ -256,6 +268,7 @@ class KillReport:
     faults: list[str] = field(default_factory=list)
     seconds: float = 0.0
     acked_ids: dict[int, int] = field(default_factory=dict)
+    acked_earlier: int = 0
 
 
 class Rater(threading.Thread):
@@ -337,7 +350,8 @@ def learner_campaign(kills: int, data_dir: Path, model_dir: Path, launcher: Laun
                                   log, {KILL_AT_ENV: what if how == "point" else None})
             up = _wait_state(store, lambda s: (s.get("heartbeat") or 0) > started and s.get("phase") != "stopped",
                              proc, 120)
-            stale_before = started if up else None  # its start-up clean-up has run
+            # its start-up clean-up has run, its first cycle has not pruned anything yet
+            stale = verifier.stale_offered(started) if up else []
             if how == "final":
                 proc.stop()
             elif how == "point":
@@ -356,15 +370,13 @@ def learner_campaign(kills: int, data_dir: Path, model_dir: Path, launcher: Laun
             if how != "final":
                 rep.kills += 1
                 rep.by_how[how] += 1
-            c = verifier.check(dict(rater.acked), stale_before)
-            if c.ok:
-                rep.survived += how != "final"
-            else:
-                rep.faults += [f"after kill {i + 1} ({how} {what}): {x}" for x in c.faults()]
-            rep.published = c.published
-            say(f"  learner kill {i + 1}/{len(plan)} {how} {what} {delay:.1f}s: "
-                f"{'ok' if c.ok else 'FAULT ' + '; '.join(c.faults())}" if how != "final" else
-                f"  final restart: {'ok' if c.ok else 'FAULT ' + '; '.join(c.faults())}")
+            c = verifier.check(dict(rater.acked))
+            c.offered_stale = stale
+            rep.survived += c.ok and how != "final"
+            rep.faults += [f"after kill {i + 1} ({how} {what}): {x}" for x in c.faults()]
+            rep.published = verifier.versions_loaded
+            say(f"  learner kill {i + 1}/{len(plan)} {how} {what} {delay:.1f}s: {c.verdict()}" if how != "final"
+                else f"  final restart: {c.verdict()}")
     finally:
         rater.stop()
         rep.cycles_done = int((store.learner_state(PROFILE) or {}).get("metrics", {}).get("learner/cycles", 0))
@@ -388,7 +400,6 @@ class Client(threading.Thread):
         self.requests: list[int] = []
         self.served = 0
         self.errors: list[str] = []
-        self.down = 0
 
     def run(self) -> None:
         import httpx
@@ -408,8 +419,7 @@ class Client(threading.Thread):
                         self._served(r)
                         if r.status_code == 200:
                             self.acked[r.json()["feedback_id"]] = s["id"]
-                except httpx.HTTPError:
-                    self.down += 1  # the server is being killed or restarted
+                except httpx.HTTPError:  # the server is being killed or restarted
                     time.sleep(0.1)
 
     def _served(self, r) -> None:
@@ -425,7 +435,7 @@ def server_campaign(kills: int, data_dir: Path, model_dir: Path, launcher: Launc
                     say=print) -> KillReport:
     """`kills` kills of `inkloop serve` under `clients` clients, then a final restart.
     acked_before: ratings acknowledged earlier on this data (checked too)."""
-    rep = KillReport("server")
+    rep = KillReport("server", acked_earlier=len(acked_before or {}))
     rng = random.Random(seed + 1)
     port = faults.free_port()
     base = f"http://127.0.0.1:{port}"
@@ -438,6 +448,9 @@ def server_campaign(kills: int, data_dir: Path, model_dir: Path, launcher: Launc
 
     def acked() -> dict[int, int]:
         return {**(acked_before or {}), **{f: s for w in workers for f, s in list(w.acked.items())}}
+
+    def requests() -> list[int]:
+        return [q for w in workers for q in list(w.requests)]
 
     try:
         for w in workers:
@@ -457,28 +470,19 @@ def server_campaign(kills: int, data_dir: Path, model_dir: Path, launcher: Launc
                 time.sleep(rng.uniform(0.5, 4.0))
                 proc.kill9()
                 rep.kills += 1
-            c = verifier.check(acked())
+            c = verifier.check(acked(), requests())
             rep.survived += c.ok and i < kills
-            if not c.ok:
-                rep.faults += [f"after kill {i + 1}: {x}" for x in c.faults()]
-            rep.published = c.published
-            say(f"  server kill {i + 1}/{kills}: {'ok' if c.ok else 'FAULT ' + '; '.join(c.faults())}"
-                if i < kills else f"  final restart: {'ok' if c.ok else 'FAULT ' + '; '.join(c.faults())}")
+            rep.faults += [f"after kill {i + 1}: {x}" for x in c.faults()]
+            rep.published = verifier.versions_loaded
+            say(f"  server kill {i + 1}/{kills}: {c.verdict()}" if i < kills else f"  final restart: {c.verdict()}")
     finally:
         halt.set()
     rep.acked_ids = acked()
-    c = verifier.check(rep.acked_ids)
+    c = verifier.check(rep.acked_ids, requests())
     rep.acked, rep.present = c.acked, c.acked - len(c.missing)
     rep.served = sum(w.served for w in workers)
     rep.write_errors = [e for w in workers for e in w.errors]
-    con = sqlite3.connect(str(data_dir / "inkloop.db"))
-    try:
-        have = {r[0] for r in con.execute("select id from requests")}
-    finally:
-        con.close()
-    lost = [q for w in workers for q in w.requests if q not in have]
-    rep.faults += [f"acknowledged request {q} is missing" for q in lost[:5]]
-    rep.by_how["requests acknowledged"] = sum(len(w.requests) for w in workers)
+    rep.by_how["requests acknowledged"] = len(requests())
     rep.seconds = time.perf_counter() - t_start
     return rep
 
@@ -487,11 +491,12 @@ def server_campaign(kills: int, data_dir: Path, model_dir: Path, launcher: Launc
 def print_report(rep: KillReport) -> None:
     print(f"\n## kill -9 of the {rep.what} ({rep.seconds:.0f} s)\n")
     print("| kills | survived | ratings acknowledged | present once | requests served | published versions "
-          "checked | write errors | faults |")
+          "loaded | write errors | faults |")
     print("|---|---|---|---|---|---|---|---|")
     print(f"| {rep.kills} | {rep.survived} | {rep.acked} | {rep.present} | {rep.served or '-'} | {rep.published} | "
           f"{len(rep.write_errors)} | {len(rep.faults)} |")
     print("\nkills: " + ", ".join(f"{k} {n}" for k, n in sorted(rep.by_how.items())) +
+          (f"; of the acknowledged ratings {rep.acked_earlier} came before this campaign" if rep.acked_earlier else "") +
           (f"; learner cycles completed {rep.cycles_done}" if rep.what == "learner" else ""))
     for x in rep.not_reached:
         print(f"  not reached: {x}")
