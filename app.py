@@ -21,6 +21,20 @@ COMMAND_MODULES = [
 ]
 
 
+MAX_THREADS = 1024
+
+
+def thread_count(text: str) -> int:
+    """An argparse type: a whole number of threads, 1 to MAX_THREADS."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number") from None
+    if not 1 <= v <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_THREADS}, got {str(v)[:40]}")
+    return v
+
+
 def add_common_flags(p: argparse.ArgumentParser, given_only: bool) -> None:
     """The flags every command takes, defined once. The top-level parser holds their defaults; a
     sub-command's copy (given_only) sets a value only when the flag is written after it, so
@@ -38,7 +52,7 @@ def add_common_flags(p: argparse.ArgumentParser, given_only: bool) -> None:
     g.add_argument("--profile", default=d("default"), help="profile whose data and policy to use (default default)")
     g.add_argument("--device", default=d("auto"), choices=["auto", "cpu", "cuda"], help="default auto")
     g.add_argument("--dtype", default=d("auto"), choices=["auto", "bfloat16", "float16", "float32"], help="default auto")
-    g.add_argument("--threads", type=int, default=d(None), help="torch threads for this process")
+    g.add_argument("--threads", type=thread_count, default=d(None), help="torch threads for this process")
     g.add_argument("-v", "--verbose", action="store_true", default=d(False), help="debug logging")
 
 

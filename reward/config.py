@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reward.features import parse_feature_blocks
+from reward.features import ALL_STAT_NAMES, parse_feature_blocks
 
 
 @dataclass
@@ -73,6 +73,9 @@ class RewardTrainConfig:
         if self.backbone not in ("embedder", "lm"):
             raise ValueError(f"backbone must be embedder or lm, got {self.backbone!r}")
         parse_feature_blocks(",".join(self.emb_features))
+        unknown = [n for n in (self.stats or ()) if n not in ALL_STAT_NAMES]
+        if unknown:
+            raise ValueError(f"unknown reward statistics {unknown}; use names from {', '.join(ALL_STAT_NAMES)}")
         for name in ("epochs", "ensemble", "hidden", "batch_size", "lm_epochs", "lm_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

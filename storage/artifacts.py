@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from . import paths
+from .killpoints import kill_point
 from .paths import VERSIONS_DIR, profile_dirname
 from .store import ModelVersion, Store
 
@@ -104,8 +105,9 @@ def save_version(
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
 
     final = write_atomic_dir(new_version_dir(data_dir, kind, profile_id), write_all)
+    kill_point(f"version.{kind}.written")  # the directory is whole, no row names it yet
     try:
-        return store.add_version(
+        v = store.add_version(
             profile_id=profile_id,
             kind=kind,
             path=str(final),
@@ -118,6 +120,8 @@ def save_version(
         # the row did not land: a directory nobody references must not linger
         shutil.rmtree(final, ignore_errors=True)
         raise
+    kill_point(f"version.{kind}.recorded")
+    return v
 
 
 RESTORABLE = ("published", "rolled_back", "candidate")
@@ -135,12 +139,13 @@ def available(v: ModelVersion) -> bool:
 
 def _delete_marked(store: Store, versions: list[ModelVersion], final_status: str | None = None) -> list[int]:
     """Delete the directories of rows already marked (deleting / abandoned), then (if given) settle
-    their status. Returns the ids whose directories were there."""
+    their status (deleting -> discarded). Returns the ids whose directories were there."""
     removed = []
     for v in versions:
         if Path(v.path).exists():
             shutil.rmtree(v.path, ignore_errors=True)
             removed.append(v.id)
+            kill_point(f"delete.{v.kind}.{'pruned' if final_status else 'abandoned'}")  # files gone, row marked
         if final_status is not None:
             store.set_version_status(v.id, final_status)
     return removed
@@ -160,6 +165,10 @@ def prune_versions(store: Store, profile_id: str, kind: str, keep: int) -> list[
         doomed = [v for v in kept[keep:] if live is None or v.id != live.id]
         for v in doomed:
             store.set_version_status(v.id, "deleting")
+        if doomed:
+            kill_point(f"prune.{kind}.marking")  # inside the transaction
+    if doomed:
+        kill_point(f"prune.{kind}.marked")
     return _delete_marked(store, doomed, "discarded")
 
 
@@ -198,7 +207,8 @@ def fallback_version(store: Store, profile_id: str, kind: str = "policy",
 
 
 def overwrite_refusal(store: Store, out: str | Path) -> str | None:
-    """Why replacing the folder `out` (an export's --overwrite) would destroy inkloop's data, or None:
+    """Why replacing `out` (an export's folder with --overwrite, a file `feedback export` writes)
+    would destroy inkloop's data, or None:
     it holds the data directory, lies inside it other than in a folder under exports/, or holds
     (or lies inside) a version directory."""
     o, data = paths.real(out), paths.real(store.data_dir)
@@ -206,8 +216,8 @@ def overwrite_refusal(store: Store, out: str | Path) -> str | None:
     if data.is_relative_to(o):
         return f"{out} holds inkloop's data directory; choose another output folder"
     if o.is_relative_to(data) and not (o.is_relative_to(exports) and o != exports):
-        return (f"{out} is inside inkloop's data directory, where only a folder under "
-                f"{EXPORTS_DIR}/ may be replaced; choose another output folder")
+        return (f"{out} is inside inkloop's data directory, where only what lies under "
+                f"{EXPORTS_DIR}/ may be replaced; choose another output path")
     for v in store.versions():
         d = paths.real(v.path)
         if d.is_relative_to(o) or o.is_relative_to(d):
@@ -227,7 +237,10 @@ def publish_version(store: Store, version_id: int) -> ModelVersion:
         raise VersionError(f"version {version_id} is {v.status}; it cannot be published")
     if not Path(v.path).is_dir():
         raise VersionError(f"version {version_id} has no directory at {v.rel_path}; it cannot be published")
-    return store.set_version_status(version_id, "published")
+    kill_point(f"publish.{v.kind}.before")
+    v = store.set_version_status(version_id, "published")
+    kill_point(f"publish.{v.kind}.done")
+    return v
 
 
 def discard_version(store: Store, version_id: int, delete_dir: bool = True) -> ModelVersion:

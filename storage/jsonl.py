@@ -85,6 +85,32 @@ class ParsedFile:
 
 
 # ----------------------------------------------------------------------------- parsing (pure)
+def decode_json(text: str) -> Any:
+    """json.loads for text a person gave (a line, a file): every way it can fail is a ValueError
+    with a short message -- not only malformed JSON, also a number longer than Python reads
+    (4,300 digits) and nesting deeper than the decoder recurses."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise ValueError("not valid JSON (nested too deeply)") from None
+    except ValueError:  # the limit on an integer's digits
+        raise ValueError("not valid JSON (a number with too many digits)") from None
+
+
+def finite_number(x: Any) -> float | None:
+    """x as a float when it is a number a float holds (not a bool, not nan/inf, not a 400-digit
+    integer), else None."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    try:
+        f = float(x)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
 def render_messages(messages: list[dict[str, Any]]) -> str:
     """A message list as plain text: "Role: content" turns separated by blank lines."""
     return "\n\n".join(f"{str(m['role']).capitalize()}: {m['content']}" for m in messages)
@@ -160,12 +186,10 @@ def parse_record(obj: Any, fmt: str, line: int) -> Any:
             prompt, chosen, rejected = split_implicit_prompt(c, r)
         if chosen == rejected:
             raise ValueError("chosen and rejected are identical")
-        margin = obj.get("margin", 0.0)
+        margin = finite_number(0.0 if obj.get("margin") is None else obj["margin"])
         if margin is None:
-            margin = 0.0
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
             raise ValueError("'margin' must be a finite number")
-        return PreferenceRecord(prompt, chosen, rejected, float(margin), line)
+        return PreferenceRecord(prompt, chosen, rejected, margin, line)
     if "completion" not in obj:
         raise ValueError("missing 'completion'")
     prompt = _text(obj.get("prompt", ""), "prompt") if obj.get("prompt") is not None else ""
@@ -173,10 +197,10 @@ def parse_record(obj: Any, fmt: str, line: int) -> Any:
     if not completion.strip():
         raise ValueError("empty completion")
     if fmt == "ratings":
-        r = obj.get("rating")
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r):
+        r = finite_number(obj.get("rating"))
+        if r is None:
             raise ValueError("'rating' must be a finite number")
-        return RatingRecord(prompt, completion, float(r), line)
+        return RatingRecord(prompt, completion, r, line)
     if fmt == "unpaired":
         lab = obj.get("label")
         if not isinstance(lab, bool):
@@ -212,9 +236,9 @@ def parse_file(path: str | Path, fmt: str = "auto", limit: int | None = None) ->
         if not raw.strip():
             continue
         try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            errors.append((n, f"not valid JSON ({e.msg})"))
+            obj = decode_json(raw)
+        except ValueError as e:
+            errors.append((n, str(e)))
             continue
         if fmt == "auto":
             fmt_here = detect_format(obj) if isinstance(obj, dict) else None

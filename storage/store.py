@@ -70,16 +70,21 @@ class Store(LearningRecords):
         self.path = Path(os.path.abspath(path))  # a later chdir must not move the database
         self.data_dir = self.path.parent
         """The data directory: the database's folder; version paths are stored relative to it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._conns: weakref.WeakSet[_Connection] = weakref.WeakSet()  # open ones, for close()
         self._lock = threading.Lock()
-        db = self.db
-        with db.ensure_autocommit_on():
-            db.execute("PRAGMA journal_mode=WAL")
         self._write_lock = threading.Lock()
-        with self._write_lock:
-            schema.migrate(db)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = self.db
+            with db.ensure_autocommit_on():
+                db.execute("PRAGMA journal_mode=WAL")
+            with self._write_lock:
+                schema.migrate(db)
+        except (OSError, sqlite3.DatabaseError) as e:  # a file where the folder should be, no access, ...
+            self.close()
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise StoreError(f"cannot use {self.data_dir} as the data directory ({self.path.name}: {why})") from None
 
     # ------------------------------------------------------------------ plumbing
     @property

@@ -3,48 +3,19 @@ changes) no Origin or the same origin; bound elsewhere, a token or nothing."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 from fastapi.testclient import TestClient
 
-from assistant.app.api.learning import learning_router
-from assistant.app.api.routes import build_api
 from assistant.app.api.security import AccessGuard, AccessSettings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import faults  # noqa: E402  (the routes, their bodies and the snapshot: one definition, the benchmark's)
 
 API = "/api/v1"
 LOCAL = "http://127.0.0.1:7860"
-
-
-def _snapshot(services) -> tuple:
-    st = services.store
-    live = st.live_version("default", "policy")
-    return (st.counts(), st.feedback_counts_by_kind(), st.styles("default"), st.profiles(), len(st.events()),
-            st.learner_state("default"), live.id if live else 0)
-
-
-def _app(services, access):
-    return build_api(services, extra_routers=[learning_router(services, services.store.path.parent)], access=access)
-
-
-def _state_changing_routes(app) -> list[tuple[str, str]]:
-    """Every POST/PUT/PATCH/DELETE route, from the OpenAPI schema."""
-    out = []
-    for path, ops in app.openapi()["paths"].items():
-        for m in ops:
-            if m.upper() in ("POST", "PUT", "PATCH", "DELETE"):
-                out.append((m.upper(), path.replace("{version_id}", "0").replace("{request_id}", "1")))
-    return out
-
-
-BODIES = {
-    f"{API}/suggest": {"mode": "continue", "text": "Hello.", "k": 1, "max_new_tokens": 4},
-    f"{API}/suggest/stream": {"mode": "continue", "text": "Hello.", "k": 1, "max_new_tokens": 4},
-    f"{API}/feedback": {"suggestion_id": 1, "kind": "thumb", "value": 1},
-    f"{API}/library": {"text": "a snippet"},
-    f"{API}/styles": {"name": "noir", "description": "rain"},
-    f"{API}/learner": {"action": "train_now"},
-    f"{API}/export": {"what": "feedback"},
-    f"{API}/versions/0/rollback": {},
-}
 
 
 @pytest.fixture
@@ -63,36 +34,36 @@ def seeded(tiny_services):
                                     "http://localhost.evil.example:7860", "file://"])
 def test_cross_origin_state_changes_are_403_and_change_nothing(seeded, origin):
     services, _ = seeded
-    app = _app(services, AccessSettings(host="127.0.0.1", port=7860))
-    routes = _state_changing_routes(app)
-    assert {p for _, p in routes} >= set(BODIES)  # every state-changing route is covered
-    before = _snapshot(services)
+    app = faults.full_app(services, AccessSettings(host="127.0.0.1", port=7860))
+    routes = faults.state_changing_routes(app)
+    assert {p for _, p in routes} >= set(faults.STATE_BODIES)  # every state-changing route is covered
+    before = faults.snapshot(services)
     with TestClient(app, base_url=LOCAL) as c:
         for method, path in routes:
-            r = c.request(method, path, json=BODIES.get(path, {}), headers={"origin": origin})
+            r = c.request(method, path, json=faults.STATE_BODIES.get(path, {}), headers={"origin": origin})
             assert r.status_code == 403, (path, r.status_code, r.text)
             assert "cross-origin" in r.json()["error"]
-    assert _snapshot(services) == before
+    assert faults.snapshot(services) == before
 
 
 @pytest.mark.parametrize("host", ["evil.example", "evil.example:7860", "127.0.0.1:9999", "localhost", "10.0.0.5:7860"])
 def test_wrong_host_is_403_for_every_route_and_changes_nothing(seeded, host):
     services, _ = seeded
-    app = _app(services, AccessSettings(host="127.0.0.1", port=7860))
-    before = _snapshot(services)
+    app = faults.full_app(services, AccessSettings(host="127.0.0.1", port=7860))
+    before = faults.snapshot(services)
     with TestClient(app, base_url=LOCAL) as c:
-        for method, path in [*_state_changing_routes(app), ("GET", f"{API}/status"), ("GET", f"{API}/requests"),
+        for method, path in [*faults.state_changing_routes(app), ("GET", f"{API}/status"), ("GET", f"{API}/requests"),
                              ("GET", "/openapi.json")]:
-            r = c.request(method, path, json=BODIES.get(path), headers={"host": host})
+            r = c.request(method, path, json=faults.STATE_BODIES.get(path), headers={"host": host})
             assert r.status_code == 403, (path, host, r.text)
             assert "Host" in r.json()["error"]
-    assert _snapshot(services) == before
+    assert faults.snapshot(services) == before
 
 
 @pytest.mark.parametrize("base", ["http://127.0.0.1:7860", "http://localhost:7860", "http://[::1]:7860"])
 def test_same_origin_and_no_origin_are_let_in(seeded, base):
     services, rec = seeded
-    app = _app(services, AccessSettings(host="127.0.0.1", port=7860))
+    app = faults.full_app(services, AccessSettings(host="127.0.0.1", port=7860))
     with TestClient(app, base_url=base) as c:
         sid = rec.suggestions[0].id
         assert c.post(f"{API}/feedback", json={"suggestion_id": sid, "kind": "thumb", "value": 1}).status_code == 200
@@ -118,8 +89,8 @@ def test_an_exposed_bind_needs_a_token(seeded, tmp_path, monkeypatch, capsys):
 
 def test_token_mode_bearer_login_page_and_cookie(seeded):
     services, rec = seeded
-    app = _app(services, AccessSettings(host="0.0.0.0", port=7860, token="s3cret-token"))
-    before = _snapshot(services)
+    app = faults.full_app(services, AccessSettings(host="0.0.0.0", port=7860, token="s3cret-token"))
+    before = faults.snapshot(services)
     with TestClient(app, base_url="http://192.168.1.20:7860", follow_redirects=False) as c:
         sid = rec.suggestions[0].id
         body = {"suggestion_id": sid, "kind": "thumb", "value": 1}
@@ -127,7 +98,7 @@ def test_token_mode_bearer_login_page_and_cookie(seeded):
         r = c.post(f"{API}/feedback", json=body)
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer" and "token" in r.json()["error"]
         assert c.post(f"{API}/feedback", json=body, headers={"authorization": "Bearer wrong"}).status_code == 401
-        assert _snapshot(services) == before
+        assert faults.snapshot(services) == before
         # a browser is sent to the login page, which asks once and sets a cookie
         r = c.get("/", headers={"accept": "text/html"})
         assert r.status_code == 303 and r.headers["location"] == "/login"

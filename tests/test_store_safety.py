@@ -529,7 +529,10 @@ def _ratings_file(tmp_path, n, per_prompt=10):
     return f
 
 
-def test_a_live_rating_succeeds_during_a_large_import(tmp_path, monkeypatch):
+def test_a_live_rating_succeeds_during_a_large_import(tmp_path):
+    """Live ratings interleave with a large import (short transactions): each waits for one
+    chunk at most, never for the whole file. Judged against the import's own duration, not a
+    fixed busy timeout, so a loaded machine slows both sides alike instead of failing the test."""
     import threading
     import time
 
@@ -538,15 +541,15 @@ def test_a_live_rating_succeeds_during_a_large_import(tmp_path, monkeypatch):
     importer = Store(tmp_path / "inkloop.db")
     sid = _request(importer).suggestions[0].id
     parsed = parse_file(_ratings_file(tmp_path, 6000))
-    monkeypatch.setattr("storage.store.BUSY_TIMEOUT_MS", 500)  # the live writer waits 0.5 s at most
     live = Store(tmp_path / "inkloop.db")
-    done, ok, errors = threading.Event(), [], []
+    done, spans, errors = threading.Event(), [], []
 
     def rate():
         while not done.is_set():
+            t = time.monotonic()
             try:
                 live.add_feedback(sid, "thumb", 1, source="ui")
-                ok.append(time.monotonic())
+                spans.append((t, time.monotonic()))
             except Exception as e:  # noqa: BLE001
                 errors.append(e)
             time.sleep(0.01)
@@ -560,10 +563,14 @@ def test_a_live_rating_succeeds_during_a_large_import(tmp_path, monkeypatch):
         t1 = time.monotonic()
         done.set()
         t.join()
-    assert errors == []  # one long transaction would have made them fail with "database is locked"
-    assert len([x for x in ok if t0 < x < t1]) >= 3  # they really ran while the import did
+    assert errors == []
+    # one long transaction would hold every rating until its commit, at the end: instead they
+    # complete all along, and none waits anywhere near the whole import
+    early = [e for s, e in spans if t0 < e < t0 + (t1 - t0) * 2 / 3]
+    assert len(early) >= 3, (len(spans), t1 - t0)
+    assert max(e - s for s, e in spans if t0 < s < t1) < (t1 - t0) / 2
     assert summary == {"requests": 600, "feedback": 6000, "records": 6000, "skipped": 0}
-    assert importer.counts()["feedback"] == 6000 + len(ok)
+    assert importer.counts()["feedback"] == 6000 + len(spans)
     importer.close()
     live.close()
 

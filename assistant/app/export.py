@@ -112,13 +112,18 @@ def resolve_version(store: Store, profile_id: str, kind: str, version_id: int | 
 
 def _prepare_out(out_dir: str | Path, overwrite: bool, store: Store) -> Path:
     out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} is not a directory; name a folder to export into")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise ExportError(f"{out} exists and is not empty (use --overwrite to replace it)")
         if (refusal := overwrite_refusal(store, out)) is not None:  # the database, versions, ...
             raise ExportError(refusal)
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file on the way (not a directory), no permission, ...
+        raise ExportError(f"cannot create {out}: {e.strerror or e}") from None
     return out
 
 

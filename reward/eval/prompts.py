@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from assistant.lm.config import ASSETS
+from storage.jsonl import decode_json
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -37,14 +37,22 @@ def _one_prompt(item: Any, mode: str | None = None) -> EvalPrompt:
     if not isinstance(item, dict):
         raise ValueError(f"a prompt must be an object or a string, got {type(item).__name__}")
     m = item.get("mode", mode)
-    if m not in ("continue", "restyle", "inspire"):
-        raise ValueError(f"prompt has no valid mode (continue|restyle|inspire): {item}")
+    if not isinstance(m, str) or m not in ("continue", "restyle", "inspire"):
+        raise ValueError(f"prompt has no valid mode (continue|restyle|inspire): {str(item)[:80]}")
     text = item.get("text") or item.get("theme") or ""
+    if not isinstance(text, str):
+        raise ValueError(f"a prompt's text must be a string: {str(item)[:80]}")
+    if not isinstance(item.get("options") or {}, dict):
+        raise ValueError(f"a prompt's options must be an object: {str(item)[:80]}")
     opts = dict(item.get("options") or {})
     for k_in, k_out in (("style", "style"), ("sample", "sample"), ("keywords", "keywords"),
                         ("kind", "inspire_kind"), ("inspire_kind", "inspire_kind")):
         if item.get(k_in):
             opts.setdefault(k_out, item[k_in])
+    for k, v in opts.items():
+        texts = v if k == "keywords" and isinstance(v, list) else [v]
+        if not all(isinstance(x, str) for x in texts):
+            raise ValueError(f"a prompt's {k} must be text: {str(item)[:80]}")
     return EvalPrompt(m, text, opts, str(item.get("id") or ""))
 
 def parse_prompts(data: Any, split: str | None = "heldout") -> list[EvalPrompt]:
@@ -63,6 +71,8 @@ def parse_prompts(data: Any, split: str | None = "heldout") -> list[EvalPrompt]:
                 return parse_prompts(data[key], split)
         out = []
         for mode in ("continue", "restyle", "inspire"):
+            if not isinstance(data.get(mode, []), list):
+                raise ValueError(f"prompts under {mode!r} must be a list")
             out += [_one_prompt(it, mode) for it in data.get(mode, [])]
         if not out:
             raise ValueError("no prompts found: expected a list, or keys continue/restyle/inspire or held_out")
@@ -99,16 +109,24 @@ def load_prompts(path: str | Path | None = None, split: str | None = "heldout") 
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"prompts file {p} does not exist")
-    raw = p.read_text()
     try:
-        data = json.loads(raw)
-    except json.JSONDecodeError:
+        raw = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"prompts file {p} is not UTF-8 text") from None
+    try:
+        data = decode_json(raw)
+    except ValueError:
         try:
-            data = [json.loads(line) for line in raw.splitlines() if line.strip()]
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p} is neither JSON nor JSONL: {e}") from None
-    prompts = parse_prompts(data, split)
+            data = [decode_json(line) for line in raw.splitlines() if line.strip()]
+        except ValueError as e:
+            raise ValueError(f"prompts file {p} is neither JSON nor JSONL: {e}") from None
+    try:
+        prompts = parse_prompts(data, split)
+    except RecursionError:
+        raise ValueError(f"prompts file {p} is nested too deeply") from None
+    except ValueError as e:
+        raise ValueError(f"prompts file {p}: {e}") from None
     if not prompts:
-        raise ValueError(f"{p} holds no prompts")
+        raise ValueError(f"prompts file {p} holds no prompts")
     return prompts
 

@@ -163,14 +163,15 @@ def cmd_versions(args: argparse.Namespace) -> int:
     from storage import artifacts
     from storage.records import StoreError
 
+    target = None
+    if args.versions_cmd == "rollback" and args.version != "previous":
+        try:
+            target = int(args.version)
+        except ValueError:
+            return fail("V must be a version id, 0 (the base model) or 'previous'")
     store = open_store(args)
     try:
         if args.versions_cmd == "rollback":
-            target = None if args.version == "previous" else args.version
-            try:
-                target = None if target is None else int(target)
-            except ValueError:
-                return fail("V must be a version id, 0 (the base model) or 'previous'")
             try:
                 now = artifacts.rollback(store, args.profile, target, args.kind)
             except (artifacts.VersionError, StoreError) as e:  # StoreError: NotFound for an unknown id

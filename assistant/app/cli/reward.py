@@ -21,6 +21,7 @@ from pathlib import Path
 
 from assistant.app.cli.common import (
     data_dir,
+    fail,
     model_settings,
     open_store,
     say,
@@ -46,13 +47,15 @@ def _set_threads(args: argparse.Namespace) -> None:
 def cmd_feedback_import(args: argparse.Namespace) -> int:
     from storage.jsonl import DatasetError, import_into_store, parse_file
 
+    try:
+        parsed = parse_file(args.file, args.format)  # the whole file, before the store is touched
+    except (DatasetError, FileNotFoundError) as e:
+        return fail(str(e))
     store = open_store(args)
     try:
-        parsed = parse_file(args.file, args.format)
         summary = import_into_store(store, parsed, args.profile)
-    except (DatasetError, FileNotFoundError) as e:
-        print(f"inkloop: error: {e}", file=sys.stderr)
-        return 2
+    except DatasetError as e:
+        return fail(str(e))
     finally:
         store.close()
     out = {"file": str(args.file), "format": parsed.format, **summary}
@@ -66,10 +69,18 @@ def cmd_feedback_import(args: argparse.Namespace) -> int:
 
 def cmd_feedback_export(args: argparse.Namespace) -> int:
     from reward.datasets import export_feedback
+    from storage.artifacts import overwrite_refusal
 
     store = open_store(args)
     try:
-        n = export_feedback(store, args.format, args.out, args.profile)
+        if (refusal := overwrite_refusal(store, args.out)) is not None:  # e.g. --out <data-dir>/inkloop.db
+            return fail(refusal)
+        if args.out.is_dir():
+            return fail(f"{args.out} is a directory; give the path of the file to write")
+        try:
+            n = export_feedback(store, args.format, args.out, args.profile)
+        except OSError as e:
+            return fail(f"cannot write {args.out}: {e.strerror or e}")
     finally:
         store.close()
     if args.json:

@@ -92,12 +92,22 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from reward.loop.simulate import simulate
     from storage.store import Store
 
+    from reward.eval.prompts import load_prompts
+
     cfg = sim_config(args)
     if cfg.budget < 1:
         return fail("--budget must be at least 1")
+    try:  # simulate() reads them again; a bad file must fail before models load and folders appear
+        for split in ("train", "heldout"):
+            load_prompts(cfg.prompts_path, split=split)
+    except ValueError as e:
+        return fail(str(e))
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="inkloop-sim-"))
     ddir = root / f"{args.rater}-{cfg.learner.rl.algo}"
-    ddir.mkdir(parents=True, exist_ok=True)
+    try:
+        ddir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file on the way, no permission
+        return fail(f"cannot create {ddir}: {e.strerror or e}")
     say(f"simulate: rater={args.rater} algo={cfg.learner.rl.algo} budget={cfg.budget} data in {ddir}")
     lm, embedder = load_models(args, with_embedder=True)
     base = lm.model

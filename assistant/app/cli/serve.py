@@ -95,6 +95,25 @@ def public_urls(host: str, port: int) -> list[str]:
     return [f"http://{h}:{port}/"]
 
 
+def cannot_listen(host: str, port: int) -> str | None:
+    """Why the server could not listen on host:port (a name that does not resolve, the port in use,
+    no permission), or None. A check before start-up; uvicorn binds for real afterwards."""
+    import socket
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        return f"--host {host}: not an address this machine can listen on ({getattr(e, 'strerror', None) or e})"
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            s.bind(addr)
+        except OSError as e:
+            return f"cannot listen on {f'[{host}]' if ':' in host else host}:{port}: {e.strerror or e}"
+    return None
+
+
 # ----------------------------------------------------------------------------- commands
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
@@ -104,6 +123,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return fail(f"--host {args.host} makes inkloop reachable from other machines: give it an access token "
                     "(--token TOKEN or INKLOOP_TOKEN=TOKEN; e.g. `python -c 'import secrets; "
                     "print(secrets.token_urlsafe(24))'`), or bind 127.0.0.1")
+    why = cannot_listen(args.host, args.port)
+    if why:
+        return fail(why)  # before the models load: a typo or a busy port costs a second, not a minute
     say("inkloop: loading models (the first start converts the bundled GGUF once, about 20 s)...")
     store = open_store(args)
     sup = None if args.no_learner else learner_supervisor(args, store)
@@ -275,7 +297,7 @@ def register(sub, parent) -> None:
     p = sub.add_parser("serve", parents=[parent], help="run the web UI and the REST API",
                        description="Load the models, then serve the Gradio UI at / and the REST API at /api/v1.")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default %(default)s: this machine only)")
-    p.add_argument("--port", type=int, default=7860, help="default %(default)s")
+    p.add_argument("--port", type=_int_in(1, 65535), default=7860, help="default %(default)s")
     p.add_argument("--api-only", action="store_true", help="serve the REST API without the web UI")
     p.add_argument("--no-fast-path", action="store_true",
                    help="do not compile the fast decode path (every request uses transformers' generate)")
