@@ -17,6 +17,7 @@ from reward.losses import bradley_terry_loss, pointwise_loss
 from reward.train import (
     expected_calibration_error,
     grouped_folds,
+    length_direction,
     length_floor,
     pair_accuracy,
     paired_bootstrap_ci,
@@ -53,6 +54,11 @@ def test_metrics_by_hand():
              PreferencePair("", "a", "aaaa")]
     assert length_floor(pairs) == pytest.approx(0.75)  # "longer wins" is right 3 times in 4
     assert length_floor(pairs[3:]) == pytest.approx(1.0)  # "shorter wins" is right
+    # a rule fixed in advance (by training data) is scored as it is, even where it is the worse one
+    assert length_floor(pairs, direction=1) == pytest.approx(0.75)
+    assert length_floor(pairs, direction=-1) == pytest.approx(0.25)
+    assert length_direction(pairs) == 1 and length_direction(pairs[3:]) == -1
+    assert length_direction(pairs[:1] + pairs[3:]) == 1  # a tie (1 of 2) goes to "longer wins"
 
 
 def test_pairs_from_points_and_shuffle():
@@ -60,6 +66,16 @@ def test_pairs_from_points_and_shuffle():
            PointwiseTarget("c", "d", 0.4, group="3"), PointwiseTarget("other", "e", 0.0, group="4")]
     got = sorted((p.chosen, p.rejected) for p in pairs_from_points(pts, 0.2))
     assert got == [("a", "b"), ("a", "d")]  # b vs d differ by 0.1; "e" has another context
+    # gaps: a-b 0.5, a-d 0.6, b-d 0.1; below max_diff 0.55 only a-b, from 0.05 to 0.2 only b-d
+    assert [(p.chosen, p.rejected) for p in pairs_from_points(pts, 0.2, max_diff=0.55)] == [("a", "b")]
+    assert [(p.chosen, p.rejected) for p in pairs_from_points(pts, 0.05, max_diff=0.2)] == [("b", "d")]
+    # versions of one story share a group: a and b (group s), d alone (group t)
+    story = [PointwiseTarget("c", "a", 1.0, group="s"), PointwiseTarget("c", "b", 0.5, group="s"),
+             PointwiseTarget("c", "d", 0.4, group="t")]
+    within = pairs_from_points(story, 0.2, same_group=True)
+    assert [(p.chosen, p.rejected, p.group) for p in within] == [("a", "b", "s|s")]
+    assert [(p.chosen, p.rejected, p.group) for p in pairs_from_points(story, 0.2, same_group=False)] == [
+        ("a", "d", "s|t")]
     data = RewardData([PreferencePair("c", str(i), str(i + 100)) for i in range(200)], pts)
     sh = shuffled_labels(data, seed=0)
     flipped = sum(p.chosen != q.chosen for p, q in zip(data.pairs, sh.pairs))
@@ -106,6 +122,17 @@ def test_paired_bootstrap_ci_by_hand():
     # {0, 0}: no pair has weight (skipped). So resamples are -1 (1/3) or -0.5 (2/3).
     ci = paired_bootstrap_ci([1, 0], [1, 1], [[0, 1], [1]], n_boot=2000, seed=0)
     assert ci["diff"] == -0.5 and ci["lo"] == -1.0 and ci["hi"] == -0.5
+    # the floor's rule fixed by the training data: model right on both pairs, longer wins on pair 0
+    # only. Fixed "longer wins": {0,0} 1 - 1, {1,1} 1 - 0, mixed 1 - 0.5 -> lo 0, hi 1. Recomputed
+    # (max of the two rules) {1,1} is 1 - 1 instead: the CI is [0, 0.5]
+    ci = paired_bootstrap_ci([1, 1], [1, 0], [[0], [1]], n_boot=2000, seed=0, direction=1)
+    assert ci["diff"] == 0.5 and ci["lo"] == 0.0 and ci["hi"] == 1.0
+    ci = paired_bootstrap_ci([1, 1], [1, 0], [[0], [1]], n_boot=2000, seed=0)
+    assert ci["diff"] == 0.5 and ci["lo"] == 0.0 and ci["hi"] == 0.5
+    # one rule per pair (each fold's own): longer for pair 0, shorter for pair 1 -> the floor is
+    # right on both, diff 0 in every resample
+    ci = paired_bootstrap_ci([1, 1], [1, 0], [[0], [1]], n_boot=200, seed=0, direction=[1, -1])
+    assert (ci["diff"], ci["lo"], ci["hi"]) == (0.0, 0.0, 0.0)
 
 
 # ----------------------------------------------------------------------------- learning (real MiniLM)
