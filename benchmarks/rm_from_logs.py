@@ -52,8 +52,9 @@ VARIANTS = {
     "default": {},
     "pw-0.25": {"pointwise_weight": 0.25},
     "pairs-only": {"pointwise_weight": 0.0},
-    "ensemble-4": {"ensemble": 4},
-    "ensemble-4+pw-0.25": {"ensemble": 4, "pointwise_weight": 0.25},
+    "ensemble-4": {"ensemble": 4, "ensemble_anchor": False},
+    "ensemble-4+pw-0.25": {"ensemble": 4, "ensemble_anchor": False, "pointwise_weight": 0.25},
+    "ensemble-4-anchored": {"ensemble": 4, "ensemble_anchor": True},
 }
 """RewardTrainConfig overrides on top of the learner's (LearnerConfig().rm with ensemble 1)."""
 

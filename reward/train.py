@@ -358,13 +358,15 @@ def bootstrap_by_group(data: RewardData, seed: int) -> RewardData:
 
 
 def _fit_ensemble(data: RewardData, cfg: RewardTrainConfig, embedder: Any, store: Any, cache=None):
-    """``cfg.ensemble`` heads, head i on bootstrap_by_group(data, seed + i) with seed + i; the
-    ensemble's score statistics are those of the members' mean over all of ``data``."""
+    """``cfg.ensemble`` heads, head i on bootstrap_by_group(data, seed + i) with seed + i, and with
+    ``cfg.ensemble_anchor`` one more on all of ``data`` (seed ``cfg.seed``) that gives the score;
+    the ensemble's score statistics are those of its score over all of ``data``."""
     members = []
     for i in range(cfg.ensemble):
         sample = bootstrap_by_group(data, cfg.seed + 7919 * (i + 1))
         members.append(_fit_embedder_head(sample, replace(cfg, seed=cfg.seed + i), embedder, store, cache))
-    ens = EnsembleRewardModel.from_members(members)
+    anchor = _fit_embedder_head(data, cfg, embedder, store, cache) if cfg.ensemble_anchor else None
+    ens = EnsembleRewardModel.from_members(members, anchor)
     _set_reward_stats(ens, data)
     return ens
 

@@ -360,3 +360,37 @@ def test_ensemble_learns_round_trips_and_is_unsure_off_the_data(embedder, store,
     np.testing.assert_array_equal(live.score(ctx, txt), model.score(ctx, txt))
     with pytest.raises(ValueError, match="at least 1"):
         train_reward_model(train, RewardTrainConfig(ensemble=0), embedder, store, eval=held)
+
+
+def test_anchored_ensemble_scores_with_the_full_head_and_keeps_the_bootstrap_spread(embedder, store, tmp_path):
+    from dataclasses import replace
+
+    from reward.model import EnsembleRewardModel, RewardModel
+
+    data = separable_data(24)
+    cfg = RewardTrainConfig(epochs=20, seed=0, ensemble=3, shuffled_control=False, eval_frac=0.0)
+    assert cfg.ensemble_anchor  # the default
+    model, _ = train_reward_model(data, cfg, embedder, store, eval=RewardData())
+    assert isinstance(model, EnsembleRewardModel) and model.anchor is not None and model.cfg.anchored
+    one, _ = train_reward_model(data, replace(cfg, ensemble=1), embedder, store, eval=RewardData())
+    ctx = [p.context for p in data.pairs] * 2
+    txt = [p.chosen for p in data.pairs] + [p.rejected for p in data.pairs]
+    each = model.score_members(ctx, txt)
+    # the score is the head fitted on all the data (seed cfg.seed), exactly the single-head model
+    np.testing.assert_allclose(model.score(ctx, txt), one.score(ctx, txt), rtol=1e-5, atol=1e-5)
+    # the spread is the bootstrap heads' own: the same members without the anchor
+    free = EnsembleRewardModel.from_members(list(model.members))
+    assert free.anchor is None
+    bare = free.score_members(ctx, txt)
+    np.testing.assert_allclose(each.std(0), bare.std(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(each - each.mean(0), bare - bare.mean(0), rtol=1e-5, atol=1e-5)
+    assert each.std(0).mean() > 0
+    # save -> load keeps the anchor; an ensemble without it (older files) still loads unanchored
+    model.save(tmp_path / "anch")
+    loaded = RewardModel.load(tmp_path / "anch", embedder, store)
+    assert loaded.anchor is not None
+    np.testing.assert_array_equal(loaded.score_members(ctx, txt), each)
+    free.save(tmp_path / "free")
+    assert RewardModel.load(tmp_path / "free", embedder, store).anchor is None
+    with pytest.raises(ValueError, match="share one"):
+        EnsembleRewardModel.from_members(list(model.members), RewardModel(replace(model.anchor.cfg, hidden=8)))
