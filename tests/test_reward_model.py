@@ -394,3 +394,26 @@ def test_anchored_ensemble_scores_with_the_full_head_and_keeps_the_bootstrap_spr
     assert RewardModel.load(tmp_path / "free", embedder, store).anchor is None
     with pytest.raises(ValueError, match="share one"):
         EnsembleRewardModel.from_members(list(model.members), RewardModel(replace(model.anchor.cfg, hidden=8)))
+
+
+def test_learns_a_taste_in_no_lexicon_and_generalises_to_unseen_words(embedder, store):
+    """A taste no word list of a rater or a feature names (living creatures over things), learnt
+    from pairs of one vocabulary and measured on pairs of words it never saw: only the meaning,
+    which the embedding carries, can carry it over."""
+    places = ["by the gate", "near the river", "under the bridge", "in the kitchen", "on the hill", "at the station"]
+    seen_yes = ["cat", "dog", "horse", "sparrow", "fox", "goat"]
+    seen_no = ["kettle", "bucket", "lamp", "brick", "ladder", "chair"]
+    new_yes = ["owl", "rabbit", "donkey", "heron"]
+    new_no = ["teapot", "shovel", "candle", "barrel"]
+
+    def pairs(yes, no, tag):
+        return [PreferencePair(f"Write a line. ({tag}{i})", f"The {a} waited {p}.", f"The {b} waited {p}.",
+                               group=f"{tag}{i}")
+                for i, (a, b, p) in enumerate((a, b, p) for a in yes for b in no for p in places[:2])]
+
+    train, test = pairs(seen_yes, seen_no, "t"), pairs(new_yes, new_no, "e")
+    assert not {w for p in test for w in p.chosen.split()} & set(seen_yes + seen_no)
+    _model, m = train_reward_model(RewardData(train, []), FAST, embedder, store, eval=RewardData(test, []))
+    assert m["rm/length_floor"] <= 0.75  # lengths do not give it away
+    assert m["rm/accuracy"] >= 0.8, m
+    assert m["rm/shuffled_control"] <= 0.7, m  # the same model on shuffled labels cannot
