@@ -41,6 +41,7 @@ from reward.features import (
     FEATURE_BLOCKS,
     RELATION_STAT_NAMES,
     STAT_NAMES,
+    STYLE_STAT_NAMES,
     TEXT_STAT_NAMES,
     EmbeddingCache,
     _embedder_name,
@@ -48,6 +49,7 @@ from reward.features import (
     context_head_for_embedding,
     hashed_words,
     relation_stats,
+    style_stats,
     text_stats,
 )
 
@@ -163,6 +165,9 @@ class RewardModel(nn.Module):
         if any(n in RELATION_STAT_NAMES for n in names):
             st = np.stack([relation_stats(cx, t) for cx, t in zip(contexts, texts)]).reshape(len(texts), -1)
             cols.update(zip(RELATION_STAT_NAMES, st.T))
+        if any(n in STYLE_STAT_NAMES for n in names):
+            st = np.stack([style_stats(t) for t in texts]).reshape(len(texts), -1)
+            cols.update(zip(STYLE_STAT_NAMES, st.T))
         if "cos_context" in names:
             cols["cos_context"] = (s * c).sum(1)
         if "cos_context_head" in names:

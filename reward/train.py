@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from assistant.lm.config import embedder_name
 from assistant.lm.models import autocast_context
 from reward.config import RewardTrainConfig
-from reward.features import EmbeddingCache
+from reward.features import TRAIN_STAT_NAMES, EmbeddingCache
 from reward.feedback import (
     PointwiseTarget,
     PreferencePair,
@@ -244,7 +244,7 @@ def _fit_embedder_head(data: RewardData, cfg: RewardTrainConfig, embedder: Any, 
     model = RewardModel(RewardModelConfig(emb_dim=emb_dim, hidden=cfg.hidden, dropout=cfg.dropout,
                                           embedder=name or "all-MiniLM-L6-v2",
                                           emb_features=tuple(cfg.emb_features), words_dim=cfg.words_dim,
-                                          **({"stats": tuple(cfg.stats)} if cfg.stats is not None else {})),
+                                          stats=tuple(cfg.stats) if cfg.stats is not None else TRAIN_STAT_NAMES),
                     embedder, store)
     if cache is not None:
         model.cache = cache

@@ -284,6 +284,22 @@ def test_relation_stats_by_hand():
     assert st["ends_clean"] == 0.0 and relation_stats(ctx, txt + ".")[-1] == 1.0
 
 
+def test_style_stats_by_hand():
+    from reward.features import STYLE_STAT_NAMES, style_stats
+
+    txt = 'He ran. "Stop it," she said quietly, slowly.'
+    st = dict(zip(STYLE_STAT_NAMES, style_stats(txt)))
+    # sentences "He ran" (2 words) and '"Stop it," she said quietly, slowly' (6): std of [2, 6] is 2
+    assert st["sentence_words_std"] == pytest.approx(2.0)
+    assert st["dialogue_frac"] == pytest.approx(10 / 44)  # '"Stop it,"' is 10 of 44 characters
+    # words: he ran stop it she said quietly slowly (8); 7+ letters: quietly; -ly: quietly, slowly
+    assert st["long_word_frac"] == pytest.approx(1 / 8)
+    assert st["comma_rate"] == pytest.approx(2 / 8)
+    assert st["ly_word_frac"] == pytest.approx(2 / 8)
+    assert style_stats("").tolist() == [0.0] * len(STYLE_STAT_NAMES)
+    assert style_stats("“Fly,” said the only owl.")[1] == pytest.approx(6 / 25)  # curly quotes count too
+
+
 def test_extra_stats_train_save_load(embedder, store, tmp_path):
     from reward.features import STAT_NAMES
     from reward.model import RewardModel
@@ -303,6 +319,14 @@ def test_extra_stats_train_save_load(embedder, store, tmp_path):
     with pytest.raises(ValueError, match="unknown reward statistics"):
         train_reward_model(data, RewardTrainConfig(epochs=1, eval_frac=0.0, shuffled_control=False,
                                                    stats=("no_such_stat",)), embedder, store)
+    # unnamed, training uses TRAIN_STAT_NAMES (three style stats beyond STAT_NAMES), and saves them
+    from reward.features import TRAIN_STAT_NAMES
+
+    plain, _m = train_reward_model(data, RewardTrainConfig(epochs=5, eval_frac=0.0, shuffled_control=False),
+                                   embedder, store)
+    assert plain.cfg.stats == TRAIN_STAT_NAMES and TRAIN_STAT_NAMES[: len(STAT_NAMES)] == STAT_NAMES
+    plain.save(tmp_path / "plain")
+    assert RewardModel.load(tmp_path / "plain", embedder, store).cfg.stats == TRAIN_STAT_NAMES
 
 
 def test_bootstrap_by_group_by_hand():
