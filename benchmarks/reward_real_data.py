@@ -156,8 +156,12 @@ def load_tldr(data_dir: Path, max_pairs: int, seed: int):
 LAMP_CONTEXT = "Write a literary paragraph of high quality."
 
 
-def load_lamp(data_dir: Path, max_points: int, seed: int):
+def load_lamp(data_dir: Path, max_points: int, seed: int, by_story: bool = False):
+    """LAMP-R paragraphs as pointwise targets (mean score of a paragraph, 1-10 -> [0, 1]). Each
+    paragraph is its own group; ``by_story``: the versions of one story (an original and the
+    writers' edits of it, found by reward.text.near_duplicate_families) share one group."""
     from reward.feedback import PointwiseTarget, RewardData
+    from reward.text import near_duplicate_families
     from storage.records import text_hash
 
     seen: dict[str, list[float]] = {}
@@ -168,21 +172,38 @@ def load_lamp(data_dir: Path, max_points: int, seed: int):
         seen.setdefault(para, []).append(score)
     items = list(seen.items())
     random.Random(seed).shuffle(items)
+    items = items[:max_points]
+    stories = near_duplicate_families([p for p, _ in items]) if by_story else None
     points = [PointwiseTarget(LAMP_CONTEXT, p, min(max((sum(s) / len(s) - 1) / 9, 0.0), 1.0), 1.0,
-                              "lamp:" + text_hash(p)[:16], "lamp") for p, s in items[:max_points]]
+                              f"lamp:story:{stories[i]}" if by_story else "lamp:" + text_hash(p)[:16], "lamp")
+              for i, (p, s) in enumerate(items)]
     return RewardData([], points)
 
 
 # ----------------------------------------------------------------------------- cross-validation
-def _eval_pairs(held, cfg):
-    """Held-out pairs (for pointwise sets: pairs of held-out points whose targets differ enough) and
-    each pair's bootstrap clusters (its group; both paragraphs of a pair built from points)."""
+def _eval_pairs(held, cfg, **kind):
+    """Held-out pairs (for pointwise sets: pairs of held-out points whose targets differ enough;
+    ``kind``: further pairs_from_points arguments) and each pair's bootstrap clusters (its group;
+    both paragraphs -- or the one story -- of a pair built from points)."""
     from reward.train import pairs_from_points
 
     if held.pairs:
         return list(held.pairs), [[p.group] for p in held.pairs]
-    pairs = pairs_from_points(held.points, cfg.point_pair_min_diff, cfg.max_point_pairs, cfg.seed)
-    return pairs, [p.group.split("|") for p in pairs]
+    pairs = pairs_from_points(held.points, kind.pop("min_diff", cfg.point_pair_min_diff), cfg.max_point_pairs,
+                              cfg.seed, **kind)
+    return pairs, [list(dict.fromkeys(p.group.split("|"))) for p in pairs]
+
+
+def _pair_outcomes(model, pairs) -> tuple[list[float], list[float]]:
+    """Per pair: the model's correctness (1, 0.5 for a tie, 0) and whether the chosen text is the
+    longer (1, 0.5 equal, 0); every distinct text scored once."""
+    from reward.feedback import RewardData
+    from reward.train import _index_items, _longer_wins
+
+    items, pix, _ = _index_items(RewardData(pairs, []))
+    r = model.score([c for c, _ in items], [t for _, t in items])
+    rc, rr = r[pix[:, 0]], r[pix[:, 1]]
+    return list((rc > rr) + 0.5 * (rc == rr)), [_longer_wins(p) for p in pairs]
 
 
 def cross_validate(data, cfg, embedder, store, k: int = 5, seed: int = 0, n_boot: int = 2000,
@@ -193,14 +214,7 @@ def cross_validate(data, cfg, embedder, store, k: int = 5, seed: int = 0, n_boot
     (accuracy - length floor) over the pooled out-of-fold pairs."""
     from dataclasses import replace
 
-    from reward.feedback import RewardData
-    from reward.train import (
-        _index_items,
-        grouped_folds,
-        pair_accuracy,
-        paired_bootstrap_ci,
-        spearman,
-    )
+    from reward.train import grouped_folds, paired_bootstrap_ci, spearman
 
     cfg = replace(cfg, shuffled_control=False)
     correct, longer, clusters, fold_acc, fold_sp, secs = [], [], [], [], [], []
@@ -210,13 +224,10 @@ def cross_validate(data, cfg, embedder, store, k: int = 5, seed: int = 0, n_boot
         model, _ = _train(train, cfg, embedder, store, cache)
         secs.append(time.perf_counter() - t0)
         pairs, cl = _eval_pairs(held, cfg)
-        items, pix, _ = _index_items(RewardData(pairs, []))
-        r = model.score([c for c, _ in items], [t for _, t in items])
-        rc, rr = r[pix[:, 0]], r[pix[:, 1]]
-        fold_acc.append(pair_accuracy(rc, rr))
-        correct += list((rc > rr) + 0.5 * (rc == rr))
-        longer += [1.0 if len(p.chosen) > len(p.rejected) else 0.5 if len(p.chosen) == len(p.rejected) else 0.0
-                   for p in pairs]
+        ok, lw = _pair_outcomes(model, pairs)
+        fold_acc.append(float(np.mean(ok)))
+        correct += ok
+        longer += lw
         clusters += [[ids.setdefault(g, len(ids)) for g in c] for c in cl]
         if held.points:
             fold_sp.append(spearman(model.score([p.context for p in held.points], [p.text for p in held.points]),
@@ -230,6 +241,104 @@ def cross_validate(data, cfg, embedder, store, k: int = 5, seed: int = 0, n_boot
     if fold_sp:
         out["mean_fold_spearman"] = float(np.mean(fold_sp))
     return out
+
+
+# ----------------------------------------------------------------------------- transfer checks
+LAMP_KINDS = {
+    "other stories, gap >= 2": {"min_diff": 2 / 9, "same_group": False},
+    "other stories, gap 1 to 2": {"min_diff": 1 / 9, "max_diff": 2 / 9, "same_group": False},
+    "versions of one story": {"min_diff": 1e-6, "same_group": True},
+}
+"""LAMP-R test pairs of held-out stories (groups by story: an original and its edits): across
+stories at the benchmark's gap of >= 2 points, across stories at small gaps (1 <= gap < 2), and
+between two versions of one story that the writers scored differently (the edit judgments)."""
+
+
+class _Pooled:
+    """Out-of-fold outcomes of one transfer check, pooled over folds, with the floor's rule fixed
+    per pair from that fold's training data."""
+
+    def __init__(self):
+        self.correct, self.longer, self.clusters, self.direction = [], [], [], []
+        self.ids: dict[str, int] = {}
+
+    def add(self, model, pairs, clusters, direction: int) -> None:
+        ok, lw = _pair_outcomes(model, pairs)
+        self.correct += ok
+        self.longer += lw
+        self.direction += [direction] * len(pairs)
+        self.clusters += [[self.ids.setdefault(g, len(self.ids)) for g in c] for c in clusters]
+
+    def result(self, n_boot: int, seed: int) -> dict:
+        from reward.train import paired_bootstrap_ci
+
+        d = np.asarray(self.direction)
+        lw = np.asarray(self.longer)
+        ci = paired_bootstrap_ci(self.correct, self.longer, self.clusters, n_boot=n_boot, seed=seed, direction=d)
+        return {"n_pairs": len(self.correct), "accuracy": float(np.mean(self.correct)),
+                "length_floor": float(np.mean(np.where(d > 0, lw, 1 - lw))),
+                "direction": "longer wins" if (d > 0).mean() > 0.5 else "shorter wins",
+                "direction_mixed": bool(0 < (d > 0).mean() < 1),
+                "diff": ci["diff"], "diff_lo": ci["lo"], "diff_hi": ci["hi"]}
+
+
+def _training_direction(train, cfg, **kind) -> int:
+    """The length rule the training data teaches, on training pairs of the same kind as the test."""
+    from reward.train import length_direction
+
+    return length_direction(_eval_pairs(train, cfg, **kind)[0])
+
+
+def lamp_story_checks(lamp_stories, cfg, embedder, store, cache, k: int = 5, seed: int = 0,
+                      n_boot: int = 2000) -> dict[str, dict]:
+    """LAMP-R within itself: grouped k-fold CV by story; per fold, the floor's rule comes from the
+    training stories' pairs of the same kind. Pooled out-of-fold pairs of each LAMP_KINDS kind."""
+    from dataclasses import replace
+
+    from reward.train import grouped_folds
+
+    cfg = replace(cfg, shuffled_control=False)
+    pooled = {kind: _Pooled() for kind in LAMP_KINDS}
+    for train, held in grouped_folds(lamp_stories, k, seed):
+        model, _ = _train(train, cfg, embedder, store, cache)
+        for kind, kw in LAMP_KINDS.items():
+            pairs, cl = _eval_pairs(held, cfg, **kw)
+            pooled[kind].add(model, pairs, cl, _training_direction(train, cfg, **kw))
+    return {f"LAMP-R -> LAMP-R, {kind}": p.result(n_boot, seed) for kind, p in pooled.items()}
+
+
+def cross_set_checks(sets: dict, set_cfg, embedder, store, cache, seed: int = 0, n_boot: int = 2000) -> dict[str, dict]:
+    """Train on the whole of one set, test on every pair of another (LAMP-R: its pairs at the
+    benchmark's gap), the floor's rule fixed by the training set's pairs."""
+    from dataclasses import replace
+
+    models = {name: _train(data, replace(set_cfg(data), shuffled_control=False), embedder, store, cache)[0]
+              for name, data in sets.items()}
+    out = {}
+    for a, data_a in sets.items():
+        direction = _training_direction(data_a, set_cfg(data_a))
+        for b, data_b in sets.items():
+            if a != b:
+                p = _Pooled()
+                p.add(models[a], *_eval_pairs(data_b, set_cfg(data_b)), direction)
+                out[f"{_short(a)} -> {_short(b)}"] = p.result(n_boot, seed)
+    return out
+
+
+def transfer_checks(sets: dict, lamp_stories, set_cfg, embedder, store, cache, k: int = 5, seed: int = 0,
+                    n_boot: int = 2000) -> dict[str, dict]:
+    """Train on one set (or split), test on another; beside each, the length floor whose direction
+    ("longer wins" / "shorter wins") is fixed by the *training* data: lamp_story_checks, then
+    cross_set_checks over the pair sets and LAMP-R. CIs: paired cluster bootstrap of
+    (accuracy - floor) over the test set's groups (LAMP-R: stories)."""
+    out = lamp_story_checks(lamp_stories, set_cfg(lamp_stories), embedder, store, cache, k, seed, n_boot)
+    out.update(cross_set_checks({**sets, "LAMP-R (pointwise)": lamp_stories}, set_cfg, embedder, store, cache,
+                                seed, n_boot))
+    return out
+
+
+def _short(name: str) -> str:
+    return name.split(" (")[0].replace(" harmless", "").replace(" batch 13", "")
 
 
 def _train(train, cfg, embedder, store, cache=None):
@@ -252,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids OpenMP oversubscription on a shared CPU)")
     ap.add_argument("--folds", type=int, default=5, help="grouped cross-validation folds (0: skip the CV table)")
     ap.add_argument("--cv-seed", type=int, default=0, help="seed of the CV fold assignment and bootstrap")
+    ap.add_argument("--no-transfer", action="store_true", help="skip the transfer checks")
     ap.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = ap.parse_args(argv)
 
@@ -301,6 +411,16 @@ def main(argv: list[str] | None = None) -> int:
             cv[name] = cross_validate(data, set_cfg(data), embedder, store, args.folds, args.cv_seed, cache=cache)
             print(f"{name} CV: {json.dumps(cv[name])}", file=sys.stderr, flush=True)
 
+    transfer = {}
+    if not args.no_transfer:
+        from reward.features import EmbeddingCache
+
+        lamp_stories = load_lamp(data_dir, args.max_lamp, args.seed, by_story=True)
+        transfer = transfer_checks({n: d for n, d in sets.items() if d.pairs}, lamp_stories, set_cfg, embedder,
+                                   store, EmbeddingCache(embedder, store), max(args.folds, 2), args.cv_seed)
+        for name, t in transfer.items():
+            print(f"transfer {name}: {json.dumps(t)}", file=sys.stderr, flush=True)
+
     # retrain on 1,000 feedback items whose embeddings are all cached
     pool = sets["hh-rlhf harmless"].extend(sets["TL;DR batch 13"])
     rng = random.Random(args.seed)
@@ -328,6 +448,18 @@ def main(argv: list[str] | None = None) -> int:
             sp = f"{c['mean_fold_spearman']:.3f}" if "mean_fold_spearman" in c else "-"
             print(f"| {name} | {c['n_pairs']} | {c['mean_fold_accuracy']:.3f} | {c['accuracy']:.3f} | "
                   f"{c['length_floor']:.3f} | {c['diff']:+.3f} [{c['diff_lo']:+.3f}, {c['diff_hi']:+.3f}] | {sp} |")
+    if transfer:
+        print()
+        print(f"transfer checks (LAMP-R -> LAMP-R: grouped {max(args.folds, 2)}-fold CV by story, seed {args.cv_seed}; "
+              "across sets: train on the whole of one, test on all of the other; the floor's rule is fixed by "
+              "the training data; CI: paired cluster bootstrap over the test groups, 2000 resamples)")
+        print()
+        print("| train -> test | pairs | accuracy | length floor (rule from training) | acc - floor [95% CI] |")
+        print("|---|---|---|---|---|")
+        for name, t in transfer.items():
+            rule = t["direction"] + (", per fold" if t["direction_mixed"] else "")
+            print(f"| {name} | {t['n_pairs']} | {t['accuracy']:.3f} | {t['length_floor']:.3f} ({rule}) | "
+                  f"{t['diff']:+.3f} [{t['diff_lo']:+.3f}, {t['diff_hi']:+.3f}] |")
     print()
     print(f"retrain on {retrain['items']} feedback items with cached embeddings: {retrain['seconds']:.2f} s "
           f"(texts embedded now: {int(retrain['embedded_now'])}; target <= 5 s)")
@@ -336,8 +468,11 @@ def main(argv: list[str] | None = None) -> int:
     if cv:
         ok_cv = all(c["diff_lo"] > 0 for c in cv.values())
         print(f"cross-validation: 95% CI of (accuracy - floor) above 0 on every set: {'yes' if ok_cv else 'NO'}")
+    if transfer:
+        ok_t = all(t["diff"] > 0 for t in transfer.values())
+        print(f"transfer checks: above the training data's length rule on every check: {'yes' if ok_t else 'NO'}")
     if args.json:
-        print(json.dumps({"sets": results, "cv": cv, "retrain_1000": retrain}, indent=2))
+        print(json.dumps({"sets": results, "cv": cv, "transfer": transfer, "retrain_1000": retrain}, indent=2))
     store.close()
     return 0
 

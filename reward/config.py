@@ -36,8 +36,15 @@ class RewardTrainConfig:
     the rated requests; the RL reward then subtracts ``RewardConfig.rm_uncertainty`` times the
     heads' disagreement. Training costs that many times one head (under a second each for a few
     hundred ratings)."""
+    ensemble_anchor: bool = True
+    """With ensemble above 1: also fit one head on all the data, which gives the score; the
+    bootstrap heads give only the spread around it (each sees ~63% of the rated requests, so their
+    mean ranks worse than one head on them all; see benchmarks/rm_from_logs.py). One more head's
+    training time."""
     stats: tuple[str, ...] | None = None
-    """Text statistics the head sees (names from reward.model.ALL_STAT_NAMES); None: STAT_NAMES."""
+    """Text statistics the head sees (names from reward.features.ALL_STAT_NAMES); None:
+    reward.features.TRAIN_STAT_NAMES (STAT_NAMES and three generic prose properties: how much
+    sentence lengths vary, the share of long words, commas per word)."""
     batch_size: int = 128
     """Pairs (and, separately, pointwise targets) per optimisation step."""
     use_margin: bool = True

@@ -54,7 +54,23 @@ RELATION_STAT_NAMES = (
     "ends_clean",
 )
 
-ALL_STAT_NAMES = STAT_NAMES + RELATION_STAT_NAMES + ("cos_context_head",)
+STYLE_STAT_NAMES = (
+    "sentence_words_std",
+    "dialogue_frac",
+    "long_word_frac",
+    "comma_rate",
+    "ly_word_frac",
+)
+"""A small generic basis of prose properties (style_stats), beside the length and diversity ones
+of STAT_NAMES: how much sentence lengths vary, the share of the text inside quotation marks, of
+long words (7 letters or more), commas per word and the share of words ending in -ly."""
+
+ALL_STAT_NAMES = STAT_NAMES + RELATION_STAT_NAMES + ("cos_context_head",) + STYLE_STAT_NAMES
+
+TRAIN_STAT_NAMES = STAT_NAMES + ("sentence_words_std", "long_word_frac", "comma_rate")
+"""What a reward model is trained with unless its config names others: STAT_NAMES plus three of
+the style basis, chosen over all five, each alone and two other subsets by grouped 5-fold CV on
+the training parts of benchmarks/reward_real_data.py's sets (never their held-out parts)."""
 
 _STOP = frozenset(
     "a an the and or but if then so of to in on at by for with from as is are was were be been being am i me my "
@@ -103,6 +119,22 @@ def hashed_words(text: str, dim: int) -> np.ndarray:
         v[zlib.crc32(w.encode("utf-8")) % dim] += 1.0
     n = float(np.linalg.norm(v))
     return v / n if n > 0 else v
+
+_QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”")
+
+
+def style_stats(text: str) -> np.ndarray:
+    """STYLE_STAT_NAMES, in that order (see its docstring). Sentences end at . ! ? (a text without
+    one is one sentence); quotation: "..." or “...”, quote marks included."""
+    parts = [p for p in re.split(r"[.!?]+(?:\s|$)", text) if p.strip()]
+    per = [len(_WORD.findall(p)) for p in parts] or [0]
+    words = _WORD.findall(text.lower())
+    nw = max(len(words), 1)
+    quoted = sum(len(m) for m in _QUOTED.findall(text))
+    return np.array([float(np.std(per)), quoted / max(len(text), 1), sum(len(w) >= 7 for w in words) / nw,
+                     text.count(",") / nw, sum(len(w) > 3 and w.endswith("ly") for w in words) / nw],
+                    dtype=np.float32)
+
 
 def text_stats(context: str, text: str) -> np.ndarray:
     """Cheap, model-free statistics of a suggestion (and its relation to the context)."""

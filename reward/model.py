@@ -16,7 +16,9 @@ Two backbones share one interface (``score``, ``save``, ``load``, ``reward_mean`
   (``adapter/`` + ``reward_head.safetensors``) so a reload gives the same rewards.
 - ``EnsembleRewardModel`` (``--ensemble M``, opt-in): M embedder heads, each trained on a bootstrap
   resample of the rated requests; ``score`` is their mean and ``score_members`` lets the RL reward
-  subtract their disagreement. All heads live in one ``reward_head.safetensors``.
+  subtract their disagreement. Anchored (the training default): one more head, fitted on all the
+  data, gives the score, and the bootstrap heads give only the spread around it. All heads live in
+  one ``reward_head.safetensors``.
 
 Files of a saved reward model: ``reward_config.json`` (backbone, sizes, embedder name) and
 ``reward_head.safetensors`` (all head weights, feature normalisation and reward mean/std)."""
@@ -39,6 +41,7 @@ from reward.features import (
     FEATURE_BLOCKS,
     RELATION_STAT_NAMES,
     STAT_NAMES,
+    STYLE_STAT_NAMES,
     TEXT_STAT_NAMES,
     EmbeddingCache,
     _embedder_name,
@@ -46,6 +49,7 @@ from reward.features import (
     context_head_for_embedding,
     hashed_words,
     relation_stats,
+    style_stats,
     text_stats,
 )
 
@@ -161,6 +165,9 @@ class RewardModel(nn.Module):
         if any(n in RELATION_STAT_NAMES for n in names):
             st = np.stack([relation_stats(cx, t) for cx, t in zip(contexts, texts)]).reshape(len(texts), -1)
             cols.update(zip(RELATION_STAT_NAMES, st.T))
+        if any(n in STYLE_STAT_NAMES for n in names):
+            st = np.stack([style_stats(t) for t in texts]).reshape(len(texts), -1)
+            cols.update(zip(STYLE_STAT_NAMES, st.T))
         if "cos_context" in names:
             cols["cos_context"] = (s * c).sum(1)
         if "cos_context_head" in names:
@@ -252,6 +259,9 @@ class EnsembleRewardConfig:
     """Heads in the ensemble."""
     member: RewardModelConfig = field(default_factory=RewardModelConfig)
     """The shape every head shares (so one set of features feeds them all)."""
+    anchored: bool = False
+    """One more head of the same shape (fitted on all the data) gives the score: every member's
+    scores are shifted so that their mean is the anchor's, keeping their spread."""
     backbone: str = "ensemble"
 
 class EnsembleRewardModel(nn.Module):
@@ -265,7 +275,12 @@ class EnsembleRewardModel(nn.Module):
     conservative RL reward, mean - alpha * std (Coste et al., "Reward Model Ensembles Help
     Mitigate Overoptimization", ICLR 2024). Standardised scores use the mean and std of the
     ensemble mean over the training texts, for the members as well, so the spread is in the same
-    units as the score."""
+    units as the score.
+
+    A bootstrap head sees about 63% of the rated requests, so the members' mean ranks worse than
+    one head fitted on them all. An *anchored* ensemble keeps that head as ``anchor``: member i
+    scores anchor + (member_i - mean of the members), so ``score`` is the anchor's and the spread
+    (and a Thompson draw's deviation) is the bootstrap heads'."""
 
     def __init__(self, cfg: EnsembleRewardConfig, embedder: Any = None, store: Any = None):
         super().__init__()
@@ -273,18 +288,22 @@ class EnsembleRewardModel(nn.Module):
             raise ValueError(f"an ensemble needs at least 2 members, got {cfg.members}")
         self.cfg = cfg
         self.members = nn.ModuleList(RewardModel(cfg.member, embedder, store) for _ in range(cfg.members))
+        self.anchor = RewardModel(cfg.member, embedder, store) if cfg.anchored else None
         self.register_buffer("reward_mean", torch.zeros(()))
         self.register_buffer("reward_std", torch.ones(()))
         self.cache = self.members[0].cache
 
     @classmethod
-    def from_members(cls, members: Sequence[RewardModel]) -> "EnsembleRewardModel":
-        """Wrap trained heads (same config); their weights are taken over as they are."""
-        cfgs = {json.dumps(asdict(m.cfg), sort_keys=True) for m in members}
+    def from_members(cls, members: Sequence[RewardModel], anchor: RewardModel | None = None) -> "EnsembleRewardModel":
+        """Wrap trained heads (same config), and optionally the head that anchors their mean;
+        their weights are taken over as they are."""
+        heads = list(members) + ([anchor] if anchor is not None else [])
+        cfgs = {json.dumps(asdict(m.cfg), sort_keys=True) for m in heads}
         if len(cfgs) != 1:
             raise ValueError("ensemble members must share one RewardModelConfig")
-        ens = cls(EnsembleRewardConfig(members=len(members), member=members[0].cfg))
+        ens = cls(EnsembleRewardConfig(members=len(members), member=members[0].cfg, anchored=anchor is not None))
         ens.members = nn.ModuleList(members)
+        ens.anchor = anchor
         ens.cache = members[0].cache
         return ens
 
@@ -295,15 +314,17 @@ class EnsembleRewardModel(nn.Module):
     @cache.setter
     def cache(self, value: EmbeddingCache) -> None:
         object.__setattr__(self, "_cache", value)
-        for m in getattr(self, "members", []):
-            m.cache = value
+        for m in [*getattr(self, "members", []), getattr(self, "anchor", None)]:
+            if m is not None:
+                m.cache = value
 
     def raw_features(self, contexts: Sequence[str], texts: Sequence[str]) -> torch.Tensor:
         return self.members[0].raw_features(contexts, texts)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        """(M, N) raw scores of every member."""
-        return torch.stack([m(feats) for m in self.members])
+        """(M, N) raw scores of every member (anchored: moved so that their mean is the anchor's)."""
+        r = torch.stack([m(feats) for m in self.members])
+        return r if self.anchor is None else r - r.mean(0, keepdim=True) + self.anchor(feats)
 
     @torch.no_grad()
     def score_members(self, contexts: Sequence[str], texts: Sequence[str], normalize: bool = False,
@@ -325,13 +346,15 @@ class EnsembleRewardModel(nn.Module):
         return self.score_members(contexts, texts, normalize, batch_size).mean(0)
 
     def save(self, directory: str | Path) -> None:
-        config = {"members": self.cfg.members, "member": _config_json(self.cfg.member), "backbone": "ensemble"}
+        config = {"members": self.cfg.members, "member": _config_json(self.cfg.member), "anchored": self.cfg.anchored,
+                  "backbone": "ensemble"}
         _save_head(self, config, directory)
 
     @classmethod
     def load(cls, directory: str | Path, embedder: Any = None, store: Any = None) -> "EnsembleRewardModel":
         cfg = json.loads((Path(directory) / CONFIG_FILE).read_text())
-        ens_cfg = EnsembleRewardConfig(members=int(cfg["members"]), member=_config_from_json(cfg["member"]))
+        ens_cfg = EnsembleRewardConfig(members=int(cfg["members"]), member=_config_from_json(cfg["member"]),
+                                       anchored=bool(cfg.get("anchored", False)))
         return _load_head(cls(ens_cfg, embedder, store), embedder, directory)
 
 @dataclass

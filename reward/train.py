@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from assistant.lm.config import embedder_name
 from assistant.lm.models import autocast_context
 from reward.config import RewardTrainConfig
-from reward.features import EmbeddingCache
+from reward.features import TRAIN_STAT_NAMES, EmbeddingCache
 from reward.feedback import (
     PointwiseTarget,
     PreferencePair,
@@ -74,13 +74,26 @@ def expected_calibration_error(p_chosen: np.ndarray, n_bins: int = 10) -> float:
     return float(ece)
 
 
-def length_floor(pairs: Sequence[PreferencePair]) -> float:
-    """Accuracy of "the longer text wins" or "the shorter text wins", whichever is higher."""
+def length_direction(pairs: Sequence[PreferencePair]) -> int:
+    """+1 when "the longer text wins" is right on at least half of ``pairs`` (ties count one
+    half), else -1 ("the shorter text wins"): the length rule a set of training pairs teaches."""
+    longer = np.mean([_longer_wins(p) for p in pairs]) if pairs else 0.5
+    return 1 if longer >= 0.5 else -1
+
+
+def _longer_wins(p: PreferencePair) -> float:
+    return 1.0 if len(p.chosen) > len(p.rejected) else 0.5 if len(p.chosen) == len(p.rejected) else 0.0
+
+
+def length_floor(pairs: Sequence[PreferencePair], direction: int | None = None) -> float:
+    """Accuracy of "the longer text wins" (direction +1), "the shorter text wins" (-1) or, when
+    ``direction`` is None, whichever of the two is higher on these pairs."""
     if not pairs:
         return float("nan")
-    longer = np.mean([1.0 if len(p.chosen) > len(p.rejected) else 0.5 if len(p.chosen) == len(p.rejected) else 0.0
-                      for p in pairs])
-    return float(max(longer, 1.0 - longer))
+    longer = float(np.mean([_longer_wins(p) for p in pairs]))
+    if direction is None:
+        return max(longer, 1.0 - longer)
+    return longer if direction > 0 else 1.0 - longer
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
@@ -123,16 +136,20 @@ def grouped_folds(data: RewardData, k: int = 5, seed: int = 0) -> list[tuple[Rew
 
 def paired_bootstrap_ci(model_correct: Sequence[float], longer_wins: Sequence[float],
                         clusters: Sequence[Sequence[int]], n_boot: int = 2000, seed: int = 0,
-                        level: float = 0.95) -> dict[str, float]:
+                        level: float = 0.95, direction: int | Sequence[int] | None = None) -> dict[str, float]:
     """Bootstrap CI of (model accuracy - length floor) on the same pairs.
 
     Per pair: ``model_correct`` (1, 0.5 for a tie, 0), ``longer_wins`` (1 when the chosen text is
     the longer, 0.5 equal, 0 shorter) and the ids of the clusters it belongs to (its post /
     conversation; a pair of two LAMP paragraphs belongs to both). Each resample draws clusters with
     replacement and weights a pair by the product of its clusters' draw counts; the floor is
-    recomputed per resample as max(longer, shorter), as ``length_floor`` does."""
+    recomputed per resample as max(longer, shorter), as ``length_floor`` does -- unless
+    ``direction`` fixes the rule (+1 longer wins, -1 shorter wins; one for all pairs or one per
+    pair, e.g. each fold's training direction): then the floor is that rule's accuracy."""
     mc = np.asarray(model_correct, np.float64)
     lw = np.asarray(longer_wins, np.float64)
+    if direction is not None:  # from here on: the fixed rule's correctness per pair
+        lw = np.where(np.broadcast_to(np.asarray(direction), lw.shape) > 0, lw, 1.0 - lw)
     width = max(len(c) for c in clusters)
     cl = np.array([list(c) + [-1] * (width - len(c)) for c in clusters], np.int64)
     n_cl = int(cl.max()) + 1
@@ -140,7 +157,7 @@ def paired_bootstrap_ci(model_correct: Sequence[float], longer_wins: Sequence[fl
     def stat(w: np.ndarray) -> float:
         acc = float((w * mc).sum() / w.sum())
         lon = float((w * lw).sum() / w.sum())
-        return acc - max(lon, 1.0 - lon)
+        return acc - (lon if direction is not None else max(lon, 1.0 - lon))
 
     point = stat(np.ones(len(mc)))
     rng = np.random.default_rng(seed)
@@ -155,8 +172,12 @@ def paired_bootstrap_ci(model_correct: Sequence[float], longer_wins: Sequence[fl
 
 
 def pairs_from_points(points: Sequence[PointwiseTarget], min_diff: float, max_pairs: int = 20000,
-                      seed: int = 0) -> list[PreferencePair]:
-    """Evaluation pairs from pointwise targets that share a context and differ by >= min_diff."""
+                      seed: int = 0, max_diff: float = math.inf, same_group: bool | None = None
+                      ) -> list[PreferencePair]:
+    """Evaluation pairs from pointwise targets that share a context and differ by >= min_diff
+    (and < max_diff). ``same_group``: True keeps only pairs of two points of one group (versions
+    of one story), False only pairs across groups, None both. A pair's group is
+    "<group of the better>|<group of the worse>"."""
     by_ctx: dict[str, list[PointwiseTarget]] = {}
     for p in points:
         by_ctx.setdefault(p.context, []).append(p)
@@ -164,7 +185,9 @@ def pairs_from_points(points: Sequence[PointwiseTarget], min_diff: float, max_pa
     for ctx, pts in by_ctx.items():
         for i, a in enumerate(pts):
             for b in pts[i + 1 :]:
-                if abs(a.target - b.target) >= min_diff - 1e-9 and a.text != b.text:
+                d = abs(a.target - b.target)
+                if (d >= min_diff - 1e-9 and d < max_diff - 1e-9 and a.text != b.text
+                        and (same_group is None or (a.group == b.group) == same_group)):
                     hi, lo = (a, b) if a.target > b.target else (b, a)
                     out.append(PreferencePair(ctx, hi.text, lo.text, 0.0, 1.0, f"{hi.group}|{lo.group}", "points"))
     if len(out) > max_pairs:
@@ -221,7 +244,7 @@ def _fit_embedder_head(data: RewardData, cfg: RewardTrainConfig, embedder: Any, 
     model = RewardModel(RewardModelConfig(emb_dim=emb_dim, hidden=cfg.hidden, dropout=cfg.dropout,
                                           embedder=name or "all-MiniLM-L6-v2",
                                           emb_features=tuple(cfg.emb_features), words_dim=cfg.words_dim,
-                                          **({"stats": tuple(cfg.stats)} if cfg.stats is not None else {})),
+                                          stats=tuple(cfg.stats) if cfg.stats is not None else TRAIN_STAT_NAMES),
                     embedder, store)
     if cache is not None:
         model.cache = cache
@@ -335,13 +358,15 @@ def bootstrap_by_group(data: RewardData, seed: int) -> RewardData:
 
 
 def _fit_ensemble(data: RewardData, cfg: RewardTrainConfig, embedder: Any, store: Any, cache=None):
-    """``cfg.ensemble`` heads, head i on bootstrap_by_group(data, seed + i) with seed + i; the
-    ensemble's score statistics are those of the members' mean over all of ``data``."""
+    """``cfg.ensemble`` heads, head i on bootstrap_by_group(data, seed + i) with seed + i, and with
+    ``cfg.ensemble_anchor`` one more on all of ``data`` (seed ``cfg.seed``) that gives the score;
+    the ensemble's score statistics are those of its score over all of ``data``."""
     members = []
     for i in range(cfg.ensemble):
         sample = bootstrap_by_group(data, cfg.seed + 7919 * (i + 1))
         members.append(_fit_embedder_head(sample, replace(cfg, seed=cfg.seed + i), embedder, store, cache))
-    ens = EnsembleRewardModel.from_members(members)
+    anchor = _fit_embedder_head(data, cfg, embedder, store, cache) if cfg.ensemble_anchor else None
+    ens = EnsembleRewardModel.from_members(members, anchor)
     _set_reward_stats(ens, data)
     return ens
 

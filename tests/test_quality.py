@@ -44,6 +44,23 @@ def test_repetition_rate():
     assert T.mean_repetition_rate(["the cat the cat the", "a b c"], 2) == pytest.approx(0.25)
 
 
+def test_near_duplicate_families_by_hand():
+    # 3-grams: "a b c d e f" -> abc bcd cde def; "a b c d e g" -> abc bcd cde deg: 3 shared of 5
+    # distinct (0.6 >= 0.3, one family); "a b c" -> abc: 1 shared with the first of 4 (0.25 < 0.3)
+    texts = ["a b c d e f", "a b c d e g", "x y z w v u", "a b c"]
+    assert T.near_duplicate_families(texts, n=3, min_jaccard=0.3) == [0, 0, 1, 2]
+    assert T.near_duplicate_families(texts, n=3, min_jaccard=0.25) == [0, 0, 1, 0]  # 0.25 links "a b c" too
+    # a chain links texts that share nothing directly: p~q (3 of 5 3-grams), q~r (3 of 5); p and r share 2 of 6 (0.33 < 0.5)
+    chain = ["p q r s t u", "q r s t u v", "r s t u v w"]
+    assert T.near_duplicate_families(chain, n=3, min_jaccard=0.5) == [0, 0, 0]
+    # an n-gram found in more texts than max_postings (a stock phrase) links nothing
+    stock = ["once upon a time", "once upon a time"]
+    assert T.near_duplicate_families(stock, n=2, min_jaccard=0.5) == [0, 0]
+    assert T.near_duplicate_families(stock, n=2, min_jaccard=0.5, max_postings=1) == [0, 1]
+    with pytest.raises(ValueError):
+        T.near_duplicate_families(texts, n=0)
+
+
 def test_mean_length(tiny_tokenizer):
     assert q.mean_length(["one two three", "four"]) == pytest.approx(2.0)  # (3 + 1) / 2
     assert q.mean_length([]) == 0.0

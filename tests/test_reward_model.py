@@ -17,6 +17,7 @@ from reward.losses import bradley_terry_loss, pointwise_loss
 from reward.train import (
     expected_calibration_error,
     grouped_folds,
+    length_direction,
     length_floor,
     pair_accuracy,
     paired_bootstrap_ci,
@@ -53,6 +54,11 @@ def test_metrics_by_hand():
              PreferencePair("", "a", "aaaa")]
     assert length_floor(pairs) == pytest.approx(0.75)  # "longer wins" is right 3 times in 4
     assert length_floor(pairs[3:]) == pytest.approx(1.0)  # "shorter wins" is right
+    # a rule fixed in advance (by training data) is scored as it is, even where it is the worse one
+    assert length_floor(pairs, direction=1) == pytest.approx(0.75)
+    assert length_floor(pairs, direction=-1) == pytest.approx(0.25)
+    assert length_direction(pairs) == 1 and length_direction(pairs[3:]) == -1
+    assert length_direction(pairs[:1] + pairs[3:]) == 1  # a tie (1 of 2) goes to "longer wins"
 
 
 def test_pairs_from_points_and_shuffle():
@@ -60,6 +66,16 @@ def test_pairs_from_points_and_shuffle():
            PointwiseTarget("c", "d", 0.4, group="3"), PointwiseTarget("other", "e", 0.0, group="4")]
     got = sorted((p.chosen, p.rejected) for p in pairs_from_points(pts, 0.2))
     assert got == [("a", "b"), ("a", "d")]  # b vs d differ by 0.1; "e" has another context
+    # gaps: a-b 0.5, a-d 0.6, b-d 0.1; below max_diff 0.55 only a-b, from 0.05 to 0.2 only b-d
+    assert [(p.chosen, p.rejected) for p in pairs_from_points(pts, 0.2, max_diff=0.55)] == [("a", "b")]
+    assert [(p.chosen, p.rejected) for p in pairs_from_points(pts, 0.05, max_diff=0.2)] == [("b", "d")]
+    # versions of one story share a group: a and b (group s), d alone (group t)
+    story = [PointwiseTarget("c", "a", 1.0, group="s"), PointwiseTarget("c", "b", 0.5, group="s"),
+             PointwiseTarget("c", "d", 0.4, group="t")]
+    within = pairs_from_points(story, 0.2, same_group=True)
+    assert [(p.chosen, p.rejected, p.group) for p in within] == [("a", "b", "s|s")]
+    assert [(p.chosen, p.rejected, p.group) for p in pairs_from_points(story, 0.2, same_group=False)] == [
+        ("a", "d", "s|t")]
     data = RewardData([PreferencePair("c", str(i), str(i + 100)) for i in range(200)], pts)
     sh = shuffled_labels(data, seed=0)
     flipped = sum(p.chosen != q.chosen for p, q in zip(data.pairs, sh.pairs))
@@ -106,6 +122,17 @@ def test_paired_bootstrap_ci_by_hand():
     # {0, 0}: no pair has weight (skipped). So resamples are -1 (1/3) or -0.5 (2/3).
     ci = paired_bootstrap_ci([1, 0], [1, 1], [[0, 1], [1]], n_boot=2000, seed=0)
     assert ci["diff"] == -0.5 and ci["lo"] == -1.0 and ci["hi"] == -0.5
+    # the floor's rule fixed by the training data: model right on both pairs, longer wins on pair 0
+    # only. Fixed "longer wins": {0,0} 1 - 1, {1,1} 1 - 0, mixed 1 - 0.5 -> lo 0, hi 1. Recomputed
+    # (max of the two rules) {1,1} is 1 - 1 instead: the CI is [0, 0.5]
+    ci = paired_bootstrap_ci([1, 1], [1, 0], [[0], [1]], n_boot=2000, seed=0, direction=1)
+    assert ci["diff"] == 0.5 and ci["lo"] == 0.0 and ci["hi"] == 1.0
+    ci = paired_bootstrap_ci([1, 1], [1, 0], [[0], [1]], n_boot=2000, seed=0)
+    assert ci["diff"] == 0.5 and ci["lo"] == 0.0 and ci["hi"] == 0.5
+    # one rule per pair (each fold's own): longer for pair 0, shorter for pair 1 -> the floor is
+    # right on both, diff 0 in every resample
+    ci = paired_bootstrap_ci([1, 1], [1, 0], [[0], [1]], n_boot=200, seed=0, direction=[1, -1])
+    assert (ci["diff"], ci["lo"], ci["hi"]) == (0.0, 0.0, 0.0)
 
 
 # ----------------------------------------------------------------------------- learning (real MiniLM)
@@ -257,6 +284,22 @@ def test_relation_stats_by_hand():
     assert st["ends_clean"] == 0.0 and relation_stats(ctx, txt + ".")[-1] == 1.0
 
 
+def test_style_stats_by_hand():
+    from reward.features import STYLE_STAT_NAMES, style_stats
+
+    txt = 'He ran. "Stop it," she said quietly, slowly.'
+    st = dict(zip(STYLE_STAT_NAMES, style_stats(txt)))
+    # sentences "He ran" (2 words) and '"Stop it," she said quietly, slowly' (6): std of [2, 6] is 2
+    assert st["sentence_words_std"] == pytest.approx(2.0)
+    assert st["dialogue_frac"] == pytest.approx(10 / 44)  # '"Stop it,"' is 10 of 44 characters
+    # words: he ran stop it she said quietly slowly (8); 7+ letters: quietly; -ly: quietly, slowly
+    assert st["long_word_frac"] == pytest.approx(1 / 8)
+    assert st["comma_rate"] == pytest.approx(2 / 8)
+    assert st["ly_word_frac"] == pytest.approx(2 / 8)
+    assert style_stats("").tolist() == [0.0] * len(STYLE_STAT_NAMES)
+    assert style_stats("“Fly,” said the only owl.")[1] == pytest.approx(6 / 25)  # curly quotes count too
+
+
 def test_extra_stats_train_save_load(embedder, store, tmp_path):
     from reward.features import STAT_NAMES
     from reward.model import RewardModel
@@ -276,6 +319,14 @@ def test_extra_stats_train_save_load(embedder, store, tmp_path):
     with pytest.raises(ValueError, match="unknown reward statistics"):
         train_reward_model(data, RewardTrainConfig(epochs=1, eval_frac=0.0, shuffled_control=False,
                                                    stats=("no_such_stat",)), embedder, store)
+    # unnamed, training uses TRAIN_STAT_NAMES (three style stats beyond STAT_NAMES), and saves them
+    from reward.features import TRAIN_STAT_NAMES
+
+    plain, _m = train_reward_model(data, RewardTrainConfig(epochs=5, eval_frac=0.0, shuffled_control=False),
+                                   embedder, store)
+    assert plain.cfg.stats == TRAIN_STAT_NAMES and TRAIN_STAT_NAMES[: len(STAT_NAMES)] == STAT_NAMES
+    plain.save(tmp_path / "plain")
+    assert RewardModel.load(tmp_path / "plain", embedder, store).cfg.stats == TRAIN_STAT_NAMES
 
 
 def test_bootstrap_by_group_by_hand():
@@ -333,3 +384,60 @@ def test_ensemble_learns_round_trips_and_is_unsure_off_the_data(embedder, store,
     np.testing.assert_array_equal(live.score(ctx, txt), model.score(ctx, txt))
     with pytest.raises(ValueError, match="at least 1"):
         train_reward_model(train, RewardTrainConfig(ensemble=0), embedder, store, eval=held)
+
+
+def test_anchored_ensemble_scores_with_the_full_head_and_keeps_the_bootstrap_spread(embedder, store, tmp_path):
+    from dataclasses import replace
+
+    from reward.model import EnsembleRewardModel, RewardModel
+
+    data = separable_data(24)
+    cfg = RewardTrainConfig(epochs=20, seed=0, ensemble=3, shuffled_control=False, eval_frac=0.0)
+    assert cfg.ensemble_anchor  # the default
+    model, _ = train_reward_model(data, cfg, embedder, store, eval=RewardData())
+    assert isinstance(model, EnsembleRewardModel) and model.anchor is not None and model.cfg.anchored
+    one, _ = train_reward_model(data, replace(cfg, ensemble=1), embedder, store, eval=RewardData())
+    ctx = [p.context for p in data.pairs] * 2
+    txt = [p.chosen for p in data.pairs] + [p.rejected for p in data.pairs]
+    each = model.score_members(ctx, txt)
+    # the score is the head fitted on all the data (seed cfg.seed), exactly the single-head model
+    np.testing.assert_allclose(model.score(ctx, txt), one.score(ctx, txt), rtol=1e-5, atol=1e-5)
+    # the spread is the bootstrap heads' own: the same members without the anchor
+    free = EnsembleRewardModel.from_members(list(model.members))
+    assert free.anchor is None
+    bare = free.score_members(ctx, txt)
+    np.testing.assert_allclose(each.std(0), bare.std(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(each - each.mean(0), bare - bare.mean(0), rtol=1e-5, atol=1e-5)
+    assert each.std(0).mean() > 0
+    # save -> load keeps the anchor; an ensemble without it (older files) still loads unanchored
+    model.save(tmp_path / "anch")
+    loaded = RewardModel.load(tmp_path / "anch", embedder, store)
+    assert loaded.anchor is not None
+    np.testing.assert_array_equal(loaded.score_members(ctx, txt), each)
+    free.save(tmp_path / "free")
+    assert RewardModel.load(tmp_path / "free", embedder, store).anchor is None
+    with pytest.raises(ValueError, match="share one"):
+        EnsembleRewardModel.from_members(list(model.members), RewardModel(replace(model.anchor.cfg, hidden=8)))
+
+
+def test_learns_a_taste_in_no_lexicon_and_generalises_to_unseen_words(embedder, store):
+    """A taste no word list of a rater or a feature names (living creatures over things), learnt
+    from pairs of one vocabulary and measured on pairs of words it never saw: only the meaning,
+    which the embedding carries, can carry it over."""
+    places = ["by the gate", "near the river", "under the bridge", "in the kitchen", "on the hill", "at the station"]
+    seen_yes = ["cat", "dog", "horse", "sparrow", "fox", "goat"]
+    seen_no = ["kettle", "bucket", "lamp", "brick", "ladder", "chair"]
+    new_yes = ["owl", "rabbit", "donkey", "heron"]
+    new_no = ["teapot", "shovel", "candle", "barrel"]
+
+    def pairs(yes, no, tag):
+        return [PreferencePair(f"Write a line. ({tag}{i})", f"The {a} waited {p}.", f"The {b} waited {p}.",
+                               group=f"{tag}{i}")
+                for i, (a, b, p) in enumerate((a, b, p) for a in yes for b in no for p in places[:2])]
+
+    train, test = pairs(seen_yes, seen_no, "t"), pairs(new_yes, new_no, "e")
+    assert not {w for p in test for w in p.chosen.split()} & set(seen_yes + seen_no)
+    _model, m = train_reward_model(RewardData(train, []), FAST, embedder, store, eval=RewardData(test, []))
+    assert m["rm/length_floor"] <= 0.75  # lengths do not give it away
+    assert m["rm/accuracy"] >= 0.8, m
+    assert m["rm/shuffled_control"] <= 0.7, m  # the same model on shuffled labels cannot

@@ -90,8 +90,10 @@ class LearnerConfig:
     """The RL update each cycle runs (algorithm, sizes, learning rate, KL)."""
     rm: RewardTrainConfig = field(default_factory=lambda: RewardTrainConfig(shuffled_control=False, ensemble=4))
     """How each cycle retrains the reward model (its seed is this config's seed). A 4-head bootstrap
-    ensemble by default: the reward-guided choice needs its spread (conservative score, Thompson
-    exploration), and four heads train in a few seconds on a few hundred ratings."""
+    ensemble by default, anchored (RewardTrainConfig.ensemble_anchor): a fifth head fitted on all
+    the ratings gives the score and the bootstrap heads only the spread that the reward-guided
+    choice needs (conservative score, Thompson exploration), so the ensemble ranks as well as one
+    head (benchmarks/rm_from_logs.py); five heads train in a few seconds on a few hundred ratings."""
 
     def validate(self) -> None:
         if self.rl_seconds < 0 or self.rl_steps < 0 or self.rl_patience < 0 or self.idle_cycles < 0:
