@@ -2,8 +2,8 @@
 
 Each case is a sub-command (every leaf of `inkloop`'s own parser but `serve`, which runs until
 stopped) with a random subset of its flags, each given an edge or garbage value of its type
-(huge and negative numbers, nan/inf, empty, NUL bytes, the surrogates non-UTF-8 arguments arrive
-as, very long text), and hostile files where it reads one (`feedback import`, `rm train
+(huge and negative numbers, nan/inf, empty, NUL bytes, the lone surrogates that bytes which are not
+UTF-8 arrive as, very long text), and hostile files where it reads one (`feedback import`, `rm train
 --from/--eval`, `eval --prompts`, `simulate --prompts-path`): malformed JSON/JSONL, wrong types,
 huge and 5,000-digit numbers, deep nesting, NUL bytes, non-UTF-8, a directory, nothing. The data
 directory is a seeded copy (requests, ratings, a published version), a fresh path, or a file.
@@ -80,8 +80,9 @@ def strategies():
                                                            " 3", "1_000", "٣", "9" * 5000]))
     floats = st.one_of(st.floats(-10, 10), st.sampled_from(["nan", "inf", "-inf", "1e309", "1e-320", "-0", "", "x",
                                                             "1,5"]))
-    texts = st.one_of(st.text(max_size=30), st.sampled_from(["", " ", "\x00", "a\x00b", "\udcff\udcfe", "\n\n", "-x",
-                                                            "x" * 30_000, "none", "None", "a,b,,c"]))
+    undecodable = st.text(st.characters(min_codepoint=0xDC80, max_codepoint=0xDCFF), min_size=1, max_size=3)
+    texts = st.one_of(st.text(max_size=30), st.builds(lambda a, b: a + b, st.text(max_size=5), undecodable),
+                      st.sampled_from(["", " ", "\x00", "a\x00b", "\n\n", "-x", "x" * 30_000, "none", "None", "a,b,,c"]))
     leaf = st.one_of(st.none(), st.booleans(), st.integers(-10**30, 10**30), st.floats(), st.text(max_size=20))
     value = st.recursive(leaf, lambda kids: st.one_of(st.lists(kids, max_size=3), st.dictionaries(st.text(max_size=8), kids, max_size=3)),
                          max_leaves=6)

@@ -3,6 +3,7 @@ the CLI can build flags from it without importing torch."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from reward.features import ALL_STAT_NAMES, parse_feature_blocks
@@ -83,9 +84,18 @@ class RewardTrainConfig:
         unknown = [n for n in (self.stats or ()) if n not in ALL_STAT_NAMES]
         if unknown:
             raise ValueError(f"unknown reward statistics {unknown}; use names from {', '.join(ALL_STAT_NAMES)}")
-        for name in ("epochs", "ensemble", "hidden", "batch_size", "lm_epochs", "lm_batch_size"):
+        for name in ("epochs", "ensemble", "hidden", "batch_size", "lm_epochs", "lm_batch_size", "words_dim",
+                     "lm_max_length", "lm_lora_r"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "lm_lr"):  # nan fails every comparison: `not x > 0` catches it
+            if not 0.0 < float(getattr(self, name)) < math.inf:
+                raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}")
+        for name in ("weight_decay", "pointwise_weight", "point_pair_min_diff"):
+            if not 0.0 <= float(getattr(self, name)) < math.inf:
+                raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.eval_frac < 1.0:
             raise ValueError(f"eval_frac must be in [0, 1), got {self.eval_frac}")
 

@@ -196,3 +196,26 @@ def test_rm_train_checks_its_statistics_before_touching_the_store(capsys, tmp_pa
     rc, _, err = _run(capsys, ["rm", "train", "--stats", "length,\udcff", "--data-dir", str(data)])
     assert rc == 2 and "unknown reward statistics" in _one_error_line(err)
     assert cli_fuzz.fingerprint(data) == before  # no embedding cached, no version
+
+
+@pytest.mark.parametrize("argv", [["status", "--profile", "\udcff"], ["learner", "pause", "--profile", "caf\udce9"],
+                                  ["rate", "1", "--kind", "edit", "--edited-text", "caf\udce9"]],
+                         ids=["status-profile", "learner-profile", "rate-edited-text"])
+def test_arguments_that_are_not_utf8_are_one_clear_line(capsys, tmp_path, argv):
+    """Bytes that are not UTF-8 on the command line arrive as lone surrogates (PEP 383); SQLite
+    cannot store them."""
+    data = _seeded(tmp_path)
+    before = cli_fuzz.fingerprint(data)
+    rc, _, err = _run(capsys, [*argv, "--data-dir", str(data)])
+    assert rc == 2 and "not valid UTF-8" in _one_error_line(err)
+    assert cli_fuzz.fingerprint(data) == before
+
+
+@pytest.mark.parametrize("flag, value", [("--lr", "-1"), ("--weight-decay", "-0.5"), ("--dropout", "1.5"),
+                                         ("--lm-lr", "nan"), ("--words-dim", "0"), ("--lr", "inf")])
+def test_rm_train_rejects_settings_the_optimiser_would_before_touching_the_store(capsys, tmp_path, flag, value):
+    data = _seeded(tmp_path)
+    before = cli_fuzz.fingerprint(data)
+    rc, _, err = _run(capsys, ["rm", "train", flag, value, "--data-dir", str(data)])
+    assert rc == 2 and flag[2:].replace("-", "_") in _one_error_line(err)
+    assert cli_fuzz.fingerprint(data) == before

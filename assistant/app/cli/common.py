@@ -35,13 +35,16 @@ def fail(msg: str) -> int:
     return EXIT_BAD_INPUT
 
 def command(fn: Callable[[argparse.Namespace], int | None]) -> Callable[[argparse.Namespace], int]:
-    """Wrap a command: bad input, unknown ids and model-loading failures print one clear line on
-    stderr and return exit code 2 instead of a traceback."""
+    """Wrap a command: bad input (arguments that are not UTF-8 too), unknown ids and model-loading
+    failures print one clear line on stderr and return exit code 2 instead of a traceback."""
 
     @functools.wraps(fn)
     def run(args: argparse.Namespace) -> int:
         try:
             return int(fn(args) or 0)
+        except UnicodeEncodeError as e:  # bytes that are not UTF-8 on the command line (PEP 383 surrogates)
+            around = e.object[max(0, e.start - 20):e.end + 20] if isinstance(e.object, str) else ""
+            return fail(f"an argument is not valid UTF-8 text ({around!r}); inkloop stores text as UTF-8")
         except Exception as e:
             if isinstance(e, _user_error_types()):
                 return fail(str(e))
