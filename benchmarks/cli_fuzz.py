@@ -381,7 +381,7 @@ class Runner:
         shutil.rmtree(cdir, ignore_errors=True)
 
 
-def _alarm(signum, frame):  # noqa: ARG001
+def _alarm(signum, frame):
     raise CaseTimeout()
 
 
@@ -442,7 +442,7 @@ def subprocess_runs(root: Path, model_dir: Path, limit: int | None = None, timeo
             sub += [b"--data-dir", os.fsencode(str(cdir / "data"))]
         sub += [b"--model", os.fsencode(str(model_dir))]
         try:
-            p = subprocess.run([sys.executable, str(ROOT / "app.py"), *sub], capture_output=True, timeout=timeout,
+            p = subprocess.run([sys.executable, str(ROOT / "app.py"), *sub], capture_output=True, timeout=timeout, check=False,
                                cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
                                               "INKLOOP_TOKEN": ""})
         except subprocess.TimeoutExpired:

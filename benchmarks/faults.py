@@ -290,11 +290,14 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
-def start_server(data_dir: Path, model_dir: Path, port: int, log_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, str(ROOT / "app.py"), "serve", "--api-only", "--no-learner", "--host", "127.0.0.1",
-           "--port", str(port), "--model", str(model_dir), "--data-dir", str(data_dir), "--device", "cpu",
-           "--threads", "1"]
+def start_server(data_dir: Path, model_dir: Path, port: int, log_path: Path, launcher: tuple[str, ...] = (),
+                 extra_args: tuple[str, ...] = (), extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`inkloop serve --api-only` on 127.0.0.1 (launcher: what runs instead of app.py, e.g. a probe
+    that then calls app.main with the serve arguments)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
+    cmd = [sys.executable, *(launcher or [str(ROOT / "app.py")]), "serve", "--api-only", "--no-learner", "--host",
+           "127.0.0.1", "--port", str(port), "--model", str(model_dir), "--data-dir", str(data_dir), "--device",
+           "cpu", "--threads", "1", *extra_args]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log_path, "w"), env=env, cwd=ROOT)
 
 
@@ -439,8 +442,10 @@ def load(clients: int, seconds: float, base: str, pid: int | None, data_dir: Pat
     return rep
 
 
-def live_load(clients: int, seconds: float, seed: int = 0, max_new_tokens: int = 256) -> LoadReport:
-    """Start `inkloop serve` on 127.0.0.1 with the tiny model, run `load`, stop it."""
+def live_load(clients: int, seconds: float, seed: int = 0, max_new_tokens: int = 256, before_stop=None,
+              **server) -> LoadReport:
+    """Start `inkloop serve` on 127.0.0.1 with the tiny model (`server`: start_server's launcher,
+    extra_args, extra_env), run `load`, call before_stop(proc), stop it."""
     from assistant.lm.tiny import save_tiny_lm
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -449,11 +454,13 @@ def live_load(clients: int, seconds: float, seed: int = 0, max_new_tokens: int =
         data_dir = tmp / "data"
         port = free_port()
         log_path = tmp / "server.log"
-        proc = start_server(data_dir, model_dir, port, log_path)
+        proc = start_server(data_dir, model_dir, port, log_path, **server)
         try:
             base = f"http://127.0.0.1:{port}"
             wait_ready(base, proc)
             rep = load(clients, seconds, base, proc.pid, data_dir, seed, max_new_tokens)
+            if before_stop is not None:
+                before_stop(proc)
         finally:
             proc.terminate()
             try:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [p for p in (str(ROOT), str(ROOT / "benchmarks")) if p not in sys.path]
-import faults  # noqa: E402  (its helpers: free_port, wait_ready)
+import faults  # its helpers: free_port, wait_ready
 
 API = faults.API
 PROFILE = "default"
@@ -348,7 +348,7 @@ def learner_campaign(kills: int, data_dir: Path, model_dir: Path, launcher: Laun
             proc = launcher.start(["learn", "--data-dir", str(data_dir), "--model", str(model_dir), *LEARN_ARGS,
                                    *extra_args],
                                   log, {KILL_AT_ENV: what if how == "point" else None})
-            up = _wait_state(store, lambda s: (s.get("heartbeat") or 0) > started and s.get("phase") != "stopped",
+            up = _wait_state(store, lambda s, t=started: (s.get("heartbeat") or 0) > t and s.get("phase") != "stopped",
                              proc, 120)
             # its start-up clean-up has run, its first cycle has not pruned anything yet
             stale = verifier.stale_offered(started) if up else []

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from assistant.app.api.security import AccessGuard, AccessSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import faults  # noqa: E402  (the routes, their bodies and the snapshot: one definition, the benchmark's)
+import faults  # the routes, their bodies, the app and the snapshot: the benchmark's, one definition
 
 API = "/api/v1"
 LOCAL = "http://127.0.0.1:7860"

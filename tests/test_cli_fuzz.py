@@ -12,7 +12,7 @@ import pytest
 import app
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import cli_fuzz  # noqa: E402
+import cli_fuzz
 
 
 def _run(capsys, argv):

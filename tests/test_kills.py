@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import kills  # noqa: E402
+import kills
 
 pytestmark = pytest.mark.campaign
 
