@@ -26,8 +26,8 @@ reward fixed and measures RL alone, in about a minute a run:
 Algorithms (RLConfig defaults otherwise: 4 prompts x 4 samples, 32 tokens, lr 5e-4, beta 0.05):
 reinforce (RLOO baseline), a2c, ppo (4 epochs x minibatches of 8), distill (best of the 4 samples
 per prompt when above the prompt's mean, NLL + 0.1 x k3 KL, 2 epochs) and mix (ppo +
-0.5 x the distillation loss). ``ppo_2x`` is ppo for twice the budget: whether more RL time against
-the same reward model pays (the learner's idle-time question).
+0.5 x the distillation loss). ``ppo_2x`` and ``mix_2x`` run for twice the budget: whether more RL
+time against the same reward model pays (the learner's idle-time question).
 
 Cells are saved as JSON under --out as they finish and reused on a rerun; --report prints the
 table from the cells there.
@@ -65,6 +65,7 @@ ALGOS: dict[str, tuple[dict[str, Any], float]] = {
     "distill": ({"algo": "distill"}, 1.0),
     "mix": ({"algo": "ppo", "distill_coef": 0.5}, 1.0),
     "ppo_2x": ({"algo": "ppo"}, 2.0),
+    "mix_2x": ({"algo": "ppo", "distill_coef": 0.5}, 2.0),
 }
 """name -> (RLConfig overrides, budget multiple)."""
 
