@@ -87,12 +87,11 @@ def sim_config(args: argparse.Namespace) -> SimConfig:
 def cmd_simulate(args: argparse.Namespace) -> int:
     # the model stack loads with the command, not when the parser is built
     from assistant.app.simulation import ServicesAssistant
+    from reward.eval.prompts import load_prompts
     from reward.eval.raters import make_rater
     from reward.loop.learner import Learner
     from reward.loop.simulate import simulate
     from storage.store import Store
-
-    from reward.eval.prompts import load_prompts
 
     cfg = sim_config(args)
     if cfg.budget < 1:
