@@ -130,6 +130,17 @@ def test_distill_learns_nothing_from_a_reward_that_ties(tiny_lm):
         _cfg("distill", k=1).validate()
 
 
+@pytest.mark.parametrize("field,value", [("lr", -1.0), ("lr", 0.0), ("lr", float("nan")), ("value_lr", -1e-3),
+                                         ("temperature", 0.0), ("top_p", 0.0), ("kl_coef", -0.1), ("clip", 0.0)])
+def test_rl_config_rejects_settings_that_cannot_train(field, value):
+    """A negative learning rate would climb the loss (gradient ascent) without a word: refused."""
+    from reward.rl.config import RLConfig
+
+    with pytest.raises(ValueError, match=field):
+        RLConfig(**{field: value}).validate()
+    RLConfig().validate()  # the defaults are valid
+
+
 def test_save_load_identical_logits_and_values(tiny_tokenizer, tmp_path):
     tok = tiny_tokenizer
     model, _ = build_tiny_lm(seed=0, tokenizer=tok)

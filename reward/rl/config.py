@@ -105,5 +105,13 @@ class RLConfig:
             raise ValueError(f"distill_top must be between 1 and k={self.k}")
         if self.distill_coef < 0 or self.distill_kl_coef < 0 or self.distill_epochs < 1:
             raise ValueError("distill_coef and distill_kl_coef must be >= 0 and distill_epochs >= 1")
+        for name in ("lr", "value_lr", "temperature"):
+            v = float(getattr(self, name))
+            if not v > 0 or v != v or v == float("inf"):  # a negative lr would climb the loss
+                raise ValueError(f"{name} must be a positive finite number, got {getattr(self, name)}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.kl_coef < 0 or self.weight_decay < 0 or self.max_grad_norm <= 0 or self.clip <= 0:
+            raise ValueError("kl_coef and weight_decay must be >= 0; max_grad_norm and clip must be > 0")
         if self.k < 1 or self.prompts_per_step < 1 or self.max_new_tokens < 1:
             raise ValueError("k, prompts_per_step and max_new_tokens must be >= 1")
