@@ -28,7 +28,7 @@ from reward.select import EXPLORE, ChoiceConfig
 if TYPE_CHECKING:
     from assistant.app.services import Services
     from assistant.app.supervisor import LearnerSupervisor
-from assistant.app.cli.flags import add_flags
+from assistant.app.cli.flags import add_flags, from_args
 from assistant.lm.config import (
     INSPIRE_KINDS,
     MAX_DRAW,
@@ -166,25 +166,11 @@ def _run_server(server, args: argparse.Namespace) -> None:
     server.run()
 
 def _suggest_request(args: argparse.Namespace):
+    """The SuggestRequest of `inkloop suggest`: every field its flag gave (the text may be absent)."""
     from assistant.app.services import SuggestRequest
 
-    return SuggestRequest(
-        mode=args.mode,
-        text=args.text if args.text is not None else "",
-        style=args.style,
-        sample=args.sample,
-        keywords=args.keywords,
-        inspire_kind=args.inspire_kind,
-        k=args.k,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-        profile=args.profile,
-        variety=args.variety,
-        draw=args.draw,
-        choice=args.choice,
-    )
+    return from_args(SuggestRequest, args, base=SuggestRequest(mode=args.mode),
+                     text=args.text if args.text is not None else "")
 
 def cmd_suggest(args: argparse.Namespace) -> int:
     from assistant.app.services import validate_request
