@@ -66,7 +66,7 @@ def accepts_extras(fn) -> bool:
         return False
     return any(p.name == "extras" or p.kind is p.VAR_KEYWORD for p in params)
 
-def _call_reward(reward_fn: RewardFn, prompts, texts, extras) -> RewardOutput:
+def call_reward(reward_fn: RewardFn, prompts, texts, extras) -> RewardOutput:
     """reward_fn(prompts, texts[, extras=...]) -> RewardOutput or an array of per-sample rewards."""
     out = reward_fn(prompts, texts, extras=extras) if accepts_extras(reward_fn) else reward_fn(prompts, texts)
     if isinstance(out, RewardOutput):
@@ -142,7 +142,7 @@ def rl_step(policy: Policy, state: TrainerState, prompts: Sequence[RolloutPrompt
     #    the response token ids, EOS included, are passed too for rewards defined on tokens)
     ref_mean = L.masked_mean(ref_logp, mask, dim=1).cpu().numpy()
     resp_ids = [row[: int(n)] for row, n in zip(ro.responses.tolist(), mask.sum(1).tolist())]
-    rew = _call_reward(reward_fn, ro.prompts, ro.texts, {"ref_logp_mean": ref_mean, "response_ids": resp_ids})
+    rew = call_reward(reward_fn, ro.prompts, ro.texts, {"ref_logp_mean": ref_mean, "response_ids": resp_ids})
     scores = torch.as_tensor(rew.total, dtype=torch.float32, device=mask.device)
     metrics: dict[str, float] = {**rew.means()}
     if not torch.isfinite(scores).all():

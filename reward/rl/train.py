@@ -21,7 +21,7 @@ from reward.rl.budget import Budget, StopRule
 from reward.rl.config import RLConfig
 from reward.rl.policy import Policy
 from reward.rl.rollout import rollout
-from reward.rl.step import RewardFn, TrainerState, _call_reward, rl_step
+from reward.rl.step import RewardFn, TrainerState, call_reward, rl_step
 from storage.artifacts import save_version
 from storage.records import ModelVersion
 
@@ -58,7 +58,7 @@ def heldout_reward(policy: Policy, prompts: Sequence[RolloutPrompt], reward_fn: 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         ro = rollout(policy, prompts, check, pause=pause)
-    total = np.asarray(_call_reward(reward_fn, ro.prompts, ro.texts, {}).total, np.float64)
+    total = np.asarray(call_reward(reward_fn, ro.prompts, ro.texts, {}).total, np.float64)
     return float(total.mean()) if total.size else float("nan")
 
 def _mean_metrics(history: list[dict[str, float]]) -> dict[str, float]:
