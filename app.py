@@ -56,11 +56,20 @@ def add_common_flags(p: argparse.ArgumentParser, given_only: bool) -> None:
     g.add_argument("-v", "--verbose", action="store_true", default=d(False), help="debug logging")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse without prefix matching: `--k 2` is an error, not `--keywords 2` (every
+    sub-command's parser is of this class: add_subparsers uses the parent parser's class)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="inkloop", description="A writing assistant that learns from your ratings.")
+    parser = Parser(prog="inkloop", description="A writing assistant that learns from your ratings.")
     add_common_flags(parser, given_only=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    parent = argparse.ArgumentParser(add_help=False)
+    parent = Parser(add_help=False)
     add_common_flags(parent, given_only=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub, parent)

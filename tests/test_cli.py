@@ -120,6 +120,20 @@ def test_argparse_rejects_k_out_of_range(capsys, common):
     assert "must be between 1 and 8" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [
+    ["suggest", "--mode", "inspire", "--k", "2"],  # was read as --keywords 2
+    ["suggest", "--mode", "continue", "--text", "x", "--temp", "0.5"],  # was read as --temperature
+    ["rl", "train", "--st", "3"],
+])
+def test_abbreviated_flags_are_refused(capsys, common, tmp_path, argv):
+    with pytest.raises(SystemExit) as e:
+        app.main([*argv, *common])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments" in err and argv[-2] in err
+    assert not (tmp_path / "inkloop.db").exists() or _db(tmp_path).counts()["requests"] == 0
+
+
 def test_hub_id_fails_cleanly(capsys, tmp_path):
     rc, out, err = _run(capsys, ["suggest", "--model", "Qwen/Qwen2.5-0.5B", "--data-dir", str(tmp_path),
                                  "--mode", "continue", "--text", "Hello there."])
