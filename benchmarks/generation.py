@@ -11,6 +11,11 @@ again, --reps times) and the median is printed, so a busy machine slows them ali
 - llama.cpp: `llama-cpp-python` (a benchmark-only extra: `pip install llama-cpp-python`, built
   from its source distribution) on the bundled Q4 GGUF, the N completions one after another as
   its high-level API offers (the prompt's evaluation is reused between them), --threads threads.
+  A short completion runs first in a child process: a build that dies there (on this machine a
+  native build's AMX kernels stop the process with SIGILL, "invalid opcode" at `tileloadd`) skips
+  the row with the reason instead of killing the benchmark. Such a build works again without AMX:
+  `CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON
+  -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON" pip install --force-reinstall --no-deps llama-cpp-python`.
 - floor: copying a buffer the size of the bf16 weights once per token (64 copies): decoding a
   step for a batch reads every weight at least once.
 
@@ -18,8 +23,9 @@ again, --reps times) and the median is printed, so a busy machine slows them ali
         [--mode max-autotune-no-cudagraphs] [--cold]
 
 --cold also measures, in a fresh process, the time from process start to the first K=4 x 64
-suggestion (served by generate while the fast path compiles in the background) and to the moment
-the fast path is ready, then the first request it serves.
+suggestion (served by generate; as in `serve`, the warm-up compiles start after it, see
+DecodeSettings.after_first_request) and to the moment every warm-up bucket is ready, then the
+first request the fast path serves.
 """
 
 from __future__ import annotations
@@ -85,6 +91,14 @@ def run_fast(fd, key, model, tok, ids, n):
     assert out is not None and out.shape == (n, NEW), "fast path not ready"
 
 
+LLAMA_PROBE = r"""
+import sys
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_ctx=256, n_threads=1, verbose=False, seed=0)
+print(llm.create_completion("Once upon a time", max_tokens=4)["usage"]["completion_tokens"])
+"""
+
+
 def llama_or_reason(threads: int):
     try:
         from llama_cpp import Llama
@@ -92,6 +106,11 @@ def llama_or_reason(threads: int):
         return None, f"llama-cpp-python is not installed ({e}); `pip install llama-cpp-python` builds it"
     from assistant.lm.models import bundled_gguf
 
+    probe = subprocess.run([sys.executable, "-c", LLAMA_PROBE, str(bundled_gguf())], capture_output=True, text=True)
+    if probe.returncode != 0:
+        how = f"signal {-probe.returncode}" if probe.returncode < 0 else f"exit {probe.returncode}"
+        return None, (f"llama.cpp died on a 4-token completion ({how}: {probe.stderr.strip()[-300:]}); "
+                      "see this file's docstring for a build without AMX")
     try:
         llm = Llama(model_path=str(bundled_gguf()), n_ctx=1024, n_threads=threads, n_threads_batch=threads,
                     n_batch=512, verbose=False, seed=0)
@@ -145,6 +164,8 @@ from assistant.lm.prompts import render
 plen = len(lm.tokenizer(render(p, lm.tokenizer), add_special_tokens=False)["input_ids"])
 rows, length = fd.bucket(4, plen + 64)
 fd.wait_ready(model_key(g.model), rows, length, timeout=1800)
+while len(fd.warm_log) < len(fd.settings.warmup):  # every warm-up bucket, so the next request runs alone
+    time.sleep(0.1)
 t_ready = time.perf_counter() - t0
 t1 = time.perf_counter(); g.suggest(p, sys.argv[3], gen); t_fast = time.perf_counter() - t1
 print(json.dumps(dict(loaded=t_loaded, first=t_first, ready=t_ready, fast_request=t_fast,
@@ -191,7 +212,7 @@ def main() -> int:
 
     options = (("cpp_wrapper", True),) if args.cpp_wrapper else ()
     settings = DecodeSettings(mode=args.mode, inductor_options=options, row_buckets=tuple(sorted(set(rows))),
-                              background_nice=0)
+                              background_nice=0, after_first_request=False)
     length = pick_bucket(ids.shape[1] + NEW, settings.length_buckets)
     settings.warmup = tuple((r, length) for r in sorted(set(rows)))
     fd = FastDecoder(settings)
@@ -257,7 +278,7 @@ def main() -> int:
 
 def print_cold(c: dict) -> None:
     print(f"\ncold start (fresh process): model loaded {c['loaded']:.1f} s; first K=4 × 64 suggestion "
-              f"(generate, compiling in the background) at {c['first']:.1f} s; fast path ready at "
+              f"(generate; the warm-up compiles after it) at {c['first']:.1f} s; fast path ready at "
               f"{c['ready']:.1f} s (compile {', '.join(f'{s:.0f}' for s in c['compile'])} s); first fast-path "
               f"request {c['fast_request']:.2f} s; load {loadavg()}")
 

@@ -6,6 +6,7 @@ without recompiling."""
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -270,7 +271,7 @@ def test_generator_fast_path_samples_reproducibly_and_streams(tiny_lm):
 
 def test_unready_bucket_falls_back_and_is_queued(tiny_lm):
     model, tok = tiny_lm
-    fd = FastDecoder(DecodeSettings(backend="eager", warmup=()))
+    fd = FastDecoder(DecodeSettings(backend="eager", warmup=(), after_first_request=False))
     ids, att = _enc(tok, PROMPTS)
     sp = Sampling.make(0.0, 1.0, 1.3, [tok.eos_token_id], tok.pad_token_id, "cpu")
     key = model_key(model)
@@ -281,13 +282,27 @@ def test_unready_bucket_falls_back_and_is_queued(tiny_lm):
     assert fd.decode(key, model, too_long, too_long, 10, sp) is None  # beyond the buckets
 
 
+def test_no_compile_before_the_first_generation_nor_beside_one(tiny_lm):
+    """The warm-up waits for the first suggestion; a queued compile waits while one is generated."""
+    model, tok = tiny_lm
+    g = Generator(model, tok)
+    fd = g.start_fast_path(DecodeSettings(backend="eager", warmup=((4, 256),)))
+    key = model_key(g.model)
+    assert not fd.wait_ready(key, 4, 256, timeout=1.5)  # nothing served yet: nothing compiled
+    with fd.serving():  # a generation in flight (the first)
+        time.sleep(1.0)
+        assert not fd.ready(key, 4, 256) and not fd.warm_log
+    assert fd.wait_ready(key, 4, 256, timeout=120)  # compiled once it ended
+    gen = GenerationSettings(k=3, temperature=0.0, max_new_tokens=6)
+    g.suggest(build_prompt("continue", "The rain had not stopped."), "", gen)  # sample() enters serving()
+    assert fd._served == 2 and fd._inflight == 0
+
 def _save_adapter(tmp_path, name, seed):
     from assistant.lm.tiny import build_tiny_lm
 
     donor, _ = build_tiny_lm(seed=0)
     _random_adapter(donor, seed=seed, scale=2.0).save_pretrained(tmp_path / name / ADAPTER_SUBDIR)
     return str(tmp_path / name)
-
 
 def test_hot_swap_reuses_the_compiled_step(tiny_lm, tmp_path):
     """Publishing a new version copies its LoRA weights in place: outputs change, nothing is
@@ -297,7 +312,7 @@ def test_hot_swap_reuses_the_compiled_step(tiny_lm, tmp_path):
     model, tok = tiny_lm
     live = {"v": None}
     g = Generator(model, tok, version_source=lambda _profile: live["v"])
-    fd = g.start_fast_path(DecodeSettings(backend="eager", warmup=((4, 256),)))
+    fd = g.start_fast_path(DecodeSettings(backend="eager", warmup=((4, 256),), after_first_request=False))
     assert fd.wait_ready(model_key(g.model), 4, 256, timeout=120)
     p = build_prompt("continue", "The rain had not stopped.")
     gen = GenerationSettings(k=3, temperature=0.0, max_new_tokens=10, repetition_penalty=1.3)
@@ -325,21 +340,19 @@ def test_hot_swap_reuses_the_compiled_step(tiny_lm, tmp_path):
     fresh = Generator(build_tiny_lm(seed=0, tokenizer=tok)[0], tok, version_source=lambda _profile: live["v"])
     assert fresh.suggest(p, "", gen).raw == v2
 
-
 @pytest.mark.parametrize("backend", [
     "aot_eager",  # dynamo + AOT autograd (the in-place updates of the cache and state): seconds
     pytest.param("inductor", marks=pytest.mark.integration),  # the production backend: 1-2 min on 2 cores
 ])
 def test_compiled_step_matches_generate(tiny_lm, backend):
     model, tok = tiny_lm
-    fd = FastDecoder(DecodeSettings(backend=backend, warmup=((4, 256),)))
+    fd = FastDecoder(DecodeSettings(backend=backend, warmup=((4, 256),), after_first_request=False))
     key = model_key(model)
     fd.warm_up(key, model)
     assert fd.wait_ready(key, 4, 256, timeout=300), fd.warm_log
     ids, att = _enc(tok, PROMPTS)
     sp = Sampling.make(0.0, 1.0, 1.3, [tok.eos_token_id], tok.pad_token_id, "cpu")
     assert torch.equal(fd.decode(key, model, ids, att, 20, sp), _reference(model, tok, ids, att, 20, 1.3))
-
 
 def test_model_key_of_the_base_model_under_a_peft_model(tiny_lm):
     """Once peft wraps it, the base model carries a peft_config and transformers' active_adapters()
