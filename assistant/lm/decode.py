@@ -81,6 +81,9 @@ class DecodeSettings:
     are Python and hold the GIL, and a request generated beside a compile ran 6.5x slower (the
     first suggestion of a fresh `serve` waited for the whole warm-up), so the warm-up waits for
     the first suggestion. False: compile right away (tests, benchmarks)."""
+    quiet_seconds: float = 2.0
+    """A compile starts only once no generation has run for this long (the next request of a
+    person who reads and rates comes later than that; a burst of requests keeps it waiting)."""
     compile_switch_interval: float = 0.0005
     """sys.setswitchinterval while a compile runs (Python's default is 0.005 s): a request thread
     waiting for the GIL gets it back sooner (a request beside a compile: 6.5x -> 3.6x its idle
@@ -428,6 +431,7 @@ class FastDecoder:
         self._quiet = threading.Condition(self._lock)
         self._inflight = 0  # generations running now (see serving)
         self._served = 0  # generations finished since start-up
+        self._last_end = 0.0  # time.monotonic() when the last one finished
         self.warm_log: list[WarmRecord] = []
         self.epoch = 0  # bumped when the model's structure changes under a compile in flight
 
@@ -466,9 +470,11 @@ class FastDecoder:
 
     @contextlib.contextmanager
     def serving(self):
-        """Around every generation of the process (`sample` does it): no compile starts while one
-        runs, and none before the first has finished (settings.after_first_request). A compile
-        already running cannot be paused; it runs on beside the request."""
+        """Around every generation of the process (`sample` enters it, and Generator.suggest around
+        all rounds of a request; nesting is fine): no compile starts while one runs, nor within
+        settings.quiet_seconds after one, nor before the first has finished
+        (settings.after_first_request). A compile already running cannot be paused; it runs on
+        beside the request."""
         with self._lock:
             self._inflight += 1
         try:
@@ -477,13 +483,19 @@ class FastDecoder:
             with self._lock:
                 self._inflight -= 1
                 self._served += 1
+                self._last_end = time.monotonic()
                 self._quiet.notify_all()
 
     def _wait_quiet(self) -> None:
         """Block the compile thread until no generation runs (and, if so set, one has finished)."""
+        st = self.settings
         with self._lock:
-            while self._inflight > 0 or (self.settings.after_first_request and self._served == 0):
-                self._quiet.wait(timeout=1.0)
+            while True:
+                since = time.monotonic() - self._last_end
+                if self._inflight == 0 and (self._served or not st.after_first_request) and \
+                        (not self._served or since >= st.quiet_seconds):
+                    return
+                self._quiet.wait(timeout=max(0.05, min(1.0, st.quiet_seconds - since)))
 
     def wait_ready(self, key: Hashable, rows: int, length: int, timeout: float = 600.0) -> bool:
         """Block until a bucket is ready (tests and benchmarks; the request path never waits)."""

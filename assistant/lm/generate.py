@@ -401,7 +401,8 @@ class Generator:
         stopped = should_stop or (lambda: False)
         gen.validate()
         t0 = time.perf_counter()
-        with self.busy(), self.lock:  # the switch and the generation: no other profile in between
+        serving = self.fast.serving() if self.fast is not None else contextlib.nullcontext()
+        with self.busy(), self.lock, serving:  # switch + every round: no other profile, no compile between
             failures = self._switch(profile)
             version = self.policy_version
             prompt_text = render(prompt, self.tokenizer)
