@@ -487,7 +487,8 @@ class FastDecoder:
                 self._quiet.notify_all()
 
     def _wait_quiet(self) -> None:
-        """Block the compile thread until no generation runs (and, if so set, one has finished)."""
+        """Block the compile thread until no generation runs nor ran within quiet_seconds (and, if
+        so set, one has finished)."""
         st = self.settings
         with self._lock:
             while True:
