@@ -81,6 +81,10 @@ class LearningBenchConfig:
     """Suggestions shown per request (and compared per held-out prompt)."""
     draw: int = 8
     """N drawn for the reward-guided choice (ChoiceConfig.draw)."""
+    min_win_rate: float = 0.0
+    """LearnerConfig.min_win_rate of the cells (the publish gate's held-out win-rate vs live)."""
+    publish_requires_gain: bool = False
+    """LearnerConfig.publish_requires_gain of the cells."""
     learner_seconds_per_rating: float = 5.0
     """Learner CPU-seconds per rating: a person reads and rates four candidates in ~20 s, a core's time."""
     heldout_samples: int = 4
@@ -197,7 +201,8 @@ def cached_generator(model, tokenizer, version_source):
 def sim_config(cfg: LearningBenchConfig, seed: int, run: str, learner_overrides: Callable | None = None):
     from reward.loop.config import LearnerConfig, SimConfig
 
-    learner = LearnerConfig(seed=seed, train_policy=run == "system")
+    learner = LearnerConfig(seed=seed, train_policy=run == "system", min_win_rate=cfg.min_win_rate,
+                            publish_requires_gain=cfg.publish_requires_gain)
     if learner_overrides is not None:
         learner = learner_overrides(learner)
     return SimConfig(budget=cfg.budget, k=cfg.k, max_new_tokens=cfg.max_new_tokens, heldout_samples=cfg.heldout_samples,

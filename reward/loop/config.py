@@ -64,6 +64,9 @@ class LearnerConfig:
     """Fewer held-out samples than this skip the length-correlation guard (too noisy)."""
     min_win_rate: float = 0.0
     """Publish only when the candidate beats the live version on at least this share of held-out samples."""
+    publish_requires_gain: bool = False
+    """Publish only when the candidate's held-out reward beats the live version's (by reward_gain_eps)
+    under the current reward model, in every cycle (False: only idle cycles require it)."""
     recheck_live: bool = True
     """Re-evaluate the live version against its parent each cycle and roll back if it looks hacked."""
     eval_prompts: int = 8

@@ -363,9 +363,9 @@ class Learner:
                 guards.append(g)
                 artifacts.discard_version(self.store, cand.id)
                 return self._finish(CycleResult("discarded", g.reason, cand.id, metrics, guards), upto)
-        if idle and gain <= cfg.reward_gain_eps:  # nothing new was learnt from: only a better policy replaces the live one
-            reason = (f"idle cycle: held-out reward {ce.reward:+.3f} does not beat the live version's "
-                      f"{live_eval.reward:+.3f}")
+        if (idle or cfg.publish_requires_gain) and gain <= cfg.reward_gain_eps:  # only a better policy replaces the live one
+            reason = (f"{'idle cycle: ' if idle else ''}held-out reward {ce.reward:+.3f} does not beat the live "
+                      f"version's {live_eval.reward:+.3f}")
             self.store.add_event("discard", reason, self.profile, cand.id)
             artifacts.discard_version(self.store, cand.id)
             return self._finish(CycleResult("discarded", reason, cand.id, metrics, guards), upto)
