@@ -779,10 +779,12 @@ def test_idle_cycle_trains_on_from_the_live_policy_without_new_feedback(store, t
 @pytest.mark.parametrize("requires_gain", [False, True])
 def test_publish_can_require_a_heldout_gain_in_every_cycle(store, tmp_path, tiny_model_dir, embedder, requires_gain):
     """A reward that never changes gives a held-out gain of exactly 0: a feedback-driven cycle
-    publishes it by default, and discards it when publish_requires_gain asks for a gain."""
+    publishes it when publish_requires_gain is off (the default), and discards it when it asks
+    for a gain."""
     _rate_pairs(store, lambda i: (f"a long and complete reply {i}.", f"no {i}"))
     learner = _guarded_learner(store, tmp_path, tiny_model_dir, embedder, max_kl=1e6, rl_patience=0,
-                               agreement_drop=1.0, max_length_corr=1.01, publish_requires_gain=requires_gain)
+                               agreement_drop=1.0, max_length_corr=1.01, publish_requires_gain=requires_gain,
+                               min_win_rate=0.0)
     learner.reward_fn_factory = lambda rm: (lambda prompts, texts, extras=None: np.zeros(len(texts), np.float32))
     res = learner.run_once()
     assert res.metrics["eval/reward_gain"] == 0.0
