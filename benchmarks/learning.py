@@ -58,6 +58,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 
+from reward.loop.config import LearnerConfig  # noqa: E402
+
 RUNS = ("system", "choice")
 ROWS = (("whole system", "system", "final"), ("policy alone", "system", "final_policy"),
         ("choice alone", "choice", "final"))
@@ -81,9 +83,9 @@ class LearningBenchConfig:
     """Suggestions shown per request (and compared per held-out prompt)."""
     draw: int = 8
     """N drawn for the reward-guided choice (ChoiceConfig.draw)."""
-    min_win_rate: float = 0.0
+    min_win_rate: float = LearnerConfig.min_win_rate
     """LearnerConfig.min_win_rate of the cells (the publish gate's held-out win-rate vs live)."""
-    publish_requires_gain: bool = False
+    publish_requires_gain: bool = LearnerConfig.publish_requires_gain
     """LearnerConfig.publish_requires_gain of the cells."""
     learner_seconds_per_rating: float = 5.0
     """Learner CPU-seconds per rating: a person reads and rates four candidates in ~20 s, a core's time."""
@@ -199,7 +201,7 @@ def cached_generator(model, tokenizer, version_source):
 
 
 def sim_config(cfg: LearningBenchConfig, seed: int, run: str, learner_overrides: Callable | None = None):
-    from reward.loop.config import LearnerConfig, SimConfig
+    from reward.loop.config import SimConfig
 
     learner = LearnerConfig(seed=seed, train_policy=run == "system", min_win_rate=cfg.min_win_rate,
                             publish_requires_gain=cfg.publish_requires_gain)

@@ -470,8 +470,8 @@ class FastDecoder:
 
     @contextlib.contextmanager
     def serving(self):
-        """Around every generation of the process (`sample` enters it, and Generator.suggest around
-        all rounds of a request; nesting is fine): no compile starts while one runs, nor within
+        """Around every generation request of the process (Generator.suggest enters it around all
+        rounds of a request; nesting is fine): no compile starts while one runs, nor within
         settings.quiet_seconds after one, nor before the first has finished
         (settings.after_first_request). A compile already running cannot be paused; it runs on
         beside the request."""
@@ -493,8 +493,8 @@ class FastDecoder:
         with self._lock:
             while True:
                 since = time.monotonic() - self._last_end
-                if self._inflight == 0 and (self._served or not st.after_first_request) and \
-                        (not self._served or since >= st.quiet_seconds):
+                settled = since >= st.quiet_seconds if self._served else not st.after_first_request
+                if self._inflight == 0 and settled:
                     return
                 self._quiet.wait(timeout=max(0.05, min(1.0, st.quiet_seconds - since)))
 

@@ -152,31 +152,30 @@ def sample(
     para = ParagraphStop(tokenizer, prompt_len, min_tokens=max(4, gen.min_new_tokens)) if paragraph_stop else None
     greedy = float(gen.temperature) < MIN_SAMPLING_TEMPERATURE
     resp = None
-    with fast.serving() if fast is not None else contextlib.nullcontext():  # no compile starts meanwhile
-        if fast is not None and gen.fast_path and pause is None:
-            sp = Sampling.make(0.0 if greedy else float(gen.temperature), float(gen.top_p), float(gen.repetition_penalty),
-                               stop_ids, pad, device)
-            relay = None if on_tokens is None else (
-                lambda rows: on_tokens([tokenizer.decode(r, skip_special_tokens=True) for r in rows]))
+    if fast is not None and gen.fast_path and pause is None:
+        sp = Sampling.make(0.0 if greedy else float(gen.temperature), float(gen.top_p), float(gen.repetition_penalty),
+                           stop_ids, pad, device)
+        relay = None if on_tokens is None else (
+            lambda rows: on_tokens([tokenizer.decode(r, skip_special_tokens=True) for r in rows]))
 
-            def row_done(tokens: list[int]) -> bool:
-                return (para is not None and para.row_done(tokens)) or (should_stop is not None and should_stop())
+        def row_done(tokens: list[int]) -> bool:
+            return (para is not None and para.row_done(tokens)) or (should_stop is not None and should_stop())
 
-            resp = fast.decode(model_key(model), model, input_ids, attention, int(gen.max_new_tokens), sp,
-                               row_done if para is not None or should_stop is not None else None, relay)
-        if resp is None:  # transformers' generate
-            hooks = (para, pause and PausePoint(pause), should_stop and StopWhen(should_stop))
-            kwargs = dict(
-                input_ids=input_ids, attention_mask=attention, max_new_tokens=int(gen.max_new_tokens),
-                do_sample=not greedy, repetition_penalty=float(gen.repetition_penalty), pad_token_id=pad,
-                eos_token_id=stop_ids, stopping_criteria=StoppingCriteriaList([h for h in hooks if h]),
-            )
-            if not greedy:
-                kwargs.update(temperature=float(gen.temperature), top_p=float(gen.top_p), top_k=0)
-            if on_tokens is not None:
-                kwargs["streamer"] = BatchStreamer(tokenizer, len(prompt_texts), on_tokens)
-            with torch.inference_mode(), autocast_context(device, autocast):
-                resp = model.generate(**kwargs)[:, prompt_len:]
+        resp = fast.decode(model_key(model), model, input_ids, attention, int(gen.max_new_tokens), sp,
+                           row_done if para is not None or should_stop is not None else None, relay)
+    if resp is None:  # transformers' generate
+        hooks = (para, pause and PausePoint(pause), should_stop and StopWhen(should_stop))
+        kwargs = dict(
+            input_ids=input_ids, attention_mask=attention, max_new_tokens=int(gen.max_new_tokens),
+            do_sample=not greedy, repetition_penalty=float(gen.repetition_penalty), pad_token_id=pad,
+            eos_token_id=stop_ids, stopping_criteria=StoppingCriteriaList([h for h in hooks if h]),
+        )
+        if not greedy:
+            kwargs.update(temperature=float(gen.temperature), top_p=float(gen.top_p), top_k=0)
+        if on_tokens is not None:
+            kwargs["streamer"] = BatchStreamer(tokenizer, len(prompt_texts), on_tokens)
+        with torch.inference_mode(), autocast_context(device, autocast):
+            resp = model.generate(**kwargs)[:, prompt_len:]
     is_stop = torch.isin(resp, torch.tensor(stop_ids, device=resp.device))
     after_stop = (is_stop.long().cumsum(1) - is_stop.long()) > 0
     mask = (~after_stop).long()
