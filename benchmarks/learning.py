@@ -47,7 +47,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -59,6 +59,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 
 from reward.loop.config import LearnerConfig  # noqa: E402
+from reward.rl.config import RLConfig  # noqa: E402
 
 RUNS = ("system", "choice")
 ROWS = (("whole system", "system", "final"), ("policy alone", "system", "final_policy"),
@@ -87,6 +88,10 @@ class LearningBenchConfig:
     """LearnerConfig.min_win_rate of the cells (the publish gate's held-out win-rate vs live)."""
     publish_requires_gain: bool = LearnerConfig.publish_requires_gain
     """LearnerConfig.publish_requires_gain of the cells."""
+    pref_pairs: int = RLConfig.pref_pairs
+    """RLConfig.pref_pairs of the cells (DPO steps on the rater's own pairs before each RL update; 0: off)."""
+    pref_beta: float = RLConfig.pref_beta
+    """RLConfig.pref_beta of the cells."""
     learner_seconds_per_rating: float = 5.0
     """Learner CPU-seconds per rating: a person reads and rates four candidates in ~20 s, a core's time."""
     heldout_samples: int = 4
@@ -203,8 +208,10 @@ def cached_generator(model, tokenizer, version_source):
 def sim_config(cfg: LearningBenchConfig, seed: int, run: str, learner_overrides: Callable | None = None):
     from reward.loop.config import SimConfig
 
+    base = LearnerConfig()
     learner = LearnerConfig(seed=seed, train_policy=run == "system", min_win_rate=cfg.min_win_rate,
-                            publish_requires_gain=cfg.publish_requires_gain)
+                            publish_requires_gain=cfg.publish_requires_gain,
+                            rl=replace(base.rl, pref_pairs=cfg.pref_pairs, pref_beta=cfg.pref_beta))
     if learner_overrides is not None:
         learner = learner_overrides(learner)
     return SimConfig(budget=cfg.budget, k=cfg.k, max_new_tokens=cfg.max_new_tokens, heldout_samples=cfg.heldout_samples,

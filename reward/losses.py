@@ -223,6 +223,22 @@ def distill_loss(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
     return nll + kl_coef * kl, {"nll": nll.detach(), "kl": kl.detach()}
 
 
+# ----------------------------------------------------------------------------- preferences on the policy
+
+
+def dpo_loss(pol_chosen: torch.Tensor, pol_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float,
+             weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Direct preference optimisation (Rafailov et al. 2023) on sequence log-probs: the implicit
+    reward of a reply is beta * (log pi(y|x) - log ref(y|x)), and the loss is the Bradley-Terry
+    loss of the chosen reply's over the rejected one's,
+    mean_w[-log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))].
+    Returns (loss, {accuracy: share of pairs whose implicit margin is > 0, margin: its mean})."""
+    margin = (pol_chosen - ref_chosen.detach()) - (pol_rejected - ref_rejected.detach())
+    loss = bradley_terry_loss(beta * margin, torch.zeros_like(margin), weight=weight)
+    return loss, {"accuracy": (margin > 0).float().mean().detach(), "margin": margin.mean().detach()}
+
+
 # ----------------------------------------------------------------------------- KL control
 
 

@@ -154,7 +154,10 @@ def give_feedback(client, n_requests: int = 6) -> int:
 
 LEARN_FLAGS = ["--threads", "1", "--nice", "0", "--rl-steps", "1", "--rl-k", "2", "--rl-prompts-per-step", "2",
                "--rl-max-new-tokens", "8", "--eval-prompts", "3", "--eval-max-new-tokens", "8",
-               "--agreement-drop", "1.0", "--max-length-corr", "1.01", "--max-kl", "1000"]
+               "--agreement-drop", "1.0", "--max-length-corr", "1.01", "--max-kl", "1000",
+               "--no-publish-requires-gain", "--min-win-rate", "0"]
+"""Small, and with the publish gate off: on the tiny model one update rarely beats its parent,
+and these tests are about the cycle's mechanics (the gate has its own test)."""
 
 
 def _tiny_base(tiny_model_dir):
@@ -483,7 +486,8 @@ def test_crash_between_write_and_rename_in_a_cycle_leaves_no_partial_version(sto
 
     monkeypatch.setattr(artifacts.os, "rename", rename)
     cfg = LearnerConfig(min_new_feedback=1, rl_steps=1, eval_prompts=2, eval_samples=1, eval_max_new_tokens=6,
-                        agreement_drop=1.0, max_length_corr=1.01, max_kl=1e6, threads=1, nice=0)
+                        agreement_drop=1.0, max_length_corr=1.01, max_kl=1e6, threads=1, nice=0,
+                        publish_requires_gain=False, min_win_rate=0.0)  # the next cycle publishes
     cfg.rl = RLConfig(algo="reinforce", k=2, prompts_per_step=2, max_new_tokens=6, seed=0)
     learner = Learner(store, tmp_path, "default", lambda: (copy.deepcopy(base), tok), embedder, cfg)
     res = learner.run_once()
@@ -548,6 +552,19 @@ def test_evaluate_policies_kl_and_agreement(tmp_path, tiny_model_dir):
     assert set(res) == {b.id}
     assert res[b.id].step_kl == pytest.approx(0.0, abs=1e-5) and abs(res[b.id].kl) > 1e-3
     assert res[b.id].agreement in (0.0, 0.5, 1.0)  # two pairs, ties count half
+    # a cache shared between evaluations: the second one computes no log-prob the first did
+    from reward.loop.evaluation import LogpCache
+
+    cache = LogpCache()
+    dirs = {a.id: str(Path(a.path) / "adapter")}
+    first = evaluate_policies(fresh(), tok, dirs, prompts, pairs, rf, cfg, cache=cache)[a.id]
+    n = cache.misses
+    again = evaluate_policies(fresh(), tok, dirs, prompts, pairs, rf, cfg, cache=cache)[a.id]
+    assert cache.misses == n and cache.hits >= n
+    assert (again.kl, again.agreement, again.texts) == (first.kl, first.agreement, first.texts)
+    assert (first.kl, first.agreement) == pytest.approx((res[b.id].kl, res[b.id].agreement))  # b = a's weights
+    cache.keep({0})
+    assert cache.data and all(k[0] == 0 for k in cache.data)
     st.close()
 
 
@@ -633,8 +650,10 @@ def _guarded_learner(store, tmp_path, tiny_model_dir, embedder, **cfg_kw):
     from reward.rl.config import RLConfig
 
     base, tok = _tiny_base(tiny_model_dir)
+    # the publish gate off unless asked for: these tests are about the other guards
     cfg = LearnerConfig(**{"min_new_feedback": 1, "rl_steps": 2, "eval_prompts": 2, "eval_samples": 1,
-                           "eval_max_new_tokens": 6, "threads": 1, "nice": 0, **cfg_kw},
+                           "eval_max_new_tokens": 6, "threads": 1, "nice": 0, "publish_requires_gain": False,
+                           "min_win_rate": 0.0, **cfg_kw},
                         rl=RLConfig(algo="reinforce", k=2, prompts_per_step=2, max_new_tokens=6, lr=0.05, seed=0))
     return Learner(store, tmp_path, "default", lambda: (copy.deepcopy(base), tok), embedder, cfg)
 
@@ -751,9 +770,38 @@ def test_rl_stops_when_the_heldout_reward_stops_rising(store, tmp_path, tiny_mod
     v, series = _candidate(store, res)
     assert stop_reason(v.metrics) == "patience"
     assert v.metrics["rl/steps"] == 2 and series("rl/heldout_reward") == [0.0, 0.0]
-    _prompts, _pairs, n_held = learner._heldout()
+    _prompts, _pairs, n_held, _train_pairs = learner._heldout()
     held = {p.prompt_text for p in _prompts[:n_held]}
     assert held and rolled_out and not held & set(rolled_out)
+
+
+def test_preference_steps_learn_from_the_rated_pairs_of_requests_not_held_out(store, tmp_path, tiny_model_dir,
+                                                                             embedder, monkeypatch):
+    """RLConfig.pref_pairs: each RL update starts with DPO steps on the person's own pairs, drawn
+    only from requests outside the held-out split (whose pairs measure agreement)."""
+    import dataclasses
+
+    from reward.rl import train as rl_train
+
+    _rate_pairs(store, lambda i: (f"a long and complete reply {i}.", f"no {i}"))
+    learner = _guarded_learner(store, tmp_path, tiny_model_dir, embedder, max_kl=1e6, rl_patience=0)
+    learner.cfg.rl = dataclasses.replace(learner.cfg.rl, pref_pairs=4)
+    seen: list = []
+    real = rl_train.preference_update
+
+    def spy(policy, state, pairs, cfg):
+        seen.extend(pairs)
+        return real(policy, state, pairs, cfg)
+
+    monkeypatch.setattr(rl_train, "preference_update", spy)
+    res = learner.run_once()
+    v, series = _candidate(store, res)
+    assert v.metrics["pref/pairs"] == 4 and len(series("pref/loss")) == 2  # one per RL update (rl_steps=2)
+    _prompts, held_pairs, _n, train_pairs = learner._heldout()
+    assert held_pairs and train_pairs and len(seen) == 8
+    held = {(p, c, r) for p, c, r in held_pairs}
+    assert all((q.prompt_text, q.chosen, q.rejected) not in held for q in seen)
+    assert all(q.chosen.startswith("a long") and q.rejected.startswith("no") for q in seen)
 
 
 def test_idle_cycle_trains_on_from_the_live_policy_without_new_feedback(store, tmp_path, tiny_model_dir, embedder):

@@ -181,3 +181,24 @@ def test_distill_loss_and_gradient_by_hand():
     # no KL weight: plain supervised NLL
     plain, _ = L.distill_loss(logp.detach(), ref, M, kl_coef=0.0)
     assert plain.item() == pytest.approx(4 * math.log(2) / 3)
+
+
+def test_dpo_loss_and_gradient_by_hand():
+    # pair 0: implicit margin (-1 - -2) - (-3 - -3) = 1; pair 1: (-2 - -1) - (-1 - -1) = -1
+    pc = t([-1.0, -2.0]).requires_grad_()
+    pr = t([-3.0, -1.0]).requires_grad_()
+    rc, rr = t([-2.0, -1.0]), t([-3.0, -1.0])
+    loss, st = L.dpo_loss(pc, pr, rc, rr, beta=0.5)
+    # -log sigmoid(0.5) and -log sigmoid(-0.5), averaged
+    expect = (math.log1p(math.exp(-0.5)) + math.log1p(math.exp(0.5))) / 2
+    assert loss.item() == pytest.approx(expect)
+    assert st["accuracy"].item() == pytest.approx(0.5)
+    assert st["margin"].item() == pytest.approx(0.0)
+    loss.backward()
+    # d/d pi_c = -beta * sigmoid(-beta m) / n: pair 0: -0.5 * sigmoid(-0.5) / 2; pair 1: -0.5 * sigmoid(0.5) / 2
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    assert pc.grad.tolist() == pytest.approx([-0.25 * sig(-0.5), -0.25 * sig(0.5)])
+    assert pr.grad.tolist() == pytest.approx([0.25 * sig(-0.5), 0.25 * sig(0.5)])
+    # a weight of 0 drops a pair: only pair 0 counts
+    w, _ = L.dpo_loss(pc.detach(), pr.detach(), rc, rr, beta=0.5, weight=t([1.0, 0.0]))
+    assert w.item() == pytest.approx(math.log1p(math.exp(-0.5)))

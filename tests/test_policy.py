@@ -275,3 +275,59 @@ def test_real_smollm2_bf16_update(real_lm):
     assert m["rl/kl"] == 0.0 and m["rl/skipped"] == 0 and np.isfinite(m["rl/value_loss"])
     m2 = rl_step(pol, st, [p], length_reward, cfg)
     assert np.isfinite(m2["rl/kl"]) and m2["rl/skipped"] == 0
+
+
+def _seq_logp(policy, pairs, rows):
+    from reward.rl.preference import encode_pairs
+
+    ids, att, mask = encode_pairs(policy.tokenizer, pairs, 16)
+    with torch.no_grad():
+        logits, _ = policy.forward(ids, att, mask.shape[1], 1.0)
+    from assistant.lm.logprobs import token_logprobs
+
+    return (token_logprobs(logits, ids[:, -mask.shape[1]:]) * mask).sum(1)[rows]
+
+
+def test_preference_update_raises_the_chosen_reply_over_the_rejected(tiny_tokenizer):
+    """DPO on the person's pairs: after a few steps the policy's log-ratio to the reference of the
+    chosen reply exceeds the rejected one's (it starts at 0: the fresh adapter is the reference);
+    pairs that cannot teach (empty or equal replies, zero weight) are dropped."""
+    from reward.rl.preference import PolicyPair, encode_pairs, preference_update
+
+    tok = tiny_tokenizer
+    pol = Policy.from_base(_peaky_tiny(tok), tok)
+    p = _prompts(tok, 2)
+    pairs = [PolicyPair(p[0].prompt_text, "the sea was calm", "a dog ran off"),
+             PolicyPair(p[1].prompt_text, "one bright idea", "nothing at all here")]
+    junk = [PolicyPair(p[0].prompt_text, "same", "same"), PolicyPair(p[0].prompt_text, "", "x"),
+            PolicyPair(p[1].prompt_text, "a", "b", weight=0.0)]
+    # layout: two rows per pair, prompt left-padded, reply right-padded under the response mask
+    ids, att, mask = encode_pairs(tok, pairs, 16)
+    assert ids.shape[0] == 4 and mask.shape[1] == max(len(tok(t, add_special_tokens=False)["input_ids"])
+                                                      for q in pairs for t in (q.chosen, q.rejected))
+    assert mask[1].sum() == len(tok("a dog ran off", add_special_tokens=False)["input_ids"])
+    cfg = RLConfig(lr=1e-2, pref_pairs=8, pref_epochs=3, pref_beta=0.5, minibatch_size=2)
+    before = _seq_logp(pol, pairs, slice(None))
+    st = TrainerState()
+    m = preference_update(pol, st, pairs + junk, cfg)
+    after = _seq_logp(pol, pairs, slice(None))
+    gain = after - before  # log pi - log ref, since pi = ref before the update
+    assert m["pref/pairs"] == 2 and m["pref/accuracy_start"] == 0.0
+    assert m["pref/loss_start"] == pytest.approx(np.log(2), abs=1e-5)
+    assert m["pref/loss"] < m["pref/loss_start"]
+    assert gain[0] - gain[1] > 0 and gain[2] - gain[3] > 0
+    assert preference_update(pol, st, junk, cfg) == {}
+
+
+def test_train_policy_runs_a_preference_update_before_each_rl_update(tiny_lm, store, tmp_path):
+    from reward.rl.preference import PolicyPair
+
+    model, tok = tiny_lm
+    p = _prompts(tok, 1)[0].prompt_text
+    store.record_request(profile_id="ann", mode="continue", text="The rain fell.", options={}, prompt=p,
+                         policy_version=0, suggestions=["a", "b"])
+    pairs = [PolicyPair(p, "the rain stopped", "it went on and on")] * 3
+    cfg = RLConfig(algo="reinforce", k=2, prompts_per_step=1, max_new_tokens=6, seed=1, pref_pairs=2)
+    _v, metrics = train_policy(store, tmp_path, "ann", model, tok, length_reward, cfg, steps=2, pairs=pairs)
+    assert metrics["pref/pairs"] == 2 and metrics["rl/steps"] == 2
+    assert len(store.metric_series("pref/loss", _v.id)) == 3  # the summary (step 0) and each update

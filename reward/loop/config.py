@@ -62,18 +62,17 @@ class LearnerConfig:
     together with a rising reward, means the gain is explained by length."""
     min_length_corr_samples: int = 6
     """Fewer held-out samples than this skip the length-correlation guard (too noisy)."""
-    min_win_rate: float = 0.0
-    """Publish only when the candidate beats the live version on at least this share of held-out samples."""
-    publish_requires_gain: bool = False
+    min_win_rate: float = 0.5
+    """Publish only when the candidate beats the live version on at least this share of held-out
+    samples (ties count half)."""
+    publish_requires_gain: bool = True
     """Publish only when the candidate's held-out reward beats the live version's (by reward_gain_eps)
     under the current reward model, in every cycle (False: only idle cycles require it). Measured
-    (benchmarks/learning.py, concise, seed 0, 150 ratings): without it 6 of 7 candidates were
-    published, among them ones the reward model rated below their parent, and the final policy
-    alone lost to the base (0.395 [0.327, 0.465] of decided pairs; whole system 0.624); with it
-    (and min_win_rate 0.5) 2 of 8 were published, policy alone 0.454 [0.377, 0.534], whole
-    system 0.722 [0.665, 0.781]. Off by default until more seeds and raters confirm it (the tests
-    of publishing mechanics assume the old rule); `inkloop learn --publish-requires-gain
-    --min-win-rate 0.5` turns it on."""
+    (benchmarks/learning.py, concise, seed 0, 150 ratings): without it and min_win_rate 6 of 7
+    candidates were published, among them ones the reward model rated below their parent, and the
+    final policy alone lost to the base (0.395 [0.327, 0.465] of decided pairs; whole system
+    0.624); with both, 2 of 8 were published, policy alone 0.454 [0.377, 0.534], whole system
+    0.722 [0.665, 0.781] (README, "Learning within 150 ratings")."""
     recheck_live: bool = True
     """Re-evaluate the live version against its parent each cycle and roll back if it looks hacked."""
     eval_prompts: int = 8

@@ -25,6 +25,32 @@ def paired_win_rate(new: Sequence[float], old: Sequence[float]) -> float:
 
 
 # ----------------------------------------------------------------------------- evaluation
+class LogpCache:
+    """Sequence log-probs already computed, per version. A version's weights never change, so
+    log p(text | context) under version `vid` (0: the base model) is computed once and reused by
+    every later evaluation that asks again: the held-out pairs' log-probs under the base and the
+    live version are most of a recheck's cost, and the pairs hardly change between cycles."""
+
+    def __init__(self) -> None:
+        self.data: dict[tuple[int, str, str], float] = {}
+        self.hits = self.misses = 0
+
+    def logprobs(self, runner, tokenizer, vid: int, contexts: Sequence[str], texts: Sequence[str]) -> list[float]:
+        """sequence_logprobs of (context, text) under the version `runner` is set to now (`vid`)."""
+        keys = [(vid, c, t) for c, t in zip(contexts, texts)]
+        todo = list(dict.fromkeys(k for k in keys if k not in self.data))
+        self.hits += len(keys) - len(todo)
+        self.misses += len(todo)
+        if todo:
+            vals = sequence_logprobs(runner, tokenizer, [c for _, c, _ in todo], [t for _, _, t in todo])
+            self.data.update(zip(todo, vals))
+        return [self.data[k] for k in keys]
+
+    def keep(self, vids: set[int]) -> None:
+        """Forget the versions not in `vids`."""
+        self.data = {k: v for k, v in self.data.items() if k[0] in vids}
+
+
 @dataclass
 class PolicyEval:
     """How one policy version does on the held-out prompts and feedback of this cycle."""
@@ -48,6 +74,7 @@ def evaluate_policies(
     model, tokenizer, adapter_dirs: dict[int, str | None], prompts: Sequence[Any], pairs: Sequence[tuple[str, str, str]],
     reward_fn: Callable[..., Any], cfg: LearnerConfig, only: set[int] | None = None,
     kl_to: dict[int, int] | None = None, pause: Callable[[], object] | None = None,
+    cache: LogpCache | None = None,
 ) -> dict[int, PolicyEval]:
     """Evaluate several policy versions on the same held-out prompts and pairs.
 
@@ -57,7 +84,8 @@ def evaluate_policies(
     only: evaluate just these ids (the others are loaded as KL targets). kl_to: id -> id whose
     log-probs on the first one's samples give its step KL. Samples come from the one generation
     function (assistant.lm.generate.sample, with `pause` at every decode step), log-probs from
-    assistant.lm.logprobs."""
+    assistant.lm.logprobs; `cache` keeps the log-probs for the next call (a fresh one if None)."""
+    cache = cache if cache is not None else LogpCache()
     names = {vid: f"v{vid}" for vid, d in adapter_dirs.items() if d is not None}
     runner = model
     for vid, d in adapter_dirs.items():
@@ -76,8 +104,8 @@ def evaluate_policies(
     pair_prompts = [p for p, _, _ in pairs]
     chosen, rejected = [c for _, c, _ in pairs], [r for _, _, r in pairs]
     with use(0):
-        ref_pair_c = sequence_logprobs(runner, tokenizer, pair_prompts, chosen)
-        ref_pair_r = sequence_logprobs(runner, tokenizer, pair_prompts, rejected)
+        ref_pair_c = cache.logprobs(runner, tokenizer, 0, pair_prompts, chosen)
+        ref_pair_r = cache.logprobs(runner, tokenizer, 0, pair_prompts, rejected)
     gen = GenerationSettings(temperature=0.8, top_p=0.95, max_new_tokens=cfg.eval_max_new_tokens,
                              repetition_penalty=1.0)
 
@@ -90,15 +118,15 @@ def evaluate_policies(
             s = sample(runner, tokenizer, prompt_texts, gen, pause=pause)
             texts = [clean_candidate(raw, p.mode, p.source_text, done) or raw.strip() or "."
                      for p, raw, done in zip(rep_prompts, s.texts, s.finished)]
-            pol_samples = sequence_logprobs(runner, tokenizer, prompt_texts, texts)
-            pol_c = sequence_logprobs(runner, tokenizer, pair_prompts, chosen)
-            pol_r = sequence_logprobs(runner, tokenizer, pair_prompts, rejected)
+            pol_samples = cache.logprobs(runner, tokenizer, vid, prompt_texts, texts)
+            pol_c = cache.logprobs(runner, tokenizer, vid, pair_prompts, chosen)
+            pol_r = cache.logprobs(runner, tokenizer, vid, pair_prompts, rejected)
         with use(0):
-            ref_samples = sequence_logprobs(runner, tokenizer, prompt_texts, texts)
+            ref_samples = cache.logprobs(runner, tokenizer, 0, prompt_texts, texts)
         step_kl = None
         if kl_to and vid in kl_to:
             with use(kl_to[vid]):
-                prev_samples = sequence_logprobs(runner, tokenizer, prompt_texts, texts)
+                prev_samples = cache.logprobs(runner, tokenizer, kl_to[vid], prompt_texts, texts)
             step_kl = float(np.mean(np.asarray(pol_samples) - np.asarray(prev_samples))) if texts else 0.0
         rout = reward_fn(rep_prompts, texts)
         total = np.asarray(getattr(rout, "total", rout), np.float64)

@@ -10,7 +10,9 @@ One cycle (`Learner.run_cycle`) reads like the algorithm:
             budget (`rl_seconds`, or what `run_once(cpu_seconds=...)` leaves for RL), stopping early
             at the KL bound or when the reward on a few held-out requests stops rising (patience;
             reward.rl.budget) -> a *candidate* version (written atomically by storage.artifacts,
-            recorded with status "candidate"). Rollouts use the person's other requests.
+            recorded with status "candidate"). Rollouts use the person's other requests; with
+            RLConfig.pref_pairs each update starts with DPO steps on their rated pairs
+            (reward.rl.preference), the held-out requests' pairs excepted.
 4. guards   NaN/inf loss or reward -> discard; KL above the limit -> retry smaller, then discard.
 5. evaluate candidate vs live on held-out prompts: mean reward, win-rate, KL to the base model,
             agreement with held-out feedback (implicit reward log pi/pi_ref of chosen > rejected).
@@ -45,7 +47,7 @@ from assistant.lm.adapters import adapter_dir
 from reward.feedback import build_training_data
 from reward.functions import RewardFunction, RolloutPrompt, embed_with
 from reward.loop.config import LearnerConfig
-from reward.loop.evaluation import PolicyEval, evaluate_policies, paired_win_rate
+from reward.loop.evaluation import LogpCache, PolicyEval, evaluate_policies, paired_win_rate
 from reward.loop.guards import (
     GuardFiring,
     NonFiniteWatch,
@@ -56,6 +58,7 @@ from reward.loop.guards import (
     pearson,
 )
 from reward.rl.budget import StopRule, stop_reason
+from reward.rl.preference import PolicyPair
 from reward.rl.step import TrainerState
 from reward.rl.train import prompts_from_store, train_policy
 from reward.train import (
@@ -119,6 +122,8 @@ class Learner:
         st = store.learner_state(profile_id) or {}
         self.metrics: dict[str, float] = dict(st.get("metrics") or {})
         self.paused = bool(st.get("paused"))
+        self.logp_cache = LogpCache()
+        """Held-out log-probs per version, kept between cycles (evaluation.LogpCache)."""
 
     # ------------------------------------------------------------------ state
     def _state(self, phase: str, progress: float | None = None, message: str | None = None, **extra: Any) -> None:
@@ -181,15 +186,18 @@ class Learner:
         artifacts.prune_versions(self.store, self.profile, "reward", self.cfg.keep_versions)
         return rm, metrics
 
-    def _heldout(self) -> tuple[list[Any], list[tuple[str, str, str]], int]:
-        """Held-out prompts (RolloutPrompt), preference pairs (prompt_text, chosen, rejected), and
-        how many of the prompts (the first ones) are held-out requests (the rest top them up)."""
+    def _heldout(self) -> tuple[list[Any], list[tuple[str, str, str]], int, list[PolicyPair]]:
+        """Held-out prompts (RolloutPrompt), preference pairs (prompt_text, chosen, rejected), how
+        many of the prompts (the first ones) are held-out requests (the rest top them up), and the
+        other requests' pairs (what the preference steps of RL may learn from)."""
 
         groups = self.store.requests_with_feedback(self.profile)
         data = build_training_data(groups)
-        _train, held = split_by_group(data, self.cfg.heldout_frac, self.cfg.seed)
+        train, held = split_by_group(data, self.cfg.heldout_frac, self.cfg.seed)
         by_id = {f"request:{g['request'].id}": g["request"] for g in groups}
         pairs = [(by_id[p.group].prompt, p.chosen, p.rejected) for p in held.pairs if p.group in by_id]
+        train_pairs = [PolicyPair(by_id[p.group].prompt, p.chosen, p.rejected, p.weight)
+                       for p in train.pairs if p.group in by_id and by_id[p.group].prompt]
         pairs = pairs[: self.cfg.eval_pairs]
         held_groups = [gid for gid in held.groups() if gid in by_id]
         reqs = [by_id[g] for g in held_groups if by_id[g].prompt]
@@ -203,19 +211,22 @@ class Learner:
                 reqs.append(r)
                 seen.add(r.id)
         prompts = [RolloutPrompt.from_request(r) for r in reqs[: self.cfg.eval_prompts]]
-        return prompts, pairs, n_held
+        return prompts, pairs, n_held, train_pairs
 
     def _evaluate(self, versions: dict[int, ModelVersion | None], reward_fn, prompts, pairs,
                   only: set[int] | None = None, kl_to: dict[int, int] | None = None) -> dict[int, PolicyEval]:
         model, tok = self.lm_factory()
         dirs = {vid: (str(adapter_dir(v.path)) if v is not None else None) for vid, v in versions.items()}
+        # what a later evaluation may ask for again: these versions, their parents and the base
+        self.logp_cache.keep({0, *versions, *(v.parent_id for v in versions.values() if v is not None and v.parent_id)})
         return evaluate_policies(model, tok, dirs, prompts, pairs, reward_fn, self.cfg, only=only, kl_to=kl_to,
-                                 pause=self.pause)
+                                 pause=self.pause, cache=self.logp_cache)
 
     def _rl(self, reward_fn, parent: ModelVersion | None, rule: StopRule, lr_scale: float,
-            progress: Callable[[float], None], heldout: list[Any]):
+            progress: Callable[[float], None], heldout: list[Any], pairs: list[PolicyPair]):
         """RL from `parent` until `rule` stops it. Rollouts: the person's recent requests other than
-        the held-out ones the patience checks sample (all of them if nothing else is left)."""
+        the held-out ones the patience checks sample (all of them if nothing else is left); the
+        preference steps (RLConfig.pref_pairs): `pairs`, the rated pairs of the other requests."""
         model, tok = self.lm_factory()
         held = {p.prompt_text for p in heldout}
         pool = prompts_from_store(self.store, self.profile, self.cfg.rl.recent_requests)
@@ -226,7 +237,8 @@ class Learner:
             progress((time.process_time() - t0) / rule.seconds if rule.seconds else (i + 1) / rule.steps)
 
         return train_policy(self.store, self.data_dir, self.profile, model, tok, reward_fn, self._rl_config(lr_scale),
-                            rule, publish=False, parent=parent, prompts=pool, heldout=heldout, on_step=on_step,
+                            rule, publish=False, parent=parent, prompts=pool, heldout=heldout, pairs=pairs,
+                            on_step=on_step,
                             extra_config=dict(artifacts.LEARNER_CANDIDATE),  # for artifacts.abandon_candidates
                             state=TrainerState(pause_point=self.pause))
 
@@ -258,7 +270,7 @@ class Learner:
         if not cfg.train_policy:
             return self._finish(CycleResult("reward", "reward model retrained; policy learning is off",
                                             metrics=metrics), upto)
-        prompts, pairs, n_held = self._heldout()
+        prompts, pairs, n_held, train_pairs = self._heldout()
         if not prompts:
             # finish (feedback counted as seen, phase idle): else every poll would retrain and
             # publish another reward model on the same feedback
@@ -270,8 +282,10 @@ class Learner:
         if live is not None and cfg.recheck_live and not idle:
             self._state("recheck", 0.2, f"re-checking live version {live.id} against its parent")
             parent = self._restorable(live.parent_id)
+            # the base model is the KL reference either way; its own samples are needed only
+            # when it is the parent
             evals = self._evaluate({0: None, live.id: live, **({parent.id: parent} if parent else {})},
-                                   reward_fn, prompts, pairs)
+                                   reward_fn, prompts, pairs, only={live.id, parent.id if parent else 0})
             pe, le = evals[parent.id if parent else 0], evals[live.id]
             hack = guard_reward_hacking(le.reward, pe.reward, le.agreement, pe.agreement,
                                         cfg.reward_gain_eps, cfg.agreement_drop, action="rollback") or \
@@ -305,7 +319,8 @@ class Learner:
                         + " from " + (f"version {live.id}" if live else "the base model"))
             try:
                 cand, rl_metrics = self._rl(reward_fn, live, rule, lr_scale,
-                                            lambda f: self._state("rl", 0.35 + 0.35 * float(f)), heldout)
+                                            lambda f: self._state("rl", 0.35 + 0.35 * float(f)), heldout,
+                                            train_pairs)
             except Exception as e:  # noqa: BLE001 - a NaN can also surface as an exception
                 if reward_fn.seen:
                     g = GuardFiring("nonfinite", "discard", f"non-finite reward during RL ({e}): update discarded")

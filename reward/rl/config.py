@@ -81,6 +81,15 @@ class RLConfig:
     distill_epochs: int = 2
     """Distillation (algo distill): passes over the kept samples per rollout; an update on a few
     kept samples costs little next to sampling all k."""
+    pref_pairs: int = 0
+    """Preference steps on the person's own ratings (reward.rl.preference; DPO, as DITTO uses what
+    a person chose): before each RL update, up to this many of their rated pairs (chosen over a
+    sibling of the same request, none from the held-out requests) get pref_epochs DPO steps.
+    0: off."""
+    pref_beta: float = 0.1
+    """DPO beta: the scale of the implicit reward beta * log(pi / ref)."""
+    pref_epochs: int = 1
+    """Optimizer steps per preference update, each on all its pairs."""
     clean_texts: bool = True
     """Score the cleaned suggestion (as a person would see it) rather than the raw decode."""
     autocast: bool = True
@@ -101,6 +110,8 @@ class RLConfig:
             raise ValueError("kl_estimator must be k1 or k3")
         if self.algo == "distill" and self.k < 2:
             raise ValueError("best-of-N distillation needs k >= 2 samples per prompt")
+        if self.pref_pairs < 0 or self.pref_epochs < 1 or not self.pref_beta > 0:
+            raise ValueError("pref_pairs must be >= 0, pref_epochs >= 1 and pref_beta > 0")
         if not 1 <= self.distill_top <= self.k:
             raise ValueError(f"distill_top must be between 1 and k={self.k}")
         if self.distill_coef < 0 or self.distill_kl_coef < 0 or self.distill_epochs < 1:

@@ -20,6 +20,7 @@ from reward.functions import RolloutPrompt
 from reward.rl.budget import Budget, StopRule
 from reward.rl.config import RLConfig
 from reward.rl.policy import Policy
+from reward.rl.preference import PolicyPair, preference_update
 from reward.rl.rollout import rollout
 from reward.rl.step import RewardFn, TrainerState, call_reward, rl_step
 from storage.artifacts import save_version
@@ -86,6 +87,7 @@ def train_policy(
     state: TrainerState | None = None,
     prompts: Sequence[RolloutPrompt] | None = None,
     heldout: Sequence[RolloutPrompt] | None = None,
+    pairs: Sequence[PolicyPair] | None = None,
     lora_cfg: LoraSettings | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     extra_config: dict[str, Any] | None = None,
@@ -97,7 +99,10 @@ def train_policy(
     updates, the KL bound, patience on the reward of the policy's samples on the `heldout` prompts
     (checked before the first update and after each; needs `heldout`). metrics get rl/steps,
     rl/seconds (CPU) and rl/stop_reason (an index into budget.STOP_REASONS; config.json has the
-    name); each step's series gets rl/heldout_reward when checked.
+    name); each step's series gets rl/heldout_reward when checked. With `pairs` (the person's
+    rated pairs) and cfg.pref_pairs > 0, each update starts with a preference update
+    (reward.rl.preference) on up to cfg.pref_pairs of them, drawn afresh each time; its pref/*
+    metrics join the update's.
 
     The policy to train is, in order: `policy` (an in-memory Policy; pass its TrainerState as
     `state` to continue with its optimizer and KL coefficient), else the version `parent` (a ModelVersion or id) loaded onto `lm_model`, else the
@@ -141,8 +146,11 @@ def train_policy(
         raise ValueError("no requests to learn from yet: ask for some suggestions first")
     budget.start(start_score := check())
     history = []
+    pref_pool = list(pairs or []) if cfg.pref_pairs else []
     while budget.reason is None:
-        m = rl_step(policy, state, sample_prompts(pool, cfg.prompts_per_step, rng), reward_fn, cfg)
+        pref = (preference_update(policy, state, rng.sample(pref_pool, min(cfg.pref_pairs, len(pref_pool))), cfg)
+                if pref_pool else {})
+        m = {**pref, **rl_step(policy, state, sample_prompts(pool, cfg.prompts_per_step, rng), reward_fn, cfg)}
         score = check()
         if score is not None:
             m["rl/heldout_reward"] = score
