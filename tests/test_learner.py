@@ -66,6 +66,9 @@ def test_guard_reward_hacking():
     assert guard_reward_hacking(1.5, 1.0, 0.68, 0.7, 0.0, 0.1) is None
     assert guard_reward_hacking(0.5, 1.0, 0.3, 0.7, 0.0, 0.1) is None
     assert guard_reward_hacking(1.5, 1.0, 0.5, 0.7, 0.0, 0.1, action="rollback").action == "rollback"
+    # too few held-out pairs to judge agreement by: one pair of three flipping is not evidence
+    assert guard_reward_hacking(1.5, 1.0, 0.0, 0.5, 0.0, 0.1, n_pairs=3, min_pairs=8) is None
+    assert guard_reward_hacking(1.5, 1.0, 0.0, 0.5, 0.0, 0.1, n_pairs=8, min_pairs=8) is not None
 
 
 def test_guard_length_hacking():
@@ -685,8 +688,8 @@ def test_live_recheck_rolls_back_a_version_that_looks_hacked(store, tmp_path, ti
     first = learner.run_once()
     assert first.outcome == "published", first
     assert store.live_version("default", "policy").id == first.version_id
-    # from now on any reward gain with any drop in agreement counts as hacking
-    learner.cfg.reward_gain_eps, learner.cfg.agreement_drop = -1e9, -1e9
+    # from now on any reward gain with any drop in agreement counts as hacking, on however few pairs
+    learner.cfg.reward_gain_eps, learner.cfg.agreement_drop, learner.cfg.min_agreement_pairs = -1e9, -1e9, 0
     second = learner.run_once(force=True)
     rollback = [g for g in second.guards if g.action == "rollback"]
     assert rollback and rollback[0].guard == "reward_hacking" and "rolled back to the base model" in rollback[0].reason

@@ -57,6 +57,11 @@ class LearnerConfig:
     """Reward-hacking guard: the reward counts as rising when candidate - live exceeds this."""
     agreement_drop: float = 0.1
     """Reward-hacking guard: agreement with held-out feedback counts as falling when it drops by more."""
+    min_agreement_pairs: int = 8
+    """Fewer held-out pairs than this skip the agreement test of the reward-hacking guard: on 3
+    pairs one flipped pair is a drop of 0.33. Measured (benchmarks/learning.py, seed 0): with no
+    minimum, 3 of the first 7 cycles of concise and firstperson were discarded for a drop of one
+    pair in 2-6 (0.50 -> 0.17, 0.50 -> 0.00, 1.00 -> 0.67)."""
     max_length_corr: float = 0.9
     """Reward-hacking guard: |corr(learned reward, length in words)| over held-out samples above this,
     together with a rising reward, means the gain is explained by length."""

@@ -55,10 +55,14 @@ def guard_kl(kl: float, max_kl: float, retries_left: int) -> GuardFiring | None:
 
 def guard_reward_hacking(
     reward_new: float, reward_old: float, agreement_new: float, agreement_old: float,
-    gain_eps: float, agreement_drop: float, action: str = "discard",
+    gain_eps: float, agreement_drop: float, action: str = "discard", n_pairs: int | None = None,
+    min_pairs: int = 0,
 ) -> GuardFiring | None:
-    """Reward rising while agreement with held-out feedback falls."""
+    """Reward rising while agreement with held-out feedback falls; not judged on fewer than
+    `min_pairs` held-out pairs (`n_pairs`), where one pair flipping moves the agreement by 1/n."""
     gain, drop = reward_new - reward_old, agreement_old - agreement_new
+    if n_pairs is not None and n_pairs < min_pairs:
+        return None
     if gain > gain_eps and drop > agreement_drop:
         return GuardFiring(
             "reward_hacking", action,

@@ -288,7 +288,8 @@ class Learner:
                                    reward_fn, prompts, pairs, only={live.id, parent.id if parent else 0})
             pe, le = evals[parent.id if parent else 0], evals[live.id]
             hack = guard_reward_hacking(le.reward, pe.reward, le.agreement, pe.agreement,
-                                        cfg.reward_gain_eps, cfg.agreement_drop, action="rollback") or \
+                                        cfg.reward_gain_eps, cfg.agreement_drop, action="rollback",
+                                        n_pairs=len(pairs), min_pairs=cfg.min_agreement_pairs) or \
                 guard_length_hacking(le.rm_scores, le.lengths, le.reward - pe.reward, cfg, action="rollback")
             if hack is not None:
                 hack.reason = f"live version {live.id}: {hack.reason}; rolled back to " + \
@@ -370,7 +371,8 @@ class Learner:
         gain = eval_metrics["eval/reward_gain"]
         for g in (
             guard_reward_hacking(ce.reward, live_eval.reward, ce.agreement, live_eval.agreement,
-                                 cfg.reward_gain_eps, cfg.agreement_drop),
+                                 cfg.reward_gain_eps, cfg.agreement_drop, n_pairs=len(pairs),
+                                 min_pairs=cfg.min_agreement_pairs),
             guard_length_hacking(ce.rm_scores, ce.lengths, gain, cfg),
         ):
             if g is not None:
