@@ -1,5 +1,6 @@
 """The actor-critic update on a tiny random Llama: what changes, what must not, and that it learns."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -316,6 +317,13 @@ def test_preference_update_raises_the_chosen_reply_over_the_rejected(tiny_tokeni
     assert m["pref/loss_start"] == pytest.approx(np.log(2), abs=1e-5)
     assert m["pref/loss"] < m["pref/loss_start"]
     assert gain[0] - gain[1] > 0 and gain[2] - gain[3] > 0
+    # the reference's log-probs are kept: the same replies again need no reference pass
+    assert len(st.ref_logp) == 4
+    chosen = {(q.prompt_text, q.chosen, cfg.max_new_tokens) for q in pairs}
+    st.ref_logp = {k: v + 1.0 * (k in chosen) for k, v in st.ref_logp.items()}  # shifted: what is read
+    m2 = preference_update(pol, st, pairs, dataclasses.replace(cfg, pref_epochs=1))
+    expect = float((gain[0] - gain[1] + gain[2] - gain[3]) / 2) - 1.0
+    assert m2["pref/margin_start"] == pytest.approx(expect, abs=1e-3)
     assert preference_update(pol, st, junk, cfg) == {}
 
 

@@ -124,6 +124,8 @@ class Learner:
         self.paused = bool(st.get("paused"))
         self.logp_cache = LogpCache()
         """Held-out log-probs per version, kept between cycles (evaluation.LogpCache)."""
+        self.ref_logp: dict[tuple[str, str, int], float] = {}
+        """The reference's log-probs of rated replies, kept between cycles (TrainerState.ref_logp)."""
 
     # ------------------------------------------------------------------ state
     def _state(self, phase: str, progress: float | None = None, message: str | None = None, **extra: Any) -> None:
@@ -240,7 +242,7 @@ class Learner:
                             rule, publish=False, parent=parent, prompts=pool, heldout=heldout, pairs=pairs,
                             on_step=on_step,
                             extra_config=dict(artifacts.LEARNER_CANDIDATE),  # for artifacts.abandon_candidates
-                            state=TrainerState(pause_point=self.pause))
+                            state=TrainerState(pause_point=self.pause, ref_logp=self.ref_logp))
 
     def _rl_config(self, lr_scale: float = 1.0):
         """cfg.rl, with the learning rate scaled down when the KL guard retries smaller."""

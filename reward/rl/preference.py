@@ -10,7 +10,8 @@ an RL rollout.
 
     1. encode     prompt (the request's exact rendered prompt, left-padded) + reply (right-padded),
                   two rows per pair: chosen, rejected
-    2. reference  the reference's sequence log-probs (adapter disabled; no grad), once
+    2. reference  the reference's sequence log-probs (adapter disabled; no grad), once per
+                  (prompt, reply): TrainerState.ref_logp keeps them
     3. update     pref_epochs optimizer steps, each on all the pairs (gradients accumulated over
                   minibatches), on the DPO loss at temperature 1
 
@@ -30,6 +31,10 @@ from reward import losses as L
 from reward.rl.config import RLConfig
 from reward.rl.policy import Policy
 from reward.rl.step import TrainerState, _apply_grads, _optimizer
+
+
+REF_CACHE_MAX = 50_000
+"""Entries of TrainerState.ref_logp before it starts over (a few KB each: the prompt is in the key)."""
 
 
 @dataclass
@@ -94,9 +99,16 @@ def preference_update(policy: Policy, state: TrainerState, pairs: Sequence[Polic
             lp = token_logprobs(logits, ids[rows][:, -T:])
         return (lp * mask[rows]).sum(1)
 
-    # 2. reference: sequence log-probs of every row, once
-    ref = torch.cat([seq_logp(torch.arange(2 * s, 2 * min(s + pair_mb, n), device=dev), ref=True)
-                     for s in range(0, n, pair_mb)])
+    # 2. reference: sequence log-probs of every row, once (state.ref_logp remembers them)
+    keys = [(p.prompt_text, t, cfg.max_new_tokens) for p in pairs for t in (p.chosen, p.rejected)]
+    if len(state.ref_logp) > REF_CACHE_MAX:
+        state.ref_logp.clear()
+    first = {k: i for i, k in reversed(list(enumerate(keys)))}  # a reply in several pairs is run once
+    todo = torch.tensor([i for k, i in first.items() if k not in state.ref_logp], dtype=torch.long)
+    for rows in todo.split(2 * pair_mb) if len(todo) else ():
+        for i, v in zip(rows.tolist(), seq_logp(rows.to(dev), ref=True).tolist()):
+            state.ref_logp[keys[i]] = v
+    ref = torch.tensor([state.ref_logp[k] for k in keys], dtype=torch.float32, device=dev)
 
     # 3. update: each epoch one optimizer step on all pairs, gradients accumulated over minibatches
     opt = _optimizer(policy, state, cfg)

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -91,6 +91,10 @@ class TrainerState:
     pause_point: Callable[[], Any] | None = None
     """Called at the update's safe points (every decode step of the rollout, every minibatch):
     where the learner yields the CPU to the app generating for a person (storage.locks.Hold)."""
+    ref_logp: dict[tuple[str, str, int], float] = field(default_factory=dict)
+    """The reference's sequence log-prob of (prompt, reply, token limit) in the preference steps
+    (reward.rl.preference): the reference never changes, so a pair seen again costs no reference
+    pass. The learner passes one dict to every cycle's state."""
 
 
 def _optimizer(policy: Policy, state: TrainerState, cfg: RLConfig) -> torch.optim.Optimizer:
