@@ -81,11 +81,14 @@ class RLConfig:
     distill_epochs: int = 2
     """Distillation (algo distill): passes over the kept samples per rollout; an update on a few
     kept samples costs little next to sampling all k."""
-    pref_pairs: int = 0
+    pref_pairs: int = 16
     """Preference steps on the person's own ratings (reward.rl.preference; DPO, as DITTO uses what
     a person chose): before each RL update, up to this many of their rated pairs (chosen over a
     sibling of the same request, none from the held-out requests) get pref_epochs DPO steps.
-    0: off."""
+    0: off. Measured (benchmarks/learning.py, concise, seed 0, 150 ratings, same code otherwise):
+    policy alone vs base 0.544 [0.467, 0.618] of decided pairs without, 0.636 [0.580, 0.696] with
+    16; whole system 0.721 -> 0.778; stars first 16 -> last 16 3.84 -> 3.95 without, 3.88 -> 4.33
+    with."""
     pref_beta: float = 0.1
     """DPO beta: the scale of the implicit reward beta * log(pi / ref)."""
     pref_epochs: int = 1
