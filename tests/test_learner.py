@@ -844,3 +844,20 @@ def test_publish_can_require_a_heldout_gain_in_every_cycle(store, tmp_path, tiny
         assert store.live_version("default", "policy") is None
     else:
         assert res.outcome == "published", res
+
+
+def test_rl_train_command_learns_from_the_rated_pairs_too(store, tmp_path, tiny_model_dir, capsys):
+    """`inkloop rl train` on a profile with ratings: RL updates, each with its preference steps on
+    the stored pairs (the learner's path, minus its held-out split), written as a version."""
+    import json
+
+    import app
+
+    _rate_pairs(store, lambda i: (f"a long and complete reply {i}.", f"no {i}"))
+    rc = app.main(["rl", "train", "--model", str(tiny_model_dir), "--data-dir", str(tmp_path), "--steps", "1",
+                   "--k", "2", "--prompts-per-step", "2", "--max-new-tokens", "6", "--pref-pairs", "3",
+                   "--threads", "1", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["metrics"]["pref/pairs"] == 3 and out["metrics"]["rl/steps"] == 1
+    assert store.get_version(out["version"]).status == "candidate"

@@ -60,7 +60,7 @@ from reward.loop.guards import (
 from reward.rl.budget import StopRule, stop_reason
 from reward.rl.preference import PolicyPair
 from reward.rl.step import TrainerState
-from reward.rl.train import prompts_from_store, train_policy
+from reward.rl.train import policy_pairs, prompts_from_store, train_policy
 from reward.train import (
     load_live_reward_model,
     save_reward_version,
@@ -198,8 +198,7 @@ class Learner:
         train, held = split_by_group(data, self.cfg.heldout_frac, self.cfg.seed)
         by_id = {f"request:{g['request'].id}": g["request"] for g in groups}
         pairs = [(by_id[p.group].prompt, p.chosen, p.rejected) for p in held.pairs if p.group in by_id]
-        train_pairs = [PolicyPair(by_id[p.group].prompt, p.chosen, p.rejected, p.weight)
-                       for p in train.pairs if p.group in by_id and by_id[p.group].prompt]
+        train_pairs = policy_pairs(groups, train)
         pairs = pairs[: self.cfg.eval_pairs]
         held_groups = [gid for gid in held.groups() if gid in by_id]
         reqs = [by_id[g] for g in held_groups if by_id[g].prompt]

@@ -16,6 +16,7 @@ from torch import nn
 
 from assistant.lm.adapters import ADAPTER_SUBDIR
 from assistant.lm.config import MODES, LoraSettings
+from reward.feedback import build_training_data
 from reward.functions import RolloutPrompt
 from reward.rl.budget import Budget, StopRule
 from reward.rl.config import RLConfig
@@ -37,6 +38,19 @@ def prompts_from_store(store, profile_id: str, limit: int = 64) -> list[RolloutP
         if req.mode in MODES and (req.prompt or "").strip():
             out.append(RolloutPrompt.from_request(req))
     return out
+
+def policy_pairs(groups: Sequence[dict[str, Any]], data) -> list[PolicyPair]:
+    """The preference pairs of `data` (reward.feedback.build_training_data of the request groups
+    `groups`, or a split of it) as PolicyPairs on their requests' rendered prompts: what the
+    preference steps learn from."""
+    by_id = {f"request:{g['request'].id}": g["request"] for g in groups}
+    return [PolicyPair(by_id[p.group].prompt, p.chosen, p.rejected, p.weight)
+            for p in data.pairs if p.group in by_id and by_id[p.group].prompt]
+
+def pairs_from_store(store, profile_id: str) -> list[PolicyPair]:
+    """All of the person's rated pairs as PolicyPairs."""
+    groups = store.requests_with_feedback(profile_id)
+    return policy_pairs(groups, build_training_data(groups))
 
 def sample_prompts(pool: Sequence[RolloutPrompt], n: int, rng: random.Random) -> list[RolloutPrompt]:
     """n prompts cycling through the modes present in the pool (so every mode is trained on),

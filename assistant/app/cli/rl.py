@@ -39,7 +39,7 @@ def cmd_rl_train(args: argparse.Namespace) -> int:
     # the model stack (torch, transformers, peft) loads with the command, not when the parser is built
     from assistant.lm.config import LoraSettings
     from reward.functions import RewardConfig, RewardFunction, embed_with
-    from reward.rl.train import train_policy
+    from reward.rl.train import pairs_from_store, train_policy
     from reward.train import load_live_reward_model
 
     cfg = validated(from_args(RLConfig, args))
@@ -62,7 +62,7 @@ def cmd_rl_train(args: argparse.Namespace) -> int:
 
         version, metrics = train_policy(
             store, data_dir(args), profile, lm.model, lm.tokenizer, reward_fn, cfg, args.steps,
-            publish=args.publish, lora_cfg=LoraSettings(), on_step=on_step,
+            publish=args.publish, lora_cfg=LoraSettings(), on_step=on_step, pairs=pairs_from_store(store, profile),
         )
     finally:
         store.close()
