@@ -45,8 +45,8 @@ PROFILE = "default"
 LEARN_ARGS = ["--threads", "1", "--nice", "0", "--rl-steps", "1", "--rl-k", "2", "--rl-prompts-per-step", "2",
               "--rl-max-new-tokens", "8", "--eval-prompts", "3", "--eval-max-new-tokens", "8", "--agreement-drop",
               "1.0", "--max-length-corr", "1.01", "--max-kl", "1000", "--min-new-feedback", "1", "--poll-s", "0.5",
-              "--keep-versions", "2", "--rm-ensemble", "2"]
-"""A cycle in a few seconds that publishes (loose guards) and prunes (keep 2) every time."""
+              "--keep-versions", "2", "--rm-ensemble", "2", "--no-publish-requires-gain", "--min-win-rate", "0"]
+"""A cycle in a few seconds that publishes (loose guards, no publish gate) and prunes (keep 2) every time."""
 KILL_POINTS = ("version.reward.written", "prune.reward.marked", "version.policy.written", "version.policy.recorded",
                "delete.policy.abandoned", "publish.policy.before", "publish.policy.done", "prune.policy.marking",
                "prune.policy.marked", "delete.policy.pruned")
