@@ -571,6 +571,9 @@ def test_evaluate_policies_kl_and_agreement(tmp_path, tiny_model_dir):
     assert (first.kl, first.agreement) == pytest.approx((res[b.id].kl, res[b.id].agreement))  # b = a's weights
     cache.keep({0})
     assert cache.data and all(k[0] == 0 for k in cache.data)
+    cache.max_entries = 1
+    cache.keep({0})
+    assert cache.data == {}  # bounded: past max_entries it starts over
     st.close()
 
 

@@ -46,9 +46,13 @@ class LogpCache:
             self.data.update(zip(todo, vals))
         return [self.data[k] for k in keys]
 
+    max_entries = 20_000
+    """Past this many entries (a few KB each: the prompt is in the key) keep() starts over: the
+    base model's entries would otherwise grow with every cycle's new samples."""
+
     def keep(self, vids: set[int]) -> None:
-        """Forget the versions not in `vids`."""
-        self.data = {k: v for k, v in self.data.items() if k[0] in vids}
+        """Forget the versions not in `vids` (and everything, once past max_entries)."""
+        self.data = {k: v for k, v in self.data.items() if k[0] in vids} if len(self.data) <= self.max_entries else {}
 
 
 @dataclass
