@@ -47,7 +47,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -208,10 +208,9 @@ def cached_generator(model, tokenizer, version_source):
 def sim_config(cfg: LearningBenchConfig, seed: int, run: str, learner_overrides: Callable | None = None):
     from reward.loop.config import SimConfig
 
-    base = LearnerConfig()
     learner = LearnerConfig(seed=seed, train_policy=run == "system", min_win_rate=cfg.min_win_rate,
                             publish_requires_gain=cfg.publish_requires_gain,
-                            rl=replace(base.rl, pref_pairs=cfg.pref_pairs, pref_beta=cfg.pref_beta))
+                            rl=RLConfig(pref_pairs=cfg.pref_pairs, pref_beta=cfg.pref_beta))
     if learner_overrides is not None:
         learner = learner_overrides(learner)
     return SimConfig(budget=cfg.budget, k=cfg.k, max_new_tokens=cfg.max_new_tokens, heldout_samples=cfg.heldout_samples,

@@ -197,7 +197,7 @@ class Learner:
         data = build_training_data(groups)
         train, held = split_by_group(data, self.cfg.heldout_frac, self.cfg.seed)
         by_id = {f"request:{g['request'].id}": g["request"] for g in groups}
-        pairs = [(by_id[p.group].prompt, p.chosen, p.rejected) for p in held.pairs if p.group in by_id]
+        pairs = [(q.prompt_text, q.chosen, q.rejected) for q in policy_pairs(groups, held)]
         train_pairs = policy_pairs(groups, train)
         pairs = pairs[: self.cfg.eval_pairs]
         held_groups = [gid for gid in held.groups() if gid in by_id]

@@ -42,10 +42,10 @@ def prompts_from_store(store, profile_id: str, limit: int = 64) -> list[RolloutP
 def policy_pairs(groups: Sequence[dict[str, Any]], data) -> list[PolicyPair]:
     """The preference pairs of `data` (reward.feedback.build_training_data of the request groups
     `groups`, or a split of it) as PolicyPairs on their requests' rendered prompts: what the
-    preference steps learn from."""
+    preference steps learn from (they skip a pair without a prompt: preference.usable) and what
+    the learner's agreement metric scores."""
     by_id = {f"request:{g['request'].id}": g["request"] for g in groups}
-    return [PolicyPair(by_id[p.group].prompt, p.chosen, p.rejected, p.weight)
-            for p in data.pairs if p.group in by_id and by_id[p.group].prompt]
+    return [PolicyPair(by_id[p.group].prompt, p.chosen, p.rejected, p.weight) for p in data.pairs if p.group in by_id]
 
 def pairs_from_store(store, profile_id: str) -> list[PolicyPair]:
     """All of the person's rated pairs as PolicyPairs."""
