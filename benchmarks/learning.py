@@ -45,6 +45,7 @@ import argparse
 import copy
 import json
 import os
+import pickle
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -179,7 +180,27 @@ def first_last_stars(curve: Sequence[Sequence[float]], n: int = 16) -> tuple[flo
 # ----------------------------------------------------------------------------- one cell
 BASE_CACHE: dict[str, Any] = {}
 """Base-model suggestions by (rendered prompt, source text, settings incl. seed), shared by the
-cells of one process (see cached_generator)."""
+cells of one process (see cached_generator) and kept on disk between processes (base_cache_file)."""
+
+
+def base_cache_file(out_dir: Path, model_name: str) -> Path:
+    """Where BASE_CACHE is kept for one model (a pickle of SuggestResults, benchmark-only)."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in (model_name or "model"))
+    return out_dir / f"base-cache-{safe}.pkl"
+
+
+def load_base_cache(path: Path) -> None:
+    if path.exists() and not BASE_CACHE:
+        BASE_CACHE.update(pickle.loads(path.read_bytes()))
+
+
+def save_base_cache(path: Path) -> None:
+    """Write BASE_CACHE, merged with what another process wrote there meanwhile."""
+    if path.exists():
+        BASE_CACHE.update({k: v for k, v in pickle.loads(path.read_bytes()).items() if k not in BASE_CACHE})
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_bytes(pickle.dumps(BASE_CACHE))
+    os.replace(tmp, path)
 
 
 def cached_generator(model, tokenizer, version_source):
@@ -249,7 +270,10 @@ def run_cell(cfg: LearningBenchConfig, rater: str, seed: int, run: str, model, t
         # the base model's held-out texts depend on the seed and the prompts only: generated once per seed
         base_file = out_dir / f"base-s{seed}-h{cfg.heldout_limit}x{cfg.heldout_samples}-t{cfg.max_new_tokens}.json"
         base_texts = json.loads(base_file.read_text()) if base_file.exists() else None
+        cache_file = base_cache_file(out_dir, model_name)
+        load_base_cache(cache_file)
         res = simulate(person, learner, make_rater(rater, seed=seed), sim, progress=progress, base_heldout=base_texts)
+        save_base_cache(cache_file)
         if base_texts is None:
             base_file.write_text(json.dumps(res.heldout["base"]))
     finally:
