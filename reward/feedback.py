@@ -145,6 +145,20 @@ def pairs_from_ranking(ranking: Sequence[Any]) -> list[tuple[Any, Any]]:
     return out
 
 
+def unshown_of(request: Any) -> list[str]:
+    """The candidates a request drew but did not show (the reward-guided choice's
+    ``options["choice"]["unshown"]``; none without it)."""
+    unshown = ((getattr(request, "options", None) or {}).get("choice") or {}).get("unshown") or []
+    return [u for u in unshown if isinstance(u, str) and u.strip()]
+
+
+def drawn_texts(request: Any) -> list[str]:
+    """Every distinct non-empty candidate a request drew, in order: the suggestions shown, then
+    those drawn but not shown."""
+    shown = [s.text for s in getattr(request, "suggestions", None) or []]
+    return list(dict.fromkeys(t for t in shown + unshown_of(request) if t.strip()))
+
+
 def stars_to_target(stars: float) -> float:
     """1..5 stars -> [0, 1]."""
     return (float(stars) - 1.0) / 4.0
@@ -256,8 +270,7 @@ def build_training_data(groups: Sequence[dict[str, Any]]) -> RewardData:
         ctx = context_of(req)
         group = f"request:{req.id}"
         suggestions = g.get("suggestions") or getattr(req, "suggestions", [])
-        unshown = ((getattr(req, "options", None) or {}).get("choice") or {}).get("unshown") or []
-        votes, points = request_votes(suggestions, g["feedback"], unshown)
+        votes, points = request_votes(suggestions, g["feedback"], unshown_of(req))
         for v in sorted(resolve_votes(votes), key=lambda v: v.order):
             data.pairs.append(PreferencePair(ctx, v.chosen, v.rejected, v.margin, 1.0, group, v.source))
         text = {s.id: s.text for s in suggestions}

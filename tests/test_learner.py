@@ -779,7 +779,7 @@ def test_rl_stops_when_the_heldout_reward_stops_rising(store, tmp_path, tiny_mod
     v, series = _candidate(store, res)
     assert stop_reason(v.metrics) == "patience"
     assert v.metrics["rl/steps"] == 2 and series("rl/heldout_reward") == [0.0, 0.0]
-    _prompts, _pairs, n_held, _train_pairs = learner._heldout()
+    _prompts, _pairs, n_held, _train_pairs, _served = learner._heldout()
     held = {p.prompt_text for p in _prompts[:n_held]}
     assert held and rolled_out and not held & set(rolled_out)
 
@@ -794,7 +794,7 @@ def test_preference_steps_learn_from_the_rated_pairs_of_requests_not_held_out(st
 
     _rate_pairs(store, lambda i: (f"a long and complete reply {i}.", f"no {i}"))
     learner = _guarded_learner(store, tmp_path, tiny_model_dir, embedder, max_kl=1e6, rl_patience=0)
-    learner.cfg.rl = dataclasses.replace(learner.cfg.rl, pref_pairs=4)
+    learner.cfg.rl = dataclasses.replace(learner.cfg.rl, pref_pairs=4, served_pairs=0)
     seen: list = []
     real = rl_train.preference_update
 
@@ -806,11 +806,44 @@ def test_preference_steps_learn_from_the_rated_pairs_of_requests_not_held_out(st
     res = learner.run_once()
     v, series = _candidate(store, res)
     assert v.metrics["pref/pairs"] == 4 and len(series("pref/loss")) == 2  # one per RL update (rl_steps=2)
-    _prompts, held_pairs, _n, train_pairs = learner._heldout()
+    _prompts, held_pairs, _n, train_pairs, _served = learner._heldout()
     assert held_pairs and train_pairs and len(seen) == 8
     held = {(p, c, r) for p, c, r in held_pairs}
     assert all((q.prompt_text, q.chosen, q.rejected) not in held for q in seen)
     assert all(q.chosen.startswith("a long") and q.rejected.startswith("no") for q in seen)
+
+
+def test_served_pairs_come_from_the_reward_model_on_requests_not_held_out(store, tmp_path, tiny_model_dir, embedder,
+                                                                          monkeypatch):
+    """RLConfig.served_pairs: the preference steps also learn the cycle's reward model's best over
+    worst of the candidates the other requests drew (shown and unshown), never a held-out request's."""
+    import dataclasses
+
+    from reward.rl import train as rl_train
+
+    _rate_pairs(store, lambda i: (f"a long and complete reply {i}.", f"no {i}"))
+    learner = _guarded_learner(store, tmp_path, tiny_model_dir, embedder, max_kl=1e6, rl_patience=0)
+    learner.cfg.rl = dataclasses.replace(learner.cfg.rl, pref_pairs=0, served_pairs=3)
+    seen: list = []
+    real = rl_train.preference_update
+
+    def spy(policy, state, pairs, cfg):
+        seen.extend(pairs)
+        return real(policy, state, pairs, cfg)
+
+    monkeypatch.setattr(rl_train, "preference_update", spy)
+    res = learner.run_once()
+    v, series = _candidate(store, res)
+    assert v.metrics["pref/pairs"] == 3 and len(seen) == 6
+    from reward.train import load_live_reward_model
+
+    prompts, _pairs, n_held, _train, served = learner._heldout(load_live_reward_model(store, "default", embedder))
+    held = {p.prompt_text for p in prompts[:n_held]}
+    assert served and {q.prompt_text for q in seen} <= {q.prompt_text for q in served}
+    assert not held & {q.prompt_text for q in served}
+    # the reward model learnt "long and complete" from the thumbs: served pairs say the same
+    assert all(q.chosen.startswith("a long") and 0 < q.weight <= 1 for q in served)
+    assert learner._heldout()[4] == []  # no reward model, no served pairs
 
 
 def test_idle_cycle_trains_on_from_the_live_policy_without_new_feedback(store, tmp_path, tiny_model_dir, embedder):

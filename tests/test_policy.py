@@ -1,5 +1,6 @@
 """The actor-critic update on a tiny random Llama: what changes, what must not, and that it learns."""
 
+import copy
 import dataclasses
 import json
 
@@ -339,3 +340,58 @@ def test_train_policy_runs_a_preference_update_before_each_rl_update(tiny_lm, st
     _v, metrics = train_policy(store, tmp_path, "ann", model, tok, length_reward, cfg, steps=2, pairs=pairs)
     assert metrics["pref/pairs"] == 2 and metrics["rl/steps"] == 2
     assert len(store.metric_series("pref/loss", _v.id)) == 3  # the summary (step 0) and each update
+
+
+def test_served_pairs_take_the_reward_models_best_over_worst_of_every_drawn_candidate(store):
+    """served_pairs: per request, the best over the worst of all it drew (shown + drawn but not
+    shown) by the score; the weight is the gap, capped at 1; a request the scores cannot split,
+    one without a prompt and one with a single candidate give none."""
+    from reward.rl.train import served_pairs
+
+    def req(texts, unshown=(), prompt="P"):
+        r = store.record_request(profile_id="ann", mode="continue", text="x", prompt=prompt, policy_version=0,
+                                 options={"choice": {"unshown": list(unshown)}} if unshown else {},
+                                 suggestions=list(texts))
+        return store.get_request(r.id)
+
+    reqs = [req(["aa", "b"], unshown=["cccc", "dd", ""]), req(["eeeeee", "ff"]), req(["gg", "hh"]),
+            req(["ii", "j"], prompt=""), req(["kk"])]
+    score = {"aa": 0.0, "b": 0.1, "cccc": 2.0, "dd": -0.5, "eeeeee": 0.3, "ff": 0.1, "gg": 1.0, "hh": 1.0,
+             "ii": 5.0, "j": 0.0, "kk": 1.0}
+    seen = []
+
+    def fn(r, texts):
+        seen.append(texts)
+        return [score[t] for t in texts]
+
+    out = served_pairs(reqs, fn)
+    assert [(p.chosen, p.rejected) for p in out] == [("cccc", "dd"), ("eeeeee", "ff")]
+    assert [p.weight for p in out] == [1.0, pytest.approx(0.2)]  # gap 2.5 capped at 1; gap 0.2
+    assert all(p.prompt_text == "P" for p in out)
+    assert seen[0] == ["aa", "b", "cccc", "dd"]  # empty draws dropped, shown first
+    assert served_pairs(reqs, fn, min_gap=0.5) == out[:1]
+
+
+def test_train_policy_mixes_served_pairs_into_each_preference_update(tiny_lm, store, tmp_path, monkeypatch):
+    from reward.rl import train as rl_train
+    from reward.rl.preference import PolicyPair
+
+    model, tok = tiny_lm
+    p = _prompts(tok, 1)[0].prompt_text
+    store.record_request(profile_id="ann", mode="continue", text="The rain fell.", options={}, prompt=p,
+                         policy_version=0, suggestions=["a", "b"])
+    rated = [PolicyPair(p, "the rain stopped", "it went on and on")] * 3
+    served = [PolicyPair(p, "a short bright line", "a long grey line that rambles", 0.5)] * 5
+    seen: list = []
+    real = rl_train.preference_update
+    monkeypatch.setattr(rl_train, "preference_update", lambda pol, st, pairs, cfg: seen.append(pairs) or real(pol, st, pairs, cfg))
+    cfg = RLConfig(algo="reinforce", k=2, prompts_per_step=1, max_new_tokens=6, seed=1, pref_pairs=2, served_pairs=3)
+    clean = copy.deepcopy(model)  # peft wraps the model it trains
+    _v, metrics = train_policy(store, tmp_path, "ann", model, tok, length_reward, cfg, steps=2, pairs=rated,
+                               served=served)
+    assert metrics["pref/pairs"] == 5 and len(seen) == 2
+    assert all(sum(q in rated for q in b) == 2 and sum(q in served for q in b) == 3 for b in seen)
+    seen.clear()
+    train_policy(store, tmp_path, "ann", clean, tok, length_reward, dataclasses.replace(cfg, served_pairs=0),
+                 steps=1, pairs=rated, served=served)
+    assert [len(b) for b in seen] == [2]

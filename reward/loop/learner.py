@@ -12,7 +12,9 @@ One cycle (`Learner.run_cycle`) reads like the algorithm:
             reward.rl.budget) -> a *candidate* version (written atomically by storage.artifacts,
             recorded with status "candidate"). Rollouts use the person's other requests; with
             RLConfig.pref_pairs each update starts with DPO steps on their rated pairs
-            (reward.rl.preference), the held-out requests' pairs excepted.
+            (reward.rl.preference), the held-out requests' pairs excepted, and with
+            RLConfig.served_pairs on the reward model's best over worst of the candidates
+            those requests drew (the served samples, reward.rl.train.served_pairs).
 4. guards   NaN/inf loss or reward -> discard; KL above the limit -> retry smaller, then discard.
 5. evaluate candidate vs live on held-out prompts: mean reward, win-rate, KL to the base model,
             agreement with held-out feedback (implicit reward log pi/pi_ref of chosen > rejected).
@@ -44,7 +46,7 @@ from typing import Any, Callable
 import torch
 
 from assistant.lm.adapters import adapter_dir
-from reward.feedback import build_training_data
+from reward.feedback import build_training_data, context_of
 from reward.functions import RewardFunction, RolloutPrompt, embed_with
 from reward.loop.config import LearnerConfig
 from reward.loop.evaluation import LogpCache, PolicyEval, evaluate_policies, paired_win_rate
@@ -60,7 +62,8 @@ from reward.loop.guards import (
 from reward.rl.budget import StopRule, stop_reason
 from reward.rl.preference import PolicyPair
 from reward.rl.step import TrainerState
-from reward.rl.train import policy_pairs, prompts_from_store, train_policy
+from reward.rl.train import policy_pairs, prompts_from_store, served_pairs, train_policy
+from reward.select import ChoiceConfig, conservative, member_scores
 from reward.train import (
     load_live_reward_model,
     save_reward_version,
@@ -188,10 +191,12 @@ class Learner:
         artifacts.prune_versions(self.store, self.profile, "reward", self.cfg.keep_versions)
         return rm, metrics
 
-    def _heldout(self) -> tuple[list[Any], list[tuple[str, str, str]], int, list[PolicyPair]]:
+    def _heldout(self, rm: Any = None) -> tuple[list[Any], list[tuple[str, str, str]], int, list[PolicyPair],
+                                                list[PolicyPair]]:
         """Held-out prompts (RolloutPrompt), preference pairs (prompt_text, chosen, rejected), how
-        many of the prompts (the first ones) are held-out requests (the rest top them up), and the
-        other requests' pairs (what the preference steps of RL may learn from)."""
+        many of the prompts (the first ones) are held-out requests (the rest top them up), and what
+        the preference steps of RL may learn from: the other requests' rated pairs, and (with `rm`
+        and RLConfig.served_pairs) the reward model's best over worst of their drawn candidates."""
 
         groups = self.store.requests_with_feedback(self.profile)
         data = build_training_data(groups)
@@ -199,6 +204,14 @@ class Learner:
         by_id = {f"request:{g['request'].id}": g["request"] for g in groups}
         pairs = [(q.prompt_text, q.chosen, q.rejected) for q in policy_pairs(groups, held)]
         train_pairs = policy_pairs(groups, train)
+        served: list[PolicyPair] = []
+        if rm is not None and self.cfg.rl.served_pairs:
+            kappa = ChoiceConfig().kappa  # the reward-guided choice's own pessimism
+
+            def score(req: Any, texts: list[str]) -> Any:
+                return conservative(member_scores(rm, context_of(req), texts), kappa)
+
+            served = served_pairs([by_id[g] for g in train.groups() if g in by_id], score)
         pairs = pairs[: self.cfg.eval_pairs]
         held_groups = [gid for gid in held.groups() if gid in by_id]
         reqs = [by_id[g] for g in held_groups if by_id[g].prompt]
@@ -212,7 +225,7 @@ class Learner:
                 reqs.append(r)
                 seen.add(r.id)
         prompts = [RolloutPrompt.from_request(r) for r in reqs[: self.cfg.eval_prompts]]
-        return prompts, pairs, n_held, train_pairs
+        return prompts, pairs, n_held, train_pairs, served
 
     def _evaluate(self, versions: dict[int, ModelVersion | None], reward_fn, prompts, pairs,
                   only: set[int] | None = None, kl_to: dict[int, int] | None = None) -> dict[int, PolicyEval]:
@@ -224,10 +237,12 @@ class Learner:
                                  pause=self.pause, cache=self.logp_cache)
 
     def _rl(self, reward_fn, parent: ModelVersion | None, rule: StopRule, lr_scale: float,
-            progress: Callable[[float], None], heldout: list[Any], pairs: list[PolicyPair]):
+            progress: Callable[[float], None], heldout: list[Any], pairs: list[PolicyPair],
+            served: list[PolicyPair]):
         """RL from `parent` until `rule` stops it. Rollouts: the person's recent requests other than
         the held-out ones the patience checks sample (all of them if nothing else is left); the
-        preference steps (RLConfig.pref_pairs): `pairs`, the rated pairs of the other requests."""
+        preference steps (RLConfig.pref_pairs, served_pairs): `pairs`, the rated pairs of the other
+        requests, and `served`, the reward model's best over worst of their drawn candidates."""
         model, tok = self.lm_factory()
         held = {p.prompt_text for p in heldout}
         pool = prompts_from_store(self.store, self.profile, self.cfg.rl.recent_requests)
@@ -239,6 +254,7 @@ class Learner:
 
         return train_policy(self.store, self.data_dir, self.profile, model, tok, reward_fn, self._rl_config(lr_scale),
                             rule, publish=False, parent=parent, prompts=pool, heldout=heldout, pairs=pairs,
+                            served=served,
                             on_step=on_step,
                             extra_config=dict(artifacts.LEARNER_CANDIDATE),  # for artifacts.abandon_candidates
                             state=TrainerState(pause_point=self.pause, ref_logp=self.ref_logp))
@@ -271,7 +287,7 @@ class Learner:
         if not cfg.train_policy:
             return self._finish(CycleResult("reward", "reward model retrained; policy learning is off",
                                             metrics=metrics), upto)
-        prompts, pairs, n_held, train_pairs = self._heldout()
+        prompts, pairs, n_held, train_pairs, served = self._heldout(rm)
         if not prompts:
             # finish (feedback counted as seen, phase idle): else every poll would retrain and
             # publish another reward model on the same feedback
@@ -322,7 +338,7 @@ class Learner:
             try:
                 cand, rl_metrics = self._rl(reward_fn, live, rule, lr_scale,
                                             lambda f: self._state("rl", 0.35 + 0.35 * float(f)), heldout,
-                                            train_pairs)
+                                            train_pairs, served)
             except Exception as e:  # noqa: BLE001 - a NaN can also surface as an exception
                 if reward_fn.seen:
                     g = GuardFiring("nonfinite", "discard", f"non-finite reward during RL ({e}): update discarded")

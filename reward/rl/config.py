@@ -89,6 +89,12 @@ class RLConfig:
     policy alone vs base 0.544 [0.467, 0.618] of decided pairs without, 0.636 [0.580, 0.696] with
     16; whole system 0.721 -> 0.778; stars first 16 -> last 16 3.84 -> 3.95 without, 3.88 -> 4.33
     with."""
+    served_pairs: int = 16
+    """Preference steps on the policy's own served candidates: each preference update also takes
+    up to this many pairs of the reward model's best over its worst among the candidates one of
+    the person's requests drew (shown and drawn-but-not-shown; reward.rl.train.served_pairs, none
+    from the held-out requests): online iterative preference training on samples that cost
+    nothing, since they were drawn to serve the person. 0: off."""
     pref_beta: float = 0.1
     """DPO beta: the scale of the implicit reward beta * log(pi / ref)."""
     pref_epochs: int = 1
@@ -113,8 +119,8 @@ class RLConfig:
             raise ValueError("kl_estimator must be k1 or k3")
         if self.algo == "distill" and self.k < 2:
             raise ValueError("best-of-N distillation needs k >= 2 samples per prompt")
-        if self.pref_pairs < 0 or self.pref_epochs < 1 or not self.pref_beta > 0:
-            raise ValueError("pref_pairs must be >= 0, pref_epochs >= 1 and pref_beta > 0")
+        if self.pref_pairs < 0 or self.served_pairs < 0 or self.pref_epochs < 1 or not self.pref_beta > 0:
+            raise ValueError("pref_pairs and served_pairs must be >= 0, pref_epochs >= 1 and pref_beta > 0")
         if not 1 <= self.distill_top <= self.k:
             raise ValueError(f"distill_top must be between 1 and k={self.k}")
         if self.distill_coef < 0 or self.distill_kl_coef < 0 or self.distill_epochs < 1:

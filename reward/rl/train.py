@@ -16,7 +16,7 @@ from torch import nn
 
 from assistant.lm.adapters import ADAPTER_SUBDIR
 from assistant.lm.config import MODES, LoraSettings
-from reward.feedback import build_training_data
+from reward.feedback import build_training_data, drawn_texts
 from reward.functions import RolloutPrompt
 from reward.rl.budget import Budget, StopRule
 from reward.rl.config import RLConfig
@@ -46,6 +46,28 @@ def policy_pairs(groups: Sequence[dict[str, Any]], data) -> list[PolicyPair]:
     the learner's agreement metric scores."""
     by_id = {f"request:{g['request'].id}": g["request"] for g in groups}
     return [PolicyPair(by_id[p.group].prompt, p.chosen, p.rejected, p.weight) for p in data.pairs if p.group in by_id]
+
+def served_pairs(requests: Sequence[Any], score: Callable[[Any, list[str]], Sequence[float]],
+                 min_gap: float = 0.0) -> list[PolicyPair]:
+    """The reward model's best over its worst of each request's drawn candidates, as PolicyPairs on
+    the request's rendered prompt: online iterative preference training on the policy's own
+    samples (Xiong et al. 2024, arXiv 2405.07863; best-of-N distilled as in BoNBoN 2406.00832),
+    for free: the candidates were drawn to serve the request. `score(request, texts)` gives one
+    score per text (the reward-guided choice's standardised conservative score); a pair's weight is
+    the best-worst gap in those units, capped at 1, and a request whose gap is not above `min_gap`
+    gives none (the reward model cannot tell its candidates apart)."""
+    out = []
+    for req in requests:
+        texts = drawn_texts(req)
+        if len(texts) < 2 or not (getattr(req, "prompt", "") or "").strip():
+            continue
+        s = np.asarray(score(req, texts), np.float64)
+        hi, lo = int(np.argmax(s)), int(np.argmin(s))
+        gap = float(s[hi] - s[lo])
+        if np.isfinite(gap) and gap > min_gap:
+            out.append(PolicyPair(req.prompt, texts[hi], texts[lo], min(1.0, gap)))
+    return out
+
 
 def pairs_from_store(store, profile_id: str) -> list[PolicyPair]:
     """All of the person's rated pairs as PolicyPairs."""
@@ -102,6 +124,7 @@ def train_policy(
     prompts: Sequence[RolloutPrompt] | None = None,
     heldout: Sequence[RolloutPrompt] | None = None,
     pairs: Sequence[PolicyPair] | None = None,
+    served: Sequence[PolicyPair] | None = None,
     lora_cfg: LoraSettings | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     extra_config: dict[str, Any] | None = None,
@@ -115,8 +138,9 @@ def train_policy(
     rl/seconds (CPU) and rl/stop_reason (an index into budget.STOP_REASONS; config.json has the
     name); each step's series gets rl/heldout_reward when checked. With `pairs` (the person's
     rated pairs) and cfg.pref_pairs > 0, each update starts with a preference update
-    (reward.rl.preference) on up to cfg.pref_pairs of them, drawn afresh each time; its pref/*
-    metrics join the update's.
+    (reward.rl.preference) on up to cfg.pref_pairs of them, drawn afresh each time, together with
+    up to cfg.served_pairs of `served` (the reward model's best over worst of the person's
+    requests' drawn candidates, served_pairs); its pref/* metrics join the update's.
 
     The policy to train is, in order: `policy` (an in-memory Policy; pass its TrainerState as
     `state` to continue with its optimizer and KL coefficient), else the version `parent` (a ModelVersion or id) loaded onto `lm_model`, else the
@@ -161,9 +185,11 @@ def train_policy(
     budget.start(start_score := check())
     history = []
     pref_pool = list(pairs or []) if cfg.pref_pairs else []
+    served_pool = list(served or []) if cfg.served_pairs else []
     while budget.reason is None:
-        pref = (preference_update(policy, state, rng.sample(pref_pool, min(cfg.pref_pairs, len(pref_pool))), cfg)
-                if pref_pool else {})
+        batch = (rng.sample(pref_pool, min(cfg.pref_pairs, len(pref_pool)))
+                 + rng.sample(served_pool, min(cfg.served_pairs, len(served_pool))))
+        pref = preference_update(policy, state, batch, cfg) if batch else {}
         m = {**pref, **rl_step(policy, state, sample_prompts(pool, cfg.prompts_per_step, rng), reward_fn, cfg)}
         score = check()
         if score is not None:
