@@ -93,6 +93,8 @@ class LearningBenchConfig:
     """RLConfig.pref_pairs of the cells (DPO steps on the rater's own pairs before each RL update; 0: off)."""
     pref_beta: float = RLConfig.pref_beta
     """RLConfig.pref_beta of the cells."""
+    served_pairs: int = RLConfig.served_pairs
+    """RLConfig.served_pairs of the cells (the reward model's best over worst of served draws; 0: off)."""
     learner_seconds_per_rating: float = 5.0
     """Learner CPU-seconds per rating: a person reads and rates four candidates in ~20 s, a core's time."""
     heldout_samples: int = 4
@@ -231,7 +233,8 @@ def sim_config(cfg: LearningBenchConfig, seed: int, run: str, learner_overrides:
 
     learner = LearnerConfig(seed=seed, train_policy=run == "system", min_win_rate=cfg.min_win_rate,
                             publish_requires_gain=cfg.publish_requires_gain,
-                            rl=RLConfig(pref_pairs=cfg.pref_pairs, pref_beta=cfg.pref_beta))
+                            rl=RLConfig(pref_pairs=cfg.pref_pairs, pref_beta=cfg.pref_beta,
+                                          served_pairs=cfg.served_pairs))
     if learner_overrides is not None:
         learner = learner_overrides(learner)
     return SimConfig(budget=cfg.budget, k=cfg.k, max_new_tokens=cfg.max_new_tokens, heldout_samples=cfg.heldout_samples,

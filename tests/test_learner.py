@@ -18,6 +18,7 @@ from reward.loop.guards import (
     NonFiniteWatch,
     guard_kl,
     guard_length_hacking,
+    length_taste,
     guard_nonfinite,
     guard_reward_hacking,
     pearson,
@@ -80,6 +81,29 @@ def test_guard_length_hacking():
     assert guard_length_hacking(by_length, lengths, reward_gain=-0.1, cfg=cfg) is None  # reward not rising
     assert guard_length_hacking([0.1, 0.4, 0.3, 0.2], lengths, 0.2, cfg) is None  # corr 0.2
     assert guard_length_hacking(by_length[:3], lengths[:3], 0.2, cfg) is None  # too few samples
+
+
+def test_length_taste_counts_the_held_out_choices_that_follow_length():
+    pairs = [("a b", "a b c"), ("a", "a b c d"), ("a b c", "a b"), ("x y", "z w")]  # shorter, shorter, longer, same
+    assert length_taste(pairs, -1.0) == (pytest.approx(2 / 3), 3)
+    assert length_taste(pairs, +1.0) == (pytest.approx(1 / 3), 3)
+    assert length_taste([("a b", "c d")], -1.0) == (0.0, 0)
+
+
+def test_guard_length_hacking_spares_a_person_whose_own_choices_follow_length():
+    cfg = LearnerConfig(max_length_corr=0.9, min_length_corr_samples=4, min_agreement_pairs=4,
+                        length_taste_share=0.75)
+    lengths, shorter_better = [5, 10, 15, 20], [0.4, 0.3, 0.2, 0.1]  # corr -1: the reward wants short
+    short_wins = [("a b", "a b c d")] * 3 + [("a b c", "a b")]  # 3 of 4 chose the shorter: 0.75
+    assert guard_length_hacking(shorter_better, lengths, 0.2, cfg, feedback_pairs=short_wins) is None
+    # the person chose the longer text as often: the reward's length-following is its own shortcut
+    mixed = [("a b", "a b c d")] * 2 + [("a b c", "a b")] * 2
+    g = guard_length_hacking(shorter_better, lengths, 0.2, cfg, feedback_pairs=mixed)
+    assert g is not None and g.data["feedback_length_share"] == pytest.approx(0.5)
+    # the person wants length, but the reward follows it the other way: still fires
+    assert guard_length_hacking([0.1, 0.2, 0.3, 0.4], lengths, 0.2, cfg, feedback_pairs=short_wins) is not None
+    # too few held-out pairs of different length to call length their taste
+    assert guard_length_hacking(shorter_better, lengths, 0.2, cfg, feedback_pairs=short_wins[:3]) is not None
 
 
 def test_nonfinite_watch_sees_nan():

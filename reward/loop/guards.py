@@ -72,22 +72,44 @@ def guard_reward_hacking(
         )
     return None
 
+def length_taste(pairs: Sequence[tuple[str, str]], sign: float) -> tuple[float, int]:
+    """How far the person's own held-out choices follow length in the direction `sign` (> 0: the
+    longer text chosen, < 0: the shorter): (share of the pairs of different length in words whose
+    chosen text is longer (sign > 0) or shorter (sign < 0), how many such pairs). (0.0, 0) when no
+    pair differs in length."""
+    diffs = [len(c.split()) - len(r.split()) for c, r in pairs]
+    decided = [d for d in diffs if d != 0]
+    if not decided:
+        return 0.0, 0
+    agree = sum(1 for d in decided if (d > 0) == (sign > 0))
+    return agree / len(decided), len(decided)
+
+
 def guard_length_hacking(
     rm_scores: Sequence[float], lengths: Sequence[float], reward_gain: float, cfg: LearnerConfig,
-    action: str = "discard",
+    action: str = "discard", feedback_pairs: Sequence[tuple[str, str]] = (),
 ) -> GuardFiring | None:
-    """The learned reward is explained mostly by length (|corr| above the limit) while the reward rises."""
+    """The learned reward is explained mostly by length (|corr| above the limit) while the reward
+    rises, and the person's own held-out choices (`feedback_pairs`: (chosen, rejected)) do not
+    follow length the same way. When at least cfg.length_taste_share of those pairs (of
+    different length, at least cfg.min_agreement_pairs of them) chose the text the reward's sign
+    favours, length is the person's taste (a "shorter, please" writer), not the reward's shortcut."""
     if len(rm_scores) < cfg.min_length_corr_samples or reward_gain <= cfg.reward_gain_eps:
         return None
     r = pearson(rm_scores, lengths)
-    if abs(r) > cfg.max_length_corr:
-        return GuardFiring(
-            "length_hacking", action,
-            f"learned reward is explained by length (corr {r:+.2f}, limit {cfg.max_length_corr:.2f}) "
-            f"while the reward rose by {reward_gain:.3f}",
-            {"length_corr": r, "reward_gain": reward_gain},
-        )
-    return None
+    if abs(r) <= cfg.max_length_corr:
+        return None
+    share, n = length_taste(feedback_pairs, r)
+    if n >= cfg.min_agreement_pairs and share >= cfg.length_taste_share:
+        log.info("length guard: reward follows length (corr %+.2f) as the person's held-out choices do "
+                 "(%.2f of %d pairs): their taste, not hacking", r, share, n)
+        return None
+    return GuardFiring(
+        "length_hacking", action,
+        f"learned reward is explained by length (corr {r:+.2f}, limit {cfg.max_length_corr:.2f}) "
+        f"while the reward rose by {reward_gain:.3f}",
+        {"length_corr": r, "reward_gain": reward_gain, "feedback_length_share": share},
+    )
 
 class NonFiniteWatch:
     """Wraps a reward function; remembers whether it ever returned NaN/inf (the guard reads it)."""

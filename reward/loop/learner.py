@@ -307,7 +307,8 @@ class Learner:
             hack = guard_reward_hacking(le.reward, pe.reward, le.agreement, pe.agreement,
                                         cfg.reward_gain_eps, cfg.agreement_drop, action="rollback",
                                         n_pairs=len(pairs), min_pairs=cfg.min_agreement_pairs) or \
-                guard_length_hacking(le.rm_scores, le.lengths, le.reward - pe.reward, cfg, action="rollback")
+                guard_length_hacking(le.rm_scores, le.lengths, le.reward - pe.reward, cfg, action="rollback",
+                                     feedback_pairs=[(c, r) for _, c, r in pairs])
             if hack is not None:
                 hack.reason = f"live version {live.id}: {hack.reason}; rolled back to " + \
                     (f"version {parent.id}" if parent else "the base model")
@@ -390,7 +391,7 @@ class Learner:
             guard_reward_hacking(ce.reward, live_eval.reward, ce.agreement, live_eval.agreement,
                                  cfg.reward_gain_eps, cfg.agreement_drop, n_pairs=len(pairs),
                                  min_pairs=cfg.min_agreement_pairs),
-            guard_length_hacking(ce.rm_scores, ce.lengths, gain, cfg),
+            guard_length_hacking(ce.rm_scores, ce.lengths, gain, cfg, feedback_pairs=[(c, r) for _, c, r in pairs]),
         ):
             if g is not None:
                 self._guard_event(g, cand.id)
