@@ -73,7 +73,8 @@ class LearnerConfig:
     favours, length is their taste and the guard does not fire. Measured (benchmarks/learning.py,
     concise seed 0, session 10): without it the guard rolled back a published concise policy at 140
     ratings (corr -0.90) and discarded the next candidate (-0.93): the concise rater wants shorter
-    text, so its reward *should* follow length."""
+    text, so its reward *should* follow length. With it: policy alone 0.508 -> 0.710, whole system
+    0.711 -> 0.819 of decided held-out pairs against the base."""
     min_win_rate: float = 0.5
     """Publish only when the candidate beats the live version on at least this share of held-out
     samples (ties count half)."""

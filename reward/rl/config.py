@@ -94,7 +94,11 @@ class RLConfig:
     up to this many pairs of the reward model's best over its worst among the candidates one of
     the person's requests drew (shown and drawn-but-not-shown; reward.rl.train.served_pairs, none
     from the held-out requests): online iterative preference training on samples that cost
-    nothing, since they were drawn to serve the person. 0: off."""
+    nothing, since they were drawn to serve the person. 0: off. Measured (benchmarks/learning.py,
+    seed 0, 150 ratings, against session 9's cells without them): policy alone vs base, decided
+    pairs, firstperson 0.446 -> 0.670 [0.593, 0.747], alliteration 0.412 -> 0.528; whole system
+    0.575 -> 0.673 and 0.539 -> 0.569; concise, with and without them in the same session: policy
+    alone 0.537 -> 0.710, whole system 0.714 -> 0.819 (README, session 10)."""
     pref_beta: float = 0.1
     """DPO beta: the scale of the implicit reward beta * log(pi / ref)."""
     pref_epochs: int = 1
