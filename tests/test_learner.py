@@ -808,17 +808,16 @@ def test_rl_stops_when_the_heldout_reward_stops_rising(store, tmp_path, tiny_mod
     assert held and rolled_out and not held & set(rolled_out)
 
 
-def test_preference_steps_learn_from_the_rated_pairs_of_requests_not_held_out(store, tmp_path, tiny_model_dir,
-                                                                             embedder, monkeypatch):
-    """RLConfig.pref_pairs: each RL update starts with DPO steps on the person's own pairs, drawn
-    only from requests outside the held-out split (whose pairs measure agreement)."""
+def _cycle_seeing_preference_pairs(store, tmp_path, tiny_model_dir, embedder, monkeypatch, **rl):
+    """One learner cycle on rated ("a long ..." over "no ...") pairs with RLConfig overrides `rl`;
+    returns (learner, result, every PolicyPair the preference updates were given)."""
     import dataclasses
 
     from reward.rl import train as rl_train
 
     _rate_pairs(store, lambda i: (f"a long and complete reply {i}.", f"no {i}"))
     learner = _guarded_learner(store, tmp_path, tiny_model_dir, embedder, max_kl=1e6, rl_patience=0)
-    learner.cfg.rl = dataclasses.replace(learner.cfg.rl, pref_pairs=4, served_pairs=0)
+    learner.cfg.rl = dataclasses.replace(learner.cfg.rl, **rl)
     seen: list = []
     real = rl_train.preference_update
 
@@ -827,7 +826,15 @@ def test_preference_steps_learn_from_the_rated_pairs_of_requests_not_held_out(st
         return real(policy, state, pairs, cfg)
 
     monkeypatch.setattr(rl_train, "preference_update", spy)
-    res = learner.run_once()
+    return learner, learner.run_once(), seen
+
+
+def test_preference_steps_learn_from_the_rated_pairs_of_requests_not_held_out(store, tmp_path, tiny_model_dir,
+                                                                             embedder, monkeypatch):
+    """RLConfig.pref_pairs: each RL update starts with DPO steps on the person's own pairs, drawn
+    only from requests outside the held-out split (whose pairs measure agreement)."""
+    learner, res, seen = _cycle_seeing_preference_pairs(store, tmp_path, tiny_model_dir, embedder, monkeypatch,
+                                                         pref_pairs=4, served_pairs=0)
     v, series = _candidate(store, res)
     assert v.metrics["pref/pairs"] == 4 and len(series("pref/loss")) == 2  # one per RL update (rl_steps=2)
     _prompts, held_pairs, _n, train_pairs, _served = learner._heldout()
@@ -841,22 +848,8 @@ def test_served_pairs_come_from_the_reward_model_on_requests_not_held_out(store,
                                                                           monkeypatch):
     """RLConfig.served_pairs: the preference steps also learn the cycle's reward model's best over
     worst of the candidates the other requests drew (shown and unshown), never a held-out request's."""
-    import dataclasses
-
-    from reward.rl import train as rl_train
-
-    _rate_pairs(store, lambda i: (f"a long and complete reply {i}.", f"no {i}"))
-    learner = _guarded_learner(store, tmp_path, tiny_model_dir, embedder, max_kl=1e6, rl_patience=0)
-    learner.cfg.rl = dataclasses.replace(learner.cfg.rl, pref_pairs=0, served_pairs=3)
-    seen: list = []
-    real = rl_train.preference_update
-
-    def spy(policy, state, pairs, cfg):
-        seen.extend(pairs)
-        return real(policy, state, pairs, cfg)
-
-    monkeypatch.setattr(rl_train, "preference_update", spy)
-    res = learner.run_once()
+    learner, res, seen = _cycle_seeing_preference_pairs(store, tmp_path, tiny_model_dir, embedder, monkeypatch,
+                                                         pref_pairs=0, served_pairs=3)
     v, series = _candidate(store, res)
     assert v.metrics["pref/pairs"] == 3 and len(seen) == 6
     from reward.train import load_live_reward_model
