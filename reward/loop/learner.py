@@ -288,6 +288,7 @@ class Learner:
             return self._finish(CycleResult("reward", "reward model retrained; policy learning is off",
                                             metrics=metrics), upto)
         prompts, pairs, n_held, train_pairs, served = self._heldout(rm)
+        held_choices = [(c, r) for _, c, r in pairs]  # (chosen, rejected): what the length guard reads
         if not prompts:
             # finish (feedback counted as seen, phase idle): else every poll would retrain and
             # publish another reward model on the same feedback
@@ -308,7 +309,7 @@ class Learner:
                                         cfg.reward_gain_eps, cfg.agreement_drop, action="rollback",
                                         n_pairs=len(pairs), min_pairs=cfg.min_agreement_pairs) or \
                 guard_length_hacking(le.rm_scores, le.lengths, le.reward - pe.reward, cfg, action="rollback",
-                                     feedback_pairs=[(c, r) for _, c, r in pairs])
+                                     feedback_pairs=held_choices)
             if hack is not None:
                 hack.reason = f"live version {live.id}: {hack.reason}; rolled back to " + \
                     (f"version {parent.id}" if parent else "the base model")
@@ -391,7 +392,7 @@ class Learner:
             guard_reward_hacking(ce.reward, live_eval.reward, ce.agreement, live_eval.agreement,
                                  cfg.reward_gain_eps, cfg.agreement_drop, n_pairs=len(pairs),
                                  min_pairs=cfg.min_agreement_pairs),
-            guard_length_hacking(ce.rm_scores, ce.lengths, gain, cfg, feedback_pairs=[(c, r) for _, c, r in pairs]),
+            guard_length_hacking(ce.rm_scores, ce.lengths, gain, cfg, feedback_pairs=held_choices),
         ):
             if g is not None:
                 self._guard_event(g, cand.id)
