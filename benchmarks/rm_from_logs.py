@@ -61,6 +61,12 @@ VARIANTS = {
     "ensemble-4": {"ensemble": 4, "ensemble_anchor": False},
     "ensemble-4+pw-0.25": {"ensemble": 4, "ensemble_anchor": False, "pointwise_weight": 0.25},
     "ensemble-4-anchored": {"ensemble": 4, "ensemble_anchor": True},
+    "tie-1": {"tie_pick_weight": 1.0},
+    "tie-0.5": {"tie_pick_weight": 0.5},
+    "tie-0.25": {"tie_pick_weight": 0.25},
+    "tie-0": {"tie_pick_weight": 0.0},
+    "words": {"emb_features": ("s", "sc", "words")},
+    "words+tie-0.25": {"emb_features": ("s", "sc", "words"), "tie_pick_weight": 0.25},
 }
 """RewardTrainConfig overrides on top of the learner's (LearnerConfig().rm with ensemble 1)."""
 
@@ -165,10 +171,11 @@ def lamp_main(a) -> None:
                                            prompt="", policy_version=0, suggestions=g)
                 rate_suggestions(rater, {"mode": "imported", "text": LAMP_CONTEXT, "keywords": []},
                                  [s.id for s in req.suggestions], g, 10_000, store.add_feedback)
-            data = build_training_data(store.requests_with_feedback(profile))
+            groups = store.requests_with_feedback(profile)
             judge = make_rater(rater_name, seed=0)
             for v in variants:
-                model, _ = train_reward_model(data, dataclasses.replace(base, seed=seed, **VARIANTS[v]), embedder,
+                cfg = dataclasses.replace(base, seed=seed, **VARIANTS[v])
+                model, _ = train_reward_model(build_training_data(groups, cfg.tie_pick_weight), cfg, embedder,
                                               store, eval=RewardData())
                 per[v].append(measure(model, judge, test_reqs))
         for v in variants:
@@ -228,10 +235,12 @@ def main() -> None:
         reqs = {f"request:{g['request'].id}": g["request"] for g in groups}
         for g in groups:
             g["request"].suggestions = g["suggestions"]
-        data = build_training_data(groups)
+        # the folds (groups held out) are the same for every variant, whatever pairs it keeps
+        folds = [(tr.groups(), he.groups()) for tr, he in grouped_folds(build_training_data(groups), a.folds, seed=0)]
         for v in variants:
             cells = []
-            for fold, (train, held) in enumerate(grouped_folds(data, a.folds, seed=0)):
+            data = build_training_data(groups, dataclasses.replace(base, **VARIANTS[v]).tie_pick_weight)
+            for fold, (train, held) in enumerate((data.select(tr), data.select(he)) for tr, he in folds):
                 cfg = dataclasses.replace(base, seed=fold, **VARIANTS[v])
                 model, _ = train_reward_model(train, cfg, embedder, store, eval=held)
                 cells.append(measure(model, rater, [reqs[gid] for gid in held.groups()]))

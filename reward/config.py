@@ -52,6 +52,9 @@ class RewardTrainConfig:
     """Use the pairs' margins in the BT loss (stars: 0.25 per star of difference)."""
     pointwise_weight: float = 1.0
     """Weight of the pointwise (BCE on sigmoid(r)) term relative to the BT term."""
+    tie_pick_weight: float = 1.0
+    """Weight of the pair a best pick makes with a sibling the person gave the same stars (a
+    tie-break: noise when none of them has the person's taste; reward.feedback). 0 drops them."""
     eval_frac: float = 0.2
     """Fraction of groups held out when no explicit eval set is given (0 = no held-out metrics)."""
     point_pair_min_diff: float = 0.2
@@ -98,6 +101,8 @@ class RewardTrainConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.eval_frac < 1.0:
             raise ValueError(f"eval_frac must be in [0, 1), got {self.eval_frac}")
+        if not 0.0 <= self.tie_pick_weight <= 1.0:
+            raise ValueError(f"tie_pick_weight must be in [0, 1], got {self.tie_pick_weight}")
 
 
 # ----------------------------------------------------------------------------- metrics (the losses live in reward.losses)

@@ -8,7 +8,9 @@ kind       pairs (only within one request)                                 point
 =========  ==============================================================  ======================
 thumb      every "up" beats every "down" of the same request               up 1.0, down 0.0
 stars      s_i > s_j gives (i beats j) with margin (s_i - s_j) / 4         (s - 1) / 4
-best       the best suggestion beats every sibling                         --
+best       the best suggestion beats every sibling (with the stars' margin   --
+           when they agree; weight ``tie_pick_weight`` against a sibling
+           given the same stars)
 rank       all implied pairs of the ranking (best first); ties: no pair    --
 edit       the person's edited text beats the original suggestion, every   --
            sibling and every unshown sample of the request
@@ -25,6 +27,12 @@ Only within-request contrasts become pairs: two texts of one request share the c
 prompt and the policy that wrote them, so their difference is the person's taste and nothing else.
 The pointwise targets (stars as an absolute level) are the only signal across requests; the
 trainer weighs them by ``RewardTrainConfig.pointwise_weight``.
+
+A best pick among candidates the person gave the same stars is a finer judgement than the stars,
+but a weaker one: when none of them has what the person looks for (a sparse taste: most of a
+request's candidates get one star), the pick among them is close to a coin toss, and three of the
+request's pairs would be noise at full weight. ``build_training_data(tie_pick_weight=...)`` weighs
+those pairs (``RewardTrainConfig.tie_pick_weight``).
 
 Contradictory feedback on the same pair (e.g. thumbs say A > B, a later "best" says B) keeps the
 latest vote (highest feedback id). Each suggestion keeps only its latest pointwise target.
@@ -172,6 +180,7 @@ class _Vote:
     rejected: str
     margin: float
     source: str
+    weight: float = 1.0
 
 
 def _latest(items: Iterable[Any]) -> dict[int, Any]:
@@ -186,10 +195,11 @@ def _src(f: Any) -> str:
     return f"{f.kind}:{getattr(f, 'source', '') or ''}"
 
 
-def request_votes(suggestions: Sequence[Any], feedback: Sequence[Any], unshown: Sequence[str] = ()
-                  ) -> tuple[list[_Vote], dict[int, tuple[float, float, str]]]:
+def request_votes(suggestions: Sequence[Any], feedback: Sequence[Any], unshown: Sequence[str] = (),
+                  tie_pick_weight: float = 1.0) -> tuple[list[_Vote], dict[int, tuple[float, float, str]]]:
     """Pair votes and pointwise targets (suggestion id -> (order, target, source)) of one request.
-    ``unshown``: the request's other samples, drawn but not shown (edits and accepts beat them too)."""
+    ``unshown``: the request's other samples, drawn but not shown (edits and accepts beat them too).
+    ``tie_pick_weight``: the weight of a best pick over a sibling with the same stars (0: no pair)."""
     text = {s.id: s.text for s in suggestions}
     votes: list[_Vote] = []
     points: dict[int, tuple[float, float, str]] = {}
@@ -219,11 +229,20 @@ def request_votes(suggestions: Sequence[Any], feedback: Sequence[Any], unshown: 
                           _src(fa if fa.id > fb.id else fb))
                 )
 
-    # best: the best beats every sibling
+    # best: the best beats every sibling; where the stars agree their margin stands, and against a
+    # sibling with the same stars the pick is a tie-break, weighted tie_pick_weight
     for f in by_kind.get("best", []):
+        sb = stars.get(f.suggestion_id)
         for s in suggestions:
-            if s.id != f.suggestion_id:
-                votes.append(_Vote(f.id, text[f.suggestion_id], s.text, 0.0, _src(f)))
+            if s.id == f.suggestion_id:
+                continue
+            ss = stars.get(s.id)
+            diff = (sb.value - ss.value) if sb is not None and ss is not None else None
+            if diff == 0 and tie_pick_weight <= 0:
+                continue
+            votes.append(_Vote(f.id, text[f.suggestion_id], s.text,
+                               STAR_MARGIN_PER_STEP * diff if diff is not None and diff > 0 else 0.0, _src(f),
+                               tie_pick_weight if diff == 0 else 1.0))
 
     # rank: all implied pairs (an element may be a list of tied ids)
     for f in by_kind.get("rank", []):
@@ -262,17 +281,18 @@ def resolve_votes(votes: Iterable[_Vote]) -> list[_Vote]:
     return list(latest.values())
 
 
-def build_training_data(groups: Sequence[dict[str, Any]]) -> RewardData:
-    """``Store.requests_with_feedback(profile)`` output -> pairs and pointwise targets."""
+def build_training_data(groups: Sequence[dict[str, Any]], tie_pick_weight: float = 1.0) -> RewardData:
+    """``Store.requests_with_feedback(profile)`` output -> pairs and pointwise targets.
+    ``tie_pick_weight``: see request_votes (the learner passes ``RewardTrainConfig.tie_pick_weight``)."""
     data = RewardData()
     for g in groups:
         req = g["request"]
         ctx = context_of(req)
         group = f"request:{req.id}"
         suggestions = g.get("suggestions") or getattr(req, "suggestions", [])
-        votes, points = request_votes(suggestions, g["feedback"], unshown_of(req))
+        votes, points = request_votes(suggestions, g["feedback"], unshown_of(req), tie_pick_weight)
         for v in sorted(resolve_votes(votes), key=lambda v: v.order):
-            data.pairs.append(PreferencePair(ctx, v.chosen, v.rejected, v.margin, 1.0, group, v.source))
+            data.pairs.append(PreferencePair(ctx, v.chosen, v.rejected, v.margin, v.weight, group, v.source))
         text = {s.id: s.text for s in suggestions}
         for sid, (_order, target, source) in sorted(points.items()):
             data.points.append(PointwiseTarget(ctx, text[sid], target, 1.0, group, source))

@@ -463,7 +463,7 @@ def train_from_store(store: Any, profile_id: str, embedder: Any, cfg: RewardTrai
                      extra: RewardData | None = None, eval: RewardData | None = None, lm: Any = None,
                      lm_factory: Any = None):
     """Train on a profile's feedback (plus ``extra`` data, e.g. from --from files)."""
-    data = build_training_data(store.requests_with_feedback(profile_id))
+    data = build_training_data(store.requests_with_feedback(profile_id), cfg.tie_pick_weight)
     if extra is not None:
         data = data.extend(extra)
     model, metrics = train_reward_model(data, cfg, embedder, store, eval, lm=lm, lm_factory=lm_factory)

@@ -65,6 +65,30 @@ def test_best_beats_every_sibling():
     assert d.points == []
 
 
+def test_best_pick_after_stars_keeps_their_margin_and_weighs_a_tie_break():
+    # A 4 stars, B 2, C 4, D 2; the person picks C as best
+    r = _req(("A", "B", "C", "D"))  # ids 10..13
+    fb = [_fb(10, "stars", 4), _fb(11, "stars", 2), _fb(12, "stars", 4), _fb(13, "stars", 2), _fb(12, "best")]
+
+    def pairs(d):
+        return sorted((p.chosen, p.rejected, p.margin, p.weight) for p in d.pairs)
+
+    # C over B and D: the stars agree, their 2-star margin (0.5) stands; C over A (both 4 stars):
+    # a tie-break at full weight by default; A over B and D from the stars alone
+    full = [("A", "B", 0.5, 1.0), ("A", "D", 0.5, 1.0), ("C", "A", 0.0, 1.0), ("C", "B", 0.5, 1.0), ("C", "D", 0.5, 1.0)]
+    assert pairs(build_training_data([{"request": r, "suggestions": r.suggestions, "feedback": fb}])) == full
+    # tie_pick_weight weighs only the tie-break
+    half = build_training_data([{"request": r, "suggestions": r.suggestions, "feedback": fb}], tie_pick_weight=0.25)
+    assert pairs(half) == [x if x[:2] != ("C", "A") else ("C", "A", 0.0, 0.25) for x in full]
+    # 0 drops it
+    none = build_training_data([{"request": r, "suggestions": r.suggestions, "feedback": fb}], tie_pick_weight=0.0)
+    assert pairs(none) == [x for x in full if x[:2] != ("C", "A")]
+    # a best pick without stars is a full-weight pair against every sibling
+    d = build_training_data([{"request": r, "suggestions": r.suggestions, "feedback": [_fb(12, "best")]}],
+                            tie_pick_weight=0.25)
+    assert pairs(d) == [("C", "A", 0.0, 1.0), ("C", "B", 0.0, 1.0), ("C", "D", 0.0, 1.0)]
+
+
 def test_rank_gives_all_implied_pairs_and_ties_none():
     assert pairs_from_ranking([1, 2, 3]) == [(1, 2), (1, 3), (2, 3)]
     assert pairs_from_ranking([1, [2, 3], 4]) == [(1, 2), (1, 3), (1, 4), (2, 4), (3, 4)]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from reward.loop.config import LearnerConfig
-from reward.loop.evaluation import paired_win_rate
+from reward.loop.evaluation import paired_win_rate, weighted_agreement
 from reward.loop.guards import (
     NonFiniteWatch,
     guard_kl,
@@ -40,6 +40,17 @@ def test_pearson_by_hand():
 def test_win_rate_counts_ties_half():
     assert paired_win_rate([1.0, 2.0, 3.0, 0.0], [0.0, 2.0, 4.0, -1.0]) == pytest.approx((2 + 0.5) / 4)
     assert paired_win_rate([], []) == 0.5
+
+
+def test_weighted_agreement_by_hand():
+    # margins +1 (w 1), -2 (w 0.25), 0 (w 0.5), +3 (w 0.25): (1 + 0 + 0.25 + 0.25) / 2 = 0.75
+    assert weighted_agreement([1.0, -2.0, 0.0, 3.0], [1.0, 0.25, 0.5, 0.25]) == pytest.approx(0.75)
+    # every weight 1: the paired win-rate against zero
+    m = [1.0, -2.0, 0.0, 3.0]
+    assert weighted_agreement(m, [1.0] * 4) == pytest.approx(paired_win_rate(m, [0.0] * 4))
+    assert weighted_agreement([], []) == 0.5 and weighted_agreement([1.0], [0.0]) == 0.5
+    with pytest.raises(ValueError, match="weights"):
+        weighted_agreement([1.0, 2.0], [1.0])
 
 
 def test_guard_nonfinite():
@@ -839,7 +850,7 @@ def test_preference_steps_learn_from_the_rated_pairs_of_requests_not_held_out(st
     assert v.metrics["pref/pairs"] == 4 and len(series("pref/loss")) == 2  # one per RL update (rl_steps=2)
     _prompts, held_pairs, _n, train_pairs, _served = learner._heldout()
     assert held_pairs and train_pairs and len(seen) == 8
-    held = {(p, c, r) for p, c, r in held_pairs}
+    held = {(p, c, r) for p, c, r, _w in held_pairs}
     assert all((q.prompt_text, q.chosen, q.rejected) not in held for q in seen)
     assert all(q.chosen.startswith("a long") and q.rejected.startswith("no") for q in seen)
 

@@ -384,6 +384,8 @@ def test_ensemble_learns_round_trips_and_is_unsure_off_the_data(embedder, store,
     np.testing.assert_array_equal(live.score(ctx, txt), model.score(ctx, txt))
     with pytest.raises(ValueError, match="at least 1"):
         train_reward_model(train, RewardTrainConfig(ensemble=0), embedder, store, eval=held)
+    with pytest.raises(ValueError, match="tie_pick_weight"):
+        RewardTrainConfig(tie_pick_weight=1.5).validate()
 
 
 def test_anchored_ensemble_scores_with_the_full_head_and_keeps_the_bootstrap_spread(embedder, store, tmp_path):

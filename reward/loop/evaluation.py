@@ -24,6 +24,19 @@ def paired_win_rate(new: Sequence[float], old: Sequence[float]) -> float:
     return win_rate(*pairwise_outcomes(new, old))["win_rate"]
 
 
+def weighted_agreement(margins: Sequence[float], weights: Sequence[float]) -> float:
+    """Weighted share of held-out pairs whose margin is positive (a zero margin counts half):
+    sum_i w_i * (1[m_i > 0] + 1[m_i = 0] / 2) / sum_i w_i; 0.5 when the weights sum to zero.
+    With every weight 1 it is paired_win_rate(margins, 0)."""
+    m, w = np.asarray(margins, np.float64), np.asarray(weights, np.float64)
+    if m.shape != w.shape:
+        raise ValueError(f"{m.size} margins but {w.size} weights")
+    total = float(w.sum())
+    if total <= 0:
+        return 0.5
+    return float((w * ((m > 0) + 0.5 * (m == 0))).sum() / total)
+
+
 # ----------------------------------------------------------------------------- evaluation
 class LogpCache:
     """Sequence log-probs already computed, per version. A version's weights never change, so
@@ -75,7 +88,7 @@ class PolicyEval:
         return float(np.mean(self.rewards)) if self.rewards else 0.0
 
 def evaluate_policies(
-    model, tokenizer, adapter_dirs: dict[int, str | None], prompts: Sequence[Any], pairs: Sequence[tuple[str, str, str]],
+    model, tokenizer, adapter_dirs: dict[int, str | None], prompts: Sequence[Any], pairs: Sequence[tuple],
     reward_fn: Callable[..., Any], cfg: LearnerConfig, only: set[int] | None = None,
     kl_to: dict[int, int] | None = None, pause: Callable[[], object] | None = None,
     cache: LogpCache | None = None,
@@ -84,7 +97,8 @@ def evaluate_policies(
 
     model: a fresh base model (the adapters are attached to it here). adapter_dirs: version id ->
     adapter dir (None = the base model, id 0). prompts: RolloutPrompt. pairs: (prompt_text,
-    chosen, rejected) from held-out feedback. Reference for KL and agreement = the base model.
+    chosen, rejected[, weight]) from held-out feedback; agreement is weighted_agreement of the
+    implicit rewards' margins. Reference for KL and agreement = the base model.
     only: evaluate just these ids (the others are loaded as KL targets). kl_to: id -> id whose
     log-probs on the first one's samples give its step KL. Samples come from the one generation
     function (assistant.lm.generate.sample, with `pause` at every decode step), log-probs from
@@ -105,8 +119,8 @@ def evaluate_policies(
 
     rep_prompts = [p for p in prompts for _ in range(cfg.eval_samples)]
     prompt_texts = [p.prompt_text for p in rep_prompts]
-    pair_prompts = [p for p, _, _ in pairs]
-    chosen, rejected = [c for _, c, _ in pairs], [r for _, _, r in pairs]
+    pair_prompts, chosen, rejected = [p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs]
+    pair_weights = [float(p[3]) if len(p) > 3 else 1.0 for p in pairs]
     with use(0):
         ref_pair_c = cache.logprobs(runner, tokenizer, 0, pair_prompts, chosen)
         ref_pair_r = cache.logprobs(runner, tokenizer, 0, pair_prompts, rejected)
@@ -136,7 +150,7 @@ def evaluate_policies(
         total = np.asarray(getattr(rout, "total", rout), np.float64)
         rm = np.asarray(getattr(rout, "terms", {}).get("rm", total), np.float64)
         margins = [(pc - rc) - (pr - rr) for pc, rc, pr, rr in zip(pol_c, ref_pair_c, pol_r, ref_pair_r)]
-        agreement = paired_win_rate(margins, [0.0] * len(margins)) if margins else 0.5
+        agreement = weighted_agreement(margins, pair_weights)
         kl = float(np.mean(np.asarray(pol_samples) - np.asarray(ref_samples))) if texts else 0.0
         results[vid] = PolicyEval(
             version_id=vid, rewards=total.tolist(), rm_scores=rm.tolist(),

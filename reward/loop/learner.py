@@ -193,16 +193,16 @@ class Learner:
 
     def _heldout(self, rm: Any = None) -> tuple[list[Any], list[tuple[str, str, str]], int, list[PolicyPair],
                                                 list[PolicyPair]]:
-        """Held-out prompts (RolloutPrompt), preference pairs (prompt_text, chosen, rejected), how
+        """Held-out prompts (RolloutPrompt), preference pairs (prompt_text, chosen, rejected, weight), how
         many of the prompts (the first ones) are held-out requests (the rest top them up), and what
         the preference steps of RL may learn from: the other requests' rated pairs, and (with `rm`
         and RLConfig.served_pairs) the reward model's best over worst of their drawn candidates."""
 
         groups = self.store.requests_with_feedback(self.profile)
-        data = build_training_data(groups)
+        data = build_training_data(groups, self.cfg.rm.tie_pick_weight)
         train, held = split_by_group(data, self.cfg.heldout_frac, self.cfg.seed)
         by_id = {f"request:{g['request'].id}": g["request"] for g in groups}
-        pairs = [(q.prompt_text, q.chosen, q.rejected) for q in policy_pairs(groups, held)]
+        pairs = [(q.prompt_text, q.chosen, q.rejected, q.weight) for q in policy_pairs(groups, held)]
         train_pairs = policy_pairs(groups, train)
         served: list[PolicyPair] = []
         if rm is not None and self.cfg.rl.served_pairs:
@@ -288,7 +288,7 @@ class Learner:
             return self._finish(CycleResult("reward", "reward model retrained; policy learning is off",
                                             metrics=metrics), upto)
         prompts, pairs, n_held, train_pairs, served = self._heldout(rm)
-        held_choices = [(c, r) for _, c, r in pairs]  # (chosen, rejected): what the length guard reads
+        held_choices = [(p[1], p[2]) for p in pairs]  # (chosen, rejected): what the length guard reads
         if not prompts:
             # finish (feedback counted as seen, phase idle): else every poll would retrain and
             # publish another reward model on the same feedback

@@ -16,6 +16,7 @@ from torch import nn
 
 from assistant.lm.adapters import ADAPTER_SUBDIR
 from assistant.lm.config import MODES, LoraSettings
+from reward.config import RewardTrainConfig
 from reward.feedback import build_training_data, drawn_texts
 from reward.functions import RolloutPrompt
 from reward.rl.budget import Budget, StopRule
@@ -69,10 +70,12 @@ def served_pairs(requests: Sequence[Any], score: Callable[[Any, list[str]], Sequ
     return out
 
 
-def pairs_from_store(store, profile_id: str) -> list[PolicyPair]:
-    """All of the person's rated pairs as PolicyPairs."""
+def pairs_from_store(store, profile_id: str, tie_pick_weight: float = RewardTrainConfig.tie_pick_weight
+                     ) -> list[PolicyPair]:
+    """All of the person's rated pairs as PolicyPairs, weighted as the learner weighs them
+    (tie_pick_weight: reward.feedback)."""
     groups = store.requests_with_feedback(profile_id)
-    return policy_pairs(groups, build_training_data(groups))
+    return policy_pairs(groups, build_training_data(groups, tie_pick_weight))
 
 def sample_prompts(pool: Sequence[RolloutPrompt], n: int, rng: random.Random) -> list[RolloutPrompt]:
     """n prompts cycling through the modes present in the pool (so every mode is trained on),
