@@ -118,7 +118,10 @@ def publish_fresh_policy(services, data_dir: str) -> None:
                  writer=pol.save, publish=True)
 
 
-def warm(k: int, max_new_tokens: int, reps: int, threads: int | None, draws: list[int]):
+def warm(k: int, max_new_tokens: int, reps: int, threads: int | None, draws: list[int],
+         row_buckets: tuple[int, ...] | None = None):
+    """Warm rows (generate path) and the choice rows; with `row_buckets` the choice rows run on
+    the compiled fast decode path with those row buckets, as `inkloop serve` does."""
     from assistant.app.cli.common import build_services
 
     with tempfile.TemporaryDirectory() as d:
@@ -131,6 +134,8 @@ def warm(k: int, max_new_tokens: int, reps: int, threads: int | None, draws: lis
         choice_rows = []
         if draws:
             publish_reward_model(services, d)
+            if row_buckets:
+                compile_fast_path(services, k, draws, max_new_tokens, row_buckets)
             choice_rows = measure_choice(services, k, draws, max_new_tokens, reps)
         device = str(services.generator.device)
         services.store.close()
@@ -150,6 +155,26 @@ def publish_reward_model(services, data_dir: str) -> None:
     cfg = RewardTrainConfig(ensemble=4, shuffled_control=False, eval_frac=0.0)
     rm, metrics = train_from_store(services.store, services.default_profile, services.embedder, cfg)
     save_reward_version(services.store, data_dir, services.default_profile, rm, metrics, cfg)
+
+
+def compile_fast_path(services, k: int, draws: list[int], max_new_tokens: int, row_buckets: tuple[int, ...]) -> None:
+    """Attach the fast decode path (as serve does) and compile every (rows, length) bucket the
+    choice rows need: one pass of every row and mode queues them (that pass runs on generate),
+    then wait until the background compiles are done."""
+    from assistant.app.services import SuggestRequest
+    from assistant.lm.decode import DecodeSettings
+
+    fd = services.generator.start_fast_path(DecodeSettings(row_buckets=row_buckets, warmup=(),
+                                                           after_first_request=False, quiet_seconds=0.5))
+    t0 = time.perf_counter()
+    for n in [None, *draws]:
+        for fields in TEXTS.values():
+            services.suggest(SuggestRequest(**fields, k=k, max_new_tokens=max_new_tokens, seed=0,
+                                            choice=n is not None, draw=n))
+    fd.wait_idle()
+    failed = [r for r in fd.warm_log if not r.ok]
+    print(f"\n(fast path: {sum(r.ok for r in fd.warm_log)} buckets compiled in {time.perf_counter() - t0:.0f} s, "
+          f"row buckets {row_buckets}{'; FAILED: ' + str(failed) if failed else ''})")
 
 
 def measure_choice(services, k: int, draws: list[int], max_new_tokens: int, reps: int) -> list[dict]:
@@ -207,6 +232,9 @@ def main() -> None:
     ap.add_argument("--skip-cold", action="store_true")
     ap.add_argument("--skip-serve", action="store_true")
     ap.add_argument("--draws", default="8,12", help="N values for the reward-guided choice rows ('' skips them)")
+    ap.add_argument("--fast-path", default=None, metavar="ROWS",
+                    help="run the choice rows on the compiled fast decode path (as serve does) with these row "
+                         "buckets, e.g. 4,8,12,16 (default: generate, as the CLI does)")
     a = ap.parse_args()
     draws = [int(x) for x in a.draws.split(",") if x.strip()]
 
@@ -221,7 +249,8 @@ def main() -> None:
             ready, first = cold_serve(a.k, a.max_new_tokens, a.threads)
             print(f"| `inkloop serve` process start -> listening (UI + API) | {ready:.1f} |")
             print(f"| `inkloop serve` process start -> first K={a.k} suggestion answered | {first:.1f} |")
-    rows, choice_rows, device = warm(a.k, a.max_new_tokens, a.reps, a.threads, draws)
+    buckets = tuple(int(x) for x in a.fast_path.split(",")) if a.fast_path else None
+    rows, choice_rows, device = warm(a.k, a.max_new_tokens, a.reps, a.threads, draws, buckets)
     print(f"\n## warm: one request of K={a.k} x up to {a.max_new_tokens} new tokens ({device}, bundled SmolLM2-135M)")
     print("| policy | mode | median wall s | min s | max s | median CPU s | candidates | mean chars |")
     print("|---|---|---|---|---|---|---|---|")
@@ -231,7 +260,8 @@ def main() -> None:
     print("\n(CPU s = process CPU time of the request; with --threads 1 it approximates the wall time on an idle core)")
     if choice_rows:
         print(f"\n## reward-guided choice: K={a.k} shown, live LoRA policy + 4-head reward model, median over "
-              f"{a.reps} reps x 3 modes, interleaved")
+              f"{a.reps} reps x 3 modes, interleaved, "
+              + (f"fast decode path (row buckets {a.fast_path})" if a.fast_path else "generate path"))
         print("| request | median wall s | x K=4 wall | median CPU s | x K=4 CPU | distinct drawn |")
         print("|---|---|---|---|---|---|")
         for r in choice_rows:

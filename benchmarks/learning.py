@@ -61,6 +61,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 
 from reward.config import RewardTrainConfig  # noqa: E402
+from reward.features import parse_feature_blocks  # noqa: E402
 from reward.loop.config import LearnerConfig  # noqa: E402
 from reward.rl.config import RLConfig  # noqa: E402
 
@@ -99,6 +100,8 @@ class LearningBenchConfig:
     """RLConfig.served_pairs of the cells (the reward model's best over worst of served draws; 0: off)."""
     tie_pick_weight: float = RewardTrainConfig.tie_pick_weight
     """RewardTrainConfig.tie_pick_weight of the cells' learner (a best pick among equal stars)."""
+    emb_features: str = ",".join(RewardTrainConfig.emb_features)
+    """RewardTrainConfig.emb_features of the cells' learner, comma-separated (e.g. s,sc,words)."""
     learner_seconds_per_rating: float = 5.0
     """Learner CPU-seconds per rating: a person reads and rates four candidates in ~20 s, a core's time."""
     heldout_samples: int = 4
@@ -239,7 +242,8 @@ def sim_config(cfg: LearningBenchConfig, seed: int, run: str, learner_overrides:
                             publish_requires_gain=cfg.publish_requires_gain,
                             rl=RLConfig(pref_pairs=cfg.pref_pairs, pref_beta=cfg.pref_beta,
                                           served_pairs=cfg.served_pairs))
-    learner = dataclasses.replace(learner, rm=dataclasses.replace(learner.rm, tie_pick_weight=cfg.tie_pick_weight))
+    learner = dataclasses.replace(learner, rm=dataclasses.replace(
+        learner.rm, tie_pick_weight=cfg.tie_pick_weight, emb_features=parse_feature_blocks(cfg.emb_features)))
     if learner_overrides is not None:
         learner = learner_overrides(learner)
     return SimConfig(budget=cfg.budget, k=cfg.k, max_new_tokens=cfg.max_new_tokens, heldout_samples=cfg.heldout_samples,

@@ -436,7 +436,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cv-seed", type=int, default=0, help="seed of the CV fold assignment and bootstrap")
     ap.add_argument("--no-transfer", action="store_true", help="skip the transfer checks")
     ap.add_argument("--json", action="store_true", help="also print the results as JSON")
+    ap.add_argument("--emb-features", default=None,
+                    help="RewardTrainConfig.emb_features to measure instead of the default, e.g. s,sc,words")
     args = ap.parse_args(argv)
+
+    from dataclasses import replace
 
     import torch
 
@@ -455,14 +459,16 @@ def main(argv: list[str] | None = None) -> int:
     store = Store(args.cache_dir / "reward_bench.db")
     embedder = load_embedder(ModelSettings(device="cpu"))
     cfg = RewardTrainConfig(seed=args.seed, eval_frac=args.eval_frac)
+    if args.emb_features:
+        from reward.features import parse_feature_blocks
+
+        cfg = replace(cfg, emb_features=parse_feature_blocks(args.emb_features))
 
     sets = {
         "hh-rlhf harmless": load_hh(data_dir, args.max_hh, args.seed),
         "TL;DR batch 13": load_tldr(data_dir, args.max_tldr, args.seed),
         "LAMP-R (pointwise)": load_lamp(data_dir, args.max_lamp, args.seed),
     }
-    from dataclasses import replace
-
     def set_cfg(data):  # LAMP: evaluation pairs need a score gap of >= 2 points out of 9
         return cfg if data.pairs else replace(cfg, point_pair_min_diff=2 / 9)
 

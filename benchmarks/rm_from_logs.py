@@ -171,11 +171,11 @@ def lamp_main(a) -> None:
                                            prompt="", policy_version=0, suggestions=g)
                 rate_suggestions(rater, {"mode": "imported", "text": LAMP_CONTEXT, "keywords": []},
                                  [s.id for s in req.suggestions], g, 10_000, store.add_feedback)
-            groups = store.requests_with_feedback(profile)
+            log = store.requests_with_feedback(profile)
             judge = make_rater(rater_name, seed=0)
             for v in variants:
                 cfg = dataclasses.replace(base, seed=seed, **VARIANTS[v])
-                model, _ = train_reward_model(build_training_data(groups, cfg.tie_pick_weight), cfg, embedder,
+                model, _ = train_reward_model(build_training_data(log, cfg.tie_pick_weight), cfg, embedder,
                                               store, eval=RewardData())
                 per[v].append(measure(model, judge, test_reqs))
         for v in variants:

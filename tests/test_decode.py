@@ -313,7 +313,7 @@ def test_hot_swap_reuses_the_compiled_step(tiny_lm, tmp_path):
     live = {"v": None}
     g = Generator(model, tok, version_source=lambda _profile: live["v"])
     fd = g.start_fast_path(DecodeSettings(backend="eager", warmup=((4, 256),), after_first_request=False))
-    assert fd.wait_ready(model_key(g.model), 4, 256, timeout=120)
+    assert fd.wait_idle(timeout=120) and fd.ready(model_key(g.model), 4, 256)  # the queue drained: compiled
     p = build_prompt("continue", "The rain had not stopped.")
     gen = GenerationSettings(k=3, temperature=0.0, max_new_tokens=10, repetition_penalty=1.3)
     graphs = lambda: counters["stats"]["unique_graphs"]  # noqa: E731

@@ -507,6 +507,18 @@ class FastDecoder:
             time.sleep(0.05)
         return True
 
+    def wait_idle(self, timeout: float = 1800.0) -> bool:
+        """Block until no compile is queued or running (benchmarks: every bucket a warm pass asked
+        for is then ready, or failed and logged in warm_log). False on timeout."""
+        t0 = time.perf_counter()
+        while True:
+            with self._lock:
+                if not self._queued:
+                    return True
+            if time.perf_counter() - t0 > timeout:
+                return False
+            time.sleep(0.1)
+
     def _start_thread(self) -> None:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
