@@ -18,6 +18,10 @@ unanchored (the members' mean scores) or anchored (``ensemble_anchor``, the trai
 head fitted on all the ratings scores, the bootstrap heads give the spread around it). Measured
 with --from-lamp --seeds 0,1,2 (2026-12-01): mean true acc one head 0.699, 4-head unanchored
 0.675, anchored 0.710 (README: "Which reward-model settings learn a taste from 150 ratings").
+``tie-*`` weigh a best pick over a sibling with the same stars (RewardTrainConfig.tie_pick_weight);
+``words`` adds the hashed-words block. --from-lamp --seeds 0,1,2 (2026-12-07): true acc / pick gain
+tie-1 0.696 / +0.134, tie-0.5 0.705 / +0.134, tie-0.25 (the default now) 0.714 / +0.135, words
+0.710 / +0.145, words + tie-0.25 0.725 / +0.149.
 
 No LM is loaded (the texts are in the logs); embeddings are cached in each log's store.
 
