@@ -100,6 +100,8 @@ class LearningBenchConfig:
     """RLConfig.served_pairs of the cells (the reward model's best over worst of served draws; 0: off)."""
     tie_pick_weight: float = RewardTrainConfig.tie_pick_weight
     """RewardTrainConfig.tie_pick_weight of the cells' learner (a best pick among equal stars)."""
+    carry_cycles: int = LearnerConfig.carry_cycles
+    """LearnerConfig.carry_cycles of the cells (0: every cycle's RL starts from the live version)."""
     emb_features: str = ",".join(RewardTrainConfig.emb_features)
     """RewardTrainConfig.emb_features of the cells' learner, comma-separated (e.g. s,sc,words)."""
     learner_seconds_per_rating: float = 5.0
@@ -239,7 +241,7 @@ def sim_config(cfg: LearningBenchConfig, seed: int, run: str, learner_overrides:
     from reward.loop.config import SimConfig
 
     learner = LearnerConfig(seed=seed, train_policy=run == "system", min_win_rate=cfg.min_win_rate,
-                            publish_requires_gain=cfg.publish_requires_gain,
+                            publish_requires_gain=cfg.publish_requires_gain, carry_cycles=cfg.carry_cycles,
                             rl=RLConfig(pref_pairs=cfg.pref_pairs, pref_beta=cfg.pref_beta,
                                           served_pairs=cfg.served_pairs))
     learner = dataclasses.replace(learner, rm=dataclasses.replace(

@@ -913,6 +913,55 @@ def test_publish_can_require_a_heldout_gain_in_every_cycle(store, tmp_path, tiny
         assert res.outcome == "published", res
 
 
+def test_a_candidate_only_the_publish_rule_turned_down_carries_into_the_next_cycle(store, tmp_path, tiny_model_dir,
+                                                                                  embedder):
+    """LearnerConfig.carry_cycles: a candidate whose held-out reward does not beat the live
+    version's is discarded, but the next cycle's RL starts from its weights, for at most
+    carry_cycles cycles in a row; a publish drops them."""
+    import dataclasses
+
+    _rate_pairs(store, lambda i: (f"a long and complete reply {i}.", f"no {i}"))
+    learner = _guarded_learner(store, tmp_path, tiny_model_dir, embedder, max_kl=1e6, rl_patience=0,
+                               agreement_drop=1.0, max_length_corr=1.01, publish_requires_gain=True,
+                               min_win_rate=0.0, carry_cycles=1)
+    # a reward that never changes: no gain, so the publish rule turns every candidate down (the
+    # preference steps on the rated pairs still move the weights)
+    learner.reward_fn_factory = lambda rm: (lambda prompts, texts, extras=None: np.zeros(len(texts), np.float32))
+
+    def cycle(carried_in: int, carries: bool):
+        res = learner.run_once(force=True)
+        assert res.outcome == "discarded" and "does not beat the live version" in res.reason, res
+        assert res.metrics["learner/carried_cycles"] == carried_in
+        assert store.get_version(res.version_id).config["carried_cycles"] == carried_in
+        assert ("carry into the next cycle" in res.reason) == carries
+        assert store.events("default", kind="discard", limit=1)[0]["reason"] == res.reason
+        assert (learner.carried is not None) == carries
+
+    cycle(0, True)  # from the live version (here the base model); 1 cycle of RL: carried
+    assert learner.carried.cycles == 1 and learner.carried.live_id == 0
+    model, tok = learner.lm_factory()
+    policy, n = learner._start_policy(model, tok, None)  # the next cycle starts from exactly those weights
+    assert n == 1
+    for p, w in zip(policy.trainable_parameters(), learner.carried.weights):
+        assert torch.equal(p.detach(), w)
+    cycle(1, False)  # 2 cycles of RL > carry_cycles: the next one starts from the live version again
+    cycle(0, True)
+    learner.cfg = dataclasses.replace(learner.cfg, publish_requires_gain=False)
+    assert learner.run_once(force=True).outcome == "published"
+    assert learner.carried is None  # a publish drops them
+
+
+def test_carry_cycles_zero_always_starts_from_the_live_version(store, tmp_path, tiny_model_dir, embedder):
+    _rate_pairs(store, lambda i: (f"a long and complete reply {i}.", f"no {i}"))
+    learner = _guarded_learner(store, tmp_path, tiny_model_dir, embedder, max_kl=1e6, rl_patience=0,
+                               agreement_drop=1.0, max_length_corr=1.01, publish_requires_gain=True,
+                               min_win_rate=0.0, carry_cycles=0)
+    learner.reward_fn_factory = lambda rm: (lambda prompts, texts, extras=None: np.zeros(len(texts), np.float32))
+    res = learner.run_once(force=True)
+    assert res.outcome == "discarded" and res.metrics["learner/carried_cycles"] == 0
+    assert learner.carried is None and "carry" not in res.reason
+
+
 def test_rl_train_command_learns_from_the_rated_pairs_too(store, tmp_path, tiny_model_dir, capsys):
     """`inkloop rl train` on a profile with ratings: RL updates, each with its preference steps on
     the stored pairs (the learner's path, minus its held-out split), written as a version."""

@@ -86,6 +86,16 @@ class LearnerConfig:
     final policy alone lost to the base (0.395 [0.327, 0.465] of decided pairs; whole system
     0.624); with both, 2 of 8 were published, policy alone 0.454 [0.377, 0.534], whole system
     0.722 [0.665, 0.781] (README, "Learning within 150 ratings")."""
+    carry_cycles: int = 0
+    """A candidate that only the publish rule turned down (its held-out reward did not beat the live
+    version's, or its win-rate was below min_win_rate; no guard fired) is where the next cycle's RL
+    starts, instead of the live version, for up to this many cycles in a row. With a few CPU-seconds
+    per rating a cycle buys one or two updates, and a noisy comparison turns down about half of
+    them: carried, that work adds up until a candidate beats the live version, which is still the
+    only thing served and what each candidate is compared with (its step KL too). The carried
+    weights live in the learner's memory (a restart starts from the live version again); a guard
+    firing, a publish or a rollback drops them. 0 (the default until benchmarks/learning.py
+    shows it pays): every cycle starts from the live version."""
     recheck_live: bool = True
     """Re-evaluate the live version against its parent each cycle and roll back if it looks hacked."""
     eval_prompts: int = 8
@@ -124,6 +134,8 @@ class LearnerConfig:
             raise ValueError("RL needs a CPU-time budget per cycle (rl_seconds > 0) or a cap on its updates (rl_steps > 0)")
         if not 0 <= self.rl_kl_stop <= 1:
             raise ValueError("rl_kl_stop is a fraction of max_kl: between 0 (off) and 1")
+        if self.carry_cycles < 0:
+            raise ValueError("carry_cycles must be >= 0")
         if not 0.5 <= self.length_taste_share <= 1:
             raise ValueError("length_taste_share must be between 0.5 and 1 (1: only when every held-out pair follows length)")
 

@@ -45,7 +45,7 @@ from typing import Any, Callable
 
 import torch
 
-from assistant.lm.adapters import adapter_dir
+from assistant.lm.adapters import ADAPTER_SUBDIR, adapter_dir
 from reward.feedback import build_training_data, context_of
 from reward.functions import RewardFunction, RolloutPrompt, embed_with
 from reward.loop.config import LearnerConfig
@@ -60,6 +60,7 @@ from reward.loop.guards import (
     pearson,
 )
 from reward.rl.budget import StopRule, stop_reason
+from reward.rl.policy import Policy
 from reward.rl.preference import PolicyPair
 from reward.rl.step import TrainerState
 from reward.rl.train import policy_pairs, prompts_from_store, served_pairs, train_policy
@@ -84,6 +85,19 @@ PHASES = ("idle", "waiting", "reward", "recheck", "rl", "evaluate", "publish", "
 LMFactory = Callable[[], tuple[torch.nn.Module, Any]]
 
 """Returns a fresh (base model, tokenizer); RL and evaluation each wrap their own copy."""
+
+@dataclass
+class Carried:
+    """A candidate's trained weights that only the publish rule turned down: where the next cycle's
+    RL starts (LearnerConfig.carry_cycles)."""
+
+    live_id: int
+    """The live version its RL started from (0: the base model); only used while it is still live."""
+    weights: list[torch.Tensor]
+    """Policy.trainable_parameters() (LoRA and value head), in order."""
+    cycles: int
+    """Cycles of RL the weights hold since they left the live version."""
+
 
 @dataclass
 class CycleResult:
@@ -129,6 +143,10 @@ class Learner:
         """Held-out log-probs per version, kept between cycles (evaluation.LogpCache)."""
         self.ref_logp: dict[tuple[str, str, int], float] = {}
         """The reference's log-probs of rated replies, kept between cycles (TrainerState.ref_logp)."""
+        self.carried: Carried | None = None
+        """The last candidate only the publish rule turned down (LearnerConfig.carry_cycles)."""
+        self._trained: Carried | None = None
+        """This cycle's candidate's weights, until the cycle ends."""
 
     # ------------------------------------------------------------------ state
     def _state(self, phase: str, progress: float | None = None, message: str | None = None, **extra: Any) -> None:
@@ -247,17 +265,43 @@ class Learner:
         held = {p.prompt_text for p in heldout}
         pool = prompts_from_store(self.store, self.profile, self.cfg.rl.recent_requests)
         pool = [p for p in pool if p.prompt_text not in held] or pool
+        policy, carried = self._start_policy(model, tok, parent)
         t0 = time.process_time()
 
         def on_step(i: int, _m: dict[str, float]) -> None:
             progress((time.process_time() - t0) / rule.seconds if rule.seconds else (i + 1) / rule.steps)
 
-        return train_policy(self.store, self.data_dir, self.profile, model, tok, reward_fn, self._rl_config(lr_scale),
-                            rule, publish=False, parent=parent, prompts=pool, heldout=heldout, pairs=pairs,
-                            served=served,
-                            on_step=on_step,
-                            extra_config=dict(artifacts.LEARNER_CANDIDATE),  # for artifacts.abandon_candidates
-                            state=TrainerState(pause_point=self.pause, ref_logp=self.ref_logp))
+        version, metrics = train_policy(
+            self.store, self.data_dir, self.profile, model, tok, reward_fn, self._rl_config(lr_scale), rule,
+            publish=False, parent=parent, policy=policy, prompts=pool, heldout=heldout, pairs=pairs, served=served,
+            on_step=on_step,
+            extra_config={**artifacts.LEARNER_CANDIDATE,  # for artifacts.abandon_candidates
+                          "carried_cycles": carried},
+            state=TrainerState(pause_point=self.pause, ref_logp=self.ref_logp))
+        self._trained = Carried(parent.id if parent is not None else 0,
+                                [p.detach().clone() for p in policy.trainable_parameters()], carried + 1)
+        metrics["learner/carried_cycles"] = float(carried)
+        return version, metrics
+
+    def _start_policy(self, model: torch.nn.Module, tok: Any, parent: ModelVersion | None) -> tuple[Policy, int]:
+        """The policy RL trains this cycle: the live version `parent` (or a fresh LoRA on the base
+        model), with the carried candidate's weights copied in when they started from it. Returns
+        it and how many cycles of RL the weights already hold (0: none carried)."""
+        if parent is not None and Path(parent.path, ADAPTER_SUBDIR).exists():
+            policy = Policy.load(model, tok, parent.path)
+        else:
+            policy = Policy.from_base(model, tok)
+        c = self.carried
+        params = policy.trainable_parameters()
+        if c is None or c.live_id != (parent.id if parent is not None else 0):
+            return policy, 0
+        if len(c.weights) != len(params) or any(w.shape != p.shape for w, p in zip(c.weights, params)):
+            log.warning("carried weights do not fit the policy (its LoRA settings changed?): starting from the live version")
+            return policy, 0
+        with torch.no_grad():
+            for p, w in zip(params, c.weights):
+                p.copy_(w)
+        return policy, c.cycles
 
     def _rl_config(self, lr_scale: float = 1.0):
         """cfg.rl, with the learning rate scaled down when the KL guard retries smaller."""
@@ -402,14 +446,10 @@ class Learner:
         if (idle or cfg.publish_requires_gain) and gain <= cfg.reward_gain_eps:  # only a better policy replaces the live one
             reason = (f"{'idle cycle: ' if idle else ''}held-out reward {ce.reward:+.3f} does not beat the live "
                       f"version's {live_eval.reward:+.3f}")
-            self.store.add_event("discard", reason, self.profile, cand.id)
-            artifacts.discard_version(self.store, cand.id)
-            return self._finish(CycleResult("discarded", reason, cand.id, metrics, guards), upto)
+            return self._turned_down(reason, cand.id, metrics, guards, upto)
         if eval_metrics["eval/win_rate"] < cfg.min_win_rate:
             reason = f"win-rate {eval_metrics['eval/win_rate']:.2f} below {cfg.min_win_rate:.2f}"
-            self.store.add_event("discard", reason, self.profile, cand.id)
-            artifacts.discard_version(self.store, cand.id)
-            return self._finish(CycleResult("discarded", reason, cand.id, metrics, guards), upto)
+            return self._turned_down(reason, cand.id, metrics, guards, upto)
 
         # 6. publish --------------------------------------------------------------------------------
         self._state("publish", 0.95, f"publishing version {cand.id}")
@@ -421,6 +461,17 @@ class Learner:
         artifacts.prune_versions(self.store, self.profile, "policy", cfg.keep_versions)
         return self._finish(CycleResult("published", reason, cand.id, metrics, guards), upto)
 
+    def _turned_down(self, reason: str, cand_id: int, metrics: dict[str, float], guards: list[GuardFiring],
+                     upto: int) -> CycleResult:
+        """The publish rule (not a guard) turned the candidate down: discard the version; its
+        weights carry into the next cycle while they hold at most cfg.carry_cycles cycles of RL."""
+        carry = self._trained is not None and self._trained.cycles <= self.cfg.carry_cycles
+        if carry:
+            reason += f"; its weights ({self._trained.cycles} cycle(s) of RL) carry into the next cycle"
+        self.store.add_event("discard", reason, self.profile, cand_id)
+        artifacts.discard_version(self.store, cand_id)
+        return self._finish(CycleResult("discarded", reason, cand_id, metrics, guards), upto, carry=carry)
+
     def _restorable(self, version_id: int | None) -> ModelVersion | None:
         if not version_id:
             return None
@@ -430,7 +481,9 @@ class Learner:
             return None
         return v if artifacts.available(v) else None  # not discarded, abandoned or half-pruned
 
-    def _finish(self, res: CycleResult, upto: int) -> CycleResult:
+    def _finish(self, res: CycleResult, upto: int, carry: bool = False) -> CycleResult:
+        # the carried weights survive only a candidate the publish rule turned down (_turned_down)
+        self.carried, self._trained = (self._trained if carry else None), None
         m = res.metrics
         idle_left = float(self.metrics.get("learner/idle_left", 0)) - 1 if m.get("learner/idle_cycle") \
             else float(self.cfg.idle_cycles)
