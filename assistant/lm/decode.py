@@ -556,11 +556,12 @@ class FastDecoder:
             except Exception as e:  # noqa: BLE001 - the fallback keeps serving; logged and recorded
                 log.exception("fast decode: compiling rows=%s length=%s failed", rows, length)
                 rec = WarmRecord(rows, length, time.perf_counter() - t0, False, repr(e))
+            self.warm_log.append(rec)  # before it leaves _queued: wait_idle then sees every record
             with self._lock:
-                self._queued.discard((key, rows, length))
-            self.warm_log.append(rec)
-            if rec.error == "model changed during the compile" and model_key(model) == key:
-                self.request(key, model, rows, length)
+                if rec.error == "model changed during the compile" and model_key(model) == key:
+                    self._todo.put((key, model, rows, length))  # compile again; it stays queued
+                else:
+                    self._queued.discard((key, rows, length))
             log.info("fast decode: rows=%s length=%s ready=%s in %.1f s", rows, length, rec.ok, rec.seconds)
 
     def _compile(self, model: torch.nn.Module, rows: int, length: int) -> None:
