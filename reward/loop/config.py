@@ -94,8 +94,11 @@ class LearnerConfig:
     them: carried, that work adds up until a candidate beats the live version, which is still the
     only thing served and what each candidate is compared with (its step KL too). The carried
     weights live in the learner's memory (a restart starts from the live version again); a guard
-    firing, a publish or a rollback drops them. 0 (the default until benchmarks/learning.py
-    shows it pays): every cycle starts from the live version."""
+    firing, a publish or a rollback drops them. 0 (the default): every cycle starts from the live
+    version. Measured (benchmarks/learning.py, seed 0, 150 ratings, 2026-12-07, against the same
+    code with 0): concise whole system 0.803 -> 0.797, policy alone 0.716 -> 0.699 (no gain);
+    vivid 0.620 / 0.622 -> 0.356 [0.228, 0.488] / 0.324, KL to the base 0.14 -> 2.43: against a
+    reward model that knows the taste poorly, more RL drifts the policy the wrong way."""
     recheck_live: bool = True
     """Re-evaluate the live version against its parent each cycle and roll back if it looks hacked."""
     eval_prompts: int = 8
