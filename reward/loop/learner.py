@@ -209,8 +209,8 @@ class Learner:
         artifacts.prune_versions(self.store, self.profile, "reward", self.cfg.keep_versions)
         return rm, metrics
 
-    def _heldout(self, rm: Any = None) -> tuple[list[Any], list[tuple[str, str, str]], int, list[PolicyPair],
-                                                list[PolicyPair]]:
+    def _heldout(self, rm: Any = None) -> tuple[list[Any], list[tuple[str, str, str, float]], int,
+                                                list[PolicyPair], list[PolicyPair]]:
         """Held-out prompts (RolloutPrompt), preference pairs (prompt_text, chosen, rejected, weight), how
         many of the prompts (the first ones) are held-out requests (the rest top them up), and what
         the preference steps of RL may learn from: the other requests' rated pairs, and (with `rm`
