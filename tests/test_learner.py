@@ -707,7 +707,7 @@ def test_kl_guard_shrinks_and_retries_then_discards(store, tmp_path, tiny_model_
     rate) and retried, the retry is discarded; both are recorded as guard events, nothing is live."""
     _rate_pairs(store, lambda i: (f"a long and complete reply {i}.", f"no {i}"))
     # the RL's own KL stop is off: the guard, not the stop rule, is what this test is about
-    learner = _guarded_learner(store, tmp_path, tiny_model_dir, embedder, max_kl=-1.0, kl_retries=1, rl_kl_stop=0.0)
+    learner = _guarded_learner(store, tmp_path, tiny_model_dir, embedder, max_kl=-1e9, kl_retries=1, rl_kl_stop=0.0)
     res = learner.run_once()
     assert res.outcome == "discarded"
     assert [(g.guard, g.action) for g in res.guards] == [("kl", "shrink"), ("kl", "discard")]
