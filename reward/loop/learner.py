@@ -45,7 +45,7 @@ from typing import Any, Callable
 
 import torch
 
-from assistant.lm.adapters import ADAPTER_SUBDIR, adapter_dir
+from assistant.lm.adapters import adapter_dir
 from reward.feedback import build_training_data, context_of
 from reward.functions import RewardFunction, RolloutPrompt, embed_with
 from reward.loop.config import LearnerConfig
@@ -63,7 +63,7 @@ from reward.rl.budget import StopRule, stop_reason
 from reward.rl.policy import Policy
 from reward.rl.preference import PolicyPair
 from reward.rl.step import TrainerState
-from reward.rl.train import policy_pairs, prompts_from_store, served_pairs, train_policy
+from reward.rl.train import policy_of, policy_pairs, prompts_from_store, served_pairs, train_policy
 from reward.select import ChoiceConfig, conservative, member_scores
 from reward.train import (
     load_live_reward_model,
@@ -278,8 +278,9 @@ class Learner:
             extra_config={**artifacts.LEARNER_CANDIDATE,  # for artifacts.abandon_candidates
                           "carried_cycles": carried},
             state=TrainerState(pause_point=self.pause, ref_logp=self.ref_logp))
-        self._trained = Carried(parent.id if parent is not None else 0,
-                                [p.detach().clone() for p in policy.trainable_parameters()], carried + 1)
+        if self.cfg.carry_cycles:  # keep the weights only when they may carry
+            self._trained = Carried(parent.id if parent is not None else 0,
+                                    [p.detach().clone() for p in policy.trainable_parameters()], carried + 1)
         metrics["learner/carried_cycles"] = float(carried)
         return version, metrics
 
@@ -287,14 +288,11 @@ class Learner:
         """The policy RL trains this cycle: the live version `parent` (or a fresh LoRA on the base
         model), with the carried candidate's weights copied in when they started from it. Returns
         it and how many cycles of RL the weights already hold (0: none carried)."""
-        if parent is not None and Path(parent.path, ADAPTER_SUBDIR).exists():
-            policy = Policy.load(model, tok, parent.path)
-        else:
-            policy = Policy.from_base(model, tok)
+        policy = policy_of(model, tok, parent)
         c = self.carried
-        params = policy.trainable_parameters()
         if c is None or c.live_id != (parent.id if parent is not None else 0):
             return policy, 0
+        params = policy.trainable_parameters()
         if len(c.weights) != len(params) or any(w.shape != p.shape for w, p in zip(c.weights, params)):
             log.warning("carried weights do not fit the policy (its LoRA settings changed?): starting from the live version")
             return policy, 0

@@ -77,6 +77,20 @@ def pairs_from_store(store, profile_id: str, tie_pick_weight: float = RewardTrai
     groups = store.requests_with_feedback(profile_id)
     return policy_pairs(groups, build_training_data(groups, tie_pick_weight))
 
+def has_adapter(version: ModelVersion) -> bool:
+    """The version's directory holds a policy adapter (else it trains from the base model)."""
+    return Path(version.path, ADAPTER_SUBDIR).exists()
+
+
+def policy_of(lm_model: nn.Module, tokenizer, version: ModelVersion | None,
+              lora_cfg: LoraSettings | None = None) -> Policy:
+    """A trainable Policy on the clean base model `lm_model`: `version`'s adapter and value head,
+    or a fresh LoRA when there is no version or it holds no adapter."""
+    if version is not None and has_adapter(version):
+        return Policy.load(lm_model, tokenizer, version.path, lora_cfg)
+    return Policy.from_base(lm_model, tokenizer, lora_cfg)
+
+
 def sample_prompts(pool: Sequence[RolloutPrompt], n: int, rng: random.Random) -> list[RolloutPrompt]:
     """n prompts cycling through the modes present in the pool (so every mode is trained on),
     a random request within each mode."""
@@ -167,11 +181,9 @@ def train_policy(
         if lm_model is None:
             raise ValueError("train_policy needs lm_model or policy")
         src = store.get_version(int(parent_id)) if parent_id is not None else store.live_version(profile_id, "policy")
-        if src is not None and Path(src.path, ADAPTER_SUBDIR).exists():
-            policy = Policy.load(lm_model, tokenizer, src.path, lora_cfg)
+        policy = policy_of(lm_model, tokenizer, src, lora_cfg)
+        if src is not None and has_adapter(src):
             parent_id = src.id
-        else:
-            policy = Policy.from_base(lm_model, tokenizer, lora_cfg)
     pool = list(prompts) if prompts is not None else prompts_from_store(store, profile_id, cfg.recent_requests)
     state = state if state is not None else TrainerState()
     rng = random.Random(cfg.seed)
