@@ -26,7 +26,10 @@ model (drawn before any rating, same seeds), judged by the rater's hidden utilit
 (a separate judge seed); equal utilities are ties. Reported: wins / ties / losses, win-rate over the
 decided pairs W/(W+L), (W + T/2)/N, and the mean gain in hidden utility, each with a 95% bootstrap
 interval that resamples prompts (and seeds, pooled); plus the mean stars shown in the first 16
-requests against the last 16, and the share of the base's held-out suggestions the rater gives any
+requests against the last 16 and, since those compare different prompts, a stars control: the base
+model is asked the very same first and last 16 requests (prompt and seed; ``--stars-control``) and
+the rater's expected stars (noise averaged out) of what was shown are set against the base's on
+the same requests; and the share of the base's held-out suggestions the rater gives any
 utility at all (how often the base shows the taste).
 
 Cells are saved as JSON under ``--out`` as they finish; ``--report`` prints the table from whatever
@@ -104,6 +107,9 @@ class LearningBenchConfig:
     """LearnerConfig.carry_cycles of the cells (0: every cycle's RL starts from the live version)."""
     emb_features: str = ",".join(RewardTrainConfig.emb_features)
     """RewardTrainConfig.emb_features of the cells' learner, comma-separated (e.g. s,sc,words)."""
+    stars_control: int = 16
+    """Requests at each end of a run (the first and the last N) that the base model is also asked,
+    same prompt and seed, for the stars control (0: skip it; it costs 2N base requests)."""
     learner_seconds_per_rating: float = 5.0
     """Learner CPU-seconds per rating: a person reads and rates four candidates in ~20 s, a core's time."""
     heldout_samples: int = 4
@@ -178,6 +184,25 @@ def judge(rater_name: str, seed: int, prompts: Sequence[Any], system: Sequence[S
             gains.append(j.utility(a, f) - j.utility(b, f))
             clusters.append((seed, pi))
     return outcomes, gains, clusters
+
+
+def stars_control(requests: Sequence[dict[str, Any]], rater: Any, base_texts: Callable[[dict[str, Any]], list[str]],
+                  n: int = 16) -> dict[str, float]:
+    """The shown stars of the first and last n requests against what the base model shows for the
+    very same requests (prompt and seed), both as the rater's expected stars (Rater.expected_stars:
+    the star noise averaged out). ``last_shown - last_base`` is what the loop adds by its end with
+    the prompt mix held fixed; first -> last of the shown stars alone also moves with the prompts.
+    ``base_texts(request)`` gives the base model's suggestions for one recorded request."""
+    from reward.eval.prompts import EvalPrompt
+
+    def mean_expected(reqs: Sequence[dict[str, Any]], texts_of: Callable[[dict[str, Any]], list[str]]) -> float:
+        vals = [float(np.mean(rater.expected_stars(t, EvalPrompt(**r["prompt"]).fields())))
+                for r in reqs if (t := texts_of(r))]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    first, last = list(requests[:n]), list(requests[-n:])
+    return {"first_shown": mean_expected(first, lambda r: r["texts"]), "first_base": mean_expected(first, base_texts),
+            "last_shown": mean_expected(last, lambda r: r["texts"]), "last_base": mean_expected(last, base_texts)}
 
 
 def first_last_stars(curve: Sequence[Sequence[float]], n: int = 16) -> tuple[float, float]:
@@ -261,6 +286,7 @@ def run_cell(cfg: LearningBenchConfig, rater: str, seed: int, run: str, model, t
     from assistant.app.services import Services
     from assistant.app.simulation import ServicesAssistant
     from assistant.lm.library import Library
+    from reward.eval.prompts import EvalPrompt
     from reward.eval.raters import make_rater
     from reward.loop.learner import Learner
     from reward.loop.simulate import simulate
@@ -287,6 +313,16 @@ def run_cell(cfg: LearningBenchConfig, rater: str, seed: int, run: str, model, t
         cache_file = base_cache_file(out_dir, model_name)
         load_base_cache(cache_file)
         res = simulate(person, learner, make_rater(rater, seed=seed), sim, progress=progress, base_heldout=base_texts)
+        control = None
+        if cfg.stars_control > 0:
+            # a profile with no versions and no reward model: the base model, K drawn and shown
+            base_person = ServicesAssistant(services, "stars-control", sim.max_new_tokens, sim.temperature)
+
+            def base_of(r: dict[str, Any]) -> list[str]:
+                return base_person.suggest(EvalPrompt(**r["prompt"]), cfg.k, seed=r["seed"], variety=sim.variety,
+                                           record=False, choice=False).texts
+
+            control = stars_control(res.requests, make_rater(rater, seed=seed), base_of, cfg.stars_control)
         save_base_cache(cache_file)
         if base_texts is None:
             base_file.write_text(json.dumps(res.heldout["base"]))
@@ -300,7 +336,7 @@ def run_cell(cfg: LearningBenchConfig, rater: str, seed: int, run: str, model, t
             "config": asdict(cfg), "budget": res.ratings, "heldout": res.heldout,
             "heldout_prompts": [asdict(p) for p in held], "stars": res.curves["sim/stars"],
             "cycles": res.cycles, "published": res.policy_versions, "learner_cpu_s": res.learner_cpu_s,
-            "postponed": res.postponed, "kl": res.kl}
+            "postponed": res.postponed, "kl": res.kl, "requests": res.requests, "stars_control": control}
     (out_dir / f"cell-{rater}-{run}-s{seed}.json").write_text(json.dumps(cell, default=float))
     return cell
 
@@ -333,6 +369,9 @@ def table_rows(cells: Sequence[dict[str, Any]], n_boot: int = 2000) -> list[dict
                 us = [r.utility(t, p.fields()) for p, ts in zip(prompts, c["heldout"]["base"]) for t in ts]
                 base_pos.append(float(np.mean(np.array(us) > 0)) if us else float("nan"))
             s = summarise(*pooled, n_boot=n_boot, seed=0)
+            ctrl = [c["stars_control"] for c in group if c.get("stars_control")]
+            s.update({f"ctrl_{k}": float(np.mean([x[k] for x in ctrl])) if ctrl else float("nan")
+                      for k in ("first_shown", "first_base", "last_shown", "last_base")})
             rows.append({"rater": rater, "row": label, "seeds": seeds, **s,
                          "stars_first16": float(np.mean(firsts)), "stars_last16": float(np.mean(lasts)),
                          "base_nonzero": float(np.mean(base_pos)), "budget": group[0]["budget"],
@@ -345,15 +384,17 @@ def table_rows(cells: Sequence[dict[str, Any]], n_boot: int = 2000) -> list[dict
 
 def print_table(rows: Sequence[dict[str, Any]]) -> None:
     print("| rater | row | seeds | ratings | W / T / L | win-rate decided [95% CI] | (W+T/2)/N [95% CI] "
-          "| utility gain [95% CI] | stars first 16 -> last 16 | base u>0 | cycles (published, postponed) "
-          "| learner CPU s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| utility gain [95% CI] | stars first 16 -> last 16 | expected stars, last 16: shown / base "
+          "(first 16) | base u>0 | cycles (published, postponed) | learner CPU s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['rater']} | {r['row']} | {','.join(map(str, r['seeds']))} | {r['budget']} | "
               f"{r['wins']} / {r['ties']} / {r['losses']} | {r['decided']:.3f} [{r['decided_lo']:.3f}, "
               f"{r['decided_hi']:.3f}] | {r['half']:.3f} [{r['half_lo']:.3f}, {r['half_hi']:.3f}] | "
               f"{r['gain']:+.3f} [{r['gain_lo']:+.3f}, {r['gain_hi']:+.3f}] | {r['stars_first16']:.2f} -> "
-              f"{r['stars_last16']:.2f} | {r['base_nonzero']:.2f} | {r['cycles']:.0f} ({r['published']:.0f}, "
+              f"{r['stars_last16']:.2f} | {r['ctrl_last_shown']:.2f} / {r['ctrl_last_base']:.2f} "
+              f"({r['ctrl_first_shown']:.2f} / {r['ctrl_first_base']:.2f}) | "
+              f"{r['base_nonzero']:.2f} | {r['cycles']:.0f} ({r['published']:.0f}, "
               f"{r['postponed']:.0f}) | {r['learner_cpu_s']:.0f} |")
 
 

@@ -52,6 +52,25 @@ def test_first_last_stars_by_hand():
     assert f == pytest.approx(np.mean([1, 2, 3, 4])) and last == pytest.approx(np.mean([2, 3, 4, 5]))
 
 
+def test_stars_control_by_hand():
+    """Expected stars of the first and last n requests, shown against the base on the same requests."""
+    from reward.eval.raters import make_rater
+
+    L = _bench()
+    r = make_rater("concise")
+    e0, e1 = r.expected_stars(["", "one two three four"], {})  # utility 0 and 1
+    prompt = {"mode": "continue", "text": "x"}
+    good, bad = "one two three four", ""
+    reqs = [{"prompt": prompt, "seed": i, "texts": [bad, bad] if i < 2 else [good, bad]} for i in range(5)]
+    base = {i: [bad, bad] for i in range(5)}
+    base[0] = [good, good]
+    c = L.stars_control(reqs, r, lambda q: base[q["seed"]], n=2)
+    assert c["first_shown"] == pytest.approx(e0)
+    assert c["first_base"] == pytest.approx((e1 + e0) / 2)  # request 0: base all good; request 1: all bad
+    assert c["last_shown"] == pytest.approx((e0 + e1) / 2)  # requests 3, 4: one good of two each
+    assert c["last_base"] == pytest.approx(e0)
+
+
 def test_learning_benchmark_core_on_the_tiny_model(tiny_tokenizer, embedder, tmp_path, one_thread):
     from assistant.lm.tiny import build_tiny_lm
     from reward.config import RewardTrainConfig
@@ -61,7 +80,7 @@ def test_learning_benchmark_core_on_the_tiny_model(tiny_tokenizer, embedder, tmp
     t0 = time.perf_counter()
     cfg = L.LearningBenchConfig(raters=("concise",), seeds=(0,), budget=8, k=2, draw=4, heldout_limit=3,
                                 heldout_samples=2, max_new_tokens=8, n_boot=100, out=str(tmp_path),
-                                learner_seconds_per_rating=1000.0)
+                                learner_seconds_per_rating=1000.0, stars_control=1)
 
     def small(learner):
         learner.min_new_feedback, learner.rl_steps, learner.eval_prompts, learner.eval_samples = 5, 1, 2, 1
@@ -86,6 +105,16 @@ def test_learning_benchmark_core_on_the_tiny_model(tiny_tokenizer, embedder, tmp
     assert system["heldout"]["base"] == choice["heldout"]["base"]
     assert choice["heldout"]["final_policy"] == choice["heldout"]["base"]  # no policy: the base itself
     assert L.BASE_CACHE  # the base model's seeded requests were remembered for the next cell
+    for c in cells:  # every rated request is recorded, and the base was asked the same requests
+        assert sum(len(q["stars"]) for q in c["requests"]) == 8
+        assert all(q["texts"] and isinstance(q["seed"], int) for q in c["requests"])
+        ctrl = c["stars_control"]
+        assert set(ctrl) == {"first_shown", "first_base", "last_shown", "last_base"}
+        assert all(1.0 <= v <= 5.0 for v in ctrl.values())
+        # the first request, before any policy or reward model, is the base model's: the control
+        # asked the same request (prompt, seed) and got the same texts
+        assert c["requests"][0]["policy_version"] == 0
+        assert ctrl["first_shown"] == pytest.approx(ctrl["first_base"])
     rows = L.table_rows(L.load_cells(tmp_path), n_boot=100)
     assert [r["row"] for r in rows] == ["whole system", "policy alone", "choice alone"]
     for r in rows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from reward.eval.raters import (
@@ -39,3 +40,18 @@ def test_alliteration_counts_neighbouring_long_words_with_one_initial():
 def test_new_raters_are_registered():
     for name in ("dialogue", "firstperson", "alliteration"):
         assert name in RATERS and make_rater(name).name == name
+
+
+def test_expected_stars_by_hand_and_against_sampling():
+    from reward.eval.raters import make_rater
+
+    r = make_rater("concise", noise=0.5)
+    # "" has utility 0: E = 1 + P(N >= 0.5) + P(N >= 1.5) + ... = 1 + Phi(-1) + Phi(-3) + ... = 1.16000
+    # "one two three four" has utility 1: mirrored, 5 - 0.16000
+    e = r.expected_stars(["", "one two three four"], {})
+    assert e == pytest.approx([1.16000, 4.84000], abs=1e-5)
+    assert r.expected_stars([], {}).shape == (0,)
+    # it is the mean of what stars() draws
+    text = "A short line with a few more words than eight. Then a much longer sentence follows here."
+    draws = [r.stars([text], {})[0] for _ in range(4000)]
+    assert np.mean(draws) == pytest.approx(r.expected_stars([text], {})[0], abs=0.05)

@@ -101,6 +101,10 @@ class SimResult:
     """Process CPU seconds the learner's cycles took in all."""
     postponed: int = 0
     """Due learner cycles postponed because the learner had spent more than it earned."""
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    """Each rated request in order: the prompt (EvalPrompt fields), its sampling seed, the policy
+    version that answered, the texts shown and their stars (so a benchmark can ask the base model
+    the same requests: benchmarks/learning.py's stars control)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,12 +164,14 @@ def simulate(assistant: Assistant, learner: Learner, rater: Rater, cfg: SimConfi
     ratings, cycles, published, order, empty_in_a_row = 0, [], [], [], 0
     earned = spent = 0.0  # the learner's CPU-seconds (learner_seconds_per_rating)
     postponed = 0
+    requests: list[dict[str, Any]] = []
     while ratings < cfg.budget:
         if not order:
             order = interleave_modes(train, rng)
         p = order.pop(0)
         # 1. the person asks; the live policy answers through the app's real path
-        shown = assistant.suggest(p, cfg.k, seed=rng.randrange(1 << 30), variety=cfg.variety)
+        seed = rng.randrange(1 << 30)
+        shown = assistant.suggest(p, cfg.k, seed=seed, variety=cfg.variety)
         if not shown.texts:
             empty_in_a_row += 1
             if empty_in_a_row >= 20:
@@ -178,6 +184,8 @@ def simulate(assistant: Assistant, learner: Learner, rater: Rater, cfg: SimConfi
         earned += cfg.learner_seconds_per_rating * len(stars)
         curves["sim/stars"].append((ratings, float(np.mean(stars))))
         curves["sim/utility"].append((ratings, float(np.mean(rater.utilities(shown.texts, p.fields())))))
+        requests.append({"prompt": asdict(p), "seed": seed, "policy_version": shown.policy_version,
+                         "texts": list(shown.texts), "stars": list(stars)})
         say(f"  {ratings}/{cfg.budget} ratings: stars {stars} (policy v{shown.policy_version})")
         # 3. the learner, by its own rule (and once more at the end of the budget)
         due = learner.new_feedback() >= learner.cfg.min_new_feedback
@@ -228,7 +236,7 @@ def simulate(assistant: Assistant, learner: Learner, rater: Rater, cfg: SimConfi
         n_pairs=int(wr["n"]), kl=kl, seconds=time.perf_counter() - t0, curves=curves, cycles=cycles,
         policy_versions=published, examples=examples, config=asdict(cfg),
         heldout={"base": base_held, "final": final_held, "final_policy": policy_held},
-        learner_cpu_s=spent, postponed=postponed,
+        learner_cpu_s=spent, postponed=postponed, requests=requests,
     )
     learner.store.log_metrics(live.id if live else None, {
         "eval/sim_win_rate": result.win_rate, "eval/sim_win_ci_low": result.ci_low,
