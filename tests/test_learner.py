@@ -24,6 +24,7 @@ from reward.loop.guards import (
     pearson,
 )
 from reward.loop.learner import send_command
+from reward.rl.preference import PolicyPair
 
 
 # ----------------------------------------------------------------------------- pure guards
@@ -582,7 +583,8 @@ def test_evaluate_policies_kl_and_agreement(tmp_path, tiny_model_dir):
 
     prompts = [RolloutPrompt(prompt_text=f"<|im_start|>user\n{t}<|im_end|>\n<|im_start|>assistant\n", mode="continue",
                              context=t, source_text=t) for t in TEXTS[:2]]
-    pairs = [(prompts[0].prompt_text, "The river rose.", "no"), (prompts[1].prompt_text, "The wind.", "the the")]
+    pairs = [PolicyPair(prompts[0].prompt_text, "The river rose.", "no"),
+             PolicyPair(prompts[1].prompt_text, "The wind.", "the the")]
     rf = RewardFunction(RewardConfig.only(length=1.0))
     cfg = LearnerConfig(eval_samples=2, eval_max_new_tokens=6)
     base = evaluate_policies(fresh(), tok, {0: None}, prompts, pairs, rf, cfg)[0]
@@ -850,7 +852,7 @@ def test_preference_steps_learn_from_the_rated_pairs_of_requests_not_held_out(st
     assert v.metrics["pref/pairs"] == 4 and len(series("pref/loss")) == 2  # one per RL update (rl_steps=2)
     _prompts, held_pairs, _n, train_pairs, _served = learner._heldout()
     assert held_pairs and train_pairs and len(seen) == 8
-    held = {(p, c, r) for p, c, r, _w in held_pairs}
+    held = {(q.prompt_text, q.chosen, q.rejected) for q in held_pairs}
     assert all((q.prompt_text, q.chosen, q.rejected) not in held for q in seen)
     assert all(q.chosen.startswith("a long") and q.rejected.startswith("no") for q in seen)
 
@@ -977,3 +979,23 @@ def test_rl_train_command_learns_from_the_rated_pairs_too(store, tmp_path, tiny_
     out = json.loads(capsys.readouterr().out)
     assert out["metrics"]["pref/pairs"] == 3 and out["metrics"]["rl/steps"] == 1
     assert store.get_version(out["version"]).status == "candidate"
+
+
+def test_served_score_uses_the_kappa_the_request_was_served_with():
+    """A served request's drawn texts are scored with the pessimism its choice recorded (a server's
+    --choice-kappa), not the default: here text 0 has the higher mean and text 1 the lower spread."""
+    from types import SimpleNamespace
+
+    from reward.loop.learner import served_score
+
+    class TwoHeads:  # members' standardised scores: text 0 mean 1.0, spread 1.0; text 1 mean 0.8, spread 0
+        def score_members(self, contexts, texts, normalize=False):
+            return np.array([[0.0, 0.8], [2.0, 0.8]])
+
+    def req(choice):
+        return SimpleNamespace(mode="continue", text="x", options={"choice": choice} if choice else {}, prompt="p")
+
+    texts = ["a", "b"]
+    assert served_score(TwoHeads(), req({"kappa": 0.0}), texts) == pytest.approx([1.0, 0.8])
+    assert served_score(TwoHeads(), req({"kappa": 0.5}), texts) == pytest.approx([0.5, 0.8])
+    assert served_score(TwoHeads(), req(None), texts) == pytest.approx([0.0, 0.8])  # the default kappa, 1

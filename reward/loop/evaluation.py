@@ -16,6 +16,7 @@ from assistant.lm.generate import clean_candidate, sample
 from assistant.lm.logprobs import reference, sequence_logprobs
 from reward.eval.quality import pairwise_outcomes, win_rate
 from reward.loop.config import LearnerConfig
+from reward.rl.preference import PolicyPair
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class PolicyEval:
         return float(np.mean(self.rewards)) if self.rewards else 0.0
 
 def evaluate_policies(
-    model, tokenizer, adapter_dirs: dict[int, str | None], prompts: Sequence[Any], pairs: Sequence[tuple],
+    model, tokenizer, adapter_dirs: dict[int, str | None], prompts: Sequence[Any], pairs: Sequence[PolicyPair],
     reward_fn: Callable[..., Any], cfg: LearnerConfig, only: set[int] | None = None,
     kl_to: dict[int, int] | None = None, pause: Callable[[], object] | None = None,
     cache: LogpCache | None = None,
@@ -96,9 +97,9 @@ def evaluate_policies(
     """Evaluate several policy versions on the same held-out prompts and pairs.
 
     model: a fresh base model (the adapters are attached to it here). adapter_dirs: version id ->
-    adapter dir (None = the base model, id 0). prompts: RolloutPrompt. pairs: (prompt_text,
-    chosen, rejected[, weight]) from held-out feedback; agreement is weighted_agreement of the
-    implicit rewards' margins. Reference for KL and agreement = the base model.
+    adapter dir (None = the base model, id 0). prompts: RolloutPrompt. pairs: the held-out
+    feedback's pairs (PolicyPair); agreement is weighted_agreement of the implicit rewards'
+    margins, each pair weighted by its weight. Reference for KL and agreement = the base model.
     only: evaluate just these ids (the others are loaded as KL targets). kl_to: id -> id whose
     log-probs on the first one's samples give its step KL. Samples come from the one generation
     function (assistant.lm.generate.sample, with `pause` at every decode step), log-probs from
@@ -119,8 +120,8 @@ def evaluate_policies(
 
     rep_prompts = [p for p in prompts for _ in range(cfg.eval_samples)]
     prompt_texts = [p.prompt_text for p in rep_prompts]
-    pair_prompts, chosen, rejected = [p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs]
-    pair_weights = [float(p[3]) if len(p) > 3 else 1.0 for p in pairs]
+    pair_prompts, chosen, rejected = [p.prompt_text for p in pairs], [p.chosen for p in pairs], [p.rejected for p in pairs]
+    pair_weights = [float(p.weight) for p in pairs]
     with use(0):
         ref_pair_c = cache.logprobs(runner, tokenizer, 0, pair_prompts, chosen)
         ref_pair_r = cache.logprobs(runner, tokenizer, 0, pair_prompts, rejected)

@@ -108,6 +108,15 @@ class CycleResult:
     metrics: dict[str, float] = field(default_factory=dict)
     guards: list[GuardFiring] = field(default_factory=list)
 
+
+def served_score(rm: Any, request: Any, texts: list[str]) -> Any:
+    """The reward-guided choice's conservative score of a served request's drawn texts, with the
+    pessimism (kappa) it used when it served them: recorded with the request (a server's
+    --choice-kappa), else ChoiceConfig's default."""
+    kappa = ((getattr(request, "options", None) or {}).get("choice") or {}).get("kappa", ChoiceConfig.kappa)
+    return conservative(member_scores(rm, context_of(request), texts), float(kappa))
+
+
 class Learner:
     """Watches a profile's feedback and turns it into new policy versions (see the module docstring).
 
@@ -209,9 +218,8 @@ class Learner:
         artifacts.prune_versions(self.store, self.profile, "reward", self.cfg.keep_versions)
         return rm, metrics
 
-    def _heldout(self, rm: Any = None) -> tuple[list[Any], list[tuple[str, str, str, float]], int,
-                                                list[PolicyPair], list[PolicyPair]]:
-        """Held-out prompts (RolloutPrompt), preference pairs (prompt_text, chosen, rejected, weight), how
+    def _heldout(self, rm: Any = None) -> tuple[list[Any], list[PolicyPair], int, list[PolicyPair], list[PolicyPair]]:
+        """Held-out prompts (RolloutPrompt), the held-out requests' rated pairs, how
         many of the prompts (the first ones) are held-out requests (the rest top them up), and what
         the preference steps of RL may learn from: the other requests' rated pairs, and (with `rm`
         and RLConfig.served_pairs) the reward model's best over worst of their drawn candidates."""
@@ -220,16 +228,12 @@ class Learner:
         data = build_training_data(groups, self.cfg.rm.tie_pick_weight)
         train, held = split_by_group(data, self.cfg.heldout_frac, self.cfg.seed)
         by_id = {f"request:{g['request'].id}": g["request"] for g in groups}
-        pairs = [(q.prompt_text, q.chosen, q.rejected, q.weight) for q in policy_pairs(groups, held)]
+        pairs = policy_pairs(groups, held)
         train_pairs = policy_pairs(groups, train)
         served: list[PolicyPair] = []
         if rm is not None and self.cfg.rl.served_pairs:
-            kappa = ChoiceConfig().kappa  # the reward-guided choice's own pessimism
-
-            def score(req: Any, texts: list[str]) -> Any:
-                return conservative(member_scores(rm, context_of(req), texts), kappa)
-
-            served = served_pairs([by_id[g] for g in train.groups() if g in by_id], score)
+            served = served_pairs([by_id[g] for g in train.groups() if g in by_id],
+                                  lambda req, texts: served_score(rm, req, texts))
         pairs = pairs[: self.cfg.eval_pairs]
         held_groups = [gid for gid in held.groups() if gid in by_id]
         reqs = [by_id[g] for g in held_groups if by_id[g].prompt]
@@ -330,7 +334,7 @@ class Learner:
             return self._finish(CycleResult("reward", "reward model retrained; policy learning is off",
                                             metrics=metrics), upto)
         prompts, pairs, n_held, train_pairs, served = self._heldout(rm)
-        held_choices = [(p[1], p[2]) for p in pairs]  # (chosen, rejected): what the length guard reads
+        held_choices = [(p.chosen, p.rejected) for p in pairs]  # (chosen, rejected): what the length guard reads
         if not prompts:
             # finish (feedback counted as seen, phase idle): else every poll would retrain and
             # publish another reward model on the same feedback
