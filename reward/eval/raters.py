@@ -74,8 +74,8 @@ class Rater:
         texts by it leaves out the star noise."""
         u = self.utilities(texts, prompt)
         sd = max(self.star_noise, 1e-9)
-        return 1.0 + sum(0.5 * (1.0 + np.vectorize(math.erf, otypes=[float])((1 + 4 * u - (k + 0.5)) / (sd * math.sqrt(2))))
-                         for k in range(1, 5))
+        erf = np.vectorize(math.erf, otypes=[float])
+        return 1.0 + sum(0.5 * (1.0 + erf((1 + 4 * u - (k + 0.5)) / (sd * math.sqrt(2)))) for k in range(1, 5))
 
     def best(self, texts: Sequence[str], prompt: dict[str, Any]) -> int:
         u = self.utilities(texts, prompt) + self.rng.normal(0, self.pick_noise, len(texts))

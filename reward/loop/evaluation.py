@@ -120,7 +120,8 @@ def evaluate_policies(
 
     rep_prompts = [p for p in prompts for _ in range(cfg.eval_samples)]
     prompt_texts = [p.prompt_text for p in rep_prompts]
-    pair_prompts, chosen, rejected = [p.prompt_text for p in pairs], [p.chosen for p in pairs], [p.rejected for p in pairs]
+    pair_prompts = [p.prompt_text for p in pairs]
+    chosen, rejected = [p.chosen for p in pairs], [p.rejected for p in pairs]
     pair_weights = [float(p.weight) for p in pairs]
     with use(0):
         ref_pair_c = cache.logprobs(runner, tokenizer, 0, pair_prompts, chosen)
