@@ -70,6 +70,19 @@ def test_guard_kl_shrinks_then_discards():
     assert guard_kl(float("nan"), max_kl=1.0, retries_left=3).action == "discard"
 
 
+def test_guard_kl_bounds_the_kl_to_the_base_too():
+    """A small step from a version already near the bound: the step's KL (0.5) passes, the
+    candidate's KL to the base (1.2) does not; within both, nothing fires."""
+    assert guard_kl(0.5, max_kl=1.0, retries_left=1, base_kl=0.9) is None
+    g = guard_kl(0.5, max_kl=1.0, retries_left=1, base_kl=1.2)
+    assert g.action == "shrink" and "KL to the base model 1.200" in g.reason and "KL 0.500" not in g.reason
+    assert g.data == {"kl": 0.5, "max_kl": 1.0, "base_kl": 1.2}
+    assert guard_kl(0.5, max_kl=1.0, retries_left=0, base_kl=1.2).action == "discard"
+    assert guard_kl(0.5, max_kl=1.0, retries_left=1, base_kl=float("inf")).action == "discard"
+    both = guard_kl(1.5, max_kl=1.0, retries_left=1, base_kl=2.0)
+    assert "KL 1.500; KL to the base model 2.000 above the limit 1.000" in both.reason
+
+
 def test_guard_reward_hacking():
     # reward +0.5, agreement 0.70 -> 0.50 (drop 0.2 > 0.1): hacking
     g = guard_reward_hacking(1.5, 1.0, 0.5, 0.7, gain_eps=0.0, agreement_drop=0.1)

@@ -32,9 +32,9 @@ class LearnerConfig:
     rl_kl_stop: float = 0.75
     """Stop a cycle's RL once its rollouts' KL to the base model per reply (rl/kl) reaches this
     fraction of max_kl, so that the step does not trip the KL guard. It is a stop on the rollouts'
-    estimate, not a bound on the published policy: its KL to the base on held-out replies
-    (eval/kl) can end higher (5.39 nats in one 150-rating benchmark cell, README "Session 12").
-    0: no KL stop."""
+    estimate; the bound on what is published is the guard's (max_kl), which measures the KL to the
+    base on held-out replies (eval/kl) and can find it higher than the rollouts did (5.39 nats in
+    one 150-rating benchmark cell before that guard existed, README "Session 12"). 0: no KL stop."""
     rl_patience: int = 2
     """Stop a cycle's RL after this many updates in a row whose samples on a few of the person's
     held-out requests did not raise their mean reward above its best (0: no held-out checks)."""
@@ -50,9 +50,10 @@ class LearnerConfig:
     stopped at the KL bound or for patience, ends them until new feedback arrives. 0: off (see the
     README: against a fixed reward model more RL time did not pay)."""
     max_kl: float = 4.0
-    """Guard: a candidate whose KL to the version it was trained from (KL of this cycle's step,
-    summed over a reply's tokens, averaged over held-out replies) exceeds this is shrunk (fewer
-    steps, lower lr) or discarded. The KL to the base model is reported as eval/kl."""
+    """Guard: a candidate whose KL per reply (summed over its tokens, averaged over held-out replies)
+    exceeds this, either to the version it was trained from (the cycle's step, eval/step_kl) or to
+    the base model (eval/kl), is shrunk (fewer steps, lower lr) or discarded: no published version
+    is further than this from the base."""
     kl_retries: int = 1
     """How many times a KL violation is retried with half the steps and half the learning rate."""
     reward_gain_eps: float = 0.0

@@ -409,7 +409,7 @@ class Learner:
             ce = self._evaluate(versions, reward_fn, prompts, pairs, only={cand.id},
                                 kl_to={cand.id: live.id if live else 0})[cand.id]
             metrics["learner/eval_cpu_s"] = time.process_time() - e0
-            kl_g = guard_kl(ce.step_kl if ce.step_kl is not None else ce.kl, cfg.max_kl, retries)
+            kl_g = guard_kl(ce.step_kl if ce.step_kl is not None else ce.kl, cfg.max_kl, retries, base_kl=ce.kl)
             if kl_g is None:
                 break
             self._guard_event(kl_g, cand.id)
