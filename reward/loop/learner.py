@@ -109,6 +109,11 @@ class CycleResult:
     guards: list[GuardFiring] = field(default_factory=list)
 
 
+def vid(version: ModelVersion | None) -> int:
+    """A version's id; 0 (the base model) for None."""
+    return version.id if version is not None else 0
+
+
 def served_score(rm: Any, request: Any, texts: list[str]) -> Any:
     """The reward-guided choice's conservative score of a served request's drawn texts, with the
     pessimism (kappa) it used when it served them: recorded with the request (a server's
@@ -252,7 +257,7 @@ class Learner:
     def _evaluate(self, versions: dict[int, ModelVersion | None], reward_fn, prompts, pairs,
                   only: set[int] | None = None, kl_to: dict[int, int] | None = None) -> dict[int, PolicyEval]:
         model, tok = self.lm_factory()
-        dirs = {vid: (str(adapter_dir(v.path)) if v is not None else None) for vid, v in versions.items()}
+        dirs = {i: (str(adapter_dir(v.path)) if v is not None else None) for i, v in versions.items()}
         # what a later evaluation may ask for again: these versions, their parents and the base
         self.logp_cache.keep({0, *versions, *(v.parent_id for v in versions.values() if v is not None and v.parent_id)})
         return evaluate_policies(model, tok, dirs, prompts, pairs, reward_fn, self.cfg, only=only, kl_to=kl_to,
@@ -283,8 +288,8 @@ class Learner:
                           "carried_cycles": carried},
             state=TrainerState(pause_point=self.pause, ref_logp=self.ref_logp))
         if self.cfg.carry_cycles:  # keep the weights only when they may carry
-            self._trained = Carried(parent.id if parent is not None else 0,
-                                    [p.detach().clone() for p in policy.trainable_parameters()], carried + 1)
+            weights = [p.detach().clone() for p in policy.trainable_parameters()]
+            self._trained = Carried(vid(parent), weights, carried + 1)
         metrics["learner/carried_cycles"] = float(carried)
         return version, metrics
 
@@ -294,7 +299,7 @@ class Learner:
         it and how many cycles of RL the weights already hold (0: none carried)."""
         policy = policy_of(model, tok, parent)
         c = self.carried
-        if c is None or c.live_id != (parent.id if parent is not None else 0):
+        if c is None or c.live_id != vid(parent):
             return policy, 0
         params = policy.trainable_parameters()
         if len(c.weights) != len(params) or any(w.shape != p.shape for w, p in zip(c.weights, params)):
@@ -349,8 +354,8 @@ class Learner:
             # the base model is the KL reference either way; its own samples are needed only
             # when it is the parent
             evals = self._evaluate({0: None, live.id: live, **({parent.id: parent} if parent else {})},
-                                   reward_fn, prompts, pairs, only={live.id, parent.id if parent else 0})
-            pe, le = evals[parent.id if parent else 0], evals[live.id]
+                                   reward_fn, prompts, pairs, only={live.id, vid(parent)})
+            pe, le = evals[vid(parent)], evals[live.id]
             hack = guard_reward_hacking(le.reward, pe.reward, le.agreement, pe.agreement,
                                         cfg.reward_gain_eps, cfg.agreement_drop, action="rollback",
                                         n_pairs=len(pairs), min_pairs=cfg.min_agreement_pairs) or \
@@ -361,11 +366,11 @@ class Learner:
                     (f"version {parent.id}" if parent else "the base model")
                 self._guard_event(hack, live.id)
                 guards.append(hack)
-                artifacts.rollback(self.store, self.profile, parent.id if parent else 0)
+                artifacts.rollback(self.store, self.profile, vid(parent))
                 live = self.store.live_version(self.profile, "policy")
         if live is None or live.id not in evals:
             evals.update(self._evaluate({0: None, **({live.id: live} if live else {})}, reward_fn, prompts, pairs))
-        live_eval = evals[live.id if live else 0]
+        live_eval = evals[vid(live)]
 
         # 3-4. RL for the cycle's budget, with the guards on NaN and KL ---------------------------
         if cpu_seconds is None:
@@ -407,7 +412,7 @@ class Learner:
             versions = {cand.id: cand, **({live.id: live} if live else {})}
             e0 = time.process_time()
             ce = self._evaluate(versions, reward_fn, prompts, pairs, only={cand.id},
-                                kl_to={cand.id: live.id if live else 0})[cand.id]
+                                kl_to={cand.id: vid(live)})[cand.id]
             metrics["learner/eval_cpu_s"] = time.process_time() - e0
             kl_g = guard_kl(ce.step_kl if ce.step_kl is not None else ce.kl, cfg.max_kl, retries, base_kl=ce.kl)
             if kl_g is None:
