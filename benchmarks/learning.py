@@ -107,6 +107,9 @@ class LearningBenchConfig:
     """LearnerConfig.carry_cycles of the cells (0: every cycle's RL starts from the live version)."""
     emb_features: str = ",".join(RewardTrainConfig.emb_features)
     """RewardTrainConfig.emb_features of the cells' learner, comma-separated (e.g. s,sc,words)."""
+    variety: bool = False
+    """SimConfig.variety of the cells: the requests the rater rates are written from varied angles
+    (GenerationSettings.variety); held-out comparisons always use the prompt as asked."""
     stars_control: int = 16
     """Requests at each end of a run (the first and the last N) that the base model is also asked,
     same prompt and seed, for the stars control (0: skip it; it costs 2N base requests)."""
@@ -275,7 +278,7 @@ def sim_config(cfg: LearningBenchConfig, seed: int, run: str, learner_overrides:
         learner = learner_overrides(learner)
     return SimConfig(budget=cfg.budget, k=cfg.k, max_new_tokens=cfg.max_new_tokens, heldout_samples=cfg.heldout_samples,
                      seed=seed, learner_seconds_per_rating=cfg.learner_seconds_per_rating,
-                     heldout_limit=cfg.heldout_limit, learner=learner)
+                     heldout_limit=cfg.heldout_limit, variety=cfg.variety, learner=learner)
 
 
 def run_cell(cfg: LearningBenchConfig, rater: str, seed: int, run: str, model, tokenizer, embedder, out_dir: Path,

@@ -143,3 +143,13 @@ def test_learner_compute_is_rationed(tiny_tokenizer, embedder, tmp_path, one_thr
     model, _ = build_tiny_lm(seed=0, tokenizer=tiny_tokenizer)
     cell = L.run_cell(cfg, "concise", 0, "choice", model, tiny_tokenizer, embedder, tmp_path, learner_overrides=small)
     assert len(cell["cycles"]) == 1 and cell["postponed"] >= 2 and cell["learner_cpu_s"] > 0
+
+
+def test_sim_config_carries_the_cells_settings():
+    """What a cell is run with reaches simulate: the run kind, the seed, varied angles, the learner's settings."""
+    L = _bench()
+    sim = L.sim_config(L.LearningBenchConfig(variety=True, tie_pick_weight=0.5, emb_features="s,words"), 1, "system")
+    assert sim.variety and sim.seed == 1 and sim.learner.seed == 1 and sim.learner.train_policy
+    assert sim.learner.rm.tie_pick_weight == 0.5 and sim.learner.rm.emb_features == ("s", "words")
+    plain = L.sim_config(L.LearningBenchConfig(), 0, "choice")
+    assert not plain.variety and not plain.learner.train_policy
