@@ -15,7 +15,8 @@ One cycle (`Learner.run_cycle`) reads like the algorithm:
             (reward.rl.preference), the held-out requests' pairs excepted, and with
             RLConfig.served_pairs on the reward model's best over worst of the candidates
             those requests drew (the served samples, reward.rl.train.served_pairs).
-4. guards   NaN/inf loss or reward -> discard; KL above the limit -> retry smaller, then discard.
+4. guards   NaN/inf loss or reward -> discard; KL above the limit (the step's, or the candidate's
+            to the base model) -> retry smaller, then discard.
 5. evaluate candidate vs live on held-out prompts: mean reward, win-rate, KL to the base model,
             agreement with held-out feedback (implicit reward log pi/pi_ref of chosen > rejected).
 6. publish  or discard with the reason. Prune old versions (keep the last N).
