@@ -81,6 +81,10 @@ def test_guard_kl_bounds_the_kl_to_the_base_too():
     assert guard_kl(0.5, max_kl=1.0, retries_left=1, base_kl=float("inf")).action == "discard"
     both = guard_kl(1.5, max_kl=1.0, retries_left=1, base_kl=2.0)
     assert "KL 1.500; KL to the base model 2.000 above the limit 1.000" in both.reason
+    # the live re-check: only the KL to the base, and its own action
+    live = guard_kl(None, max_kl=1.0, retries_left=0, base_kl=1.2, action="rollback")
+    assert live.action == "rollback" and live.reason == "KL to the base model 1.200 above the limit 1.000"
+    assert guard_kl(None, max_kl=1.0, retries_left=0, base_kl=0.8, action="rollback") is None
 
 
 def test_guard_reward_hacking():
@@ -753,6 +757,22 @@ def test_live_recheck_rolls_back_a_version_that_looks_hacked(store, tmp_path, ti
     assert live is None or live.id != first.version_id  # not the hacked version any more
     assert store.get_version(first.version_id).status == "rolled_back"
     assert any(e["data"]["action"] == "rollback" for e in store.events("default", kind="guard"))
+
+
+def test_live_recheck_rolls_back_a_version_beyond_the_kl_bound(store, tmp_path, tiny_model_dir, embedder):
+    """Cycle 1 publishes under a loose KL bound; the bound is then set below any KL (as if a
+    person lowered --max-kl): the re-check rolls the live version back to the base, and the new
+    candidate is held to the bound too (shrunk, then discarded)."""
+    _rate_pairs(store, lambda i: (f"a long and complete reply {i}.", f"no {i}"))
+    learner = _guarded_learner(store, tmp_path, tiny_model_dir, embedder, max_kl=1e6, rl_kl_stop=0.0)
+    first = learner.run_once()
+    assert first.outcome == "published", first
+    learner.cfg.max_kl = -1e9
+    second = learner.run_once(force=True)
+    assert [(g.guard, g.action) for g in second.guards] == [("kl", "rollback"), ("kl", "shrink"), ("kl", "discard")]
+    assert "KL to the base model" in second.guards[0].reason and "rolled back to the base model" in second.guards[0].reason
+    assert store.get_version(first.version_id).status == "rolled_back"
+    assert store.live_version("default", "policy") is None
 
 
 # ----------------------------------------------------------------------------- the cycle's RL budget

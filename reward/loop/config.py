@@ -53,7 +53,8 @@ class LearnerConfig:
     """Guard: a candidate whose KL per reply (summed over its tokens, averaged over held-out replies)
     exceeds this, either to the version it was trained from (the cycle's step, eval/step_kl) or to
     the base model (eval/kl), is shrunk (fewer steps, lower lr) or discarded: no published version
-    is further than this from the base."""
+    is further than this from the base. A live version found beyond it by the re-check (published
+    under a larger max_kl) is rolled back to its parent."""
     kl_retries: int = 1
     """How many times a KL violation is retried with half the steps and half the learning rate."""
     reward_gain_eps: float = 0.0

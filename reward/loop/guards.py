@@ -42,24 +42,29 @@ def guard_nonfinite(metrics: dict[str, Any], saw_nonfinite_reward: bool = False)
         return None
     return GuardFiring("nonfinite", "discard", f"non-finite values in {', '.join(bad)}: update discarded")
 
-def guard_kl(kl: float, max_kl: float, retries_left: int, base_kl: float | None = None) -> GuardFiring | None:
-    """KL above the limit: shrink (retry smaller) while retries are left, else discard.
+def guard_kl(kl: float | None, max_kl: float, retries_left: int, base_kl: float | None = None,
+             action: str | None = None) -> GuardFiring | None:
+    """KL above the limit: shrink (retry smaller) while retries are left, else discard; `action`,
+    when given, instead (the live re-check rolls back).
 
     Two KLs are held to the same limit: `kl`, the step's (the candidate against the version it was
-    trained from), and `base_kl`, the candidate's KL to the base model when given, so that no
-    published version drifts further than max_kl from the base however many small steps it took."""
-    checks = [("KL", kl)] + ([("KL to the base model", base_kl)] if base_kl is not None else [])
-    data = {"kl": kl, "max_kl": max_kl, **({"base_kl": base_kl} if base_kl is not None else {})}
+    trained from), and `base_kl`, the candidate's KL to the base model; either may be None (not
+    checked). With both, no published version drifts further than max_kl from the base however
+    many small steps it took."""
+    checks = [(what, v) for what, v in (("KL", kl), ("KL to the base model", base_kl)) if v is not None]
+    data = {"max_kl": max_kl, **({"kl": kl} if kl is not None else {}),
+            **({"base_kl": base_kl} if base_kl is not None else {})}
+    then = {"shrink": ": retrying with fewer steps and a lower learning rate", "discard": ": update discarded"}
     for what, value in checks:
         if not math.isfinite(value):
-            return GuardFiring("kl", "discard", f"{what} is {value}: update discarded", data)
+            act = action or "discard"
+            return GuardFiring("kl", act, f"{what} is {value}{then.get(act, '')}", data)
     over = [(what, value) for what, value in checks if value > max_kl]
     if not over:
         return None
-    action = "shrink" if retries_left > 0 else "discard"
-    then = "retrying with fewer steps and a lower learning rate" if action == "shrink" else "update discarded"
+    act = action or ("shrink" if retries_left > 0 else "discard")
     said = "; ".join(f"{what} {value:.3f}" for what, value in over)
-    return GuardFiring("kl", action, f"{said} above the limit {max_kl:.3f}: {then}", data)
+    return GuardFiring("kl", act, f"{said} above the limit {max_kl:.3f}{then.get(act, '')}", data)
 
 def guard_reward_hacking(
     reward_new: float, reward_old: float, agreement_new: float, agreement_old: float,

@@ -361,7 +361,8 @@ class Learner:
                                         cfg.reward_gain_eps, cfg.agreement_drop, action="rollback",
                                         n_pairs=len(pairs), min_pairs=cfg.min_agreement_pairs) or \
                 guard_length_hacking(le.rm_scores, le.lengths, le.reward - pe.reward, cfg, action="rollback",
-                                     feedback_pairs=held_choices)
+                                     feedback_pairs=held_choices) or \
+                guard_kl(None, cfg.max_kl, 0, base_kl=le.kl, action="rollback")  # published under a larger max_kl
             if hack is not None:
                 hack.reason = f"live version {live.id}: {hack.reason}; rolled back to " + \
                     (f"version {parent.id}" if parent else "the base model")
@@ -415,7 +416,8 @@ class Learner:
             ce = self._evaluate(versions, reward_fn, prompts, pairs, only={cand.id},
                                 kl_to={cand.id: vid(live)})[cand.id]
             metrics["learner/eval_cpu_s"] = time.process_time() - e0
-            kl_g = guard_kl(ce.step_kl if ce.step_kl is not None else ce.kl, cfg.max_kl, retries, base_kl=ce.kl)
+            # from the base model the step is the KL to the base: checked once
+            kl_g = guard_kl(ce.step_kl if live is not None else None, cfg.max_kl, retries, base_kl=ce.kl)
             if kl_g is None:
                 break
             self._guard_event(kl_g, cand.id)
