@@ -357,17 +357,17 @@ class Learner:
             evals = self._evaluate({0: None, live.id: live, **({parent.id: parent} if parent else {})},
                                    reward_fn, prompts, pairs, only={live.id, vid(parent)})
             pe, le = evals[vid(parent)], evals[live.id]
-            hack = guard_reward_hacking(le.reward, pe.reward, le.agreement, pe.agreement,
+            failed = guard_reward_hacking(le.reward, pe.reward, le.agreement, pe.agreement,
                                         cfg.reward_gain_eps, cfg.agreement_drop, action="rollback",
                                         n_pairs=len(pairs), min_pairs=cfg.min_agreement_pairs) or \
                 guard_length_hacking(le.rm_scores, le.lengths, le.reward - pe.reward, cfg, action="rollback",
                                      feedback_pairs=held_choices) or \
                 guard_kl(None, cfg.max_kl, 0, base_kl=le.kl, action="rollback")  # published under a larger max_kl
-            if hack is not None:
-                hack.reason = f"live version {live.id}: {hack.reason}; rolled back to " + \
+            if failed is not None:
+                failed.reason = f"live version {live.id}: {failed.reason}; rolled back to " + \
                     (f"version {parent.id}" if parent else "the base model")
-                self._guard_event(hack, live.id)
-                guards.append(hack)
+                self._guard_event(failed, live.id)
+                guards.append(failed)
                 artifacts.rollback(self.store, self.profile, vid(parent))
                 live = self.store.live_version(self.profile, "policy")
         if live is None or live.id not in evals:
