@@ -73,13 +73,14 @@ def snapshot(services) -> tuple:
     """Everything a request could write: counts, ratings, styles, profiles, events, learner, live
     versions, exports."""
     from assistant.app.export import list_exports
+    from storage.records import id_or_base
 
     st = services.store
     live = st.live_version(services.default_profile, "policy")
     return (tuple(sorted(st.counts().items())), tuple(sorted(st.feedback_counts_by_kind().items())),
             tuple(sorted(st.styles(services.default_profile).items())), tuple(st.profiles()), len(st.events(limit=10**6)),
             json.dumps(st.learner_state(services.default_profile), sort_keys=True, default=str),
-            live.id if live else 0, tuple(e["name"] for e in list_exports(st.path.parent)))
+            id_or_base(live), tuple(e["name"] for e in list_exports(st.path.parent)))
 
 
 def seed_data(services) -> None:

@@ -132,6 +132,11 @@ class ModelVersion:
     `path` is where the directory is now (resolved against the store's data directory)."""
 
 
+def id_or_base(version: ModelVersion | None) -> int:
+    """A version's id; 0 (the base model: no version live) for None."""
+    return version.id if version is not None else 0
+
+
 def _from_row(cls: type[T], row: dict[str, Any]) -> T:
     """A table row (sqlite-utils dict) -> dataclass `cls`, each field decoded as its metadata says;
     row columns the dataclass does not name are ignored."""

@@ -36,7 +36,7 @@ from assistant.lm.prompts import build_prompt
 from reward.feedback import context_of
 from reward.model import load_reward_model
 from reward.select import ChoiceConfig, choose, member_scores
-from storage.records import NotFound, StoreError
+from storage.records import NotFound, StoreError, id_or_base
 from storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -442,10 +442,10 @@ class Services:
         failed = live is not None and live.id in self.generator.failed_versions
         return {
             "model": self.model_name,
-            "policy_version": live.id if live else 0,
+            "policy_version": id_or_base(live),
             "loaded_policy_version": self.generator.served_version(profile),
             "policy_error": self.generator.load_errors.get(live.id) if failed else None,
-            "reward_version": rm.id if rm else 0,
+            "reward_version": id_or_base(rm),
             "profile": profile,
             "counts": self.store.counts(),
             "profile_counts": self.store.counts(profile),

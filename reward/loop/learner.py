@@ -73,7 +73,7 @@ from reward.train import (
     train_from_store,
 )
 from storage import artifacts
-from storage.records import ModelVersion
+from storage.records import ModelVersion, id_or_base
 from storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -108,11 +108,6 @@ class CycleResult:
     version_id: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     guards: list[GuardFiring] = field(default_factory=list)
-
-
-def vid(version: ModelVersion | None) -> int:
-    """A version's id; 0 (the base model) for None."""
-    return version.id if version is not None else 0
 
 
 def served_score(rm: Any, request: Any, texts: list[str]) -> Any:
@@ -290,7 +285,7 @@ class Learner:
             state=TrainerState(pause_point=self.pause, ref_logp=self.ref_logp))
         if self.cfg.carry_cycles:  # keep the weights only when they may carry
             weights = [p.detach().clone() for p in policy.trainable_parameters()]
-            self._trained = Carried(vid(parent), weights, carried + 1)
+            self._trained = Carried(id_or_base(parent), weights, carried + 1)
         metrics["learner/carried_cycles"] = float(carried)
         return version, metrics
 
@@ -300,7 +295,7 @@ class Learner:
         it and how many cycles of RL the weights already hold (0: none carried)."""
         policy = policy_of(model, tok, parent)
         c = self.carried
-        if c is None or c.live_id != vid(parent):
+        if c is None or c.live_id != id_or_base(parent):
             return policy, 0
         params = policy.trainable_parameters()
         if len(c.weights) != len(params) or any(w.shape != p.shape for w, p in zip(c.weights, params)):
@@ -355,11 +350,11 @@ class Learner:
             # the base model is the KL reference either way; its own samples are needed only
             # when it is the parent
             evals = self._evaluate({0: None, live.id: live, **({parent.id: parent} if parent else {})},
-                                   reward_fn, prompts, pairs, only={live.id, vid(parent)})
-            pe, le = evals[vid(parent)], evals[live.id]
+                                   reward_fn, prompts, pairs, only={live.id, id_or_base(parent)})
+            pe, le = evals[id_or_base(parent)], evals[live.id]
             failed = guard_reward_hacking(le.reward, pe.reward, le.agreement, pe.agreement,
-                                        cfg.reward_gain_eps, cfg.agreement_drop, action="rollback",
-                                        n_pairs=len(pairs), min_pairs=cfg.min_agreement_pairs) or \
+                                          cfg.reward_gain_eps, cfg.agreement_drop, action="rollback",
+                                          n_pairs=len(pairs), min_pairs=cfg.min_agreement_pairs) or \
                 guard_length_hacking(le.rm_scores, le.lengths, le.reward - pe.reward, cfg, action="rollback",
                                      feedback_pairs=held_choices) or \
                 guard_kl(None, cfg.max_kl, 0, base_kl=le.kl, action="rollback")  # published under a larger max_kl
@@ -368,11 +363,11 @@ class Learner:
                     (f"version {parent.id}" if parent else "the base model")
                 self._guard_event(failed, live.id)
                 guards.append(failed)
-                artifacts.rollback(self.store, self.profile, vid(parent))
+                artifacts.rollback(self.store, self.profile, id_or_base(parent))
                 live = self.store.live_version(self.profile, "policy")
         if live is None or live.id not in evals:
             evals.update(self._evaluate({0: None, **({live.id: live} if live else {})}, reward_fn, prompts, pairs))
-        live_eval = evals[vid(live)]
+        live_eval = evals[id_or_base(live)]
 
         # 3-4. RL for the cycle's budget, with the guards on NaN and KL ---------------------------
         if cpu_seconds is None:
@@ -414,7 +409,7 @@ class Learner:
             versions = {cand.id: cand, **({live.id: live} if live else {})}
             e0 = time.process_time()
             ce = self._evaluate(versions, reward_fn, prompts, pairs, only={cand.id},
-                                kl_to={cand.id: vid(live)})[cand.id]
+                                kl_to={cand.id: id_or_base(live)})[cand.id]
             metrics["learner/eval_cpu_s"] = time.process_time() - e0
             # from the base model the step is the KL to the base: checked once
             kl_g = guard_kl(ce.step_kl if live is not None else None, cfg.max_kl, retries, base_kl=ce.kl)

@@ -36,7 +36,7 @@ from assistant.app.limits import Busy
 from assistant.app.services import InputError, Services
 from reward.loop.learner import send_command
 from storage import artifacts
-from storage.records import NotFound, as_dict
+from storage.records import NotFound, as_dict, id_or_base
 
 
 class _In(BaseModel):
@@ -110,7 +110,7 @@ def learning_router(services: Services, data_dir: str | Path, base_model_path: s
     ) -> dict[str, Any]:
         live = store.live_version(prof(profile), kind)
         return {
-            "live": live.id if live else 0,
+            "live": id_or_base(live),
             "versions": [_version_out(v, live.id if live else None, data_dir) for v in store.versions(prof(profile), kind)],
         }
 
@@ -125,7 +125,7 @@ def learning_router(services: Services, data_dir: str | Path, base_model_path: s
             raise InputError(str(e)) from None
         store.add_event("rollback", f"rolled back to {'version ' + str(now.id) if now else 'the base model'} (api)",
                         p, now.id if now else None)
-        return {"live": now.id if now else 0}
+        return {"live": id_or_base(now)}
 
     @r.get("/events", summary="Guard firings, publishes, rollbacks and learner errors (newest first)")
     def events(

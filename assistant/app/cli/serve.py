@@ -24,6 +24,7 @@ from assistant.app.cli.common import (
     say,
 )
 from reward.select import EXPLORE, ChoiceConfig
+from storage.records import id_or_base
 
 if TYPE_CHECKING:
     from assistant.app.services import Services
@@ -214,8 +215,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             "data_dir": str(data_dir(args)),
             "profile": args.profile,
             "model": args.model or "SmolLM2-135M-Instruct (bundled)",
-            "policy_version": live.id if live else 0,
-            "reward_version": rm.id if rm else 0,
+            "policy_version": id_or_base(live),
+            "reward_version": id_or_base(rm),
             "counts": store.counts(),
             "feedback_by_kind": store.feedback_counts_by_kind(),
             "learner": store.learner_state(args.profile),
