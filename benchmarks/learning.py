@@ -101,6 +101,11 @@ class LearningBenchConfig:
     """RLConfig.pref_beta of the cells."""
     served_pairs: int = RLConfig.served_pairs
     """RLConfig.served_pairs of the cells (the reward model's best over worst of served draws; 0: off)."""
+    algo: str = RLConfig.algo
+    """RLConfig.algo of the cells' learner: reinforce | a2c | ppo | distill (the comparison in the loop)."""
+    distill_coef: float = RLConfig.distill_coef
+    """RLConfig.distill_coef of the cells: > 0 adds that times the distillation loss to reinforce / a2c /
+    ppo (the mix)."""
     tie_pick_weight: float = RewardTrainConfig.tie_pick_weight
     """RewardTrainConfig.tie_pick_weight of the cells' learner (a best pick among equal stars)."""
     carry_cycles: int = LearnerConfig.carry_cycles
@@ -270,8 +275,8 @@ def sim_config(cfg: LearningBenchConfig, seed: int, run: str, learner_overrides:
 
     learner = LearnerConfig(seed=seed, train_policy=run == "system", min_win_rate=cfg.min_win_rate,
                             publish_requires_gain=cfg.publish_requires_gain, carry_cycles=cfg.carry_cycles,
-                            rl=RLConfig(pref_pairs=cfg.pref_pairs, pref_beta=cfg.pref_beta,
-                                          served_pairs=cfg.served_pairs))
+                            rl=RLConfig(algo=cfg.algo, distill_coef=cfg.distill_coef, pref_pairs=cfg.pref_pairs,
+                                        pref_beta=cfg.pref_beta, served_pairs=cfg.served_pairs))
     learner = dataclasses.replace(learner, rm=dataclasses.replace(
         learner.rm, tie_pick_weight=cfg.tie_pick_weight, emb_features=parse_feature_blocks(cfg.emb_features)))
     if learner_overrides is not None:

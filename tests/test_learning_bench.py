@@ -148,8 +148,10 @@ def test_learner_compute_is_rationed(tiny_tokenizer, embedder, tmp_path, one_thr
 def test_sim_config_carries_the_cells_settings():
     """What a cell is run with reaches simulate: the run kind, the seed, varied angles, the learner's settings."""
     L = _bench()
-    sim = L.sim_config(L.LearningBenchConfig(variety=True, tie_pick_weight=0.5, emb_features="s,words"), 1, "system")
+    sim = L.sim_config(L.LearningBenchConfig(variety=True, tie_pick_weight=0.5, emb_features="s,words",
+                                             algo="a2c", distill_coef=0.5), 1, "system")
     assert sim.variety and sim.seed == 1 and sim.learner.seed == 1 and sim.learner.train_policy
+    assert sim.learner.rl.algo == "a2c" and sim.learner.rl.distill_coef == 0.5
     assert sim.learner.rm.tie_pick_weight == 0.5 and sim.learner.rm.emb_features == ("s", "words")
     plain = L.sim_config(L.LearningBenchConfig(), 0, "choice")
     assert not plain.variety and not plain.learner.train_policy
