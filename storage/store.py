@@ -31,6 +31,7 @@ from storage.records import (
     NotFound,
     Request,
     Snippet,
+    id_or_base,
     StoreError,
     Suggestion,
     _blob_to_vec,
@@ -365,6 +366,21 @@ class Store(LearningRecords):
         out = {k: 0 for k in FEEDBACK_KINDS}
         out.update({k: int(c) for k, c in rows})
         return out
+
+    def profile_status(self, profile_id: str) -> dict[str, Any]:
+        """What a profile's status shows, wherever it is asked (`inkloop status`, the API's /status,
+        the UI): its live policy and reward-model version ids (0: the base model, no reward model
+        yet), the whole store's counts and the profile's own, the profile's feedback by kind and
+        its learner's state."""
+        return {
+            "profile": profile_id,
+            "policy_version": id_or_base(self.live_version(profile_id, "policy")),
+            "reward_version": id_or_base(self.live_version(profile_id, "reward")),
+            "counts": self.counts(),
+            "profile_counts": self.counts(profile_id),
+            "feedback_by_kind": self.feedback_counts_by_kind(profile_id),
+            "learner": self.learner_state(profile_id),
+        }
 
     # ------------------------------------------------------------------ library
     def add_snippet(

@@ -109,6 +109,23 @@ def test_every_feedback_kind_round_trip(store):
     assert store.feedback("someone-else", request_id=req.id) == []
 
 
+def test_profile_status_counts_only_that_profile_and_names_its_own_versions(store, tmp_path):
+    store.ensure_profile("other")
+    mine, theirs = _request(store, n=2), _request(store, n=3, profile="other")
+    store.add_feedback(mine.suggestions[0].id, "stars", 4)
+    store.add_feedback(theirs.suggestions[0].id, "thumb", 1)
+    store.add_feedback(theirs.suggestions[1].id, "thumb", -1)
+    v = store.add_version(profile_id="other", kind="policy", path=tmp_path / "v", status="published")
+    st = store.profile_status("default")
+    assert st["profile"] == "default" and st["policy_version"] == 0 and st["reward_version"] == 0
+    assert st["feedback_by_kind"]["stars"] == 1 and st["feedback_by_kind"]["thumb"] == 0
+    assert st["profile_counts"]["suggestions"] == 2 and st["counts"]["suggestions"] == 5
+    other = store.profile_status("other")
+    assert other["policy_version"] == v.id and other["feedback_by_kind"]["thumb"] == 2
+    assert other["profile_counts"]["feedback"] == 2 and other["counts"]["feedback"] == 3
+    assert other["learner"] is None
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -36,7 +36,7 @@ from assistant.lm.prompts import build_prompt
 from reward.feedback import context_of
 from reward.model import load_reward_model
 from reward.select import ChoiceConfig, choose, member_scores
-from storage.records import NotFound, StoreError, id_or_base
+from storage.records import NotFound, StoreError
 from storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -437,18 +437,12 @@ class Services:
         """The profile's live policy and reward versions, the policy version that served its last
         request, counts and its learner's state."""
         profile = profile or self.default_profile
-        live = self.store.live_version(profile, "policy")
-        rm = self.store.live_version(profile, "reward")
-        failed = live is not None and live.id in self.generator.failed_versions
+        st = self.store.profile_status(profile)
+        live = st["policy_version"]
+        failed = bool(live) and live in self.generator.failed_versions
         return {
             "model": self.model_name,
-            "policy_version": id_or_base(live),
+            **st,
             "loaded_policy_version": self.generator.served_version(profile),
-            "policy_error": self.generator.load_errors.get(live.id) if failed else None,
-            "reward_version": id_or_base(rm),
-            "profile": profile,
-            "counts": self.store.counts(),
-            "profile_counts": self.store.counts(profile),
-            "feedback_by_kind": self.store.feedback_counts_by_kind(profile),
-            "learner": self.store.learner_state(profile),
+            "policy_error": self.generator.load_errors.get(live) if failed else None,
         }

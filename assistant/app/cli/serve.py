@@ -24,7 +24,6 @@ from assistant.app.cli.common import (
     say,
 )
 from reward.select import EXPLORE, ChoiceConfig
-from storage.records import id_or_base
 
 if TYPE_CHECKING:
     from assistant.app.services import Services
@@ -209,17 +208,10 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     store = open_store(args)
     try:
-        live = store.live_version(args.profile, "policy")
-        rm = store.live_version(args.profile, "reward")
         out: dict[str, Any] = {
             "data_dir": str(data_dir(args)),
-            "profile": args.profile,
             "model": args.model or "SmolLM2-135M-Instruct (bundled)",
-            "policy_version": id_or_base(live),
-            "reward_version": id_or_base(rm),
-            "counts": store.counts(),
-            "feedback_by_kind": store.feedback_counts_by_kind(),
-            "learner": store.learner_state(args.profile),
+            **store.profile_status(args.profile),
             "migrations": store.schema_migrations(),
         }
     finally:
