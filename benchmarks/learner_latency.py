@@ -7,7 +7,12 @@ one with it running, so outside load (other programs) hits both columns alike. T
 while learning <= 1.5x idle.
 
     PYTHONPATH=. python benchmarks/learner_latency.py [--model DIR] [--reps 5] [--k 3]
-        [--max-new-tokens 32] [--uncapped]
+        [--max-new-tokens 32] [--uncapped] [--window-s 60]
+
+Then requests come back to back for --window-s seconds (the learner yielding as serve runs it),
+and the learner's CPU-seconds in that window are set against an equal window with no requests:
+how much of its time a person who keeps asking leaves it (it waits at most Hold.max_wait_s at
+each safe point, so it is slowed, never stopped).
 
 --uncapped adds a third column: the learner with no nice and the default torch threads, to show
 what the caps buy. The CPU load average is printed: on a shared machine the figures move with it.
@@ -115,9 +120,38 @@ def run_with_learner(services, args, data_dir: Path, capped: bool):
             finally:
                 gen.busy = contextlib.nullcontext
             time.sleep(0.5)
-        return idle, busy, yielded, phases
+        return idle, busy, yielded, phases, back_to_back(services, sup, args)
     finally:
         sup.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def back_to_back(services, sup, args) -> dict[str, float]:
+    """Requests one after another for --window-s seconds, the learner yielding as serve runs it,
+    against a window of the same length with no requests: the learner's CPU-seconds in each (is it
+    starved while a person keeps asking?) and the latency of the back-to-back requests."""
+    gen = services.generator
+    pid = sup.proc.pid
+    c0, t0 = cpu_seconds(pid), time.monotonic()
+    gen.busy = sup.busy
+    lat, i = [], 0
+    try:
+        while time.monotonic() - t0 < args.window_s:
+            lat += measure(services, 1, args.k, args.max_new_tokens, offset=100 + i)
+            i += 1
+    finally:
+        gen.busy = contextlib.nullcontext
+    busy_cpu, busy_s = cpu_seconds(pid) - c0, time.monotonic() - t0
+    c1, t1 = cpu_seconds(pid), time.monotonic()
+    time.sleep(busy_s)
+    quiet_cpu, quiet_s = cpu_seconds(pid) - c1, time.monotonic() - t1
+    return {"requests": len(lat), "latency_median": statistics.median(lat), "window_s": busy_s,
+            "learner_cpu_back_to_back": busy_cpu, "learner_cpu_quiet": quiet_cpu, "quiet_s": quiet_s}
 
 
 def main() -> int:
@@ -128,6 +162,8 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=None, help="torch threads of the app process")
     ap.add_argument("--uncapped", action="store_true", help="also measure with an uncapped learner")
+    ap.add_argument("--window-s", type=float, default=60.0,
+                    help="length of the back-to-back window and of the quiet one after it (default %(default)s)")
     args = ap.parse_args()
 
     from assistant.app.cli.common import build_services
@@ -142,13 +178,13 @@ def main() -> int:
         la0 = loadavg()
         before = measure(services, args.reps, args.k, args.max_new_tokens)
         cols = [("idle, before the learner", before, ["-"], la0)]
-        idle, busy, yielded, ph = run_with_learner(services, args, data_dir, capped=True)
+        idle, busy, yielded, ph, b2b = run_with_learner(services, args, data_dir, capped=True)
         la = loadavg()
         cols += [("idle (learner frozen)", idle, ["stopped"], la),
                  ("learning, no yield (nice 10, 1 th)", busy, ph, la),
                  ("learning, yields (as serve runs)", yielded, ph, la)]
         if args.uncapped:
-            idle_u, busy_u, _y, ph_u = run_with_learner(services, args, data_dir, capped=False)
+            idle_u, busy_u, _y, ph_u, _b = run_with_learner(services, args, data_dir, capped=False)
             cols += [("idle (frozen, uncapped run)", idle_u, ["stopped"], loadavg()),
                      ("learning, no yield, uncapped", busy_u, ph_u, loadavg())]
 
@@ -165,6 +201,11 @@ def main() -> int:
     for name, times in (("as serve runs it", yielded), ("without yielding", busy)):
         ratio = statistics.median(times) / base
         print(f"target: learning <= 1.5x idle, {name}: {'met' if ratio <= 1.5 else 'NOT met'} ({ratio:.2f}x)")
+    share = b2b["learner_cpu_back_to_back"] / max(b2b["learner_cpu_quiet"], 1e-9)
+    print(f"\nback to back, as serve runs it: {b2b['requests']} requests in {b2b['window_s']:.0f} s, median "
+          f"{b2b['latency_median']:.2f} s ({b2b['latency_median'] / base:.2f}x idle); the learner's CPU-seconds "
+          f"{b2b['learner_cpu_back_to_back']:.1f} against {b2b['learner_cpu_quiet']:.1f} in {b2b['quiet_s']:.0f} s "
+          f"with no requests ({share:.2f} of its quiet rate)")
     return 0
 
 
