@@ -19,7 +19,8 @@ head fitted on all the ratings scores, the bootstrap heads give the spread aroun
 with --from-lamp --seeds 0,1,2 (2026-12-01): mean true acc one head 0.699, 4-head unanchored
 0.675, anchored 0.710 (README: "Which reward-model settings learn a taste from 150 ratings").
 ``tie-*`` weigh a best pick over a sibling with the same stars (RewardTrainConfig.tie_pick_weight);
-``words`` adds the hashed-words block. --from-lamp --seeds 0,1,2 (2026-12-07): true acc / pick gain
+``words`` adds the hashed-words block, ``wvec`` the summed word vectors
+(reward.features.word_vector_sums). --from-lamp --seeds 0,1,2 (2026-12-07): true acc / pick gain
 tie-1 0.696 / +0.134, tie-0.5 0.705 / +0.134, tie-0.25 (the default now) 0.714 / +0.135, words
 0.710 / +0.145, words + tie-0.25 0.725 / +0.149.
 
@@ -71,6 +72,7 @@ VARIANTS = {
     "tie-0": {"tie_pick_weight": 0.0},
     "words": {"emb_features": ("s", "sc", "words")},
     "words+tie-0.25": {"emb_features": ("s", "sc", "words"), "tie_pick_weight": 0.25},
+    "wvec": {"emb_features": ("s", "sc", "wvec")},
 }
 """RewardTrainConfig overrides on top of the learner's (LearnerConfig().rm with ensemble 1)."""
 

@@ -27,8 +27,9 @@ class RewardTrainConfig:
     """Embedding blocks the head sees: s (suggestion), c (context), sc (s*c), absdiff (|s-c|).
     ("s", "sc") with weight_decay 2.0 was chosen on an inner split of the benchmark sets' training
     parts (never their held-out parts) over the full four blocks and linear-only heads. Opt-in:
-    sch, and words (the suggestion's vocabulary hashed into words_dim buckets; see
-    benchmarks/simulated_rm.py for what it adds on the simulated raters' tastes)."""
+    sch, words (the suggestion's vocabulary hashed into words_dim buckets) and wvec (the sum of
+    its content words' own embeddings); benchmarks/rm_from_logs.py measures what they add on the
+    simulated raters' tastes, benchmarks/reward_real_data.py what they cost on real judgments."""
     words_dim: int = 2048
     """Hash buckets of the "words" feature block (when emb_features names it)."""
     ensemble: int = 1

@@ -99,7 +99,11 @@ def relation_stats(context: str, text: str) -> np.ndarray:
     ends = 1.0 if _END.search(text.strip()) else 0.0
     return np.array([coverage, weighted, bigram, novel, ends], dtype=np.float32)
 
-FEATURE_BLOCKS = ("s", "c", "sc", "absdiff", "sch", "words")
+FEATURE_BLOCKS = ("s", "c", "sc", "absdiff", "sch", "words", "wvec")
+
+WORD_VECTOR_SCALE = 8.0
+"""The ``wvec`` block divides its sum of word vectors by this (about the content words of a short
+suggestion), so the block is on the scale of the unit-norm sentence embeddings."""
 
 def parse_feature_blocks(spec: str) -> tuple[str, ...]:
     """"s,sc,words" -> ("s", "sc", "words"); ValueError naming the choices for anything else."""
@@ -119,6 +123,32 @@ def hashed_words(text: str, dim: int) -> np.ndarray:
         v[zlib.crc32(w.encode("utf-8")) % dim] += 1.0
     n = float(np.linalg.norm(v))
     return v / n if n > 0 else v
+
+def content_words(text: str) -> list[str]:
+    """The ``wvec`` block's words: lower-cased, stop words and numbers dropped, repeats kept (the
+    block sums one embedding per occurrence, so a taste for more of a kind of word can show)."""
+    return [w for w in _WORD.findall(text.lower()) if w not in _STOP and not w.isdigit()]
+
+
+def word_vector_sums(texts: Sequence[str], embed: Any, dim: int) -> np.ndarray:
+    """The ``wvec`` feature block: per text, the sum of the embeddings of its content words, each
+    word embedded on its own (``embed``: list of words -> unit-norm vectors, the EmbeddingCache),
+    divided by WORD_VECTOR_SCALE (``dim`` wide). A sentence embedding of the whole text is dominated by its topic;
+    in a space of single words, words of one kind (colours, sounds, warm words) lie near each
+    other, so a head can generalise a taste from the few such words it saw rated to others of
+    their kind. A text without content words gives zeros."""
+    words = [content_words(t) for t in texts]
+    vocab = sorted({w for ws in words for w in ws})
+    out = np.zeros((len(texts), dim), np.float32)
+    if not vocab:
+        return out
+    vecs = embed(vocab)
+    at = {w: i for i, w in enumerate(vocab)}
+    for i, ws in enumerate(words):
+        if ws:
+            out[i] = vecs[[at[w] for w in ws]].sum(0) / WORD_VECTOR_SCALE
+    return out
+
 
 _QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”")
 

@@ -48,6 +48,7 @@ from reward.features import (
     context_for_embedding,
     context_head_for_embedding,
     hashed_words,
+    word_vector_sums,
     relation_stats,
     style_stats,
     text_stats,
@@ -90,8 +91,9 @@ class RewardModelConfig:
     this order; older saved models name STAT_NAMES and load unchanged)."""
     emb_features: tuple[str, ...] = ("s", "c", "sc", "absdiff")
     """Feature blocks fed to the head: s (suggestion), c (context), sc (s*c), absdiff (|s-c|),
-    sch (s times the embedding of the context's beginning), and words (the suggestion's words,
-    hashed into ``words_dim`` buckets, see ``hashed_words``)."""
+    sch (s times the embedding of the context's beginning), words (the suggestion's words,
+    hashed into ``words_dim`` buckets, see ``hashed_words``) and wvec (the sum of its content
+    words' own embeddings, see ``word_vector_sums``)."""
     words_dim: int = 2048
     """Buckets of the ``words`` block (unused without it)."""
     backbone: str = "embedder"
@@ -145,6 +147,8 @@ class RewardModel(nn.Module):
             parts["sch"] = s * self._head(contexts)
         if "words" in self.cfg.emb_features:
             parts["words"] = np.stack([hashed_words(t, self.cfg.words_dim) for t in texts]).reshape(len(texts), -1)
+        if "wvec" in self.cfg.emb_features:
+            parts["wvec"] = word_vector_sums(texts, self.cache, self.cfg.emb_dim)
         feats = np.concatenate([parts[f] for f in self.cfg.emb_features] + [stats], axis=1)
         return torch.from_numpy(feats.astype(np.float32))
 

@@ -443,3 +443,39 @@ def test_learns_a_taste_in_no_lexicon_and_generalises_to_unseen_words(embedder, 
     assert m["rm/length_floor"] <= 0.75  # lengths do not give it away
     assert m["rm/accuracy"] >= 0.8, m
     assert m["rm/shuffled_control"] <= 0.7, m  # the same model on shuffled labels cannot
+
+
+def test_word_vector_sums_by_hand():
+    """wvec: one embedding per content-word occurrence, summed, over WORD_VECTOR_SCALE; stop words,
+    numbers and case do not count; a text without content words gives zeros."""
+    from reward.features import WORD_VECTOR_SCALE, content_words, word_vector_sums
+
+    table = {"red": [1.0, 0.0], "fox": [0.0, 1.0], "ran": [1.0, 1.0]}
+    asked = []
+
+    def embed(words):
+        asked.append(list(words))
+        return np.array([table[w] for w in words], np.float32)
+
+    assert content_words("The red fox, the RED one, ran 3 times") == ["red", "fox", "red", "one", "ran", "times"]
+    table.update({"one": [0.0, 0.0], "times": [0.0, 2.0]})
+    out = word_vector_sums(["The red fox, the RED one, ran 3 times", "it is 42", "fox"], embed, 2)
+    # red twice (2, 0) + fox (0, 1) + one (0, 0) + ran (1, 1) + times (0, 2) = (3, 4)
+    np.testing.assert_allclose(out[0], np.array([3.0, 4.0]) / WORD_VECTOR_SCALE)
+    np.testing.assert_array_equal(out[1], [0.0, 0.0])
+    np.testing.assert_allclose(out[2], np.array([0.0, 1.0]) / WORD_VECTOR_SCALE)
+    assert asked == [["fox", "one", "ran", "red", "times"]]  # each distinct word embedded once
+    assert word_vector_sums(["a the of"], embed, 2).shape == (1, 2)
+
+
+def test_wvec_block_trains_saves_and_loads(embedder, store, tmp_path):
+    from reward.model import RewardModel
+
+    data = separable_data(16)
+    cfg = RewardTrainConfig(epochs=5, eval_frac=0.0, shuffled_control=False, emb_features=("s", "wvec"))
+    model, _m = train_reward_model(data, cfg, embedder, store)
+    assert model.cfg.n_emb_features == 2 * 384
+    ctx, txt = [p.context for p in data.pairs], [p.chosen for p in data.pairs]
+    model.save(tmp_path / "rm")
+    np.testing.assert_array_equal(RewardModel.load(tmp_path / "rm", embedder, store).score(ctx, txt),
+                                  model.score(ctx, txt))
