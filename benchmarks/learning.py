@@ -105,7 +105,8 @@ class LearningBenchConfig:
     """RLConfig.algo of the cells' learner: reinforce | a2c | ppo | distill (the comparison in the loop)."""
     distill_coef: float = RLConfig.distill_coef
     """RLConfig.distill_coef of the cells: > 0 adds that times the distillation loss to reinforce / a2c /
-    ppo (the mix)."""
+    ppo (the mix; session 14's comparison: --algo reinforce / a2c / ppo / distill, and --algo ppo
+    --distill-coef 0.5)."""
     tie_pick_weight: float = RewardTrainConfig.tie_pick_weight
     """RewardTrainConfig.tie_pick_weight of the cells' learner (a best pick among equal stars)."""
     carry_cycles: int = LearnerConfig.carry_cycles

@@ -59,12 +59,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 
 ALGOS: dict[str, tuple[dict[str, Any], float]] = {
-    "reinforce": ({"algo": "reinforce"}, 1.0),
-    "a2c": ({"algo": "a2c"}, 1.0),
-    "ppo": ({"algo": "ppo"}, 1.0),
+    "reinforce": ({"algo": "reinforce", "distill_coef": 0.0}, 1.0),
+    "a2c": ({"algo": "a2c", "distill_coef": 0.0}, 1.0),
+    "ppo": ({"algo": "ppo", "distill_coef": 0.0}, 1.0),
     "distill": ({"algo": "distill"}, 1.0),
     "mix": ({"algo": "ppo", "distill_coef": 0.5}, 1.0),
-    "ppo_2x": ({"algo": "ppo"}, 2.0),
+    "ppo_2x": ({"algo": "ppo", "distill_coef": 0.0}, 2.0),
     "mix_2x": ({"algo": "ppo", "distill_coef": 0.5}, 2.0),
 }
 """name -> (RLConfig overrides, budget multiple)."""

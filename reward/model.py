@@ -48,10 +48,10 @@ from reward.features import (
     context_for_embedding,
     context_head_for_embedding,
     hashed_words,
-    word_vector_sums,
     relation_stats,
     style_stats,
     text_stats,
+    word_vector_sums,
 )
 
 CONFIG_FILE = "reward_config.json"
