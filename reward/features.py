@@ -131,12 +131,12 @@ def content_words(text: str) -> list[str]:
 
 
 def word_vector_sums(texts: Sequence[str], embed: Any, dim: int) -> np.ndarray:
-    """The ``wvec`` feature block: per text, the sum of the embeddings of its content words, each
-    word embedded on its own (``embed``: list of words -> unit-norm vectors, the EmbeddingCache),
-    divided by WORD_VECTOR_SCALE (``dim`` wide). A sentence embedding of the whole text is dominated by its topic;
-    in a space of single words, words of one kind (colours, sounds, warm words) lie near each
-    other, so a head can generalise a taste from the few such words it saw rated to others of
-    their kind. A text without content words gives zeros."""
+    """The ``wvec`` feature block, ``dim`` wide: per text, the sum of the embeddings of its content
+    words, each word embedded on its own (``embed``: list of words -> unit-norm vectors, the
+    EmbeddingCache), divided by WORD_VECTOR_SCALE. A sentence embedding of the whole text is
+    dominated by its topic; in a space of single words, words of one kind (colours, sounds, warm
+    words) lie near each other, so a head can generalise a taste from the few such words it saw
+    rated to others of their kind. A text without content words gives zeros."""
     words = [content_words(t) for t in texts]
     vocab = sorted({w for ws in words for w in ws})
     out = np.zeros((len(texts), dim), np.float32)

@@ -31,7 +31,6 @@ from storage.records import (
     NotFound,
     Request,
     Snippet,
-    id_or_base,
     StoreError,
     Suggestion,
     _blob_to_vec,
@@ -42,6 +41,7 @@ from storage.records import (
     _to_row,
     _vec_to_blob,
     _where,
+    id_or_base,
 )
 
 
