@@ -11,8 +11,9 @@ representation is the only thing that differs:
 2. per text: ``minilm`` (the sentence embedding the reward model uses, unit norm), ``stats``
    (reward.features.text_stats: lengths, sentence shape, repetition, ...), ``lm<L>`` (the
    reference SmolLM2's hidden states after layer L, mean-pooled over the text's own tokens; the
-   text alone, no prompt), ``words`` (MiniLM's embedding of each content word on its own, summed
-   over the text's words / 8: a bag of word vectors in which words of one kind, colours or
+   text alone, no prompt), ``wvec`` (the reward model's opt-in block,
+   reward.features.word_vector_sums: MiniLM's embedding of each content word on its own, summed
+   over the text / 8: a bag of word vectors in which words of one kind, colours or
    sounds, lie near each other, so a head can generalise from the few it saw rated);
 3. per rater and seed: the pool's prompts dealt into requests of four texts; 38 requests (152
    ratings) are starred by the rater exactly as simulate does (reward.eval.raters.Rater.stars), the
@@ -34,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +47,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 
-_WORD = re.compile(r"[a-z]+")
-_STOP = frozenset("the a an and or of to in on at is was were be it he she they i you we his her their my our "
-                  "this that with for as but not from by had have has".split())
 LAMBDAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
 
 
@@ -105,18 +102,16 @@ class Pool:
     texts: list[str]
 
 
-def draw_pool(out: Path, samples: int, max_new_tokens: int) -> Pool:
+def draw_pool(lm, out: Path, samples: int, max_new_tokens: int) -> Pool:
     cache = out / f"pool-{samples}x{max_new_tokens}.json"
     if cache.exists():
         d = json.loads(cache.read_text())
         return Pool(d["prompt_ids"], d["texts"])
-    from assistant.lm.config import GenerationSettings, ModelSettings
+    from assistant.lm.config import GenerationSettings
     from assistant.lm.generate import Generator
-    from assistant.lm.models import load_lm
     from assistant.lm.prompts import build_prompt
     from reward.eval.prompts import load_prompts
 
-    lm = load_lm(ModelSettings())
     gen = Generator(lm.model, lm.tokenizer)
     ids, texts = [], []
     for i, ep in enumerate(load_prompts(split=None)):
@@ -130,13 +125,9 @@ def draw_pool(out: Path, samples: int, max_new_tokens: int) -> Pool:
     return Pool(ids, texts)
 
 
-def lm_hidden(texts: Sequence[str], layers: Sequence[int], batch: int = 16) -> dict[int, np.ndarray]:
+def lm_hidden(lm, texts: Sequence[str], layers: Sequence[int], batch: int = 16) -> dict[int, np.ndarray]:
     import torch
 
-    from assistant.lm.config import ModelSettings
-    from assistant.lm.models import load_lm
-
-    lm = load_lm(ModelSettings())
     tok, model = lm.tokenizer, lm.model
     out: dict[int, list[np.ndarray]] = {L: [] for L in layers}
     with torch.no_grad():
@@ -149,24 +140,23 @@ def lm_hidden(texts: Sequence[str], layers: Sequence[int], batch: int = 16) -> d
     return {L: np.concatenate(v) for L, v in out.items()}
 
 
-def representations(texts: Sequence[str], layers: Sequence[int]) -> dict[str, np.ndarray]:
+def representations(lm, texts: Sequence[str], layers: Sequence[int]) -> dict[str, np.ndarray]:
     from assistant.lm.config import ModelSettings
     from assistant.lm.models import load_embedder
-    from reward.features import text_stats
+    from reward.features import text_stats, word_vector_sums
 
     emb = load_embedder(ModelSettings())
-    minilm = np.asarray(emb.encode(list(texts), batch_size=64, normalize_embeddings=True), np.float32)
-    toks = [[w for w in _WORD.findall(t.lower()) if w not in _STOP] for t in texts]
-    vocab = sorted({w for ws in toks for w in ws})
-    vecs = np.asarray(emb.encode(vocab, batch_size=256, normalize_embeddings=True), np.float32)
-    at = {w: i for i, w in enumerate(vocab)}
-    words = np.stack([vecs[[at[w] for w in ws]].sum(0) / 8 if ws else np.zeros(vecs.shape[1], np.float32)
-                      for ws in toks])
+
+    def embed(xs: Sequence[str]) -> np.ndarray:
+        return np.asarray(emb.encode(list(xs), batch_size=256, normalize_embeddings=True), np.float32)
+
+    minilm = embed(texts)
+    words = word_vector_sums(texts, embed, minilm.shape[1])  # the reward model's wvec block
     stats = np.stack([text_stats("", t) for t in texts])
-    hidden = lm_hidden(texts, layers)
+    hidden = lm_hidden(lm, texts, layers)
     base = [standardise(minilm), standardise(stats)]
     reps = {"minilm+stats (the reward model's inputs)": np.hstack(base),
-            "minilm+stats+words": np.hstack(base + [standardise(words)])}
+            "minilm+stats+wvec": np.hstack(base + [standardise(words)])}
     for L, h in hidden.items():
         reps[f"lm{L}+stats"] = np.hstack([standardise(h), standardise(stats)])
     mid = sorted(hidden)[len(hidden) // 2]
@@ -188,38 +178,46 @@ def main() -> None:
 
     import torch
 
+    from assistant.lm.config import ModelSettings
+    from assistant.lm.models import load_lm
     from reward.eval.prompts import load_prompts
     from reward.eval.raters import make_rater
     from reward.train import pair_accuracy
 
     torch.set_num_threads(a.threads)
-    pool = draw_pool(Path(a.out), a.samples, a.max_new_tokens)
-    reps = representations(pool.texts, [int(x) for x in a.layers.split(",")])
+    lm = load_lm(ModelSettings())
+    pool = draw_pool(lm, Path(a.out), a.samples, a.max_new_tokens)
+    reps = representations(lm, pool.texts, [int(x) for x in a.layers.split(",")])
     fields = {p.id: p.fields() for p in load_prompts(split=None)}
     by_prompt: dict[str, list[int]] = {}
     for i, pid in enumerate(pool.prompt_ids):
         by_prompt.setdefault(pid, []).append(i)
     requests = [idx[j:j + 4] for idx in by_prompt.values() for j in range(0, len(idx) - 3, 4)]
     seeds = [int(s) for s in a.seeds.split(",")]
+    raters = a.raters.split(",")
+    ratings = {}  # (rater, seed) -> the same ratings for every representation
+    for r in raters:
+        for seed in seeds:
+            rater = make_rater(r, seed=seed)
+            u = np.array([rater.utility(t, fields[pid]) for t, pid in zip(pool.texts, pool.prompt_ids)])
+            order = np.random.default_rng(seed).permutation(len(requests))
+            train = [requests[q] for q in order[:a.train_requests]]
+            stars = np.asarray([s for req in train for s in rater.stars(
+                [pool.texts[i] for i in req], fields[pool.prompt_ids[req[0]]])], np.float64)
+            ratings[r, seed] = (u, np.array([i for req in train for i in req]),
+                                np.repeat(np.arange(len(train)), [len(req) for req in train]), stars,
+                                [requests[q] for q in order[a.train_requests:]])
     print(f"{len(pool.texts)} texts, {len(requests)} requests of four; {a.train_requests} rated, the rest tested; "
           f"seeds {seeds}\n")
-    print("| representation | " + " | ".join(a.raters.split(",")) + " | mean |")
-    print("|---|" + "---|" * (len(a.raters.split(",")) + 1))
+    print("| representation | " + " | ".join(raters) + " | mean |")
+    print("|---|" + "---|" * (len(raters) + 1))
     results: dict[str, list[float]] = {}
     for name, x in reps.items():
         row = []
-        for r in a.raters.split(","):
+        for r in raters:
             accs = []
             for seed in seeds:
-                rater = make_rater(r, seed=seed)
-                u = np.array([rater.utility(t, fields[pid]) for t, pid in zip(pool.texts, pool.prompt_ids)])
-                order = np.random.default_rng(seed).permutation(len(requests))
-                train = [requests[q] for q in order[:a.train_requests]]
-                test = [requests[q] for q in order[a.train_requests:]]
-                idx = np.array([i for req in train for i in req])
-                groups = np.repeat(np.arange(len(train)), [len(req) for req in train])
-                stars = np.asarray([s for req in train for s in rater.stars(
-                    [pool.texts[i] for i in req], fields[pool.prompt_ids[req[0]]])], np.float64)
+                u, idx, groups, stars, test = ratings[r, seed]
                 w, b = fit_head(x[idx], stars, groups)
                 accs.append(pair_accuracy(*within_request_pairs(x @ w + b, u, test)))
             row.append(float(np.mean(accs)))
