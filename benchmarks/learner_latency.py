@@ -103,7 +103,6 @@ def run_with_learner(services, args, data_dir: Path, capped: bool):
         if learner_busy(services.store) is None:
             raise RuntimeError(f"the learner never started training; see {data_dir / 'learner.log'}")
         idle, busy, yielded, phases = [], [], [], []
-        gen = services.generator
         for i in range(args.reps):
             pid = sup.proc.pid
             os.kill(pid, signal.SIGSTOP)
@@ -114,15 +113,23 @@ def run_with_learner(services, args, data_dir: Path, capped: bool):
             time.sleep(0.5)  # let it get going again
             phases.append(learner_busy(services.store) or "idle")
             busy += measure(services, 1, args.k, args.max_new_tokens, offset=i)  # the same request
-            gen.busy = sup.busy  # what `inkloop serve` does
-            try:
+            with as_serve_runs_it(services, sup):
                 yielded += measure(services, 1, args.k, args.max_new_tokens, offset=i)
-            finally:
-                gen.busy = contextlib.nullcontext
             time.sleep(0.5)
         return idle, busy, yielded, phases, back_to_back(services, sup, args)
     finally:
         sup.stop()
+
+
+@contextlib.contextmanager
+def as_serve_runs_it(services, sup):
+    """Generations inside hold the learner off the CPU, as `inkloop serve` composes the Generator's
+    busy hook (LearnerSupervisor.busy)."""
+    services.generator.busy = sup.busy
+    try:
+        yield
+    finally:
+        services.generator.busy = contextlib.nullcontext
 
 
 def cpu_seconds(pid: int) -> float:
@@ -135,17 +142,13 @@ def back_to_back(services, sup, args) -> dict[str, float]:
     """Requests one after another for --window-s seconds, the learner yielding as serve runs it,
     against a window of the same length with no requests: the learner's CPU-seconds in each (is it
     starved while a person keeps asking?) and the latency of the back-to-back requests."""
-    gen = services.generator
     pid = sup.proc.pid
     c0, t0 = cpu_seconds(pid), time.monotonic()
-    gen.busy = sup.busy
     lat, i = [], 0
-    try:
+    with as_serve_runs_it(services, sup):
         while time.monotonic() - t0 < args.window_s:
             lat += measure(services, 1, args.k, args.max_new_tokens, offset=100 + i)
             i += 1
-    finally:
-        gen.busy = contextlib.nullcontext
     busy_cpu, busy_s = cpu_seconds(pid) - c0, time.monotonic() - t0
     c1, t1 = cpu_seconds(pid), time.monotonic()
     time.sleep(busy_s)
